@@ -1,0 +1,221 @@
+//! Configuration: `tagflow.toml`, environment variables and flags, merged (flags win over
+//! environment, which wins over the file) into typed, validated [`Settings`].
+//!
+//! Owns: the config file format and the resolution of every setting.
+//! Must not: touch storage beyond building locations, or run anything.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::jobs::ParamOverrides;
+use crate::storage::{Location, StorageError};
+
+/// The default config file, read when present in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "tagflow.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("missing setting `{key}`: pass --{flag}, set {env}, or add `{key} = ...` to tagflow.toml")]
+    Missing {
+        key: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error("invalid --as-of '{value}': expected an RFC 3339 time such as 2026-11-20T00:00:00Z")]
+    AsOf { value: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// `tagflow.toml`. Unknown keys are rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Landing zone: a local path or URL (`file://`, `s3://`).
+    pub landing: Option<String>,
+    /// Warehouse: where `customer_tags` and the quarantine area live.
+    pub warehouse: Option<String>,
+    /// Folder of tag jobs (default: `./sql`, else the catalog shipped with the source).
+    pub sql_dir: Option<PathBuf>,
+    /// Folder of stream schemas (default: `./schemas`, else the shipped ones).
+    pub schemas_dir: Option<PathBuf>,
+    /// Landing files fetched and decoded at once (default 8).
+    pub read_concurrency: Option<usize>,
+    /// Parameter overrides: `[params.<job>] <param> = <value>`.
+    #[serde(default)]
+    pub params: ParamOverrides,
+    /// Object-store options per location: `[storage.landing]`, `[storage.warehouse]`.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub landing: BTreeMap<String, String>,
+    #[serde(default)]
+    pub warehouse: BTreeMap<String, String>,
+}
+
+/// Settings given on the command line or in the environment (already merged by clap).
+#[derive(Debug, Default, Clone)]
+pub struct CliSettings {
+    pub config: Option<PathBuf>,
+    pub landing: Option<String>,
+    pub warehouse: Option<String>,
+    pub as_of: Option<String>,
+    pub sql_dir: Option<PathBuf>,
+    pub schemas_dir: Option<PathBuf>,
+}
+
+/// Everything a command needs, resolved and validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub landing: Option<Location>,
+    pub warehouse: Option<Location>,
+    pub sql_dir: PathBuf,
+    pub schemas_dir: PathBuf,
+    pub as_of: DateTime<Utc>,
+    pub params: ParamOverrides,
+    pub read_concurrency: usize,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Resolve settings from the config file (explicit or `./tagflow.toml`) and the CLI.
+    pub fn resolve(cli: &CliSettings) -> Result<Self, ConfigError> {
+        let (file, config_file) = load_file(cli.config.as_deref())?;
+        let base = config_file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        // Relative local paths in the file are relative to the file's folder.
+        let from_file = |s: &String| -> String {
+            if s.contains("://") || Path::new(s).is_absolute() {
+                s.clone()
+            } else {
+                base.join(s).to_string_lossy().into_owned()
+            }
+        };
+        let landing = cli.landing.clone().or(file.landing.as_ref().map(from_file));
+        let warehouse = cli.warehouse.clone().or(file.warehouse.as_ref().map(from_file));
+        let landing = landing
+            .map(|l| Location::parse(&l, &file.storage.landing))
+            .transpose()?;
+        let warehouse = warehouse
+            .map(|w| Location::parse(&w, &file.storage.warehouse))
+            .transpose()?;
+        let as_of = match &cli.as_of {
+            None => Utc::now(),
+            Some(value) => DateTime::parse_from_rfc3339(value)
+                .map_err(|_| ConfigError::AsOf { value: value.clone() })?
+                .with_timezone(&Utc),
+        };
+        let sql_dir = cli
+            .sql_dir
+            .clone()
+            .or(file.sql_dir.map(|p| base.join(p)))
+            .unwrap_or_else(|| default_dir("sql"));
+        let schemas_dir = cli
+            .schemas_dir
+            .clone()
+            .or(file.schemas_dir.map(|p| base.join(p)))
+            .unwrap_or_else(|| default_dir("schemas"));
+        for (key, dir) in [("sql_dir", &sql_dir), ("schemas_dir", &schemas_dir)] {
+            if !dir.is_dir() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} is not a folder", dir.display()),
+                });
+            }
+        }
+        let read_concurrency = file.read_concurrency.unwrap_or(8);
+        if !(1..=256).contains(&read_concurrency) {
+            return Err(ConfigError::Invalid {
+                key: "read_concurrency",
+                message: format!("{read_concurrency} is outside 1..=256"),
+            });
+        }
+        Ok(Settings {
+            landing,
+            warehouse,
+            sql_dir,
+            schemas_dir,
+            as_of,
+            params: file.params,
+            read_concurrency,
+            config_file,
+        })
+    }
+
+    pub fn landing(&self) -> Result<&Location, ConfigError> {
+        self.landing.as_ref().ok_or(ConfigError::Missing {
+            key: "landing",
+            flag: "landing",
+            env: "TAGFLOW_LANDING",
+        })
+    }
+
+    pub fn warehouse(&self) -> Result<&Location, ConfigError> {
+        self.warehouse.as_ref().ok_or(ConfigError::Missing {
+            key: "warehouse",
+            flag: "warehouse",
+            env: "TAGFLOW_WAREHOUSE",
+        })
+    }
+}
+
+/// Read the config file: the explicit one (which must exist) or `./tagflow.toml` if present.
+pub fn load_file(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>), ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_CONFIG_FILE).is_file() => PathBuf::from(DEFAULT_CONFIG_FILE),
+        None => return Ok((FileConfig::default(), None)),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let config = parse(&text).map_err(|message| ConfigError::Parse {
+        path: path.clone(),
+        message,
+    })?;
+    Ok((config, Some(path)))
+}
+
+/// Parse config text; the message names the key and line of any error.
+pub fn parse(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        match line {
+            Some(line) => format!("line {line}: {}", e.message()),
+            None => e.message().to_string(),
+        }
+    })
+}
+
+/// `./<name>` when present, else the folder shipped with the source tree.
+fn default_dir(name: &str) -> PathBuf {
+    let local = PathBuf::from(name);
+    if local.is_dir() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+    }
+}

@@ -1,0 +1,62 @@
+//! The top-level error of a tagflow command and its process exit code: the one place where
+//! layer errors become exit codes (documented in the README).
+
+use crate::config::ConfigError;
+use crate::generate::GenerateError;
+use crate::jobs::{CatalogError, JobError};
+use crate::publish::PublishError;
+use crate::quarantine::QuarantineError;
+use crate::schema::SchemaError;
+use crate::sources::SourceError;
+use crate::storage::StorageError;
+
+/// Process exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// An unexpected internal failure.
+    pub const INTERNAL: i32 = 1;
+    /// Bad flags, config file, schemas or SQL catalog: nothing ran.
+    pub const CONFIG: i32 = 2;
+    /// The data made a job fail or there is nothing to read: nothing was published.
+    pub const INPUT: i32 = 3;
+    /// Storage could not be listed, read or written: nothing was published.
+    pub const STORAGE: i32 = 5;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(ConfigError::Storage(_)) | Error::Storage(_) => exit::CONFIG,
+            Error::Config(_) | Error::Schema(_) | Error::Catalog(_) => exit::CONFIG,
+            Error::Source(SourceError::Task(_)) => exit::INTERNAL,
+            Error::Source(_) | Error::Quarantine(_) => exit::STORAGE,
+            Error::Job(_) => exit::INPUT,
+            Error::Publish(PublishError::NotFound { .. }) => exit::INPUT,
+            Error::Publish(_) => exit::STORAGE,
+            Error::Generate(GenerateError::InvalidOptions(_)) => exit::CONFIG,
+            Error::Generate(_) => exit::STORAGE,
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The job catalog: discovery, header validation, parameters and dependency order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use chrono::{DateTime, Utc};
+use datafusion::catalog::MemTable;
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+
+use super::header::{self, header_line_mentioning, placeholders, substitute};
+use crate::schema::Schemas;
+
+/// Built-in placeholders available to every job.
+pub const BUILTIN_PARAMS: [&str; 2] = ["as_of", "as_of_day"];
+
+/// The columns a tag job returns.
+pub const TAG_OUTPUT_COLUMNS: [&str; 3] = ["customer_id", "value", "score"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read job folder {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: header error: {message}", file.display())]
+    Header {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}:{line}: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("job '{name}' is defined twice: {} and {}", first.display(), second.display())]
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("dependency cycle between jobs: {}", jobs.join(" -> "))]
+    Cycle { jobs: Vec<String> },
+    #[error("{}:{line}: SQL does not plan: {message}", file.display())]
+    Plan {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("parameter override [params.{job}] {param}: {message}")]
+    Override {
+        job: String,
+        param: String,
+        message: String,
+    },
+    #[error("no jobs (*.sql) found under {0}")]
+    Empty(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Produces `customer_id, value, score` rows of one tag.
+    #[default]
+    Tag,
+    /// A shared intermediate table, computed once and read by other jobs.
+    Measure,
+}
+
+/// A parameter value, rendered into SQL as a literal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl ParamValue {
+    fn from_toml(value: &toml::Value) -> Option<Self> {
+        match value {
+            toml::Value::Integer(i) => Some(ParamValue::Int(*i)),
+            toml::Value::Float(f) if f.is_finite() => Some(ParamValue::Float(*f)),
+            toml::Value::String(s) => Some(ParamValue::Text(s.clone())),
+            toml::Value::Boolean(b) => Some(ParamValue::Bool(*b)),
+            _ => None,
+        }
+    }
+
+    /// A SQL literal of this value.
+    pub fn to_sql(&self) -> String {
+        match self {
+            ParamValue::Int(i) => i.to_string(),
+            // `{:?}` always keeps a decimal point or exponent, so DataFusion reads a float.
+            ParamValue::Float(f) => format!("{f:?}"),
+            ParamValue::Text(s) => format!("'{}'", s.replace('\'', "''")),
+            ParamValue::Bool(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+        }
+    }
+
+    /// An override replaces a default of the same type (an integer may replace a float).
+    fn accepts(&self, other: &ParamValue) -> Option<ParamValue> {
+        match (self, other) {
+            (ParamValue::Float(_), ParamValue::Int(i)) => Some(ParamValue::Float(*i as f64)),
+            (a, b) if std::mem::discriminant(a) == std::mem::discriminant(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamValue::Text(s) => write!(f, "{s:?}"),
+            other => f.write_str(&other.to_sql()),
+        }
+    }
+}
+
+/// Parameter overrides from config: job name → parameter → value.
+pub type ParamOverrides = BTreeMap<String, BTreeMap<String, toml::Value>>;
+
+/// One job of the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub name: String,
+    pub kind: JobKind,
+    pub family: Option<String>,
+    pub description: String,
+    pub inputs: Vec<String>,
+    pub depends_on: Vec<String>,
+    /// Parameters with their effective values (defaults, then overrides).
+    pub params: BTreeMap<String, ParamValue>,
+    pub file: PathBuf,
+    #[serde(skip)]
+    header_lines: usize,
+    #[serde(skip)]
+    header_text: String,
+    #[serde(skip)]
+    body: String,
+}
+
+impl Job {
+    /// Tables this job reads: its inputs, then the jobs it depends on.
+    pub fn reads(&self) -> impl Iterator<Item = &String> {
+        self.inputs.iter().chain(self.depends_on.iter())
+    }
+
+    /// The SQL to run at `as_of`: placeholders replaced, header lines kept blank so that
+    /// line numbers in DataFusion's messages match the file.
+    pub fn render_sql(&self, as_of: DateTime<Utc>) -> String {
+        let body = substitute(&self.body, |name| match name {
+            "as_of" => format!("arrow_cast({}, 'Timestamp(µs, \"UTC\")')", as_of.timestamp_micros()),
+            "as_of_day" => as_of.timestamp().div_euclid(86_400).to_string(),
+            other => self.params[other].to_sql(),
+        });
+        format!("{}{}", "\n".repeat(self.header_lines), body)
+    }
+
+    fn invalid(&self, needle: &str, message: String) -> CatalogError {
+        CatalogError::Invalid {
+            file: self.file.clone(),
+            line: header_line_mentioning(&self.header_text, needle),
+            message,
+        }
+    }
+
+    fn plan_error(&self, message: String) -> CatalogError {
+        // DataFusion's parser says "at Line: N, Column: M"; otherwise point at the body.
+        let line = message
+            .split("Line: ")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(self.header_lines + 1);
+        CatalogError::Plan {
+            file: self.file.clone(),
+            line,
+            message,
+        }
+    }
+}
+
+/// All jobs, in an order where every job comes after what it reads.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub jobs: Vec<Job>,
+    pub dir: PathBuf,
+}
+
+impl Catalog {
+    /// Discover every `*.sql` under `dir` (recursively), parse and order them.
+    /// `streams` are the tables the landing zone provides.
+    pub fn load(dir: &Path, streams: &[String]) -> Result<Self, CatalogError> {
+        let mut files = Vec::new();
+        collect_sql_files(dir, &mut files)?;
+        files.sort();
+        if files.is_empty() {
+            return Err(CatalogError::Empty(dir.to_path_buf()));
+        }
+        let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| CatalogError::Io {
+                dir: file.clone(),
+                source,
+            })?;
+            let job = parse_job(&file, &text)?;
+            if let Some(existing) = jobs.get(&job.name) {
+                return Err(CatalogError::Duplicate {
+                    name: job.name.clone(),
+                    first: existing.file.clone(),
+                    second: job.file,
+                });
+            }
+            jobs.insert(job.name.clone(), job);
+        }
+        for job in jobs.values() {
+            for input in &job.inputs {
+                let known = streams.contains(input) || jobs.get(input).is_some_and(|j| j.kind == JobKind::Measure);
+                if !known {
+                    return Err(job.invalid(
+                        input,
+                        format!("unknown input '{input}' (inputs are streams {streams:?} or measure jobs)"),
+                    ));
+                }
+            }
+            for dep in &job.depends_on {
+                if !jobs.contains_key(dep) {
+                    return Err(job.invalid(dep, format!("depends_on names unknown job '{dep}'")));
+                }
+            }
+        }
+        Ok(Catalog {
+            jobs: order_by_dependencies(jobs)?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    pub fn tags(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.iter().filter(|j| j.kind == JobKind::Tag)
+    }
+
+    /// Apply parameter overrides from config; unknown jobs or parameters and type
+    /// mismatches are errors.
+    pub fn apply_overrides(&mut self, overrides: &ParamOverrides) -> Result<(), CatalogError> {
+        for (job_name, params) in overrides {
+            let error = |param: &str, message: String| CatalogError::Override {
+                job: job_name.clone(),
+                param: param.to_string(),
+                message,
+            };
+            let job = self
+                .jobs
+                .iter_mut()
+                .find(|j| &j.name == job_name)
+                .ok_or_else(|| error("*", format!("no job named '{job_name}'")))?;
+            for (param, value) in params {
+                let current = job.params.get(param).ok_or_else(|| {
+                    error(
+                        param,
+                        format!(
+                            "job '{job_name}' has no parameter '{param}' (it has: {:?})",
+                            job.params.keys().collect::<Vec<_>>()
+                        ),
+                    )
+                })?;
+                let value = ParamValue::from_toml(value)
+                    .and_then(|v| current.accepts(&v))
+                    .ok_or_else(|| error(param, format!("expected a value like {current}, got {value}")))?;
+                job.params.insert(param.clone(), value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Plan every job against empty tables of the right schemas, in order, so that SQL
+    /// errors, undeclared tables and wrong tag outputs are found before anything runs.
+    pub async fn validate(&self, schemas: &Schemas) -> Result<(), CatalogError> {
+        let mut tables: BTreeMap<String, SchemaRef> = schemas
+            .streams
+            .iter()
+            .map(|(name, s)| (name.clone(), s.arrow_schema()))
+            .collect();
+        let as_of = Utc::now();
+        for job in &self.jobs {
+            let ctx = SessionContext::new();
+            for name in job.reads() {
+                let table = MemTable::try_new(tables[name].clone(), vec![vec![]]).expect("empty table");
+                ctx.register_table(name.as_str(), Arc::new(table))
+                    .map_err(|e| job.plan_error(e.to_string()))?;
+            }
+            let plan = ctx
+                .state()
+                .create_logical_plan(&job.render_sql(as_of))
+                .await
+                .map_err(|e| job.plan_error(e.to_string()))?;
+            let schema: Schema = plan.schema().as_arrow().clone();
+            if job.kind == JobKind::Tag {
+                check_tag_output(&schema).map_err(|m| job.plan_error(m))?;
+            }
+            tables.insert(job.name.clone(), Arc::new(schema));
+        }
+        Ok(())
+    }
+}
+
+/// A tag job returns exactly `customer_id` (string), `value` (any, published as text) and
+/// `score` (numeric or null).
+pub(super) fn check_tag_output(schema: &Schema) -> Result<(), String> {
+    let names: BTreeSet<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let expected: BTreeSet<&str> = TAG_OUTPUT_COLUMNS.into_iter().collect();
+    if names != expected {
+        return Err(format!(
+            "a tag job must return exactly the columns {TAG_OUTPUT_COLUMNS:?}, this one returns {:?}",
+            schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        ));
+    }
+    let customer = schema.field_with_name("customer_id").expect("checked").data_type();
+    if !matches!(customer, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        return Err(format!("customer_id must be a string, not {customer}"));
+    }
+    let score = schema.field_with_name("score").expect("checked").data_type();
+    if !(score.is_numeric() || *score == DataType::Null) {
+        return Err(format!("score must be numeric or NULL, not {score}"));
+    }
+    Ok(())
+}
+
+fn collect_sql_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CatalogError> {
+    let io = |source| CatalogError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_dir() {
+            collect_sql_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "sql") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn parse_job(file: &Path, text: &str) -> Result<Job, CatalogError> {
+    let parsed = header::parse(file, text)?;
+    let h = parsed.header;
+    let mut job = Job {
+        name: h.name,
+        kind: h.kind,
+        family: h.family,
+        description: h.description,
+        inputs: h.inputs,
+        depends_on: h.depends_on,
+        params: BTreeMap::new(),
+        file: file.to_path_buf(),
+        header_lines: parsed.header_lines,
+        header_text: parsed.header_text,
+        body: parsed.body,
+    };
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    if job.name != stem {
+        return Err(job.invalid(
+            "name",
+            format!("job name '{}' must match the file name '{stem}.sql'", job.name),
+        ));
+    }
+    match (job.kind, &job.family) {
+        (JobKind::Tag, None) => return Err(job.invalid("name", "a tag job needs a `family`".into())),
+        (JobKind::Measure, Some(_)) => return Err(job.invalid("family", "a measure has no `family`".into())),
+        _ => {}
+    }
+    for (name, value) in &h.params {
+        if BUILTIN_PARAMS.contains(&name.as_str()) {
+            return Err(job.invalid(name, format!("parameter name '{name}' is reserved")));
+        }
+        let value = ParamValue::from_toml(value)
+            .ok_or_else(|| job.invalid(name, format!("parameter '{name}' must be a number, string or boolean")))?;
+        job.params.insert(name.clone(), value);
+    }
+    let used = placeholders(&job.body);
+    for (name, body_line) in &used {
+        if !job.params.contains_key(name) && !BUILTIN_PARAMS.contains(&name.as_str()) {
+            return Err(CatalogError::Invalid {
+                file: job.file.clone(),
+                line: job.header_lines + body_line + 1,
+                message: format!("unknown placeholder {{{{{name}}}}} (declare it under [params])"),
+            });
+        }
+    }
+    if let Some(unused) = job.params.keys().find(|p| !used.iter().any(|(u, _)| u == *p)) {
+        return Err(job.invalid(unused, format!("parameter '{unused}' is declared but never used")));
+    }
+    Ok(job)
+}
+
+/// Kahn's algorithm; ties broken by name so the order is stable.
+fn order_by_dependencies(mut jobs: BTreeMap<String, Job>) -> Result<Vec<Job>, CatalogError> {
+    let deps = |job: &Job, jobs: &BTreeMap<String, Job>| -> BTreeSet<String> {
+        job.reads().filter(|n| jobs.contains_key(*n)).cloned().collect()
+    };
+    let mut pending: BTreeMap<String, BTreeSet<String>> =
+        jobs.values().map(|j| (j.name.clone(), deps(j, &jobs))).collect();
+    let mut ordered = Vec::with_capacity(jobs.len());
+    while !pending.is_empty() {
+        let ready: Vec<String> = pending
+            .iter()
+            .filter(|(_, d)| d.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if ready.is_empty() {
+            return Err(CatalogError::Cycle {
+                jobs: find_cycle(&pending),
+            });
+        }
+        for name in ready {
+            pending.remove(&name);
+            for d in pending.values_mut() {
+                d.remove(&name);
+            }
+            ordered.push(jobs.remove(&name).expect("present"));
+        }
+    }
+    Ok(ordered)
+}
+
+/// A cycle among the jobs that could not be ordered, for the error message.
+fn find_cycle(pending: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut path = vec![pending.keys().next().expect("non-empty").clone()];
+    loop {
+        let last = path.last().expect("non-empty");
+        let next = pending[last]
+            .iter()
+            .next()
+            .expect("blocked job has a pending dependency")
+            .clone();
+        if let Some(pos) = path.iter().position(|p| *p == next) {
+            let mut cycle = path[pos..].to_vec();
+            cycle.push(next);
+            return cycle;
+        }
+        path.push(next);
+    }
+}

@@ -1,0 +1,147 @@
+//! Parsing of a job file: its TOML header and its SQL template.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::catalog::{CatalogError, JobKind};
+
+/// The header as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Header {
+    pub name: String,
+    #[serde(default)]
+    pub kind: JobKind,
+    pub family: Option<String>,
+    pub description: String,
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+}
+
+/// A parsed job file.
+pub(super) struct ParsedFile {
+    pub header: Header,
+    /// Number of header lines; the SQL body starts on line `header_lines + 1`.
+    pub header_lines: usize,
+    /// The header text (comment markers removed), to locate keys for error messages.
+    pub header_text: String,
+    /// The SQL body, with `{{placeholders}}`.
+    pub body: String,
+}
+
+pub(super) fn parse(file: &Path, text: &str) -> Result<ParsedFile, CatalogError> {
+    let mut header_text = String::new();
+    let mut header_lines = 0;
+    for line in text.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("--") else {
+            break;
+        };
+        header_text.push_str(rest.strip_prefix(' ').unwrap_or(rest));
+        header_text.push('\n');
+        header_lines += 1;
+    }
+    if header_lines == 0 {
+        return Err(CatalogError::Header {
+            file: file.to_path_buf(),
+            line: 1,
+            message: "missing header: a job file starts with `-- name = \"...\"` comment lines".into(),
+        });
+    }
+    let header: Header = toml::from_str(&header_text).map_err(|e| CatalogError::Header {
+        file: file.to_path_buf(),
+        line: e.span().map(|s| line_of(&header_text, s.start)).unwrap_or(1),
+        message: e.message().to_string(),
+    })?;
+    let body = text.lines().skip(header_lines).collect::<Vec<_>>().join("\n");
+    Ok(ParsedFile {
+        header,
+        header_lines,
+        header_text,
+        body,
+    })
+}
+
+/// 1-based line of a byte offset.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// 1-based line of the header that mentions `needle` (falls back to line 1).
+pub(super) fn header_line_mentioning(header_text: &str, needle: &str) -> usize {
+    header_text
+        .lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(1)
+}
+
+/// Every `{{name}}` in `body` with its 0-based line within the body.
+pub(super) fn placeholders(body: &str) -> Vec<(String, usize)> {
+    let mut found = Vec::new();
+    for (line_no, line) in body.lines().enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else { break };
+            found.push((after[..end].trim().to_string(), line_no));
+            rest = &after[end + 2..];
+        }
+    }
+    found
+}
+
+/// Replace each `{{name}}` by `render(name)` (names already validated).
+pub(super) fn substitute(body: &str, render: impl Fn(&str) -> String) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}") {
+            Some(end) => {
+                out.push_str(&render(after[..end].trim()));
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_substitutes_placeholders() {
+        let body = "SELECT {{a}} + {{ b }}\nFROM t WHERE x > {{a}}";
+        assert_eq!(
+            placeholders(body),
+            vec![("a".into(), 0), ("b".into(), 0), ("a".into(), 1)]
+        );
+        assert_eq!(
+            substitute(body, |n| n.to_uppercase()),
+            "SELECT A + B\nFROM t WHERE x > A"
+        );
+    }
+
+    #[test]
+    fn header_error_points_at_the_line() {
+        let text = "-- name = \"x\"\n-- description = \"d\"\n-- inputs = [\"a\",\nSELECT 1";
+        let err = parse(Path::new("x.sql"), text).err().expect("bad header");
+        match err {
+            CatalogError::Header { line, .. } => assert_eq!(line, 3),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! tagflow: near-real-time customer tagging.
+//!
+//! Stages, one module each: [`sources`] read the landing zone, [`jobs`] plan and run the
+//! SQL tag jobs, [`publish`] writes Delta tables. [`run`] chains them; [`config`] resolves
+//! settings; [`error`] maps failures to exit codes.
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod generate;
+pub mod jobs;
+pub mod publish;
+pub mod quarantine;
+pub mod report;
+pub mod run;
+pub mod schema;
+pub mod sources;
+pub mod storage;
+
+pub use error::Error;

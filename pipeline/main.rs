@@ -1,0 +1,322 @@
+//! The `tagflow` command line. Parses flags (clap), sets up logging, calls the library and
+//! turns its typed errors into exit codes (see `error::exit`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tagflow::config::{CliSettings, Settings};
+use tagflow::error::{exit, Error};
+use tagflow::generate::{generate, GenerateOptions};
+use tagflow::publish::{query_published, TAGS_TABLE};
+use tagflow::quarantine::Quarantine;
+use tagflow::storage::Location;
+use tagflow::{demo, run};
+
+#[derive(Parser)]
+#[command(
+    name = "tagflow",
+    version,
+    about = "Near-real-time customer tagging: landing Parquet -> SQL tag jobs -> Delta table"
+)]
+struct Cli {
+    /// Config file (default: ./tagflow.toml when present).
+    #[arg(long, global = true, env = "TAGFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "TAGFLOW_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Default, Clone)]
+struct Locations {
+    /// Landing zone: local path or URL (file://, s3://).
+    #[arg(long, env = "TAGFLOW_LANDING")]
+    landing: Option<String>,
+    /// Warehouse: local path or URL; `customer_tags` is published under it.
+    #[arg(long, env = "TAGFLOW_WAREHOUSE")]
+    warehouse: Option<String>,
+    /// Folder of SQL tag jobs.
+    #[arg(long, env = "TAGFLOW_SQL_DIR")]
+    sql_dir: Option<PathBuf>,
+    /// Folder of stream schemas.
+    #[arg(long, env = "TAGFLOW_SCHEMAS_DIR")]
+    schemas_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read the landing zone, run every tag job and publish a new version of customer_tags.
+    Run {
+        #[command(flatten)]
+        locations: Locations,
+        /// Evaluate tags as of this time (RFC 3339, default: now).
+        #[arg(long, env = "TAGFLOW_AS_OF")]
+        as_of: Option<String>,
+        /// Print the run report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write realistic sample landing files.
+    Generate {
+        /// Landing zone to write into (local path or URL).
+        #[arg(long)]
+        out: String,
+        #[arg(long, default_value_t = 1000)]
+        customers: usize,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Last day of generated events (default: yesterday, UTC).
+        #[arg(long)]
+        end: Option<NaiveDate>,
+        /// Also write a few bad rows and a corrupt file.
+        #[arg(long)]
+        bad_input: bool,
+    },
+    /// Generate sample data into a local folder, run the pipeline and show segment sizes.
+    Demo {
+        #[arg(long, default_value = "demo-data")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        customers: usize,
+        #[arg(long, default_value_t = 400)]
+        days: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Inspect the tag job catalog.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Inspect the quarantine area.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+    /// Show a customer's tags in the published table.
+    Tags {
+        customer_id: String,
+        #[command(flatten)]
+        locations: Locations,
+        /// Read this table version instead of the latest.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs in run order.
+    List {
+        #[command(flatten)]
+        locations: Locations,
+    },
+    /// Parse, order and plan every job without running anything.
+    Validate {
+        #[command(flatten)]
+        locations: Locations,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined files and rows with their reasons.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        locations: Locations,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::from(exit::OK as u8),
+        Err(err) => {
+            let code = err.exit_code();
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAGFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tagflow=info,warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String>) -> Result<Settings, Error> {
+    Ok(Settings::resolve(&CliSettings {
+        config: config.clone(),
+        landing: locations.landing,
+        warehouse: locations.warehouse,
+        as_of,
+        sql_dir: locations.sql_dir,
+        schemas_dir: locations.schemas_dir,
+    })?)
+}
+
+async fn execute(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Run { locations, as_of, json } => {
+            let settings = settings(&cli.config, locations, as_of)?;
+            let report = run::run(&settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        Command::Generate {
+            out,
+            customers,
+            days,
+            seed,
+            end,
+            bad_input,
+        } => {
+            let landing = Location::parse(&out, &Default::default())?;
+            let end = end.unwrap_or_else(|| (chrono::Utc::now() - chrono::Duration::days(1)).date_naive());
+            let options = GenerateOptions {
+                customers,
+                days,
+                seed,
+                end,
+                bad_input,
+            };
+            let summary = generate(&landing, &options).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).expect("summary serialises")
+            );
+        }
+        Command::Demo {
+            dir,
+            customers,
+            days,
+            seed,
+        } => {
+            let settings = settings(&cli.config, Locations::default(), None)?;
+            let options = demo::DemoOptions {
+                dir,
+                customers,
+                days,
+                seed,
+            };
+            let result = demo::demo(&options, settings).await?;
+            print!("{}", result.render());
+        }
+        Command::Jobs { command } => {
+            let (JobsCommand::List { locations } | JobsCommand::Validate { locations }) = &command;
+            let settings = settings(&cli.config, locations.clone(), None)?;
+            let project = run::prepare(&settings).await?;
+            match command {
+                JobsCommand::List { .. } => {
+                    println!(
+                        "{:<20} {:<8} {:<10} {:<40} description",
+                        "job", "kind", "family", "reads"
+                    );
+                    for job in &project.catalog.jobs {
+                        let reads: Vec<&str> = job.reads().map(String::as_str).collect();
+                        println!(
+                            "{:<20} {:<8} {:<10} {:<40} {}",
+                            job.name,
+                            format!("{:?}", job.kind).to_lowercase(),
+                            job.family.as_deref().unwrap_or("-"),
+                            reads.join(","),
+                            job.description
+                        );
+                    }
+                }
+                JobsCommand::Validate { .. } => {
+                    println!(
+                        "ok: {} jobs in {} plan ({} tags)",
+                        project.catalog.jobs.len(),
+                        project.catalog.dir.display(),
+                        project.catalog.tags().count()
+                    );
+                }
+            }
+        }
+        Command::Quarantine { command } => {
+            let QuarantineCommand::List { json, locations } = command;
+            let settings = settings(&cli.config, locations, None)?;
+            let warehouse = settings.warehouse()?;
+            let entries = Quarantine::new(warehouse).list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries).expect("entries serialise"));
+            } else if entries.is_empty() {
+                println!("quarantine is empty ({})", Quarantine::new(warehouse).url());
+            } else {
+                for e in &entries {
+                    println!(
+                        "{:<7} {:<5} rows={:<6} {}\n        reason: {}\n        kept at: {}",
+                        e.stream,
+                        format!("{:?}", e.kind).to_lowercase(),
+                        e.rows,
+                        e.source,
+                        e.reason,
+                        e.data
+                    );
+                }
+            }
+        }
+        Command::Tags {
+            customer_id,
+            locations,
+            version,
+        } => {
+            let settings = settings(&cli.config, locations, None)?;
+            let warehouse = settings.warehouse()?;
+            let sql = format!(
+                "SELECT family, tag, value, score, as_of FROM {TAGS_TABLE} WHERE customer_id = '{}' ORDER BY family, tag",
+                customer_id.replace('\'', "''")
+            );
+            let batches = query_published(warehouse, TAGS_TABLE, version, &sql).await?;
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                eprintln!("no tags for customer '{customer_id}'");
+            }
+            for batch in &batches {
+                for row in 0..batch.num_rows() {
+                    let cells: Vec<String> = batch
+                        .columns()
+                        .iter()
+                        .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
+                        .collect();
+                    println!("{}", cells.join("\t"));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+-- name = "category_intent"
+-- family = "intent"
+-- description = "The category a customer is circling: product views + 3 x cart adds per category in the last 7 days, leaving out categories bought (paid) in those days. Value: the top category (ties: smallest) if its points reach 5. Score: the points."
+-- inputs = ["clicks", "carts", "paid_orders"]
+-- [params]
+-- window_days = 7
+-- cart_add_points = 3
+-- min_points = 5
+WITH category_signals AS (
+    SELECT customer_id, category, 1 AS points
+    FROM clicks
+    WHERE page_type = 'product' AND category IS NOT NULL
+      AND event_day > {{as_of_day}} - {{window_days}}
+    UNION ALL
+    SELECT customer_id, category, {{cart_add_points}} AS points
+    FROM carts
+    WHERE action = 'add' AND category IS NOT NULL
+      AND event_day > {{as_of_day}} - {{window_days}}
+),
+recently_bought AS (
+    SELECT DISTINCT customer_id, category
+    FROM paid_orders
+    WHERE category IS NOT NULL AND paid_day > {{as_of_day}} - {{window_days}}
+),
+category_points AS (
+    SELECT customer_id, category, SUM(points) AS points
+    FROM category_signals
+    GROUP BY customer_id, category
+),
+open_categories AS (
+    SELECT p.customer_id, p.category, p.points
+    FROM category_points p
+    LEFT JOIN recently_bought b ON b.customer_id = p.customer_id AND b.category = p.category
+    WHERE b.customer_id IS NULL
+),
+ranked_categories AS (
+    SELECT
+        customer_id,
+        category,
+        points,
+        ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY points DESC, category ASC) AS category_rank
+    FROM open_categories
+)
+SELECT customer_id, category AS value, CAST(points AS DOUBLE) AS score
+FROM ranked_categories
+WHERE category_rank = 1 AND points >= {{min_points}}

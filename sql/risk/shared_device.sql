@@ -1,0 +1,30 @@
+-- name = "shared_device"
+-- family = "risk"
+-- description = "A device the customer used in the last 30 days (any stream) was used by at least 5 distinct customers in those days. Score: the most customers on one of the customer's devices."
+-- inputs = ["clicks", "carts", "orders"]
+-- [params]
+-- window_days = 30
+-- min_customers = 5
+WITH recent_device_use AS (
+    SELECT customer_id, device_id FROM clicks
+    WHERE device_id IS NOT NULL AND event_day > {{as_of_day}} - {{window_days}}
+    UNION ALL
+    SELECT customer_id, device_id FROM carts
+    WHERE device_id IS NOT NULL AND event_day > {{as_of_day}} - {{window_days}}
+    UNION ALL
+    SELECT customer_id, device_id FROM orders
+    WHERE device_id IS NOT NULL AND event_day > {{as_of_day}} - {{window_days}}
+),
+device_customers AS (
+    SELECT DISTINCT device_id, customer_id FROM recent_device_use
+),
+customers_per_device AS (
+    SELECT device_id, COUNT(*) AS customers
+    FROM device_customers
+    GROUP BY device_id
+)
+SELECT d.customer_id, 'true' AS value, CAST(MAX(n.customers) AS DOUBLE) AS score
+FROM device_customers d
+JOIN customers_per_device n ON n.device_id = d.device_id
+WHERE n.customers >= {{min_customers}}
+GROUP BY d.customer_id

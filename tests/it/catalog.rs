@@ -1,0 +1,280 @@
+//! The SQL job catalog: discovery, headers, dependency order, parameters and planning
+//! errors reported with file and line before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use tagflow::jobs::{Catalog, CatalogError, JobKind};
+use tagflow::schema::Schemas;
+
+use crate::support::*;
+
+fn shipped_sql() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")
+}
+
+fn schemas() -> Schemas {
+    Schemas::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+}
+
+fn streams() -> Vec<String> {
+    vec!["carts".into(), "clicks".into(), "orders".into()]
+}
+
+/// A copy of the shipped catalog in a temp folder, to break or extend.
+fn catalog_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped_sql(), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn load_err(dir: &Path) -> CatalogError {
+    Catalog::load(dir, &streams()).expect_err("catalog must be rejected")
+}
+
+#[tokio::test]
+async fn shipped_catalog_has_twelve_tags_in_dependency_order_and_plans() {
+    let catalog = Catalog::load(&shipped_sql(), &streams()).unwrap();
+    let tags: Vec<&str> = catalog.tags().map(|j| j.name.as_str()).collect();
+    assert_eq!(tags.len(), 12, "{tags:?}");
+    let measures: Vec<&str> = catalog
+        .jobs
+        .iter()
+        .filter(|j| j.kind == JobKind::Measure)
+        .map(|j| j.name.as_str())
+        .collect();
+    assert_eq!(measures, vec!["paid_orders", "customer_measures"]);
+    let position = |name: &str| catalog.jobs.iter().position(|j| j.name == name).unwrap();
+    for risk in ["refund_risk", "low_credit", "shared_device"] {
+        assert!(position(risk) < position("marketing_blacklist"));
+    }
+    assert!(position("paid_orders") < position("customer_measures"));
+    assert!(position("customer_measures") < position("rfm_tier"));
+    catalog.validate(&schemas()).await.unwrap();
+}
+
+#[test]
+fn a_dependency_cycle_is_reported_with_the_jobs_in_it() {
+    let dir = catalog_copy();
+    std::fs::write(
+        dir.path().join("risk/a.sql"),
+        "-- name = \"a\"\n-- family = \"risk\"\n-- description = \"d\"\n-- depends_on = [\"b\"]\nSELECT customer_id, value, score FROM b\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("risk/b.sql"),
+        "-- name = \"b\"\n-- family = \"risk\"\n-- description = \"d\"\n-- depends_on = [\"a\"]\nSELECT customer_id, value, score FROM a\n",
+    )
+    .unwrap();
+    let err = load_err(dir.path());
+    assert!(matches!(err, CatalogError::Cycle { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("a -> b -> a") || message.contains("b -> a -> b"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unknown_input_is_reported_with_file_and_line() {
+    let dir = catalog_copy();
+    let file = dir.path().join("intent/x.sql");
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\", \"sessions\"]\nSELECT 1\n",
+    )
+    .unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(message.contains(&format!("{}:4:", file.display())), "{message}");
+    assert!(message.contains("unknown input 'sessions'"), "{message}");
+}
+
+#[test]
+fn header_errors_name_the_file_and_line() {
+    let dir = catalog_copy();
+    let file = dir.path().join("intent/x.sql");
+    // unknown header key on line 3
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- owner = \"me\"\n-- description = \"d\"\nSELECT 1\n",
+    )
+    .unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(
+        message.contains(&format!("{}:3: header error", file.display())),
+        "{message}"
+    );
+    assert!(message.contains("owner"), "{message}");
+    // no header at all
+    std::fs::write(&file, "SELECT 1\n").unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(message.contains("missing header"), "{message}");
+    // name not matching the file
+    std::fs::write(
+        &file,
+        "-- name = \"y\"\n-- family = \"intent\"\n-- description = \"d\"\nSELECT 1\n",
+    )
+    .unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(message.contains("must match the file name"), "{message}");
+}
+
+#[test]
+fn placeholders_must_be_declared_and_parameters_used() {
+    let dir = catalog_copy();
+    let file = dir.path().join("intent/x.sql");
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS value,\n  CAST(NULL AS DOUBLE) AS score FROM clicks WHERE event_day > {{as_of_day}} - {{window}}\n",
+    )
+    .unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(message.contains(&format!("{}:6:", file.display())), "{message}");
+    assert!(message.contains("unknown placeholder {{window}}"), "{message}");
+
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\n-- [params]\n-- window = 3\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score FROM clicks\n",
+    )
+    .unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(
+        message.contains("parameter 'window' is declared but never used"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn sql_that_does_not_plan_is_reported_with_file_and_line_before_anything_runs() {
+    let dir = catalog_copy();
+    let file = dir.path().join("intent/x.sql");
+    // `carts` is not a declared input of this job: planning fails on line 6
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT c.customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM carts c\n",
+    )
+    .unwrap();
+    let catalog = Catalog::load(dir.path(), &streams()).unwrap();
+    let message = catalog
+        .validate(&schemas())
+        .await
+        .expect_err("must not plan")
+        .to_string();
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    assert!(message.to_lowercase().contains("carts"), "{message}");
+
+    // a syntax error points at its line
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM clicks\nWHERE customer_id = = 1\n",
+    )
+    .unwrap();
+    let catalog = Catalog::load(dir.path(), &streams()).unwrap();
+    let message = catalog
+        .validate(&schemas())
+        .await
+        .expect_err("must not plan")
+        .to_string();
+    assert!(message.contains(&format!("{}:7:", file.display())), "{message}");
+
+    // a tag that returns the wrong columns
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS tag_value FROM clicks\n",
+    )
+    .unwrap();
+    let catalog = Catalog::load(dir.path(), &streams()).unwrap();
+    let message = catalog
+        .validate(&schemas())
+        .await
+        .expect_err("wrong columns")
+        .to_string();
+    assert!(message.contains("must return exactly the columns"), "{message}");
+}
+
+#[tokio::test]
+async fn a_broken_catalog_fails_the_run_before_reading_and_keeps_the_published_table() {
+    let fx = Fixture::new();
+    fx.clicks("a.parquet", &[view("k1", "c1", "2026-11-19T10:00:00Z")]);
+    fx.run("2026-11-20T00:00:00Z").await;
+    let dir = catalog_copy();
+    std::fs::write(
+        dir.path().join("intent/x.sql"),
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\nSELEC 1\n",
+    )
+    .unwrap();
+    let mut settings = fx.settings("2026-11-21T00:00:00Z", None).unwrap();
+    settings.sql_dir = dir.path().to_path_buf();
+    let err = tagflow::run::run(&settings).await.expect_err("broken catalog");
+    assert_eq!(err.exit_code(), tagflow::error::exit::CONFIG);
+    let warehouse =
+        tagflow::storage::Location::parse(&fx.warehouse_dir().to_string_lossy(), &Default::default()).unwrap();
+    let table = tagflow::publish::open_published(&warehouse, "customer_tags", None)
+        .await
+        .unwrap();
+    assert_eq!(table.version(), Some(0), "no new version was published");
+}
+
+#[tokio::test]
+async fn parameter_overrides_are_validated() {
+    let fx = Fixture::new();
+    fx.clicks("a.parquet", &[view("k1", "c1", "2026-11-19T10:00:00Z")]);
+    for (config, expected) in [
+        ("[params.nope]\nx = 1\n", "no job named 'nope'"),
+        ("[params.low_credit]\nmin_event = 2\n", "has no parameter 'min_event'"),
+        ("[params.low_credit]\nmin_events = \"two\"\n", "expected a value like 3"),
+        ("landing_zone = \"x\"\n", "unknown field `landing_zone`"),
+    ] {
+        let err = fx
+            .try_run("2026-11-20T00:00:00Z", Some(config))
+            .await
+            .expect_err(config);
+        assert!(err.to_string().contains(expected), "{config}: {err}");
+        assert_eq!(err.exit_code(), tagflow::error::exit::CONFIG);
+    }
+    // an integer may replace a float default
+    fx.try_run(
+        "2026-11-20T00:00:00Z",
+        Some("[params.brand_enthusiast]\nmin_share = 1\n"),
+    )
+    .await
+    .unwrap();
+}
+
+/// Adding a tag is adding a SQL file: no Rust code.
+#[tokio::test]
+async fn a_new_sql_file_is_a_new_published_tag() {
+    let fx = Fixture::new();
+    fx.clicks(
+        "a.parquet",
+        &[
+            view("k1", "c1", "2026-11-19T10:00:00Z").page("search"),
+            view("k2", "c2", "2026-11-19T10:00:00Z"),
+        ],
+    );
+    let dir = catalog_copy();
+    std::fs::write(
+        dir.path().join("intent/searcher.sql"),
+        "-- name = \"searcher\"\n-- family = \"intent\"\n-- description = \"Searched in the last N days.\"\n-- inputs = [\"clicks\"]\n-- [params]\n-- window_days = 7\nWITH recent_searches AS (\n  SELECT customer_id, COUNT(*) AS searches FROM clicks\n  WHERE page_type = 'search' AND event_day > {{as_of_day}} - {{window_days}}\n  GROUP BY customer_id\n)\nSELECT customer_id, 'true' AS value, CAST(searches AS DOUBLE) AS score FROM recent_searches\n",
+    )
+    .unwrap();
+    let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
+    settings.sql_dir = dir.path().to_path_buf();
+    let report = tagflow::run::run(&settings).await.unwrap();
+    assert!(report.tags.iter().any(|t| t.tag == "searcher" && t.rows == 1));
+    let tags = fx.published(None).await;
+    assert_eq!(tags.customers("searcher"), vec!["c1"]);
+    assert_eq!(tags.rows.iter().find(|r| r.tag == "searcher").unwrap().family, "intent");
+}

@@ -1,0 +1,10 @@
+//! Integration tests, built as one binary to spare link time.
+
+mod support;
+
+mod catalog;
+mod end_to_end;
+mod sources;
+mod tags_behaviour;
+mod tags_intent;
+mod tags_risk;

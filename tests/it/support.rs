@@ -1,0 +1,452 @@
+//! Test harness: write hand-made landing files, run the real pipeline (local files as the
+//! object store, a real Delta table as output) and read the published tags back.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int32Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use tagflow::config::{CliSettings, Settings};
+use tagflow::publish::{query_published, TAGS_TABLE};
+use tagflow::report::RunReport;
+use tempfile::TempDir;
+
+/// Microseconds since the epoch of an RFC 3339 time.
+pub fn micros(time: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .unwrap_or_else(|e| panic!("bad time {time}: {e}"))
+        .timestamp_micros()
+}
+
+/// A click (page view). `view(..)` makes a product view; builder methods set the rest.
+#[derive(Clone, Debug)]
+pub struct Click {
+    pub event_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub time: String,
+    pub page_type: Option<String>,
+    pub category: Option<String>,
+    pub brand: Option<String>,
+    pub price: Option<f64>,
+    pub device_id: Option<String>,
+}
+
+pub fn view(id: &str, customer: &str, time: &str) -> Click {
+    Click {
+        event_id: Some(id.into()),
+        customer_id: Some(customer.into()),
+        time: time.into(),
+        page_type: Some("product".into()),
+        category: None,
+        brand: None,
+        price: None,
+        device_id: None,
+    }
+}
+
+impl Click {
+    pub fn page(mut self, page_type: &str) -> Self {
+        self.page_type = Some(page_type.into());
+        self
+    }
+    pub fn category(mut self, category: &str) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+    pub fn device(mut self, device: &str) -> Self {
+        self.device_id = Some(device.into());
+        self
+    }
+    pub fn no_customer(mut self) -> Self {
+        self.customer_id = None;
+        self
+    }
+}
+
+/// A cart event. `cart_add(..)` makes an `add`; `.remove()` turns it into a `remove`.
+#[derive(Clone, Debug)]
+pub struct Cart {
+    pub event_id: String,
+    pub customer_id: String,
+    pub time: String,
+    pub action: String,
+    pub product_id: String,
+    pub category: Option<String>,
+    pub quantity: i32,
+    pub unit_price: Option<f64>,
+    pub device_id: Option<String>,
+}
+
+pub fn cart_add(id: &str, customer: &str, time: &str, quantity: i32, unit_price: Option<f64>) -> Cart {
+    Cart {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        time: time.into(),
+        action: "add".into(),
+        product_id: format!("p-{id}"),
+        category: None,
+        quantity,
+        unit_price,
+        device_id: None,
+    }
+}
+
+impl Cart {
+    pub fn remove(mut self) -> Self {
+        self.action = "remove".into();
+        self
+    }
+    pub fn action(mut self, action: &str) -> Self {
+        self.action = action.into();
+        self
+    }
+    pub fn category(mut self, category: &str) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+    pub fn device(mut self, device: &str) -> Self {
+        self.device_id = Some(device.into());
+        self
+    }
+}
+
+/// An order state change.
+#[derive(Clone, Debug)]
+pub struct Order {
+    pub event_id: String,
+    pub customer_id: String,
+    pub time: String,
+    pub order_id: String,
+    pub status: String,
+    pub amount: f64,
+    pub category: Option<String>,
+    pub brand: Option<String>,
+    pub discount_amount: Option<f64>,
+    pub device_id: Option<String>,
+}
+
+pub fn order(id: &str, customer: &str, time: &str, order_id: &str, status: &str, amount: f64) -> Order {
+    Order {
+        event_id: id.into(),
+        customer_id: customer.into(),
+        time: time.into(),
+        order_id: order_id.into(),
+        status: status.into(),
+        amount,
+        category: None,
+        brand: None,
+        discount_amount: None,
+        device_id: None,
+    }
+}
+
+impl Order {
+    pub fn brand(mut self, brand: &str) -> Self {
+        self.brand = Some(brand.into());
+        self
+    }
+    pub fn category(mut self, category: &str) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+    pub fn discount(mut self, discount: f64) -> Self {
+        self.discount_amount = Some(discount);
+        self
+    }
+    pub fn device(mut self, device: &str) -> Self {
+        self.device_id = Some(device.into());
+        self
+    }
+}
+
+fn utf8(values: impl IntoIterator<Item = Option<String>>) -> ArrayRef {
+    Arc::new(StringArray::from_iter(values))
+}
+
+fn times(values: impl IntoIterator<Item = String>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from_iter_values(values.into_iter().map(|t| micros(&t))).with_timezone("UTC"))
+}
+
+fn ts_field() -> Field {
+    Field::new(
+        "event_time",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    )
+}
+
+pub fn clicks_batch(rows: &[Click]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, true),
+        Field::new("customer_id", DataType::Utf8, true),
+        ts_field(),
+        Field::new("page_type", DataType::Utf8, true),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("brand", DataType::Utf8, true),
+        Field::new("price", DataType::Float64, true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]);
+    let r = rows;
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            utf8(r.iter().map(|c| c.event_id.clone())),
+            utf8(r.iter().map(|c| c.customer_id.clone())),
+            times(r.iter().map(|c| c.time.clone())),
+            utf8(r.iter().map(|c| c.page_type.clone())),
+            utf8(r.iter().map(|c| c.category.clone())),
+            utf8(r.iter().map(|c| c.brand.clone())),
+            Arc::new(Float64Array::from_iter(r.iter().map(|c| c.price))),
+            utf8(r.iter().map(|c| c.device_id.clone())),
+        ],
+    )
+    .expect("clicks batch")
+}
+
+pub fn carts_batch(rows: &[Cart]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        ts_field(),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("product_id", DataType::Utf8, false),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("quantity", DataType::Int32, false),
+        Field::new("unit_price", DataType::Float64, true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]);
+    let r = rows;
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            utf8(r.iter().map(|c| Some(c.event_id.clone()))),
+            utf8(r.iter().map(|c| Some(c.customer_id.clone()))),
+            times(r.iter().map(|c| c.time.clone())),
+            utf8(r.iter().map(|c| Some(c.action.clone()))),
+            utf8(r.iter().map(|c| Some(c.product_id.clone()))),
+            utf8(r.iter().map(|c| c.category.clone())),
+            Arc::new(Int32Array::from_iter_values(r.iter().map(|c| c.quantity))),
+            Arc::new(Float64Array::from_iter(r.iter().map(|c| c.unit_price))),
+            utf8(r.iter().map(|c| c.device_id.clone())),
+        ],
+    )
+    .expect("carts batch")
+}
+
+pub fn orders_batch(rows: &[Order]) -> RecordBatch {
+    let schema = Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        ts_field(),
+        Field::new("order_id", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("amount", DataType::Float64, false),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("brand", DataType::Utf8, true),
+        Field::new("discount_amount", DataType::Float64, true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]);
+    let r = rows;
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            utf8(r.iter().map(|o| Some(o.event_id.clone()))),
+            utf8(r.iter().map(|o| Some(o.customer_id.clone()))),
+            times(r.iter().map(|o| o.time.clone())),
+            utf8(r.iter().map(|o| Some(o.order_id.clone()))),
+            utf8(r.iter().map(|o| Some(o.status.clone()))),
+            Arc::new(Float64Array::from_iter_values(r.iter().map(|o| o.amount))),
+            utf8(r.iter().map(|o| o.category.clone())),
+            utf8(r.iter().map(|o| o.brand.clone())),
+            Arc::new(Float64Array::from_iter(r.iter().map(|o| o.discount_amount))),
+            utf8(r.iter().map(|o| o.device_id.clone())),
+        ],
+    )
+    .expect("orders batch")
+}
+
+/// Write any batch as a Parquet file.
+pub fn write_parquet(path: &Path, batch: &RecordBatch) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let file = std::fs::File::create(path).expect("create parquet");
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(batch).expect("write");
+    writer.close().expect("close");
+}
+
+/// One published tag row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TagRow {
+    pub customer_id: String,
+    pub family: String,
+    pub tag: String,
+    pub value: String,
+    pub score: Option<f64>,
+}
+
+/// The tags of one published version.
+#[derive(Debug)]
+pub struct Tags {
+    pub rows: Vec<TagRow>,
+}
+
+impl Tags {
+    /// (value, score) of `tag` for `customer`, if the tag applies.
+    pub fn get(&self, customer: &str, tag: &str) -> Option<(String, Option<f64>)> {
+        let found: Vec<&TagRow> = self
+            .rows
+            .iter()
+            .filter(|r| r.customer_id == customer && r.tag == tag)
+            .collect();
+        assert!(found.len() <= 1, "{customer} has {} rows of {tag}", found.len());
+        found.first().map(|r| (r.value.clone(), r.score))
+    }
+
+    pub fn value(&self, customer: &str, tag: &str) -> Option<String> {
+        self.get(customer, tag).map(|(v, _)| v)
+    }
+
+    pub fn score(&self, customer: &str, tag: &str) -> Option<f64> {
+        self.get(customer, tag).and_then(|(_, s)| s)
+    }
+
+    /// Sorted customers carrying `tag`.
+    pub fn customers(&self, tag: &str) -> Vec<String> {
+        let mut c: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| r.tag == tag)
+            .map(|r| r.customer_id.clone())
+            .collect();
+        c.sort();
+        c
+    }
+}
+
+/// Assert a float equals `expected` to 1e-9 relative.
+pub fn assert_close(actual: Option<f64>, expected: f64) {
+    let actual = actual.unwrap_or_else(|| panic!("expected score {expected}, got null"));
+    let tolerance = 1e-9 * expected.abs().max(1.0);
+    assert!((actual - expected).abs() <= tolerance, "score {actual} != {expected}");
+}
+
+/// A landing zone and a warehouse in a temporary folder.
+pub struct Fixture {
+    pub dir: TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn landing_dir(&self) -> PathBuf {
+        self.dir.path().join("landing")
+    }
+
+    pub fn warehouse_dir(&self) -> PathBuf {
+        self.dir.path().join("warehouse")
+    }
+
+    /// Write `rows` as `landing/clicks/<name>` (name may contain sub-folders).
+    pub fn clicks(&self, name: &str, rows: &[Click]) -> &Self {
+        write_parquet(&self.landing_dir().join("clicks").join(name), &clicks_batch(rows));
+        self
+    }
+
+    pub fn carts(&self, name: &str, rows: &[Cart]) -> &Self {
+        write_parquet(&self.landing_dir().join("carts").join(name), &carts_batch(rows));
+        self
+    }
+
+    pub fn orders(&self, name: &str, rows: &[Order]) -> &Self {
+        write_parquet(&self.landing_dir().join("orders").join(name), &orders_batch(rows));
+        self
+    }
+
+    /// Write raw bytes into the landing zone (corrupt or foreign files).
+    pub fn raw(&self, relative: &str, bytes: &[u8]) -> &Self {
+        let path = self.landing_dir().join(relative);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, bytes).expect("write raw");
+        self
+    }
+
+    /// Settings for this fixture, with an optional config file body (e.g. param overrides).
+    pub fn settings(&self, as_of: &str, config: Option<&str>) -> Result<Settings, tagflow::Error> {
+        std::fs::create_dir_all(self.landing_dir()).expect("landing dir");
+        let config_path = config.map(|body| {
+            let path = self.dir.path().join("tagflow.toml");
+            std::fs::write(&path, body).expect("write config");
+            path
+        });
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Ok(Settings::resolve(&CliSettings {
+            config: config_path,
+            landing: Some(self.landing_dir().to_string_lossy().into_owned()),
+            warehouse: Some(self.warehouse_dir().to_string_lossy().into_owned()),
+            as_of: Some(as_of.to_string()),
+            sql_dir: Some(root.join("sql")),
+            schemas_dir: Some(root.join("schemas")),
+        })?)
+    }
+
+    /// Run the pipeline as of `as_of` with `config` and return the report.
+    pub async fn try_run(&self, as_of: &str, config: Option<&str>) -> Result<RunReport, tagflow::Error> {
+        let settings = self.settings(as_of, config)?;
+        tagflow::run::run(&settings).await
+    }
+
+    /// Run with the shipped defaults and read the published tags back from Delta.
+    pub async fn run(&self, as_of: &str) -> Tags {
+        self.run_with(as_of, None).await
+    }
+
+    /// Run with a config file body (e.g. `[params.low_credit]\nmin_events = 2`).
+    pub async fn run_with(&self, as_of: &str, config: Option<&str>) -> Tags {
+        self.try_run(as_of, config).await.expect("run succeeds");
+        self.published(None).await
+    }
+
+    /// Read a published version (latest by default) of `customer_tags`.
+    pub async fn published(&self, version: Option<u64>) -> Tags {
+        let warehouse = tagflow::storage::Location::parse(&self.warehouse_dir().to_string_lossy(), &Default::default())
+            .expect("warehouse");
+        let batches = query_published(
+            &warehouse,
+            TAGS_TABLE,
+            version,
+            "SELECT customer_id, family, tag, value, score FROM customer_tags ORDER BY tag, customer_id",
+        )
+        .await
+        .expect("read customer_tags");
+        let mut rows = Vec::new();
+        for b in &batches {
+            let s = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("utf8")
+                    .clone()
+            };
+            let (c, f, t, v) = (s(0), s(1), s(2), s(3));
+            let score = b.column(4).as_any().downcast_ref::<Float64Array>().expect("f64");
+            for i in 0..b.num_rows() {
+                rows.push(TagRow {
+                    customer_id: c.value(i).into(),
+                    family: f.value(i).into(),
+                    tag: t.value(i).into(),
+                    value: v.value(i).into(),
+                    score: arrow::array::Array::is_valid(score, i).then(|| score.value(i)),
+                });
+            }
+        }
+        Tags { rows }
+    }
+}
