@@ -15,7 +15,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
 use crate::jobs::{JobKind, JobRun};
@@ -119,6 +119,10 @@ fn register_object_stores() {
 async fn open_or_new(warehouse: &Location, table: &str) -> Result<DeltaTable, PublishError> {
     register_object_stores();
     let url = table_url(warehouse, table);
+    let open = |source| PublishError::Open {
+        url: url.to_string(),
+        source,
+    };
     warehouse
         .ensure_local_dir(table)
         .map_err(|source| PublishError::Folder {
@@ -126,12 +130,16 @@ async fn open_or_new(warehouse: &Location, table: &str) -> Result<DeltaTable, Pu
             source,
         })?;
     let options: HashMap<String, String> = warehouse.options.clone().into_iter().collect();
-    DeltaTable::try_from_url_with_storage_options(url.clone(), options)
-        .await
-        .map_err(|source| PublishError::Open {
-            url: url.to_string(),
-            source,
-        })
+    let mut delta = DeltaTableBuilder::from_url(url.clone())
+        .map_err(open)?
+        .with_storage_options(options)
+        .build()
+        .map_err(open)?;
+    // Load only an existing table: a new location is not an error, it gets version 0.
+    if delta.verify_deltatable_existence().await.map_err(open)? {
+        delta.load().await.map_err(open)?;
+    }
+    Ok(delta)
 }
 
 /// Commit `batches` as the new content of `table` (one new version).

@@ -278,3 +278,26 @@ async fn a_new_sql_file_is_a_new_published_tag() {
     assert_eq!(tags.customers("searcher"), vec!["c1"]);
     assert_eq!(tags.rows.iter().find(|r| r.tag == "searcher").unwrap().family, "intent");
 }
+
+/// `{{as_of}}` is the as-of instant as a UTC timestamp, comparable with `event_time`.
+#[tokio::test]
+async fn the_as_of_placeholder_is_a_utc_timestamp() {
+    let fx = Fixture::new();
+    fx.clicks(
+        "a.parquet",
+        &[
+            view("k1", "c1", "2026-11-19T23:00:00Z"),
+            view("k2", "c2", "2026-11-19T22:59:59Z"),
+        ],
+    );
+    let dir = catalog_copy();
+    std::fs::write(
+        dir.path().join("intent/last_hour.sql"),
+        "-- name = \"last_hour\"\n-- family = \"intent\"\n-- description = \"Clicked in the hour before the as-of time.\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM clicks WHERE event_time >= {{as_of}} - INTERVAL '1 hour'\nGROUP BY customer_id\n",
+    )
+    .unwrap();
+    let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
+    settings.sql_dir = dir.path().to_path_buf();
+    tagflow::run::run(&settings).await.unwrap();
+    assert_eq!(fx.published(None).await.customers("last_hour"), vec!["c1"]);
+}
