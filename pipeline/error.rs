@@ -51,6 +51,7 @@ impl Error {
             Error::Config(ConfigError::Storage(_)) | Error::Storage(_) => exit::CONFIG,
             Error::Config(_) | Error::Schema(_) | Error::Catalog(_) => exit::CONFIG,
             Error::Source(SourceError::Task(_)) => exit::INTERNAL,
+            Error::Source(SourceError::NoFiles { .. }) => exit::INPUT,
             Error::Source(_) | Error::Quarantine(_) => exit::STORAGE,
             Error::Job(_) => exit::INPUT,
             Error::Publish(PublishError::NotFound { .. }) => exit::INPUT,

@@ -57,9 +57,16 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
         let project = prepare(settings).instrument(info_span!("prepare")).await?;
         let mark = stage("prepare", started);
 
-        let data = sources::read_landing(landing, warehouse, &project.schemas, as_of, settings.read_concurrency)
-            .instrument(info_span!("read"))
-            .await?;
+        let data = sources::read_landing(
+            landing,
+            warehouse,
+            &project.schemas,
+            as_of,
+            started_at,
+            settings.read_concurrency,
+        )
+        .instrument(info_span!("read"))
+        .await?;
         let mark = stage("read", mark);
 
         let stream_schemas = project

@@ -58,8 +58,11 @@ impl ColumnType {
     pub fn accepts(self, source: &DataType) -> bool {
         use DataType::*;
         match (self, source) {
-            (ColumnType::Utf8, Utf8 | LargeUtf8 | Utf8View) => true,
-            (ColumnType::Utf8, Dictionary(_, value)) => matches!(**value, Utf8 | LargeUtf8 | Utf8View),
+            // Binary without a UTF8 annotation: older Hive/Impala writers. Invalid UTF-8 makes the row bad.
+            (ColumnType::Utf8, Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView) => true,
+            (ColumnType::Utf8, Dictionary(_, value)) => {
+                matches!(**value, Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView)
+            }
             (ColumnType::Int32, t) => t.is_integer(),
             (ColumnType::Float64, t) => {
                 t.is_floating() || t.is_integer() || matches!(t, Decimal128(..) | Decimal256(..))

@@ -47,6 +47,10 @@ pub enum SourceError {
         #[source]
         source: object_store::Error,
     },
+    #[error(
+        "no landing files under {url} (expected <stream>/**/*.parquet for streams {streams:?}); nothing was published"
+    )]
+    NoFiles { url: String, streams: Vec<String> },
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
     #[error("reader task failed: {0}")]
@@ -61,7 +65,7 @@ pub struct LandingFile {
     /// Path relative to the landing root, e.g. `clicks/dt=2026-11-20/part-0.parquet`.
     pub relative: String,
     pub size: u64,
-    /// When the file landed; the reference for the "too far in the future" rule.
+    /// When the file landed (its last-modified time in the store).
     pub landed_at: DateTime<Utc>,
 }
 
@@ -142,16 +146,24 @@ fn is_hidden(relative: &str) -> bool {
 }
 
 /// Read every landing file, quarantine what is bad, de-duplicate and keep the events with
-/// `event_time <= as_of`.
+/// `event_time <= as_of`. `ingested_at` is when this run ingests the files.
 pub async fn read_landing(
     landing: &Location,
     warehouse: &Location,
     schemas: &Schemas,
     as_of: DateTime<Utc>,
+    ingested_at: DateTime<Utc>,
     concurrency: usize,
 ) -> Result<LandingData, SourceError> {
     let (files, ignored) = list_files(landing, schemas).instrument(info_span!("list")).await?;
     info!(files = files.len(), "landing files listed");
+    if files.is_empty() {
+        // A wrong path must not publish an empty table over the good one.
+        return Err(SourceError::NoFiles {
+            url: landing.url.to_string(),
+            streams: schemas.streams.keys().cloned().collect(),
+        });
+    }
     let quarantine = Quarantine::new(warehouse);
     let total = files.len();
     let mut stats: BTreeMap<String, StreamStats> = schemas
@@ -179,7 +191,7 @@ pub async fn read_landing(
     let mut outcomes = futures::stream::iter(files.iter().cloned())
         .map(|file| {
             let schema = schemas.streams[&file.stream].clone();
-            async move { read_file(landing, &file, &schema).await.map(|o| (file, o)) }
+            async move { read_file(landing, &file, &schema, ingested_at).await.map(|o| (file, o)) }
         })
         .buffered(concurrency.max(1));
     let mut done = 0usize;
@@ -273,10 +285,13 @@ pub enum FileOutcome {
 }
 
 /// Fetch one file and normalise it. Storage errors are returned; bad content is an outcome.
+/// `ingested_at` is the moment this run ingests the file: the reference of the
+/// "event_time too far in the future" rule.
 pub async fn read_file(
     landing: &Location,
     file: &LandingFile,
     schema: &StreamSchema,
+    ingested_at: DateTime<Utc>,
 ) -> Result<FileOutcome, SourceError> {
     let fetch = |source| SourceError::Fetch {
         url: landing.display(&file.path),
@@ -291,16 +306,15 @@ pub async fn read_file(
         .await
         .map_err(fetch)?;
     let schema = schema.clone();
-    let landed_at = file.landed_at;
     let source = file.relative.clone();
-    tokio::task::spawn_blocking(move || decode_file(bytes, &schema, landed_at, &source))
+    tokio::task::spawn_blocking(move || decode_file(bytes, &schema, ingested_at, &source))
         .await
         .map_err(|e| SourceError::Task(e.to_string()))
 }
 
 /// Decode a whole file in memory. Any decoding error rejects the whole file: nothing of a
 /// file is used unless all of it could be read.
-pub fn decode_file(bytes: Bytes, schema: &StreamSchema, landed_at: DateTime<Utc>, source: &str) -> FileOutcome {
+pub fn decode_file(bytes: Bytes, schema: &StreamSchema, ingested_at: DateTime<Utc>, source: &str) -> FileOutcome {
     let reject = |bytes: Bytes, reason: String| FileOutcome::Rejected { bytes, reason };
     let builder = match ParquetRecordBatchReaderBuilder::try_new(bytes.clone()) {
         Ok(b) => b,
@@ -328,7 +342,7 @@ pub fn decode_file(bytes: Bytes, schema: &StreamSchema, landed_at: DateTime<Utc>
             Ok(b) => b,
             Err(e) => return reject(bytes, format!("corrupt Parquet data after {rows} rows: {e}")),
         };
-        match normalise_batch(&batch, schema, landed_at, source, rows) {
+        match normalise_batch(&batch, schema, ingested_at, source, rows) {
             Ok((g, b)) => {
                 rows += batch.num_rows();
                 good.push(g);
@@ -371,7 +385,7 @@ fn check_columns(file_schema: &Schema, schema: &StreamSchema) -> Result<(), Stri
 pub fn normalise_batch(
     batch: &RecordBatch,
     schema: &StreamSchema,
-    landed_at: DateTime<Utc>,
+    ingested_at: DateTime<Utc>,
     source: &str,
     first_row: usize,
 ) -> Result<(RecordBatch, Option<RecordBatch>), String> {
@@ -439,7 +453,7 @@ pub fn normalise_batch(
         .downcast_ref::<TimestampMicrosecondArray>()
         .expect("timestamp");
     let not_before = schema.event_time_not_before.timestamp_micros();
-    let latest = landed_at.timestamp_micros() + schema.event_time_max_ahead_of_ingest_hours * MICROS_PER_HOUR;
+    let latest = ingested_at.timestamp_micros() + schema.event_time_max_ahead_of_ingest_hours * MICROS_PER_HOUR;
     let mut days = Vec::with_capacity(n);
     for i in 0..n {
         if times.is_null(i) {
@@ -454,9 +468,9 @@ pub fn normalise_batch(
         } else if t > latest {
             flag(i, &|| {
                 format!(
-                    "event_time: more than {} h after the file landed ({})",
+                    "event_time: more than {} h after the file was ingested ({})",
                     schema.event_time_max_ahead_of_ingest_hours,
-                    landed_at.to_rfc3339()
+                    ingested_at.to_rfc3339()
                 )
             });
         }

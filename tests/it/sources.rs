@@ -189,7 +189,7 @@ async fn bad_rows_are_quarantined_with_reasons_and_the_rest_of_the_file_counts()
             order("o1", "c3", "2026-11-19T10:00:00Z", "A", "paid", -1.0),
             order("o2", "c3", "2026-11-19T10:00:00Z", "B", "shipped", 5.0),
             order("o3", "c3", "2026-11-19T10:00:00Z", "C", "paid", 0.0),
-            // far in the future of the moment the file landed (now)
+            // far in the future of the moment the file is ingested (now)
             order("o4", "c3", "2099-01-01T00:00:00Z", "D", "paid", 5.0),
         ],
     );
@@ -215,7 +215,7 @@ async fn bad_rows_are_quarantined_with_reasons_and_the_rest_of_the_file_counts()
         "action: unknown value 'wishlist'",
         "amount: -1 is negative",
         "status: unknown value 'shipped'",
-        "event_time: more than 24 h after the file landed",
+        "event_time: more than 24 h after the file was ingested",
     ] {
         assert!(all.contains(expected), "missing reason {expected:?} in\n{all}");
     }
@@ -441,4 +441,41 @@ async fn rerunning_keeps_one_quarantine_entry_per_file() {
     let entries = Quarantine::new(&warehouse(&fx)).list().await.unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].rows, 1);
+}
+
+/// Strings written as un-annotated binary (older Hive/Impala writers) are read as text;
+/// bytes that are not UTF-8 make only their row bad.
+#[tokio::test]
+async fn binary_string_columns_are_accepted_and_invalid_utf8_rows_quarantined() {
+    use arrow::array::BinaryArray;
+    let fx = Fixture::new();
+    let schema = Schema::new(vec![
+        Field::new("event_id", DataType::Binary, false),
+        Field::new("customer_id", DataType::Binary, false),
+        Field::new("event_time", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new("page_type", DataType::Binary, false),
+    ]);
+    let batch = RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(BinaryArray::from_vec(vec![b"b1", b"b2", b"b3", b"b4"])) as ArrayRef,
+            Arc::new(BinaryArray::from_vec(vec![b"c1", b"c1", b"c1", b"c\xff"])),
+            Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![
+                micros(
+                    "2026-11-19T10:00:00Z"
+                );
+                4
+            ])),
+            Arc::new(BinaryArray::from_vec(vec![
+                b"product", b"product", b"product", b"product",
+            ])),
+        ],
+    )
+    .unwrap();
+    write_parquet(&fx.landing_dir().join("clicks/hive/000000_0.parquet"), &batch);
+    let report = fx.try_run(T, None).await.unwrap();
+    assert_eq!(report.streams["clicks"].events, 3);
+    assert_eq!(report.streams["clicks"].rows_quarantined, 1);
+    let tags = fx.published(None).await;
+    assert_eq!(tags.value("c1", "aipl_stage").as_deref(), Some("interest"));
 }

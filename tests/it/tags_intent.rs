@@ -3,9 +3,6 @@
 //! T = 2026-11-20T12:00:00Z: the 7-day window starts 2026-11-14, the 3-day one 2026-11-18.
 
 use crate::support::*;
-use crate::tags_behaviour::{
-    assert_no_tag, assert_tag, paid, sorted, AFTER_T, BEFORE_3, BEFORE_365, BEFORE_7, FIRST_3, FIRST_365, FIRST_7, T,
-};
 
 /// `n` product views by `customer` at `time`, ids `<prefix>-1..n`, of `category` if given.
 fn views(prefix: &str, customer: &str, time: &str, category: Option<&str>, n: usize) -> Vec<Click> {

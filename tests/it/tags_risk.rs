@@ -5,9 +5,6 @@
 use std::collections::BTreeSet;
 
 use crate::support::*;
-use crate::tags_behaviour::{
-    assert_no_tag, assert_tag, paid, sorted, AFTER_T, BEFORE_30, BEFORE_365, BEFORE_7, FIRST_30, FIRST_365, FIRST_7, T,
-};
 
 /// `n` paid orders `<customer>-1..n` of `customer`, one on the first day of each month of 2026.
 fn monthly_paid_orders(customer: &str, n: usize) -> Vec<Order> {
