@@ -7,6 +7,7 @@
 //! files and bad rows are quarantined.
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -23,6 +24,7 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde::Serialize;
+use siphasher::sip128::SipHasher13;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::quarantine::{Entry, Quarantine, QuarantineError};
@@ -182,7 +184,7 @@ pub async fn read_landing(
         .collect();
     let mut events: BTreeMap<String, Vec<RecordBatch>> =
         schemas.streams.keys().map(|s| (s.clone(), Vec::new())).collect();
-    let mut seen: BTreeMap<String, HashSet<Box<str>>> = BTreeMap::new();
+    let mut seen: BTreeMap<String, SeenIds> = BTreeMap::new();
     let mut quarantined = Vec::new();
     let as_of_micros = as_of.timestamp_micros();
 
@@ -227,8 +229,8 @@ pub async fn read_landing(
                     );
                 }
                 let seen = seen.entry(file.stream.clone()).or_default();
-                for batch in good {
-                    let (batch, duplicates, late) = keep_counted(&batch, seen, as_of_micros);
+                for rows in good {
+                    let (batch, duplicates, late) = keep_counted(&rows, seen, as_of_micros);
                     stream_stats.duplicates_dropped += duplicates;
                     stream_stats.after_as_of += late;
                     stream_stats.events += batch.num_rows();
@@ -246,18 +248,53 @@ pub async fn read_landing(
     })
 }
 
+/// Hashes of the event ids seen so far in one stream.
+type SeenIds = HashSet<u128, BuildHasherDefault<PrehashedU128>>;
+
+/// Keys of [`SeenIds`] are already uniform 128-bit hashes: use their low bits as is.
+#[derive(Default)]
+struct PrehashedU128(u64);
+
+impl Hasher for PrehashedU128 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached through `write_u128`'s default, which passes the 16 bytes of the key.
+        let mut low = [0u8; 8];
+        low.copy_from_slice(&bytes[..8]);
+        self.0 = u64::from_le_bytes(low);
+    }
+    fn write_u128(&mut self, key: u128) {
+        self.0 = key as u64;
+    }
+}
+
+/// SipHash-1-3 (128-bit) of each `event_id`: a stable, keyed hash, so two different ids
+/// collide with probability ~2^-128 per pair.
+fn event_id_hashes(batch: &RecordBatch) -> Vec<u128> {
+    let hasher = SipHasher13::new_with_keys(0x7461_6766_6c6f_7700, 0x6576_656e_745f_6964);
+    let ids = string_column(batch, "event_id");
+    (0..ids.len())
+        .map(|i| hasher.hash(ids.value(i).as_bytes()).as_u128())
+        .collect()
+}
+
 /// Drop rows whose event_id was seen before (in this or an earlier file) and rows after
 /// the as-of time. Returns the kept rows, the duplicates dropped and the rows after as-of.
-fn keep_counted(batch: &RecordBatch, seen: &mut HashSet<Box<str>>, as_of_micros: i64) -> (RecordBatch, usize, usize) {
-    let ids = string_column(batch, "event_id");
+fn keep_counted(rows: &GoodRows, seen: &mut SeenIds, as_of_micros: i64) -> (RecordBatch, usize, usize) {
+    let batch = &rows.batch;
     let times = batch
         .column_by_name("event_time")
         .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
         .expect("normalised event_time");
     let (mut duplicates, mut late) = (0, 0);
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| {
-            if !seen.insert(ids.value(i).into()) {
+    let keep: BooleanArray = rows
+        .id_hashes
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            if !seen.insert(*id) {
                 duplicates += 1;
                 return Some(false);
             }
@@ -272,13 +309,20 @@ fn keep_counted(batch: &RecordBatch, seen: &mut HashSet<Box<str>>, as_of_micros:
     (kept, duplicates, late)
 }
 
+/// Normalised good rows of a file, with the 128-bit hash of each row's `event_id`
+/// (computed where the file is decoded, in parallel; de-duplication only compares hashes).
+pub struct GoodRows {
+    pub batch: RecordBatch,
+    pub id_hashes: Vec<u128>,
+}
+
 /// The result of reading one file.
 pub enum FileOutcome {
     /// The file could not be used at all.
     Rejected { bytes: Bytes, reason: String },
     /// Normalised good rows, and the bad rows (with reasons) if any.
     Read {
-        good: Vec<RecordBatch>,
+        good: Vec<GoodRows>,
         bad: Option<RecordBatch>,
         rows: usize,
     },
@@ -345,7 +389,8 @@ pub fn decode_file(bytes: Bytes, schema: &StreamSchema, ingested_at: DateTime<Ut
         match normalise_batch(&batch, schema, ingested_at, source, rows) {
             Ok((g, b)) => {
                 rows += batch.num_rows();
-                good.push(g);
+                let id_hashes = event_id_hashes(&g);
+                good.push(GoodRows { batch: g, id_hashes });
                 bad.extend(b);
             }
             Err(reason) => return reject(bytes, reason),
