@@ -140,11 +140,6 @@ impl Location {
         }
     }
 
-    /// True for a location on the local file system.
-    pub fn is_local(&self) -> bool {
-        self.url.scheme() == "file"
-    }
-
     /// For local locations, make sure the folder exists (delta-rs requires it).
     pub fn ensure_local_dir(&self, relative: &str) -> std::io::Result<()> {
         if let Ok(mut dir) = self.url.to_file_path() {

@@ -243,10 +243,6 @@ impl Catalog {
         })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Job> {
-        self.jobs.iter().find(|j| j.name == name)
-    }
-
     pub fn tags(&self) -> impl Iterator<Item = &Job> {
         self.jobs.iter().filter(|j| j.kind == JobKind::Tag)
     }
