@@ -128,6 +128,18 @@ enum JobsCommand {
         #[command(flatten)]
         locations: Locations,
     },
+    /// Show one job: header, effective parameters and SQL as it runs today.
+    Show {
+        job: String,
+        #[command(flatten)]
+        locations: Locations,
+    },
+    /// Print one job's DataFusion logical and physical plans.
+    Explain {
+        job: String,
+        #[command(flatten)]
+        locations: Locations,
+    },
 }
 
 #[derive(Subcommand)]
@@ -238,7 +250,10 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             print!("{}", result.render());
         }
         Command::Jobs { command } => {
-            let (JobsCommand::List { locations } | JobsCommand::Validate { locations }) = &command;
+            let (JobsCommand::List { locations }
+            | JobsCommand::Validate { locations }
+            | JobsCommand::Show { locations, .. }
+            | JobsCommand::Explain { locations, .. }) = &command;
             let settings = settings(&cli.config, locations.clone(), None)?;
             let project = run::prepare(&settings).await?;
             match command {
@@ -258,6 +273,16 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                             job.description
                         );
                     }
+                }
+                JobsCommand::Show { job, .. } => {
+                    let found = project.catalog.jobs.iter().find(|j| j.name == job);
+                    let job = found.ok_or(tagflow::jobs::CatalogError::UnknownJob { name: job.clone() })?;
+                    println!("{}", serde_json::to_string_pretty(job).expect("job serialises"));
+                    println!("\n{}", job.render_sql(settings.as_of).trim_start_matches('\n'));
+                }
+                JobsCommand::Explain { job, .. } => {
+                    let (logical, physical) = project.catalog.explain(&project.schemas, &job).await?;
+                    println!("logical plan:\n{logical}\n\nphysical plan:\n{physical}");
                 }
                 JobsCommand::Validate { .. } => {
                     println!(

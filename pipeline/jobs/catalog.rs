@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 use datafusion::catalog::MemTable;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,8 @@ pub enum CatalogError {
     },
     #[error("no jobs (*.sql) found under {0}")]
     Empty(PathBuf),
+    #[error("no job named '{name}' (see `tagflow jobs list`)")]
+    UnknownJob { name: String },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +286,34 @@ impl Catalog {
     /// Plan every job against empty tables of the right schemas, in order, so that SQL
     /// errors, undeclared tables and wrong tag outputs are found before anything runs.
     pub async fn validate(&self, schemas: &Schemas) -> Result<(), CatalogError> {
+        self.plan_until(schemas, None).await.map(|_| ())
+    }
+
+    /// The DataFusion logical and physical plans of one job, as indented text.
+    pub async fn explain(&self, schemas: &Schemas, job_name: &str) -> Result<(String, String), CatalogError> {
+        let (job, ctx, plan) = self.plan_until(schemas, Some(job_name)).await?.expect("job planned");
+        let physical = ctx
+            .state()
+            .create_physical_plan(&plan)
+            .await
+            .map_err(|e| job.plan_error(e.to_string()))?;
+        let physical = datafusion::physical_plan::displayable(physical.as_ref())
+            .indent(true)
+            .to_string();
+        let logical = plan.display_indent_schema().to_string();
+        Ok((logical, physical))
+    }
+
+    /// Plan jobs in order against empty tables (each job sees only what it declares);
+    /// stop at `stop_at` and return its context and logical plan.
+    async fn plan_until(
+        &self,
+        schemas: &Schemas,
+        stop_at: Option<&str>,
+    ) -> Result<Option<(&Job, SessionContext, LogicalPlan)>, CatalogError> {
+        if let Some(name) = stop_at.filter(|n| !self.jobs.iter().any(|j| j.name == *n)) {
+            return Err(CatalogError::UnknownJob { name: name.to_string() });
+        }
         let mut tables: BTreeMap<String, SchemaRef> = schemas
             .streams
             .iter()
@@ -305,9 +336,12 @@ impl Catalog {
             if job.kind == JobKind::Tag {
                 check_tag_output(&schema).map_err(|m| job.plan_error(m))?;
             }
+            if stop_at == Some(job.name.as_str()) {
+                return Ok(Some((job, ctx, plan)));
+            }
             tables.insert(job.name.clone(), Arc::new(schema));
         }
-        Ok(())
+        Ok(None)
     }
 }
 
