@@ -54,6 +54,10 @@ pub struct FileConfig {
     pub schemas_dir: Option<PathBuf>,
     /// Landing files fetched and decoded at once (default 8).
     pub read_concurrency: Option<usize>,
+    /// Lifetime of the warehouse run lock without renewal, in seconds (default 600). A run
+    /// renews it every third of that; a killed run's lock frees at once on the same host
+    /// and after this long elsewhere.
+    pub lock_ttl_secs: Option<u64>,
     /// Parameter overrides: `[params.<job>] <param> = <value>`.
     #[serde(default)]
     pub params: ParamOverrides,
@@ -92,6 +96,7 @@ pub struct Settings {
     pub as_of: DateTime<Utc>,
     pub params: ParamOverrides,
     pub read_concurrency: usize,
+    pub lock_ttl: std::time::Duration,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -152,6 +157,13 @@ impl Settings {
                 message: format!("{read_concurrency} is outside 1..=256"),
             });
         }
+        let lock_ttl_secs = file.lock_ttl_secs.unwrap_or(600);
+        if !(3..=86_400).contains(&lock_ttl_secs) {
+            return Err(ConfigError::Invalid {
+                key: "lock_ttl_secs",
+                message: format!("{lock_ttl_secs} is outside 3..=86400"),
+            });
+        }
         Ok(Settings {
             landing,
             warehouse,
@@ -160,6 +172,7 @@ impl Settings {
             as_of,
             params: file.params,
             read_concurrency,
+            lock_ttl: std::time::Duration::from_secs(lock_ttl_secs),
             config_file,
         })
     }

@@ -4,6 +4,7 @@
 use crate::config::ConfigError;
 use crate::generate::GenerateError;
 use crate::jobs::{CatalogError, JobError};
+use crate::lock::LockError;
 use crate::publish::PublishError;
 use crate::quarantine::QuarantineError;
 use crate::schema::SchemaError;
@@ -21,6 +22,8 @@ pub mod exit {
     pub const INPUT: i32 = 3;
     /// Storage could not be listed, read or written: nothing was published.
     pub const STORAGE: i32 = 5;
+    /// Another run holds the warehouse lock: nothing was done.
+    pub const LOCKED: i32 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,8 @@ pub enum Error {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 impl Error {
@@ -58,6 +63,8 @@ impl Error {
             Error::Publish(_) => exit::STORAGE,
             Error::Generate(GenerateError::InvalidOptions(_)) => exit::CONFIG,
             Error::Generate(_) => exit::STORAGE,
+            Error::Lock(LockError::Held { .. }) => exit::LOCKED,
+            Error::Lock(_) => exit::STORAGE,
         }
     }
 }

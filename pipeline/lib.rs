@@ -9,6 +9,7 @@ pub mod demo;
 pub mod error;
 pub mod generate;
 pub mod jobs;
+pub mod lock;
 pub mod publish;
 pub mod quarantine;
 pub mod report;

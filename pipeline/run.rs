@@ -15,6 +15,7 @@ use tracing::{info, info_span, Instrument};
 use crate::config::Settings;
 use crate::error::Error;
 use crate::jobs::{run_jobs, Catalog, JobKind, JobRun};
+use crate::lock::RunLock;
 use crate::publish::{self, TAGS_TABLE};
 use crate::quarantine::{EntryKind, Quarantine};
 use crate::report::{MeasureReport, QuarantineReport, RunReport, TagReport};
@@ -57,42 +58,54 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
         let project = prepare(settings).instrument(info_span!("prepare")).await?;
         let mark = stage("prepare", started);
 
-        let data = sources::read_landing(
-            landing,
-            warehouse,
-            &project.schemas,
-            as_of,
-            started_at,
-            settings.read_concurrency,
-        )
-        .instrument(info_span!("read"))
-        .await?;
-        let mark = stage("read", mark);
-
-        let stream_schemas = project
-            .schemas
-            .streams
-            .iter()
-            .map(|(k, s)| (k.clone(), s.arrow_schema()))
-            .collect();
-        let output = run_jobs(&project.catalog, &data.events, &stream_schemas, as_of)
-            .instrument(info_span!("jobs"))
+        // One run at a time per warehouse; the lock is released whatever happens next.
+        let lock = RunLock::acquire(warehouse, &run_id, settings.lock_ttl).await?;
+        let locked = async {
+            let data = sources::read_landing(
+                landing,
+                warehouse,
+                &project.schemas,
+                as_of,
+                started_at,
+                settings.read_concurrency,
+            )
+            .instrument(info_span!("read"))
             .await?;
-        drop(data.events);
-        let mark = stage("jobs", mark);
+            let mark = stage("read", mark);
 
-        let rows = publish::assemble(&output.runs, as_of);
-        let metadata = json!({ "tagflow.run_id": run_id, "tagflow.as_of": as_of.to_rfc3339() });
-        let published = publish::publish(
-            warehouse,
-            TAGS_TABLE,
-            rows,
-            metadata.as_object().cloned().unwrap_or_default(),
-        )
-        .instrument(info_span!("publish"))
-        .await?;
-        stage("publish", mark);
-        info!(version = published.version, rows = published.rows, "published");
+            let stream_schemas = project
+                .schemas
+                .streams
+                .iter()
+                .map(|(k, s)| (k.clone(), s.arrow_schema()))
+                .collect();
+            let output = run_jobs(&project.catalog, &data.events, &stream_schemas, as_of)
+                .instrument(info_span!("jobs"))
+                .await?;
+            let data = sources::LandingData {
+                events: Default::default(), // the events are no longer needed: free them
+                ..data
+            };
+            let mark = stage("jobs", mark);
+
+            let rows = publish::assemble(&output.runs, as_of);
+            let metadata = json!({ "tagflow.run_id": run_id, "tagflow.as_of": as_of.to_rfc3339() });
+            let published = publish::publish(
+                warehouse,
+                TAGS_TABLE,
+                rows,
+                metadata.as_object().cloned().unwrap_or_default(),
+            )
+            .instrument(info_span!("publish"))
+            .await?;
+            stage("publish", mark);
+            info!(version = published.version, rows = published.rows, "published");
+            Ok::<_, Error>((data, output, published))
+        }
+        .await;
+        let released = lock.release().await;
+        let (data, output, published) = locked?;
+        released?;
 
         let quarantine = QuarantineReport {
             location: Quarantine::new(warehouse).url(),

@@ -4,6 +4,7 @@ mod support;
 
 mod catalog;
 mod end_to_end;
+mod lock;
 mod sources;
 mod tags_behaviour;
 mod tags_intent;
