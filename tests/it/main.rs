@@ -5,6 +5,7 @@ mod support;
 mod catalog;
 mod end_to_end;
 mod lock;
+mod reference;
 mod sources;
 mod tags_behaviour;
 mod tags_intent;
