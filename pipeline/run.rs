@@ -10,7 +10,7 @@ use std::time::Instant;
 use arrow::array::{Array, StringArray};
 use chrono::Utc;
 use serde_json::json;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Settings;
 use crate::error::Error;
@@ -103,9 +103,11 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
             Ok::<_, Error>((data, output, published))
         }
         .await;
-        let released = lock.release().await;
+        if let Err(error) = lock.release().await {
+            // The run's outcome stands; the lock expires after lock_ttl_secs.
+            warn!(%error, "cannot release the warehouse lock");
+        }
         let (data, output, published) = locked?;
-        released?;
 
         let quarantine = QuarantineReport {
             location: Quarantine::new(warehouse).url(),

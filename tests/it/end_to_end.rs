@@ -60,20 +60,7 @@ async fn generated_landing_is_tagged_and_published_as_a_delta_table() {
     for row in &tags.rows {
         values.entry(row.tag.as_str()).or_default().insert(row.value.as_str());
     }
-    for tag in [
-        "rfm_tier",
-        "lifecycle",
-        "aipl_stage",
-        "repurchaser",
-        "brand_enthusiast",
-        "category_intent",
-        "cart_abandoner",
-        "promo_sensitive",
-        "refund_risk",
-        "low_credit",
-        "shared_device",
-        "marketing_blacklist",
-    ] {
+    for tag in SHIPPED_TAGS {
         assert!(values.contains_key(tag), "no customer has {tag}");
     }
     let all = |tag: &str, expected: &[&str]| {

@@ -20,29 +20,13 @@ use tagflow::schema::Schemas;
 use tagflow::sources::{read_landing, LandingData};
 use tagflow::storage::Location;
 
-use crate::support::{Fixture, TagRow, Tags};
+use crate::support::{Fixture, TagRow, Tags, SHIPPED_TAGS};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Evaluation times of each fixture: the end of the generated history, then a time in the
 /// middle of it (midnight: only events at exactly 00:00:00 count from day D).
 const AS_OFS: [&str; 2] = ["2026-11-19T18:30:00Z", "2026-06-30T00:00:00Z"];
-
-/// The shipped catalog.
-const CATALOG: [&str; 12] = [
-    "rfm_tier",
-    "lifecycle",
-    "aipl_stage",
-    "repurchaser",
-    "brand_enthusiast",
-    "category_intent",
-    "cart_abandoner",
-    "promo_sensitive",
-    "refund_risk",
-    "low_credit",
-    "shared_device",
-    "marketing_blacklist",
-];
 
 /// Differing rows shown per tag in a failure message.
 const SHOWN_PER_TAG: usize = 10;
@@ -95,7 +79,7 @@ async fn differential(seed: u64) {
 
         if i == 0 {
             // At the end of the history every tag must have rows, or the comparison is vacuous.
-            for tag in CATALOG {
+            for tag in SHIPPED_TAGS {
                 if expected.get(tag).is_none_or(|rows| rows.is_empty()) {
                     failures.push(format!(
                         "seed {seed}, as of {as_of}: the reference has no {tag} row: the generated data does not exercise it"

@@ -508,3 +508,19 @@ pub fn sorted(names: &[&str]) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The 12 tags of the shipped catalog (shared/spec/tags.md).
+pub const SHIPPED_TAGS: [&str; 12] = [
+    "rfm_tier",
+    "lifecycle",
+    "aipl_stage",
+    "repurchaser",
+    "brand_enthusiast",
+    "category_intent",
+    "cart_abandoner",
+    "promo_sensitive",
+    "refund_risk",
+    "low_credit",
+    "shared_device",
+    "marketing_blacklist",
+];
