@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod generate;
+pub mod history;
 pub mod jobs;
 pub mod lock;
 pub mod publish;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tagflow::config::{CliSettings, Settings};
 use tagflow::error::{exit, Error};
 use tagflow::generate::{generate, GenerateOptions};
+use tagflow::history::RUNS_TABLE;
 use tagflow::publish::{query_published, TAGS_TABLE};
 use tagflow::quarantine::Quarantine;
 use tagflow::storage::Location;
@@ -104,6 +105,16 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         command: QuarantineCommand,
+    },
+    /// Show the latest runs recorded in <warehouse>/job_runs (newest first).
+    Runs {
+        #[command(flatten)]
+        locations: Locations,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the rows as a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a customer's tags in the published table.
     Tags {
@@ -332,17 +343,53 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             if batches.iter().all(|b| b.num_rows() == 0) {
                 eprintln!("no tags for customer '{customer_id}'");
             }
-            for batch in &batches {
-                for row in 0..batch.num_rows() {
-                    let cells: Vec<String> = batch
-                        .columns()
-                        .iter()
-                        .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
-                        .collect();
-                    println!("{}", cells.join("\t"));
-                }
-            }
+            print_rows(&batches, false);
+        }
+        Command::Runs { locations, limit, json } => {
+            let settings = settings(&cli.config, locations, None)?;
+            let warehouse = settings.warehouse()?;
+            let sql = format!(
+                "SELECT run_id, status, exit_code, as_of, started_at, finished_at, files_read, events, \
+                 files_quarantined, rows_quarantined, published_version, error, jobs \
+                 FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT {limit}"
+            );
+            let batches = query_published(warehouse, RUNS_TABLE, None, &sql).await?;
+            print_rows(&batches, json);
         }
     }
     Ok(())
+}
+
+/// Rows as tab-separated text with a header, or as a JSON array.
+fn print_rows(batches: &[arrow::record_batch::RecordBatch], json: bool) {
+    if json {
+        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+        let batches: Vec<&arrow::record_batch::RecordBatch> = batches.iter().collect();
+        writer.write_batches(&batches).expect("rows serialise");
+        writer.finish().expect("rows serialise");
+        let out = writer.into_inner();
+        println!(
+            "{}",
+            if out.is_empty() {
+                "[]"
+            } else {
+                std::str::from_utf8(&out).expect("utf8")
+            }
+        );
+        return;
+    }
+    if let Some(first) = batches.first() {
+        let names: Vec<&str> = first.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        println!("{}", names.join("\t"));
+    }
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = batch
+                .columns()
+                .iter()
+                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
+                .collect();
+            println!("{}", cells.join("\t"));
+        }
+    }
 }

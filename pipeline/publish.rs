@@ -149,13 +149,33 @@ pub async fn publish(
     batches: Vec<RecordBatch>,
     metadata: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Published, PublishError> {
+    write(warehouse, table, batches, SaveMode::Overwrite, metadata).await
+}
+
+/// Append `batches` to `table` (one new version; appends from concurrent writers do not conflict).
+pub async fn append(
+    warehouse: &Location,
+    table: &str,
+    batches: Vec<RecordBatch>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<Published, PublishError> {
+    write(warehouse, table, batches, SaveMode::Append, metadata).await
+}
+
+async fn write(
+    warehouse: &Location,
+    table: &str,
+    batches: Vec<RecordBatch>,
+    mode: SaveMode,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<Published, PublishError> {
     let url = table_url(warehouse, table).to_string();
     let rows = batches.iter().map(|b| b.num_rows()).sum();
     let delta = open_or_new(warehouse, table).await?;
     let commit = CommitProperties::default().with_metadata(metadata);
     let delta = delta
         .write(batches)
-        .with_save_mode(SaveMode::Overwrite)
+        .with_save_mode(mode)
         .with_table_name(table)
         .with_commit_properties(commit)
         .await

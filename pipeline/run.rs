@@ -8,12 +8,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use arrow::array::{Array, StringArray};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Settings;
 use crate::error::Error;
+use crate::history::{self, RunRecord};
 use crate::jobs::{run_jobs, Catalog, JobKind, JobRun};
 use crate::lock::RunLock;
 use crate::publish::{self, TAGS_TABLE};
@@ -21,6 +22,7 @@ use crate::quarantine::{EntryKind, Quarantine};
 use crate::report::{MeasureReport, QuarantineReport, RunReport, TagReport};
 use crate::schema::Schemas;
 use crate::sources;
+use crate::storage::Location;
 
 /// The project files a run needs, loaded and checked.
 pub struct Project {
@@ -45,113 +47,132 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     let warehouse = settings.warehouse()?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let as_of = settings.as_of;
+    let started_at = Utc::now();
     let span = info_span!("run", run_id = %run_id, as_of = %as_of.to_rfc3339());
-    async move {
-        let started_at = Utc::now();
-        let started = Instant::now();
-        let mut stages_ms = BTreeMap::new();
-        let mut stage = |name: &str, since: Instant| {
-            stages_ms.insert(name.to_string(), since.elapsed().as_millis() as u64);
-            Instant::now()
-        };
-
-        let project = prepare(settings).instrument(info_span!("prepare")).await?;
-        let mark = stage("prepare", started);
-
-        // One run at a time per warehouse; the lock is released whatever happens next.
-        let lock = RunLock::acquire(warehouse, &run_id, settings.lock_ttl).await?;
-        let locked = async {
-            let data = sources::read_landing(
-                landing,
-                warehouse,
-                &project.schemas,
-                as_of,
-                started_at,
-                settings.read_concurrency,
-            )
-            .instrument(info_span!("read"))
-            .await?;
-            let mark = stage("read", mark);
-
-            let stream_schemas = project
-                .schemas
-                .streams
-                .iter()
-                .map(|(k, s)| (k.clone(), s.arrow_schema()))
-                .collect();
-            let output = run_jobs(&project.catalog, &data.events, &stream_schemas, as_of)
-                .instrument(info_span!("jobs"))
-                .await?;
-            let data = sources::LandingData {
-                events: Default::default(), // the events are no longer needed: free them
-                ..data
-            };
-            let mark = stage("jobs", mark);
-
-            let rows = publish::assemble(&output.runs, as_of);
-            let metadata = json!({ "tagflow.run_id": run_id, "tagflow.as_of": as_of.to_rfc3339() });
-            let published = publish::publish(
-                warehouse,
-                TAGS_TABLE,
-                rows,
-                metadata.as_object().cloned().unwrap_or_default(),
-            )
-            .instrument(info_span!("publish"))
-            .await?;
-            stage("publish", mark);
-            info!(version = published.version, rows = published.rows, "published");
-            Ok::<_, Error>((data, output, published))
-        }
+    let outcome = run_stages(settings, landing, warehouse, &run_id, started_at)
+        .instrument(span.clone())
         .await;
-        if let Err(error) = lock.release().await {
-            // The run's outcome stands; the lock expires after lock_ttl_secs.
-            warn!(%error, "cannot release the warehouse lock");
-        }
-        let (data, output, published) = locked?;
+    let record = RunRecord {
+        run_id: &run_id,
+        as_of,
+        started_at,
+        outcome: outcome.as_ref(),
+    };
+    if let Err(error) = history::record(warehouse, &record).instrument(span).await {
+        warn!(%error, "cannot record the run in {}", history::RUNS_TABLE);
+    }
+    outcome
+}
 
-        let quarantine = QuarantineReport {
-            location: Quarantine::new(warehouse).url(),
-            files: data.quarantined.iter().filter(|e| e.kind == EntryKind::File).count(),
-            rows: data
-                .quarantined
-                .iter()
-                .filter(|e| e.kind == EntryKind::Rows)
-                .map(|e| e.rows)
-                .sum(),
-            entries: data.quarantined,
-        };
-        Ok(RunReport {
-            run_id: run_id.clone(),
+async fn run_stages(
+    settings: &Settings,
+    landing: &Location,
+    warehouse: &Location,
+    run_id: &str,
+    started_at: DateTime<Utc>,
+) -> Result<RunReport, Error> {
+    let as_of = settings.as_of;
+    let started = Instant::now();
+    let mut stages_ms = BTreeMap::new();
+    let mut stage = |name: &str, since: Instant| {
+        stages_ms.insert(name.to_string(), since.elapsed().as_millis() as u64);
+        Instant::now()
+    };
+
+    let project = prepare(settings).instrument(info_span!("prepare")).await?;
+    let mark = stage("prepare", started);
+
+    // One run at a time per warehouse; the lock is released whatever happens next.
+    let lock = RunLock::acquire(warehouse, run_id, settings.lock_ttl).await?;
+    let locked = async {
+        let data = sources::read_landing(
+            landing,
+            warehouse,
+            &project.schemas,
             as_of,
             started_at,
-            duration_ms: started.elapsed().as_millis() as u64,
-            landing: landing.url.to_string(),
-            warehouse: warehouse.url.to_string(),
-            streams: data.stats,
-            quarantine,
-            customers: tagged_customers(&output.runs),
-            tags: output
-                .runs
-                .iter()
-                .filter(|r| r.job.kind == JobKind::Tag)
-                .map(tag_report)
-                .collect(),
-            measures: output
-                .runs
-                .iter()
-                .filter(|r| r.job.kind == JobKind::Measure)
-                .map(|r| MeasureReport {
-                    measure: r.job.name.clone(),
-                    rows: r.rows,
-                    duration_ms: r.duration.as_millis() as u64,
-                })
-                .collect(),
-            stages_ms,
-            published,
-        })
+            settings.read_concurrency,
+        )
+        .instrument(info_span!("read"))
+        .await?;
+        let mark = stage("read", mark);
+
+        let stream_schemas = project
+            .schemas
+            .streams
+            .iter()
+            .map(|(k, s)| (k.clone(), s.arrow_schema()))
+            .collect();
+        let output = run_jobs(&project.catalog, &data.events, &stream_schemas, as_of)
+            .instrument(info_span!("jobs"))
+            .await?;
+        let data = sources::LandingData {
+            events: Default::default(), // the events are no longer needed: free them
+            ..data
+        };
+        let mark = stage("jobs", mark);
+
+        let rows = publish::assemble(&output.runs, as_of);
+        let metadata = json!({ "tagflow.run_id": run_id, "tagflow.as_of": as_of.to_rfc3339() });
+        let published = publish::publish(
+            warehouse,
+            TAGS_TABLE,
+            rows,
+            metadata.as_object().cloned().unwrap_or_default(),
+        )
+        .instrument(info_span!("publish"))
+        .await?;
+        stage("publish", mark);
+        info!(version = published.version, rows = published.rows, "published");
+        Ok::<_, Error>((data, output, published))
     }
-    .instrument(span)
-    .await
+    .await;
+    if let Err(error) = lock.release().await {
+        // The run's outcome stands; the lock expires after lock_ttl_secs.
+        warn!(%error, "cannot release the warehouse lock");
+    }
+    let (data, output, published) = locked?;
+
+    let quarantine = QuarantineReport {
+        location: Quarantine::new(warehouse).url(),
+        files: data.quarantined.iter().filter(|e| e.kind == EntryKind::File).count(),
+        rows: data
+            .quarantined
+            .iter()
+            .filter(|e| e.kind == EntryKind::Rows)
+            .map(|e| e.rows)
+            .sum(),
+        entries: data.quarantined,
+    };
+    Ok(RunReport {
+        run_id: run_id.to_string(),
+        as_of,
+        started_at,
+        duration_ms: started.elapsed().as_millis() as u64,
+        landing: landing.url.to_string(),
+        warehouse: warehouse.url.to_string(),
+        streams: data.stats,
+        quarantine,
+        customers: tagged_customers(&output.runs),
+        tags: output
+            .runs
+            .iter()
+            .filter(|r| r.job.kind == JobKind::Tag)
+            .map(tag_report)
+            .collect(),
+        measures: output
+            .runs
+            .iter()
+            .filter(|r| r.job.kind == JobKind::Measure)
+            .map(|r| MeasureReport {
+                measure: r.job.name.clone(),
+                rows: r.rows,
+                duration_ms: r.duration.as_millis() as u64,
+            })
+            .collect(),
+        stages_ms,
+        published,
+    })
 }
 
 fn tag_report(run: &JobRun) -> TagReport {

@@ -4,6 +4,7 @@ mod support;
 
 mod catalog;
 mod end_to_end;
+mod history;
 mod lock;
 mod reference;
 mod sources;

@@ -1,0 +1,108 @@
+//! Run history: one row per `tagflow run`, succeeded or failed, appended to the Delta table
+//! `<warehouse>/job_runs` so that operators and schedulers can see what ran.
+//!
+//! Owns: the `job_runs` schema and the rows recorded. Must not: decide a run's outcome;
+//! failing to record history never fails a run (it is logged).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::error::{exit, Error};
+use crate::publish::{self, PublishError};
+use crate::report::RunReport;
+use crate::storage::Location;
+
+/// The run history table, under the warehouse.
+pub const RUNS_TABLE: &str = "job_runs";
+
+/// Schema of `job_runs`. `jobs` is JSON (`[{"job", "rows", "ms"}]`) so that the table's
+/// schema does not change when the catalog does.
+pub fn job_runs_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("as_of", ts(), false),
+        Field::new("started_at", ts(), false),
+        Field::new("finished_at", ts(), false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("exit_code", DataType::Int32, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("files_read", DataType::Int64, true),
+        Field::new("events", DataType::Int64, true),
+        Field::new("duplicates_dropped", DataType::Int64, true),
+        Field::new("files_quarantined", DataType::Int64, true),
+        Field::new("rows_quarantined", DataType::Int64, true),
+        Field::new("customers", DataType::Int64, true),
+        Field::new("published_version", DataType::UInt64, true),
+        Field::new("jobs", DataType::Utf8, true),
+    ]))
+}
+
+/// What is known about a run when it ends.
+pub struct RunRecord<'a> {
+    pub run_id: &'a str,
+    pub as_of: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub outcome: Result<&'a RunReport, &'a Error>,
+}
+
+/// Append one row for a finished run.
+pub async fn record(warehouse: &Location, run: &RunRecord<'_>) -> Result<(), PublishError> {
+    let batch = row(run);
+    let metadata = json!({ "tagflow.run_id": run.run_id });
+    publish::append(
+        warehouse,
+        RUNS_TABLE,
+        vec![batch],
+        metadata.as_object().cloned().unwrap_or_default(),
+    )
+    .await
+    .map(|_| ())
+}
+
+fn row(run: &RunRecord<'_>) -> RecordBatch {
+    let micros = |t: DateTime<Utc>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(vec![t.timestamp_micros()]).with_timezone("UTC"))
+    };
+    let count = |v: Option<usize>| -> ArrayRef { Arc::new(Int64Array::from(vec![v.map(|v| v as i64)])) };
+    let report = run.outcome.ok();
+    let sum = |f: fn(&crate::sources::StreamStats) -> usize| report.map(|r| r.streams.values().map(f).sum());
+    let (status, exit_code, error) = match run.outcome {
+        Ok(_) => ("succeeded", exit::OK, None),
+        Err(e) => ("failed", e.exit_code(), Some(e.to_string())),
+    };
+    let jobs = report.map(|r| {
+        let tags = r
+            .tags
+            .iter()
+            .map(|t| json!({ "job": t.tag, "rows": t.rows, "ms": t.duration_ms }));
+        let measures = r
+            .measures
+            .iter()
+            .map(|m| json!({ "job": m.measure, "rows": m.rows, "ms": m.duration_ms }));
+        serde_json::Value::Array(tags.chain(measures).collect()).to_string()
+    });
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![run.run_id])),
+        micros(run.as_of),
+        micros(run.started_at),
+        micros(Utc::now()),
+        Arc::new(StringArray::from(vec![status])),
+        Arc::new(Int32Array::from(vec![exit_code])),
+        Arc::new(StringArray::from(vec![error])),
+        count(sum(|s| s.files)),
+        count(sum(|s| s.events)),
+        count(sum(|s| s.duplicates_dropped)),
+        count(sum(|s| s.files_quarantined)),
+        count(sum(|s| s.rows_quarantined)),
+        count(report.map(|r| r.customers)),
+        Arc::new(UInt64Array::from(vec![report.map(|r| r.published.version)])),
+        Arc::new(StringArray::from(vec![jobs])),
+    ];
+    RecordBatch::try_new(job_runs_schema(), columns).expect("job_runs row matches its schema")
+}

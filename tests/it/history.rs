@@ -1,0 +1,60 @@
+//! Run history: every run, succeeded or failed, is a row of `<warehouse>/job_runs`.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn every_run_is_recorded_in_job_runs_and_listed_newest_first() {
+    let fx = Fixture::new();
+    fx.clicks(
+        "a.parquet",
+        &[
+            view("k1", "c1", "2026-11-19T10:00:00Z"),
+            view("k1", "c1", "2026-11-19T10:00:00Z"),
+        ],
+    );
+    fx.raw("clicks/bad.parquet", b"nope");
+    let report = fx.try_run("2026-11-20T00:00:00Z", None).await.unwrap();
+    let failed = fx
+        .try_run("2026-11-21T00:00:00Z", Some("[params.low_credit]\nmin_event = 2\n"))
+        .await
+        .expect_err("bad override");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tagflow"))
+        .args(["runs", "--json", "--warehouse"])
+        .arg(fx.warehouse_dir())
+        .env_remove("TAGFLOW_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+
+    let (latest, first) = (&runs[0], &runs[1]);
+    assert_eq!(latest["status"], "failed");
+    assert_eq!(latest["exit_code"], failed.exit_code());
+    assert!(latest["error"].as_str().unwrap().contains("min_event"));
+    assert!(
+        latest.get("published_version").is_none(),
+        "no version for a failed run: {latest}"
+    );
+
+    assert_eq!(first["status"], "succeeded");
+    assert_eq!(first["run_id"], report.run_id.as_str());
+    assert_eq!(first["exit_code"], 0);
+    assert_eq!(first["files_read"], 2);
+    assert_eq!(first["events"], 1);
+    assert_eq!(first["files_quarantined"], 1);
+    assert_eq!(first["published_version"], 0);
+    let jobs: serde_json::Value = serde_json::from_str(first["jobs"].as_str().unwrap()).unwrap();
+    let lifecycle = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "lifecycle")
+        .unwrap();
+    assert_eq!(lifecycle["rows"], 1);
+    assert_eq!(jobs.as_array().unwrap().len(), 14, "12 tags and 2 measures");
+}
