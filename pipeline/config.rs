@@ -95,6 +95,8 @@ pub struct Settings {
     pub schemas_dir: PathBuf,
     pub as_of: DateTime<Utc>,
     pub params: ParamOverrides,
+    /// Run only these jobs (and what they read); empty: all. Set by `tagflow run --jobs`.
+    pub jobs: Vec<String>,
     pub read_concurrency: usize,
     pub lock_ttl: std::time::Duration,
     /// The config file that was read, if any.
@@ -171,6 +173,7 @@ impl Settings {
             schemas_dir,
             as_of,
             params: file.params,
+            jobs: Vec::new(),
             read_concurrency,
             lock_ttl: std::time::Duration::from_secs(lock_ttl_secs),
             config_file,

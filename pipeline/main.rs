@@ -66,6 +66,10 @@ enum Command {
         /// Print the run report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Run only these jobs (comma-separated) and what they depend on; the other tags
+        /// keep their published rows.
+        #[arg(long, value_delimiter = ',')]
+        jobs: Vec<String>,
     },
     /// Write realistic sample landing files.
     Generate {
@@ -212,8 +216,14 @@ fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String
 
 async fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
-        Command::Run { locations, as_of, json } => {
-            let settings = settings(&cli.config, locations, as_of)?;
+        Command::Run {
+            locations,
+            as_of,
+            json,
+            jobs,
+        } => {
+            let mut settings = settings(&cli.config, locations, as_of)?;
+            settings.jobs = jobs;
             let report = run::run(&settings).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));

@@ -38,6 +38,9 @@ pub async fn prepare(settings: &Settings) -> Result<Project, Error> {
     let mut catalog = Catalog::load(&settings.sql_dir, &streams)?;
     catalog.apply_overrides(&settings.params)?;
     catalog.validate(&schemas).await?;
+    if !settings.jobs.is_empty() {
+        catalog.select(&settings.jobs)?;
+    }
     Ok(Project { schemas, catalog })
 }
 
@@ -112,7 +115,12 @@ async fn run_stages(
         };
         let mark = stage("jobs", mark);
 
-        let rows = publish::assemble(&output.runs, as_of);
+        let mut rows = publish::assemble(&output.runs, as_of);
+        if !settings.jobs.is_empty() {
+            // A partial run: the tags it did not run keep their published rows (and as_of).
+            let ran: Vec<&str> = project.catalog.tags().map(|j| j.name.as_str()).collect();
+            rows.extend(publish::rows_of_other_tags(warehouse, &ran).await?);
+        }
         let metadata = json!({ "tagflow.run_id": run_id, "tagflow.as_of": as_of.to_rfc3339() });
         let published = publish::publish(
             warehouse,

@@ -250,6 +250,24 @@ impl Catalog {
         self.jobs.iter().filter(|j| j.kind == JobKind::Tag)
     }
 
+    /// Keep only `names` and every job they read, directly or not (order is preserved).
+    pub fn select(&mut self, names: &[String]) -> Result<(), CatalogError> {
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        let mut pending: Vec<String> = names.to_vec();
+        while let Some(name) = pending.pop() {
+            let job = self
+                .jobs
+                .iter()
+                .find(|j| j.name == name)
+                .ok_or_else(|| CatalogError::UnknownJob { name: name.clone() })?;
+            if wanted.insert(name) {
+                pending.extend(job.reads().filter(|r| self.jobs.iter().any(|j| &j.name == *r)).cloned());
+            }
+        }
+        self.jobs.retain(|j| wanted.contains(&j.name));
+        Ok(())
+    }
+
     /// Apply parameter overrides from config; unknown jobs or parameters and type
     /// mismatches are errors.
     pub fn apply_overrides(&mut self, overrides: &ParamOverrides) -> Result<(), CatalogError> {

@@ -301,3 +301,38 @@ async fn the_as_of_placeholder_is_a_utc_timestamp() {
     tagflow::run::run(&settings).await.unwrap();
     assert_eq!(fx.published(None).await.customers("last_hour"), vec!["c1"]);
 }
+
+/// `--jobs` runs the named jobs and what they read; every other tag keeps its published
+/// rows, as_of included.
+#[tokio::test]
+async fn a_partial_run_replaces_only_the_jobs_it_ran() {
+    let fx = Fixture::new();
+    let failed = |id: &str, time: &str| order(id, "c1", time, id, "cancelled", 10.0);
+    fx.orders(
+        "a.parquet",
+        &[
+            failed("o1", "2026-11-10T10:00:00Z"),
+            failed("o2", "2026-11-11T10:00:00Z"),
+        ],
+    );
+    fx.run("2026-11-15T00:00:00Z").await;
+    // a third failure makes c1 low_credit, hence blacklisted
+    fx.orders("b.parquet", &[failed("o3", "2026-11-17T10:00:00Z")]);
+    let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
+    settings.jobs = vec!["marketing_blacklist".into()];
+    let report = tagflow::run::run(&settings).await.unwrap();
+    let ran: Vec<&str> = report.tags.iter().map(|t| t.tag.as_str()).collect();
+    assert_eq!(ran.len(), 4, "the blacklist and the three risk tags it reads: {ran:?}");
+
+    let before = fx.published(Some(0)).await;
+    let after = fx.published(None).await;
+    assert_eq!(after.value("c1", "low_credit").as_deref(), Some("true"));
+    assert_eq!(after.value("c1", "marketing_blacklist").as_deref(), Some("true"));
+    // lifecycle was not run: the row of 11-15 (4 days since 11-11), not 3 days since 11-17
+    assert_eq!(after.get("c1", "lifecycle"), before.get("c1", "lifecycle"));
+    assert_close(after.score("c1", "lifecycle"), 4.0);
+
+    settings.jobs = vec!["nope".into()];
+    let err = tagflow::run::run(&settings).await.expect_err("unknown job");
+    assert!(err.to_string().contains("no job named 'nope'"));
+}
