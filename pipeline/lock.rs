@@ -148,7 +148,7 @@ impl RunLock {
 }
 
 /// Read the holder, `None` if there is no lock.
-pub async fn read(warehouse: &Location, path: &Path, url: &str) -> Result<Option<LockInfo>, LockError> {
+async fn read(warehouse: &Location, path: &Path, url: &str) -> Result<Option<LockInfo>, LockError> {
     let bytes = match warehouse.store.get(path).await {
         Ok(result) => result.bytes().await,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),

@@ -100,25 +100,21 @@ pub fn assemble(runs: &[JobRun], as_of: DateTime<Utc>) -> Vec<RecordBatch> {
 
 /// The latest published rows of every tag not in `tags` (none if nothing is published yet).
 pub async fn rows_of_other_tags(warehouse: &Location, tags: &[&str]) -> Result<Vec<RecordBatch>, PublishError> {
-    if !table_exists(warehouse, TAGS_TABLE).await? {
-        return Ok(Vec::new());
-    }
     let listed: Vec<String> = tags.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
     let filter = match listed.is_empty() {
         true => String::new(),
         false => format!("WHERE tag NOT IN ({})", listed.join(", ")),
     };
     let sql = format!("SELECT customer_id, family, tag, value, score, as_of FROM {TAGS_TABLE} {filter}");
-    let batches = query_published(warehouse, TAGS_TABLE, None, &sql).await?;
+    let batches = match query_published(warehouse, TAGS_TABLE, None, &sql).await {
+        Err(PublishError::NotFound { .. }) => return Ok(Vec::new()),
+        other => other?,
+    };
     let schema = customer_tags_schema();
     Ok(batches
         .into_iter()
         .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).expect("published rows match their schema"))
         .collect())
-}
-
-async fn table_exists(warehouse: &Location, table: &str) -> Result<bool, PublishError> {
-    Ok(open_or_new(warehouse, table).await?.version().is_some())
 }
 
 /// The result of a publish.

@@ -66,9 +66,6 @@ pub struct LandingFile {
     pub path: Path,
     /// Path relative to the landing root, e.g. `clicks/dt=2026-11-20/part-0.parquet`.
     pub relative: String,
-    pub size: u64,
-    /// When the file landed (its last-modified time in the store).
-    pub landed_at: DateTime<Utc>,
 }
 
 /// Counts per stream for the run report.
@@ -131,8 +128,6 @@ pub async fn list_files(
                 stream: stream.clone(),
                 path: meta.location,
                 relative,
-                size: meta.size,
-                landed_at: meta.last_modified,
             });
         }
     }
