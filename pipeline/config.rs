@@ -40,6 +40,10 @@ pub enum ConfigError {
     Storage(#[from] StorageError),
 }
 
+/// Default reach of the de-duplication memory: the longest shipped window (365 days) and
+/// a month of margin for late re-sends.
+pub const DEFAULT_DEDUP_DAYS: u32 = 400;
+
 /// `tagflow.toml`. Unknown keys are rejected.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +62,9 @@ pub struct FileConfig {
     /// renews it every third of that; a killed run's lock frees at once on the same host
     /// and after this long elsewhere.
     pub lock_ttl_secs: Option<u64>,
+    /// How many days back (event days, counting the as-of day) the de-duplication memory
+    /// reaches (default 400). It must cover the retention of every state table that sums.
+    pub dedup_days: Option<u32>,
     /// Parameter overrides: `[params.<job>] <param> = <value>`.
     #[serde(default)]
     pub params: ParamOverrides,
@@ -99,6 +106,9 @@ pub struct Settings {
     pub jobs: Vec<String>,
     pub read_concurrency: usize,
     pub lock_ttl: std::time::Duration,
+    pub dedup_days: u32,
+    /// Recompute from every landing file instead of the new ones (`tagflow run --full`).
+    pub full: bool,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -166,6 +176,13 @@ impl Settings {
                 message: format!("{lock_ttl_secs} is outside 3..=86400"),
             });
         }
+        let dedup_days = file.dedup_days.unwrap_or(DEFAULT_DEDUP_DAYS);
+        if !(1..=36_500).contains(&dedup_days) {
+            return Err(ConfigError::Invalid {
+                key: "dedup_days",
+                message: format!("{dedup_days} is outside 1..=36500"),
+            });
+        }
         Ok(Settings {
             landing,
             warehouse,
@@ -176,6 +193,8 @@ impl Settings {
             jobs: Vec::new(),
             read_concurrency,
             lock_ttl: std::time::Duration::from_secs(lock_ttl_secs),
+            dedup_days,
+            full: false,
             config_file,
         })
     }

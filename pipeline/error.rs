@@ -9,6 +9,7 @@ use crate::publish::PublishError;
 use crate::quarantine::QuarantineError;
 use crate::schema::SchemaError;
 use crate::sources::SourceError;
+use crate::state::StateError;
 use crate::storage::StorageError;
 
 /// Process exit codes.
@@ -48,6 +49,8 @@ pub enum Error {
     Generate(#[from] GenerateError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl Error {
@@ -65,6 +68,7 @@ impl Error {
             Error::Generate(_) => exit::STORAGE,
             Error::Lock(LockError::Held { .. }) => exit::LOCKED,
             Error::Lock(_) => exit::STORAGE,
+            Error::State(_) => exit::STORAGE,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! settings; [`error`] maps failures to exit codes.
 
 pub mod config;
+pub mod dedup;
 pub mod demo;
 pub mod error;
 pub mod generate;
@@ -17,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod schema;
 pub mod sources;
+pub mod state;
 pub mod storage;
 
 pub use error::Error;

@@ -70,6 +70,19 @@ enum Command {
         /// keep their published rows.
         #[arg(long, value_delimiter = ',')]
         jobs: Vec<String>,
+        /// Recompute from every landing file and rebuild the state, instead of reading only
+        /// the files not processed yet.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Watch the landing zone and publish after every micro-batch of new files, until
+    /// SIGINT or SIGTERM (which end the session after the current batch).
+    Follow {
+        #[command(flatten)]
+        locations: Locations,
+        /// Time between batch starts: `500ms`, `2s`, `1m`.
+        #[arg(long, default_value = "2s", value_parser = parse_interval)]
+        interval: std::time::Duration,
     },
     /// Write realistic sample landing files.
     Generate {
@@ -203,6 +216,35 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `500ms`, `2s`, `1m`: a number and a unit.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 500ms, 2s or 1m"))?;
+    let duration = match unit {
+        "ms" => std::time::Duration::from_millis(number),
+        "s" | "" => std::time::Duration::from_secs(number),
+        "m" => std::time::Duration::from_secs(number * 60),
+        _ => return Err(format!("'{text}': the unit must be ms, s or m")),
+    };
+    if duration.is_zero() {
+        return Err("the interval must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping after the current batch"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping after the current batch"),
+    }
+}
+
 fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String>) -> Result<Settings, Error> {
     Ok(Settings::resolve(&CliSettings {
         config: config.clone(),
@@ -221,15 +263,21 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             as_of,
             json,
             jobs,
+            full,
         } => {
             let mut settings = settings(&cli.config, locations, as_of)?;
             settings.jobs = jobs;
+            settings.full = full;
             let report = run::run(&settings).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
             } else {
                 print!("{}", report.render());
             }
+        }
+        Command::Follow { locations, interval } => {
+            let settings = settings(&cli.config, locations, None)?;
+            run::follow(&settings, interval, shutdown_signal()).await?;
         }
         Command::Generate {
             out,

@@ -21,7 +21,17 @@ pub struct RunReport {
     pub duration_ms: u64,
     pub landing: String,
     pub warehouse: String,
+    /// `incremental` (new landing files only) or `full` (every landing file).
+    pub mode: Mode,
+    /// Why a run that could have been incremental was full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_because: Option<String>,
+    /// Per stream, counts of this run's files (new files only, when incremental).
     pub streams: BTreeMap<String, StreamStats>,
+    pub state: StateReport,
+    /// From each file's appearance in the landing zone to the publish that includes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
     pub quarantine: QuarantineReport,
     /// Customers with at least one tag.
     pub customers: usize,
@@ -29,6 +39,60 @@ pub struct RunReport {
     pub measures: Vec<MeasureReport>,
     pub stages_ms: BTreeMap<String, u64>,
     pub published: Published,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Incremental,
+    Full,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateReport {
+    /// The state version this run started from (0: none) and the one it committed.
+    pub from_version: u64,
+    pub version: u64,
+    /// Rows per state table after this run.
+    pub tables: BTreeMap<String, StateTableReport>,
+    /// Unique events held for a later as-of time.
+    pub held_events: usize,
+    /// Event ids read back from the de-duplication memory for this run's days.
+    pub seen_ids_loaded: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateTableReport {
+    /// Rows the state job derived from this run's events.
+    pub new_rows: usize,
+    pub rows: usize,
+    pub duration_ms: u64,
+}
+
+/// Milliseconds from a landing file's appearance to the publish that included it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Freshness {
+    pub files: usize,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Freshness {
+    /// Nearest-rank percentiles of `lags_ms`; `None` when there are none.
+    pub fn of(mut lags_ms: Vec<u64>) -> Option<Self> {
+        if lags_ms.is_empty() {
+            return None;
+        }
+        lags_ms.sort_unstable();
+        let rank = |p: usize| lags_ms[(lags_ms.len() * p).div_ceil(100).max(1) - 1];
+        Some(Freshness {
+            files: lags_ms.len(),
+            p50_ms: rank(50),
+            p95_ms: rank(95),
+            max_ms: *lags_ms.last().expect("non-empty"),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +129,23 @@ impl RunReport {
         let w = &mut out;
         let _ = writeln!(w, "tagflow run {} as of {}", self.run_id, self.as_of.to_rfc3339());
         let _ = writeln!(w, "  landing   {}", self.landing);
+        let mode = match (self.mode, &self.full_because) {
+            (Mode::Full, Some(why)) => format!("full ({why})"),
+            (Mode::Full, None) => "full".to_string(),
+            (Mode::Incremental, _) => "incremental".to_string(),
+        };
+        let _ = writeln!(
+            w,
+            "  mode      {mode}, state version {} -> {}, {} events held for a later as-of",
+            self.state.from_version, self.state.version, self.state.held_events
+        );
+        if let Some(f) = &self.freshness {
+            let _ = writeln!(
+                w,
+                "  freshness {} files: p50 {} ms, p95 {} ms, max {} ms",
+                f.files, f.p50_ms, f.p95_ms, f.max_ms
+            );
+        }
         let _ = writeln!(
             w,
             "  published {} version {} ({} rows)",

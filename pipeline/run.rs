@@ -1,7 +1,14 @@
-//! A batch run, end to end: prepare (schemas, catalog, parameters, planning) → read the
-//! landing zone → run the tag jobs → publish `customer_tags` → report.
+//! A run, end to end: prepare (schemas, catalog, parameters, planning) → lock → load the
+//! state → read the landing files it has not processed → fold them into the state →
+//! evaluate the tags → commit the state → publish `customer_tags` → report. `follow` repeats
+//! the batch on an interval with the state kept in memory.
 //!
-//! Owns: the order of the stages and the run report's numbers.
+//! The state is committed before the publish: a run killed in between leaves state newer
+//! than the table, and the next run (which always publishes) catches up. Re-reading is
+//! never needed, so nothing is counted twice.
+//!
+//! Owns: the order of the stages, the choice between incremental and full, and the run
+//! report's numbers.
 //! Must not: do any stage's work itself; each stage lives in its own module.
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,16 +19,20 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::history::{self, RunRecord};
-use crate::jobs::{run_jobs, Catalog, JobKind, JobRun};
+use crate::jobs::{fold_state, run_jobs, Catalog, JobKind, JobRun, Table};
 use crate::lock::RunLock;
 use crate::publish::{self, TAGS_TABLE};
 use crate::quarantine::{EntryKind, Quarantine};
-use crate::report::{MeasureReport, QuarantineReport, RunReport, TagReport};
+use crate::report::{
+    Freshness, MeasureReport, Mode, QuarantineReport, RunReport, StateReport, StateTableReport, TagReport,
+};
 use crate::schema::Schemas;
-use crate::sources;
+use crate::sources::{self, LandingFile};
+use crate::state::State;
 use crate::storage::Location;
 
 /// The project files a run needs, loaded and checked.
@@ -38,149 +49,422 @@ pub async fn prepare(settings: &Settings) -> Result<Project, Error> {
     let mut catalog = Catalog::load(&settings.sql_dir, &streams)?;
     catalog.apply_overrides(&settings.params)?;
     catalog.validate(&schemas).await?;
+    // Duplicates older than the memory's reach must not be able to change a table.
+    for job in catalog.state_jobs() {
+        let sums = job
+            .state
+            .as_ref()
+            .is_some_and(|s| s.merge.values().any(|r| !r.is_idempotent()));
+        let reach = job.retain_days().unwrap_or(i64::MAX);
+        if sums && reach > i64::from(settings.dedup_days) {
+            return Err(ConfigError::Invalid {
+                key: "dedup_days",
+                message: format!(
+                    "{} days is shorter than what state job '{}' keeps ({}); a re-sent event older than the \
+                     de-duplication memory would be counted twice. Raise dedup_days or give the job a shorter \
+                     retain_days",
+                    settings.dedup_days,
+                    job.name,
+                    if reach == i64::MAX {
+                        "all time".to_string()
+                    } else {
+                        format!("{reach} days")
+                    }
+                ),
+            }
+            .into());
+        }
+    }
     if !settings.jobs.is_empty() {
         catalog.select(&settings.jobs)?;
     }
     Ok(Project { schemas, catalog })
 }
 
-/// Run the whole pipeline once and publish a new version of `customer_tags`.
+/// Run the pipeline once (a batch under the warehouse lock) and record it in `job_runs`.
 pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
     let run_id = uuid::Uuid::new_v4().to_string();
-    let as_of = settings.as_of;
     let started_at = Utc::now();
-    let span = info_span!("run", run_id = %run_id, as_of = %as_of.to_rfc3339());
-    let outcome = run_stages(settings, landing, warehouse, &run_id, started_at)
-        .instrument(span.clone())
-        .await;
-    let record = RunRecord {
-        run_id: &run_id,
-        as_of,
-        started_at,
-        outcome: outcome.as_ref(),
-    };
-    if let Err(error) = history::record(warehouse, &record).instrument(span).await {
-        warn!(%error, "cannot record the run in {}", history::RUNS_TABLE);
+    let span = info_span!("run", run_id = %run_id, as_of = %settings.as_of.to_rfc3339());
+    let outcome = async {
+        let started = Instant::now();
+        let project = prepare(settings).instrument(info_span!("prepare")).await?;
+        let prepare_ms = started.elapsed().as_millis() as u64;
+        // One run at a time per warehouse; the lock is released whatever happens next.
+        let lock = RunLock::acquire(warehouse, &run_id, settings.lock_ttl).await?;
+        let batch = Batch {
+            settings,
+            project: &project,
+            landing,
+            warehouse,
+            run_id: &run_id,
+            started_at,
+            as_of: settings.as_of,
+        };
+        let outcome = batch.run(&mut None, false).await;
+        if let Err(error) = lock.release().await {
+            // The run's outcome stands; the lock expires after lock_ttl_secs.
+            warn!(%error, "cannot release the warehouse lock");
+        }
+        let mut report = outcome?.expect("a run that may not skip reports");
+        report.stages_ms.insert("prepare".into(), prepare_ms);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
     }
+    .instrument(span.clone())
+    .await;
+    record(warehouse, &run_id, settings.as_of, started_at, outcome.as_ref())
+        .instrument(span)
+        .await;
     outcome
 }
 
-async fn run_stages(
-    settings: &Settings,
-    landing: &Location,
+/// Record a run (or a follow batch) in `job_runs`; a failure to record is a warning.
+async fn record(
     warehouse: &Location,
     run_id: &str,
+    as_of: DateTime<Utc>,
     started_at: DateTime<Utc>,
-) -> Result<RunReport, Error> {
-    let as_of = settings.as_of;
-    let started = Instant::now();
-    let mut stages_ms = BTreeMap::new();
-    let mut stage = |name: &str, since: Instant| {
-        stages_ms.insert(name.to_string(), since.elapsed().as_millis() as u64);
-        Instant::now()
+    outcome: Result<&RunReport, &Error>,
+) {
+    let record = RunRecord {
+        run_id,
+        as_of,
+        started_at,
+        outcome,
     };
+    if let Err(error) = history::record(warehouse, &record).await {
+        warn!(%error, "cannot record the run in {}", history::RUNS_TABLE);
+    }
+}
 
+/// Follow the landing zone until `stop` resolves: every `interval`, a batch reads the new
+/// files, folds them into the state and publishes. The lock is held for the whole session
+/// and the state stays in memory between batches. `stop` ends the session after the
+/// current batch. Returns the number of batches that published.
+pub async fn follow(
+    settings: &Settings,
+    interval: std::time::Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<usize, Error> {
+    let landing = settings.landing()?;
+    let warehouse = settings.warehouse()?;
     let project = prepare(settings).instrument(info_span!("prepare")).await?;
-    let mark = stage("prepare", started);
-
-    // One run at a time per warehouse; the lock is released whatever happens next.
-    let lock = RunLock::acquire(warehouse, run_id, settings.lock_ttl).await?;
-    let locked = async {
-        let data = sources::read_landing(
+    let session = uuid::Uuid::new_v4().to_string();
+    let lock = RunLock::acquire(warehouse, &session, settings.lock_ttl).await?;
+    info!(interval_ms = interval.as_millis() as u64, "following the landing zone");
+    tokio::pin!(stop);
+    let mut state: Option<State> = None;
+    let mut published = 0usize;
+    let mut failures = 0u32;
+    let outcome = loop {
+        let tick = Instant::now();
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let started_at = Utc::now();
+        let span = info_span!("batch", run_id = %run_id, as_of = %started_at.to_rfc3339());
+        let batch = Batch {
+            settings,
+            project: &project,
             landing,
             warehouse,
-            &project.schemas,
-            as_of,
+            run_id: &run_id,
             started_at,
+            as_of: started_at,
+        };
+        // The first batch always publishes: a crash may have left state newer than the table.
+        let outcome = batch.run(&mut state, published > 0).instrument(span.clone()).await;
+        match &outcome {
+            Ok(None) => {}
+            Ok(Some(report)) => {
+                published += 1;
+                failures = 0;
+                info!(
+                    version = report.published.version,
+                    files = report.streams.values().map(|s| s.files).sum::<usize>(),
+                    events = report.streams.values().map(|s| s.events).sum::<usize>(),
+                    freshness_p95_ms = report.freshness.as_ref().map(|f| f.p95_ms),
+                    ms = report.duration_ms,
+                    "batch published"
+                );
+            }
+            Err(error) => {
+                // Drop the in-memory state: the next batch starts from the committed one.
+                state = None;
+                failures += 1;
+                warn!(%error, failures, "batch failed");
+            }
+        }
+        if !matches!(outcome, Ok(None)) {
+            record(
+                warehouse,
+                &run_id,
+                started_at,
+                started_at,
+                outcome.as_ref().map(|r| r.as_ref().expect("some")),
+            )
+            .instrument(span)
+            .await;
+        }
+        if let Err(error) = outcome {
+            if !retryable(&error) || failures >= MAX_FOLLOW_FAILURES {
+                break Err(error);
+            }
+        }
+        let pause = interval.saturating_sub(tick.elapsed());
+        tokio::select! {
+            _ = &mut stop => break Ok(published),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    };
+    if let Err(error) = lock.release().await {
+        warn!(%error, "cannot release the warehouse lock");
+    }
+    info!(batches = published, "follow stopped");
+    outcome
+}
+
+/// Consecutive failed batches after which `follow` gives up.
+const MAX_FOLLOW_FAILURES: u32 = 5;
+
+/// Failures a later batch may not meet again (storage hiccups, a job failing on data that a
+/// new file may fix); configuration and lock errors end a follow session at once.
+fn retryable(error: &Error) -> bool {
+    !matches!(
+        error.exit_code(),
+        crate::error::exit::CONFIG | crate::error::exit::LOCKED
+    )
+}
+
+/// One batch: what it needs to know.
+struct Batch<'a> {
+    settings: &'a Settings,
+    project: &'a Project,
+    landing: &'a Location,
+    warehouse: &'a Location,
+    run_id: &'a str,
+    started_at: DateTime<Utc>,
+    as_of: DateTime<Utc>,
+}
+
+impl Batch<'_> {
+    /// Read the new landing files, fold them into the state, evaluate the tags, commit the
+    /// state and publish. `state` is the state in memory (loaded when `None`). With
+    /// `may_skip`, a batch with nothing to change (no new file, no held event due, same
+    /// day) publishes nothing and returns `None`.
+    async fn run(&self, state: &mut Option<State>, may_skip: bool) -> Result<Option<RunReport>, Error> {
+        let started = Instant::now();
+        let mut stages_ms = BTreeMap::new();
+        let mut stage = |name: &str, since: Instant| {
+            stages_ms.insert(name.to_string(), since.elapsed().as_millis() as u64);
+            Instant::now()
+        };
+        let (settings, catalog, as_of) = (self.settings, &self.project.catalog, self.as_of);
+        let fingerprint = catalog.state_fingerprint();
+
+        if state.is_none() {
+            *state = State::load(self.warehouse).instrument(info_span!("load_state")).await?;
+        }
+        let from_version = state.as_ref().map_or(0, |s| s.version);
+        let full_because = match state.as_ref() {
+            _ if settings.full => Some("--full".to_string()),
+            None => Some("no state yet".to_string()),
+            Some(s) if s.fingerprint != fingerprint => Some("the state jobs or their parameters changed".to_string()),
+            Some(s) if s.as_of.is_some_and(|t| as_of < t) => Some(format!(
+                "as-of is before the state's as-of {}",
+                s.as_of.expect("checked").to_rfc3339()
+            )),
+            Some(_) => None,
+        };
+        let state = state.get_or_insert_with(|| State::empty(&fingerprint));
+        if let Some(why) = &full_because {
+            info!(because = %why, "full run: every landing file is read");
+            state.reset(&fingerprint);
+        }
+        let mark = stage("load_state", started);
+
+        let listing = sources::list_files(self.landing, &self.project.schemas)
+            .instrument(info_span!("list"))
+            .await?;
+        let to_read: Vec<LandingFile> = match full_because {
+            Some(_) => listing.files,
+            None => listing
+                .files
+                .into_iter()
+                .filter(|f| !state.files.contains_key(&f.relative))
+                .collect(),
+        };
+        let same_day = state.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
+        let held_due = state
+            .pending
+            .values()
+            .flatten()
+            .any(|b| !sources::split_at(vec![b.clone()], as_of).0.is_empty());
+        if may_skip && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
+            return Ok(None);
+        }
+        // A file is ingested once: a rebuild judges it against its first ingest time.
+        let ingest_times: Vec<DateTime<Utc>> = to_read
+            .iter()
+            .map(|f| state.files.get(&f.relative).copied().unwrap_or(self.started_at))
+            .collect();
+        let ingested_at = |file: &LandingFile| {
+            let known = state.files.get(&file.relative).copied();
+            known.unwrap_or(self.started_at)
+        };
+        let decoded = sources::read_files(
+            self.landing,
+            self.warehouse,
+            &self.project.schemas,
+            &to_read,
+            ingested_at,
             settings.read_concurrency,
         )
         .instrument(info_span!("read"))
         .await?;
+        let seen_ids_loaded = state
+            .load_days(self.warehouse, &decoded.days())
+            .instrument(info_span!("load_seen"))
+            .await?;
+        let mut data = decoded.deduplicate(&mut state.seen);
+        for (stream, ignored) in listing.ignored {
+            data.stats.entry(stream).or_default().files_ignored = ignored;
+        }
         let mark = stage("read", mark);
 
-        let stream_schemas = project
-            .schemas
-            .streams
-            .iter()
-            .map(|(k, s)| (k.clone(), s.arrow_schema()))
-            .collect();
-        let output = run_jobs(&project.catalog, &data.events, &stream_schemas, as_of)
+        // Events that count now: new ones and held ones whose time has come.
+        let mut counted = BTreeMap::new();
+        for (name, schema) in &self.project.schemas.streams {
+            let mut batches = state.pending.remove(name).unwrap_or_default();
+            batches.extend(data.events.remove(name).unwrap_or_default());
+            let (now, later) = sources::split_at(batches, as_of);
+            let stats = data.stats.entry(name.clone()).or_default();
+            stats.events = now.iter().map(|b| b.num_rows()).sum();
+            stats.after_as_of = later.iter().map(|b| b.num_rows()).sum();
+            state.pending.insert(name.clone(), later);
+            counted.insert(
+                name.clone(),
+                Table {
+                    schema: schema.arrow_schema(),
+                    batches: now,
+                },
+            );
+        }
+        let (tables, state_runs) = fold_state(catalog, &state.tables, &counted, as_of)
+            .instrument(info_span!("fold_state"))
+            .await?;
+        drop(counted);
+        state.tables = tables;
+        let mark = stage("fold_state", mark);
+
+        let output = run_jobs(catalog, &state.tables, as_of)
             .instrument(info_span!("jobs"))
             .await?;
-        let data = sources::LandingData {
-            events: Default::default(), // the events are no longer needed: free them
-            ..data
-        };
         let mark = stage("jobs", mark);
+
+        for (file, at) in to_read.iter().zip(ingest_times) {
+            state.record_file(&file.relative, at);
+        }
+        let seen_from_day = (as_of.timestamp().div_euclid(86_400) - i64::from(settings.dedup_days) + 1) as i32;
+        let version = state
+            .commit(self.warehouse, self.run_id, as_of, seen_from_day)
+            .instrument(info_span!("commit_state"))
+            .await?;
+        let mark = stage("commit_state", mark);
 
         let mut rows = publish::assemble(&output.runs, as_of);
         if !settings.jobs.is_empty() {
             // A partial run: the tags it did not run keep their published rows (and as_of).
-            let ran: Vec<&str> = project.catalog.tags().map(|j| j.name.as_str()).collect();
-            rows.extend(publish::rows_of_other_tags(warehouse, &ran).await?);
+            let ran: Vec<&str> = catalog.tags().map(|j| j.name.as_str()).collect();
+            rows.extend(publish::rows_of_other_tags(self.warehouse, &ran).await?);
         }
-        let metadata = json!({ "tagflow.run_id": run_id, "tagflow.as_of": as_of.to_rfc3339() });
+        let metadata = json!({
+            "tagflow.run_id": self.run_id,
+            "tagflow.as_of": as_of.to_rfc3339(),
+            "tagflow.state_version": version,
+        });
         let published = publish::publish(
-            warehouse,
+            self.warehouse,
             TAGS_TABLE,
             rows,
             metadata.as_object().cloned().unwrap_or_default(),
         )
         .instrument(info_span!("publish"))
         .await?;
+        let published_at = Utc::now();
         stage("publish", mark);
         info!(version = published.version, rows = published.rows, "published");
-        Ok::<_, Error>((data, output, published))
-    }
-    .await;
-    if let Err(error) = lock.release().await {
-        // The run's outcome stands; the lock expires after lock_ttl_secs.
-        warn!(%error, "cannot release the warehouse lock");
-    }
-    let (data, output, published) = locked?;
 
-    let quarantine = QuarantineReport {
-        location: Quarantine::new(warehouse).url(),
-        files: data.quarantined.iter().filter(|e| e.kind == EntryKind::File).count(),
-        rows: data
-            .quarantined
+        let lags: Vec<u64> = to_read
             .iter()
-            .filter(|e| e.kind == EntryKind::Rows)
-            .map(|e| e.rows)
-            .sum(),
-        entries: data.quarantined,
-    };
-    Ok(RunReport {
-        run_id: run_id.to_string(),
-        as_of,
-        started_at,
-        duration_ms: started.elapsed().as_millis() as u64,
-        landing: landing.url.to_string(),
-        warehouse: warehouse.url.to_string(),
-        streams: data.stats,
-        quarantine,
-        customers: tagged_customers(&output.runs),
-        tags: output
-            .runs
-            .iter()
-            .filter(|r| r.job.kind == JobKind::Tag)
-            .map(tag_report)
-            .collect(),
-        measures: output
-            .runs
-            .iter()
-            .filter(|r| r.job.kind == JobKind::Measure)
-            .map(|r| MeasureReport {
-                measure: r.job.name.clone(),
-                rows: r.rows,
-                duration_ms: r.duration.as_millis() as u64,
-            })
-            .collect(),
-        stages_ms,
-        published,
-    })
+            .map(|f| (published_at - f.appeared_at).num_milliseconds().max(0) as u64)
+            .collect();
+        let quarantine = QuarantineReport {
+            location: Quarantine::new(self.warehouse).url(),
+            files: data.quarantined.iter().filter(|e| e.kind == EntryKind::File).count(),
+            rows: data
+                .quarantined
+                .iter()
+                .filter(|e| e.kind == EntryKind::Rows)
+                .map(|e| e.rows)
+                .sum(),
+            entries: data.quarantined,
+        };
+        Ok(Some(RunReport {
+            run_id: self.run_id.to_string(),
+            as_of,
+            started_at: self.started_at,
+            duration_ms: started.elapsed().as_millis() as u64,
+            landing: self.landing.url.to_string(),
+            warehouse: self.warehouse.url.to_string(),
+            mode: if full_because.is_some() {
+                Mode::Full
+            } else {
+                Mode::Incremental
+            },
+            full_because,
+            streams: data.stats,
+            state: StateReport {
+                from_version,
+                version,
+                tables: state_runs
+                    .iter()
+                    .map(|r| {
+                        let report = StateTableReport {
+                            new_rows: r.new_rows,
+                            rows: r.rows,
+                            duration_ms: r.duration.as_millis() as u64,
+                        };
+                        (r.job.clone(), report)
+                    })
+                    .collect(),
+                held_events: state.pending_events(),
+                seen_ids_loaded,
+            },
+            freshness: Freshness::of(lags),
+            quarantine,
+            customers: tagged_customers(&output.runs),
+            tags: output
+                .runs
+                .iter()
+                .filter(|r| r.job.kind == JobKind::Tag)
+                .map(tag_report)
+                .collect(),
+            measures: output
+                .runs
+                .iter()
+                .filter(|r| r.job.kind == JobKind::Measure)
+                .map(|r| MeasureReport {
+                    measure: r.job.name.clone(),
+                    rows: r.rows,
+                    duration_ms: r.duration.as_millis() as u64,
+                })
+                .collect(),
+            stages_ms,
+            published,
+        }))
+    }
 }
 
 fn tag_report(run: &JobRun) -> TagReport {

@@ -6,8 +6,7 @@
 //! any tag logic. Storage failures fail the read (they are not the file's fault); only bad
 //! files and bad rows are quarantined.
 
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -24,11 +23,11 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde::Serialize;
-use siphasher::sip128::SipHasher13;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info, warn};
 
+use crate::dedup::{event_id_hashes, DedupMemory};
 use crate::quarantine::{Entry, Quarantine, QuarantineError};
-use crate::schema::{Schemas, StreamSchema};
+use crate::schema::{Schemas, StreamSchema, EVENT_DAY};
 use crate::storage::Location;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -66,6 +65,8 @@ pub struct LandingFile {
     pub path: Path,
     /// Path relative to the landing root, e.g. `clicks/dt=2026-11-20/part-0.parquet`.
     pub relative: String,
+    /// When the file appeared in the landing zone (the store's last-modified time).
+    pub appeared_at: DateTime<Utc>,
 }
 
 /// Counts per stream for the run report.
@@ -83,26 +84,33 @@ pub struct StreamStats {
     pub rows_quarantined: usize,
     /// Good rows whose `event_id` was already seen.
     pub duplicates_dropped: usize,
-    /// Good, unique rows with `event_time` after the as-of time (not counted this run).
+    /// Unique events read so far with `event_time` after the as-of time: kept in the state
+    /// until an as-of time reaches them.
     pub after_as_of: usize,
-    /// Events that count: good, unique, at or before the as-of time.
+    /// Events that became countable in this run: good, unique, at or before the as-of time
+    /// (read from new files, or held from an earlier run's future).
     pub events: usize,
 }
 
 /// What the landing zone yields for one run.
 pub struct LandingData {
-    /// Counted events per stream, normalised to the stream schema (+ `event_day`).
+    /// Unique events per stream, normalised to the stream schema (+ `event_day`).
     pub events: BTreeMap<String, Vec<RecordBatch>>,
     pub stats: BTreeMap<String, StreamStats>,
     /// Quarantine entries written by this run.
     pub quarantined: Vec<Entry>,
 }
 
-/// List the landing files of every declared stream, in path order.
-pub async fn list_files(
-    landing: &Location,
-    schemas: &Schemas,
-) -> Result<(Vec<LandingFile>, BTreeMap<String, usize>), SourceError> {
+/// The landing zone's files, in path order.
+pub struct Listing {
+    pub files: Vec<LandingFile>,
+    /// Per stream, names skipped because they start with `_` or `.`.
+    pub ignored: BTreeMap<String, usize>,
+}
+
+/// List the landing files of every declared stream, in path order. No file at all is an
+/// error: a wrong path must not publish an empty table over the good one.
+pub async fn list_files(landing: &Location, schemas: &Schemas) -> Result<Listing, SourceError> {
     let mut files = Vec::new();
     let mut ignored = BTreeMap::new();
     for stream in schemas.streams.keys() {
@@ -128,11 +136,19 @@ pub async fn list_files(
                 stream: stream.clone(),
                 path: meta.location,
                 relative,
+                appeared_at: meta.last_modified,
             });
         }
     }
+    info!(files = files.len(), "landing files listed");
+    if files.is_empty() {
+        return Err(SourceError::NoFiles {
+            url: landing.url.to_string(),
+            streams: schemas.streams.keys().cloned().collect(),
+        });
+    }
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
-    Ok((files, ignored))
+    Ok(Listing { files, ignored })
 }
 
 /// `_SUCCESS`, `.part-0001.tmp`, `_temporary/...`: any path segment starting with `_` or `.`.
@@ -142,52 +158,35 @@ fn is_hidden(relative: &str) -> bool {
         .any(|seg| seg.starts_with('_') || seg.starts_with('.'))
 }
 
-/// Read every landing file, quarantine what is bad, de-duplicate and keep the events with
-/// `event_time <= as_of`. `ingested_at` is when this run ingests the files.
-pub async fn read_landing(
+/// Read `files` (in path order), quarantine what is bad and keep the good rows with the hash
+/// of each `event_id`. `ingested_at` gives the moment each file was first ingested: the
+/// reference of the "event_time too far in the future" rule.
+pub async fn read_files(
     landing: &Location,
     warehouse: &Location,
     schemas: &Schemas,
-    as_of: DateTime<Utc>,
-    ingested_at: DateTime<Utc>,
+    files: &[LandingFile],
+    ingested_at: impl Fn(&LandingFile) -> DateTime<Utc>,
     concurrency: usize,
-) -> Result<LandingData, SourceError> {
-    let (files, ignored) = list_files(landing, schemas).instrument(info_span!("list")).await?;
-    info!(files = files.len(), "landing files listed");
-    if files.is_empty() {
-        // A wrong path must not publish an empty table over the good one.
-        return Err(SourceError::NoFiles {
-            url: landing.url.to_string(),
-            streams: schemas.streams.keys().cloned().collect(),
-        });
-    }
+) -> Result<Decoded, SourceError> {
     let quarantine = Quarantine::new(warehouse);
     let total = files.len();
-    let mut stats: BTreeMap<String, StreamStats> = schemas
-        .streams
-        .keys()
-        .map(|s| {
-            let ignored = ignored.get(s).copied().unwrap_or(0);
-            (
-                s.clone(),
-                StreamStats {
-                    files_ignored: ignored,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    let mut events: BTreeMap<String, Vec<RecordBatch>> =
-        schemas.streams.keys().map(|s| (s.clone(), Vec::new())).collect();
-    let mut seen: BTreeMap<String, SeenIds> = BTreeMap::new();
-    let mut quarantined = Vec::new();
-    let as_of_micros = as_of.timestamp_micros();
+    let mut decoded = Decoded {
+        good: Vec::new(),
+        stats: schemas
+            .streams
+            .keys()
+            .map(|s| (s.clone(), StreamStats::default()))
+            .collect(),
+        quarantined: Vec::new(),
+    };
 
     // Files are fetched and decoded concurrently, but consumed in path order so that
     // de-duplication keeps the same copy of an event on every run.
     let mut outcomes = futures::stream::iter(files.iter().cloned())
         .map(|file| {
             let schema = schemas.streams[&file.stream].clone();
+            let ingested_at = ingested_at(&file);
             async move { read_file(landing, &file, &schema, ingested_at).await.map(|o| (file, o)) }
         })
         .buffered(concurrency.max(1));
@@ -198,14 +197,14 @@ pub async fn read_landing(
         if done % 100 == 0 || done == total {
             info!(done, total, "landing files read");
         }
-        let stream_stats = stats.get_mut(&file.stream).expect("declared stream");
+        let stream_stats = decoded.stats.get_mut(&file.stream).expect("declared stream");
         stream_stats.files += 1;
         let source_url = landing.display(&file.path);
         match outcome {
             FileOutcome::Rejected { bytes, reason } => {
                 warn!(file = %source_url, %reason, "file quarantined");
                 stream_stats.files_quarantined += 1;
-                quarantined.push(
+                decoded.quarantined.push(
                     quarantine
                         .put_file(&file.stream, &file.relative, &source_url, bytes, &reason)
                         .await?,
@@ -217,91 +216,121 @@ pub async fn read_landing(
                     stream_stats.rows_quarantined += bad.num_rows();
                     let summary = reason_summary(&bad);
                     warn!(file = %source_url, rows = bad.num_rows(), reasons = %summary, "rows quarantined");
-                    quarantined.push(
+                    decoded.quarantined.push(
                         quarantine
                             .put_rows(&file.stream, &file.relative, &source_url, &bad, &summary)
                             .await?,
                     );
                 }
-                let seen = seen.entry(file.stream.clone()).or_default();
-                for rows in good {
-                    let (batch, duplicates, late) = keep_counted(&rows, seen, as_of_micros);
-                    stream_stats.duplicates_dropped += duplicates;
-                    stream_stats.after_as_of += late;
-                    stream_stats.events += batch.num_rows();
-                    if batch.num_rows() > 0 {
-                        events.get_mut(&file.stream).expect("declared stream").push(batch);
-                    }
-                }
+                decoded.good.extend(good.into_iter().map(|g| (file.stream.clone(), g)));
             }
         }
     }
-    Ok(LandingData {
-        events,
-        stats,
-        quarantined,
-    })
+    Ok(decoded)
 }
 
-/// Hashes of the event ids seen so far in one stream.
-type SeenIds = HashSet<u128, BuildHasherDefault<PrehashedU128>>;
-
-/// Keys of [`SeenIds`] are already uniform 128-bit hashes: use their low bits as is.
-#[derive(Default)]
-struct PrehashedU128(u64);
-
-impl Hasher for PrehashedU128 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached through `write_u128`'s default, which passes the 16 bytes of the key.
-        let mut low = [0u8; 8];
-        low.copy_from_slice(&bytes[..8]);
-        self.0 = u64::from_le_bytes(low);
-    }
-    fn write_u128(&mut self, key: u128) {
-        self.0 = key as u64;
-    }
+/// Good rows of the files read, in path order, before de-duplication.
+pub struct Decoded {
+    good: Vec<(String, GoodRows)>,
+    pub stats: BTreeMap<String, StreamStats>,
+    /// Quarantine entries written while reading.
+    pub quarantined: Vec<Entry>,
 }
 
-/// SipHash-1-3 (128-bit) of each `event_id`: a stable, keyed hash, so two different ids
-/// collide with probability ~2^-128 per pair.
-fn event_id_hashes(batch: &RecordBatch) -> Vec<u128> {
-    let hasher = SipHasher13::new_with_keys(0x7461_6766_6c6f_7700, 0x6576_656e_745f_6964);
-    let ids = string_column(batch, "event_id");
-    (0..ids.len())
-        .map(|i| hasher.hash(ids.value(i).as_bytes()).as_u128())
-        .collect()
-}
-
-/// Drop rows whose event_id was seen before (in this or an earlier file) and rows after
-/// the as-of time. Returns the kept rows, the duplicates dropped and the rows after as-of.
-fn keep_counted(rows: &GoodRows, seen: &mut SeenIds, as_of_micros: i64) -> (RecordBatch, usize, usize) {
-    let batch = &rows.batch;
-    let times = batch
-        .column_by_name("event_time")
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-        .expect("normalised event_time");
-    let (mut duplicates, mut late) = (0, 0);
-    let keep: BooleanArray = rows
-        .id_hashes
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            if !seen.insert(*id) {
-                duplicates += 1;
-                return Some(false);
+impl Decoded {
+    /// The (stream, event day) pairs the rows fall in: the days of the de-duplication
+    /// memory this batch needs.
+    pub fn days(&self) -> BTreeSet<(String, i32)> {
+        let mut days = BTreeSet::new();
+        for (stream, rows) in &self.good {
+            let mut last = None;
+            for day in event_days(&rows.batch).values() {
+                if last != Some(*day) {
+                    days.insert((stream.clone(), *day));
+                    last = Some(*day);
+                }
             }
-            if times.value(i) > as_of_micros {
-                late += 1;
-                return Some(false);
+        }
+        days
+    }
+
+    /// Drop every row whose `event_id` is in `memory` (seen in an earlier batch, or earlier in
+    /// this one), recording the others. Returns the unique events per stream.
+    pub fn deduplicate(self, memory: &mut DedupMemory) -> LandingData {
+        let mut stats = self.stats;
+        let mut events: BTreeMap<String, Vec<RecordBatch>> = stats.keys().map(|s| (s.clone(), Vec::new())).collect();
+        for (stream, rows) in self.good {
+            let days = event_days(&rows.batch);
+            let keep: BooleanArray = rows
+                .id_hashes
+                .iter()
+                .zip(days.values())
+                .map(|(id, day)| Some(memory.insert(&stream, *day, *id)))
+                .collect();
+            let kept = filter_record_batch(&rows.batch, &keep).expect("filter with matching length");
+            let stream_stats = stats.get_mut(&stream).expect("declared stream");
+            stream_stats.duplicates_dropped += rows.batch.num_rows() - kept.num_rows();
+            if kept.num_rows() > 0 {
+                events.get_mut(&stream).expect("declared stream").push(kept);
             }
-            Some(true)
-        })
-        .collect();
-    let kept = filter_record_batch(batch, &keep).expect("filter with matching length");
-    (kept, duplicates, late)
+        }
+        LandingData {
+            events,
+            stats,
+            quarantined: self.quarantined,
+        }
+    }
+}
+
+/// Split events at `as_of`: those that count (`event_time <= as_of`) and those after it.
+pub fn split_at(batches: Vec<RecordBatch>, as_of: DateTime<Utc>) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let as_of = as_of.timestamp_micros();
+    let (mut counted, mut later) = (Vec::new(), Vec::new());
+    for batch in batches {
+        let times = batch
+            .column_by_name("event_time")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .expect("normalised event_time");
+        let due: BooleanArray = times.iter().map(|t| t.map(|t| t <= as_of)).collect();
+        let not_due = arrow::compute::not(&due).expect("same length");
+        for (mask, out) in [(&due, &mut counted), (&not_due, &mut later)] {
+            let part = filter_record_batch(&batch, mask).expect("filter with matching length");
+            if part.num_rows() > 0 {
+                out.push(part);
+            }
+        }
+    }
+    (counted, later)
+}
+
+/// Read the whole landing zone as one batch and keep the events counted at `as_of`: what a
+/// full run starts from (and what the reference test compares with).
+pub async fn read_landing(
+    landing: &Location,
+    warehouse: &Location,
+    schemas: &Schemas,
+    as_of: DateTime<Utc>,
+    ingested_at: DateTime<Utc>,
+    concurrency: usize,
+) -> Result<LandingData, SourceError> {
+    let listed = list_files(landing, schemas).await?;
+    let decoded = read_files(landing, warehouse, schemas, &listed.files, |_| ingested_at, concurrency).await?;
+    let mut data = decoded.deduplicate(&mut DedupMemory::default());
+    for (stream, batches) in data.events.iter_mut() {
+        let (counted, later) = split_at(std::mem::take(batches), as_of);
+        let stats = data.stats.get_mut(stream).expect("declared stream");
+        stats.after_as_of = later.iter().map(|b| b.num_rows()).sum();
+        stats.events = counted.iter().map(|b| b.num_rows()).sum();
+        *batches = counted;
+    }
+    Ok(data)
+}
+
+fn event_days(batch: &RecordBatch) -> &Int32Array {
+    batch
+        .column_by_name(EVENT_DAY)
+        .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+        .expect("normalised event_day")
 }
 
 /// Normalised good rows of a file, with the 128-bit hash of each row's `event_id`
@@ -384,7 +413,7 @@ pub fn decode_file(bytes: Bytes, schema: &StreamSchema, ingested_at: DateTime<Ut
         match normalise_batch(&batch, schema, ingested_at, source, rows) {
             Ok((g, b)) => {
                 rows += batch.num_rows();
-                let id_hashes = event_id_hashes(&g);
+                let id_hashes = event_id_hashes(string_column(&g, "event_id"));
                 good.push(GoodRows { batch: g, id_hashes });
                 bad.extend(b);
             }

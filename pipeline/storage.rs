@@ -2,8 +2,17 @@
 //! object-store URL) into an [`ObjectStore`] plus a root prefix.
 //!
 //! Owns: URL parsing, the choice of object-store backend and its options.
-//! Must not: read or interpret any data; stages above decide what to read or write.
+//! Also the Parquet encode/decode helpers shared by the stages that keep their own files.
+//! Must not: interpret any data; stages above decide what to read or write.
 
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -154,4 +163,28 @@ fn trim_trailing_slash(mut url: Url) -> Url {
     let path = url.path().trim_end_matches('/').to_string();
     url.set_path(if path.is_empty() { "/" } else { &path });
     url
+}
+
+/// Encode batches as one Parquet file (LZ4-compressed: cheap to write and read back).
+pub fn parquet_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .build();
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(properties))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.close()?;
+    Ok(Bytes::from(buffer))
+}
+
+/// Decode a whole Parquet file held in memory.
+pub fn parquet_batches(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>), ParquetError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .with_batch_size(64 * 1024)
+        .build()?;
+    let schema = arrow::record_batch::RecordBatchReader::schema(&reader);
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, batches))
 }

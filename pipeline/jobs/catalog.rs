@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::header::{self, header_line_mentioning, placeholders, substitute};
 use crate::schema::Schemas;
 
+/// The tables a state job's merge SQL reads: its current rows and the batch's new rows.
+pub const CURRENT_ROWS: &str = "current_rows";
+pub const NEW_ROWS: &str = "new_rows";
+
 /// Built-in placeholders available to every job.
 pub const BUILTIN_PARAMS: [&str; 2] = ["as_of", "as_of_day"];
 
@@ -74,6 +78,66 @@ pub enum JobKind {
     Tag,
     /// A shared intermediate table, computed once and read by other jobs.
     Measure,
+    /// Durable per-customer state, folded batch by batch from new events: the only kind of
+    /// job that reads event streams. See [`StateSpec`].
+    State,
+}
+
+/// How two rows of a state table with the same key combine into one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MergeRule {
+    /// `"sum"`, `"min"` or `"max"`.
+    Simple(MergeFn),
+    /// `{ first_by = ["paid_time", "paid_event_id"] }`: the value of the row that sorts
+    /// first by these columns (ascending, nulls last).
+    FirstBy { first_by: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeFn {
+    Sum,
+    Min,
+    Max,
+}
+
+impl MergeRule {
+    /// Merging the same row twice changes nothing (min, max, first_by), so duplicates of
+    /// events the de-duplication memory no longer reaches cannot change the table.
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(self, MergeRule::Simple(MergeFn::Sum))
+    }
+
+    fn to_sql(&self, column: &str) -> String {
+        match self {
+            MergeRule::Simple(MergeFn::Sum) => format!("SUM({})", quote(column)),
+            MergeRule::Simple(MergeFn::Min) => format!("MIN({})", quote(column)),
+            MergeRule::Simple(MergeFn::Max) => format!("MAX({})", quote(column)),
+            MergeRule::FirstBy { first_by } => {
+                let order: Vec<String> = first_by
+                    .iter()
+                    .map(|c| format!("{} ASC NULLS LAST", quote(c)))
+                    .collect();
+                format!("first_value({} ORDER BY {})", quote(column), order.join(", "))
+            }
+        }
+    }
+}
+
+/// The parameter of a state job with a `day_column`: how many days of rows it keeps.
+pub const RETAIN_DAYS_PARAM: &str = "retain_days";
+
+/// What makes a job a state job: its key, merge rules and retention.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateSpec {
+    pub key: Vec<String>,
+    pub merge: BTreeMap<String, MergeRule>,
+    pub day_column: Option<String>,
+}
+
+fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
 /// A parameter value, rendered into SQL as a literal.
@@ -141,6 +205,9 @@ pub struct Job {
     pub depends_on: Vec<String>,
     /// Parameters with their effective values (defaults, then overrides).
     pub params: BTreeMap<String, ParamValue>,
+    /// Key, merge rules and retention of a state job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSpec>,
     pub file: PathBuf,
     #[serde(skip)]
     header_lines: usize,
@@ -165,6 +232,73 @@ impl Job {
             other => self.params[other].to_sql(),
         });
         format!("{}{}", "\n".repeat(self.header_lines), body)
+    }
+
+    /// Days of rows a state job keeps (`None`: all).
+    pub fn retain_days(&self) -> Option<i64> {
+        match self.params.get(RETAIN_DAYS_PARAM) {
+            Some(ParamValue::Int(days)) if self.state.as_ref().is_some_and(|s| s.day_column.is_some()) => Some(*days),
+            _ => None,
+        }
+    }
+
+    /// The SQL that folds a state job's new rows (`new_rows`) into its current table
+    /// (`current_rows`) at `as_of`: one row per key, each column merged by its rule, rows
+    /// older than the retention dropped. `columns` are the job's output columns, in order.
+    pub fn merge_sql(&self, columns: &[String], as_of: DateTime<Utc>) -> String {
+        let spec = self.state.as_ref().expect("a state job");
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| match spec.merge.get(c) {
+                Some(rule) => format!("{} AS {}", rule.to_sql(c), quote(c)),
+                None => quote(c),
+            })
+            .collect();
+        let retention = match (&spec.day_column, self.retain_days()) {
+            (Some(day), Some(days)) => format!(
+                "\nWHERE {} > {} - {days}",
+                quote(day),
+                as_of.timestamp().div_euclid(86_400)
+            ),
+            _ => String::new(),
+        };
+        let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
+        format!(
+            "SELECT {}\nFROM (SELECT * FROM {CURRENT_ROWS} UNION ALL SELECT * FROM {NEW_ROWS}) AS all_rows{retention}\nGROUP BY {}",
+            select.join(", "),
+            keys.join(", ")
+        )
+    }
+
+    /// Check a state job's planned output against its key and merge rules.
+    fn check_state_output(&self, schema: &Schema) -> Result<(), CatalogError> {
+        let spec = self.state.as_ref().expect("a state job");
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for column in spec.key.iter().chain(spec.merge.keys()) {
+            if !names.contains(&column.as_str()) {
+                return Err(self.invalid(
+                    column,
+                    format!("'{column}' is not a column of the job's output {names:?}"),
+                ));
+            }
+        }
+        for rule in spec.merge.values() {
+            if let MergeRule::FirstBy { first_by } = rule {
+                if let Some(missing) = first_by.iter().find(|c| !names.contains(&c.as_str())) {
+                    return Err(self.invalid(missing, format!("first_by column '{missing}' is not an output column")));
+                }
+            }
+        }
+        if let Some(column) = names
+            .iter()
+            .find(|n| !spec.key.iter().any(|k| k == *n) && !spec.merge.contains_key(**n))
+        {
+            return Err(self.invalid(
+                "merge",
+                format!("output column '{column}' is neither in `key` nor under [merge]: say how two rows combine"),
+            ));
+        }
+        Ok(())
     }
 
     fn invalid(&self, needle: &str, message: String) -> CatalogError {
@@ -226,13 +360,21 @@ impl Catalog {
         }
         for job in jobs.values() {
             for input in &job.inputs {
-                let known = streams.contains(input) || jobs.get(input).is_some_and(|j| j.kind == JobKind::Measure);
-                if !known {
-                    return Err(job.invalid(
-                        input,
-                        format!("unknown input '{input}' (inputs are streams {streams:?} or measure jobs)"),
-                    ));
-                }
+                let input_kind = jobs.get(input).map(|j| j.kind);
+                let message = match (job.kind, input_kind) {
+                    (JobKind::State, None) if streams.contains(input) => continue,
+                    (JobKind::State, _) => format!("a state job reads event streams {streams:?} only, not '{input}'"),
+                    (_, Some(JobKind::State | JobKind::Measure)) => continue,
+                    (_, None) if streams.contains(input) => format!(
+                        "'{input}' is an event stream: tag and measure jobs read state tables (kind = \"state\"), \
+                         which are kept up to date batch by batch, or measures"
+                    ),
+                    _ => format!("unknown input '{input}' (inputs are state or measure jobs)"),
+                };
+                return Err(job.invalid(input, message));
+            }
+            if job.kind == JobKind::State && !job.depends_on.is_empty() {
+                return Err(job.invalid("depends_on", "a state job reads event streams only".into()));
             }
             for dep in &job.depends_on {
                 if !jobs.contains_key(dep) {
@@ -250,7 +392,23 @@ impl Catalog {
         self.jobs.iter().filter(|j| j.kind == JobKind::Tag)
     }
 
-    /// Keep only `names` and every job they read, directly or not (order is preserved).
+    pub fn state_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.iter().filter(|j| j.kind == JobKind::State)
+    }
+
+    /// Identifies what the state tables mean: every state job's SQL, key, merge rules and
+    /// parameters. State written under another fingerprint is rebuilt from the landing zone.
+    pub fn state_fingerprint(&self) -> String {
+        let mut hasher = siphasher::sip128::SipHasher13::new();
+        for job in self.state_jobs() {
+            let described = serde_json::json!([job.name, job.inputs, job.params, job.state, job.body]);
+            std::hash::Hash::hash(&described.to_string(), &mut hasher);
+        }
+        format!("{:032x}", siphasher::sip128::Hasher128::finish128(&hasher).as_u128())
+    }
+
+    /// Keep only `names`, every job they read, directly or not, and every state job: state
+    /// is folded from every batch whatever is evaluated (order is preserved).
     pub fn select(&mut self, names: &[String]) -> Result<(), CatalogError> {
         let mut wanted: BTreeSet<String> = BTreeSet::new();
         let mut pending: Vec<String> = names.to_vec();
@@ -264,7 +422,8 @@ impl Catalog {
                 pending.extend(job.reads().filter(|r| self.jobs.iter().any(|j| &j.name == *r)).cloned());
             }
         }
-        self.jobs.retain(|j| wanted.contains(&j.name));
+        self.jobs
+            .retain(|j| j.kind == JobKind::State || wanted.contains(&j.name));
         Ok(())
     }
 
@@ -351,8 +510,26 @@ impl Catalog {
                 .await
                 .map_err(|e| job.plan_error(e.to_string()))?;
             let schema: Schema = plan.schema().as_arrow().clone();
-            if job.kind == JobKind::Tag {
-                check_tag_output(&schema).map_err(|m| job.plan_error(m))?;
+            match job.kind {
+                JobKind::Tag => check_tag_output(&schema).map_err(|m| job.plan_error(m))?,
+                JobKind::State => job.check_state_output(&schema)?,
+                JobKind::Measure => {}
+            }
+            if job.kind == JobKind::State {
+                // The merge must plan too (e.g. first_value of a type, SUM of a string).
+                let merge_ctx = SessionContext::new();
+                for name in [CURRENT_ROWS, NEW_ROWS] {
+                    let table = MemTable::try_new(Arc::new(state_schema(&schema)), vec![vec![]]).expect("empty table");
+                    merge_ctx
+                        .register_table(name, Arc::new(table))
+                        .map_err(|e| job.plan_error(e.to_string()))?;
+                }
+                let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+                merge_ctx
+                    .state()
+                    .create_logical_plan(&job.merge_sql(&columns, as_of))
+                    .await
+                    .map_err(|e| job.invalid("merge", format!("the merge rules do not plan: {e}")))?;
             }
             if stop_at == Some(job.name.as_str()) {
                 return Ok(Some((job, ctx, plan)));
@@ -361,6 +538,18 @@ impl Catalog {
         }
         Ok(None)
     }
+}
+
+/// The schema of a state table: the job's output with every column nullable (merged rows
+/// keep the job's types; nullability is not a contract of state).
+pub fn state_schema(planned: &Schema) -> Schema {
+    Schema::new(
+        planned
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// A tag job returns exactly `customer_id` (string), `value` (any, published as text) and
@@ -412,6 +601,7 @@ fn parse_job(file: &Path, text: &str) -> Result<Job, CatalogError> {
         inputs: h.inputs,
         depends_on: h.depends_on,
         params: BTreeMap::new(),
+        state: None,
         file: file.to_path_buf(),
         header_lines: parsed.header_lines,
         header_text: parsed.header_text,
@@ -426,8 +616,51 @@ fn parse_job(file: &Path, text: &str) -> Result<Job, CatalogError> {
     }
     match (job.kind, &job.family) {
         (JobKind::Tag, None) => return Err(job.invalid("name", "a tag job needs a `family`".into())),
-        (JobKind::Measure, Some(_)) => return Err(job.invalid("family", "a measure has no `family`".into())),
+        (JobKind::Measure | JobKind::State, Some(_)) => {
+            return Err(job.invalid("family", "only tag jobs have a `family`".into()))
+        }
         _ => {}
+    }
+    let stateful = !h.key.is_empty() || !h.merge.is_empty() || h.day_column.is_some();
+    if job.kind == JobKind::State {
+        if h.key.is_empty() {
+            return Err(job.invalid(
+                "kind",
+                "a state job needs a `key` (the columns that identify a row)".into(),
+            ));
+        }
+        if let Some(day) = h.day_column.as_ref().filter(|d| !h.key.contains(d)) {
+            return Err(job.invalid(
+                "day_column",
+                format!("day_column '{day}' must be one of the key columns"),
+            ));
+        }
+        match (&h.day_column, h.params.get(RETAIN_DAYS_PARAM)) {
+            (Some(_), Some(toml::Value::Integer(days))) if *days >= 1 => {}
+            (Some(_), _) => {
+                return Err(job.invalid(
+                    "day_column",
+                    format!("a state job with a day_column needs [params] {RETAIN_DAYS_PARAM} = <days, at least 1>"),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(job.invalid(RETAIN_DAYS_PARAM, format!("{RETAIN_DAYS_PARAM} needs a `day_column`")))
+            }
+            (None, None) => {}
+        }
+        if let Some(both) = h.key.iter().find(|k| h.merge.contains_key(*k)) {
+            return Err(job.invalid(both, format!("'{both}' is a key column and cannot have a merge rule")));
+        }
+        job.state = Some(StateSpec {
+            key: h.key,
+            merge: h.merge,
+            day_column: h.day_column,
+        });
+    } else if stateful {
+        return Err(job.invalid(
+            "kind",
+            "key, merge and day_column belong to state jobs (kind = \"state\")".into(),
+        ));
     }
     for (name, value) in &h.params {
         if BUILTIN_PARAMS.contains(&name.as_str()) {
@@ -447,7 +680,12 @@ fn parse_job(file: &Path, text: &str) -> Result<Job, CatalogError> {
             });
         }
     }
-    if let Some(unused) = job.params.keys().find(|p| !used.iter().any(|(u, _)| u == *p)) {
+    let retention = job.retain_days().map(|_| RETAIN_DAYS_PARAM);
+    if let Some(unused) = job
+        .params
+        .keys()
+        .find(|p| !used.iter().any(|(u, _)| u == *p) && Some(p.as_str()) != retention)
+    {
         return Err(job.invalid(unused, format!("parameter '{unused}' is declared but never used")));
     }
     Ok(job)

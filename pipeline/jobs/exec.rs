@@ -1,4 +1,5 @@
-//! Running the catalog on counted events.
+//! Running the catalog: state jobs fold a batch of new events into the state tables; measure
+//! and tag jobs are evaluated on the state tables.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use datafusion::execution::config::SessionConfig;
 use datafusion::prelude::SessionContext;
 use tracing::{info, info_span, Instrument};
 
-use super::catalog::{check_tag_output, Catalog, Job, JobKind};
+use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, CURRENT_ROWS, NEW_ROWS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -59,21 +60,137 @@ pub fn tag_rows_schema() -> SchemaRef {
     ]))
 }
 
-/// Run every job of `catalog` in order. `streams` holds the counted events per stream.
+/// The rows of one table: a state table, or a stream's events.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Table {
+    pub fn empty(schema: SchemaRef) -> Self {
+        Table {
+            schema,
+            batches: Vec::new(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// What folding one batch into a state table did.
+#[derive(Debug, Clone)]
+pub struct StateRun {
+    pub job: String,
+    /// Rows the job derived from the batch's events.
+    pub new_rows: usize,
+    /// Rows of the table after the merge (and retention).
+    pub rows: usize,
+    pub duration: Duration,
+}
+
+fn partitions() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Fold a batch of counted events into the state tables: each state job derives rows from
+/// `events` (per stream), which are merged with its current table by the job's key and merge
+/// rules, at `as_of` (rows past the job's retention are dropped). `current` lacks a table
+/// when the state starts empty. Returns the new tables; `current` is left as it was.
+pub async fn fold_state(
+    catalog: &Catalog,
+    current: &BTreeMap<String, Table>,
+    events: &BTreeMap<String, Table>,
+    as_of: DateTime<Utc>,
+) -> Result<(BTreeMap<String, Table>, Vec<StateRun>), JobError> {
+    let partitions = partitions();
+    let streams: BTreeMap<String, Arc<MemTable>> = events
+        .iter()
+        .map(|(name, t)| (name.clone(), mem_table(t.schema.clone(), t.batches.clone(), partitions)))
+        .collect();
+    let mut tables = BTreeMap::new();
+    let mut runs = Vec::new();
+    for job in catalog.state_jobs() {
+        let span = info_span!("state", job = %job.name);
+        let started = Instant::now();
+        let derived = run_one(job, &streams, as_of, partitions)
+            .instrument(span.clone())
+            .await?;
+        let schema = Arc::new(state_schema(&derived.schema));
+        let new_rows = conform(job, derived.batches, &schema)?;
+        let current_rows = match current.get(&job.name) {
+            Some(table) => conform(job, table.batches.clone(), &schema)?,
+            None => Vec::new(),
+        };
+        let mut inputs = BTreeMap::new();
+        inputs.insert(
+            CURRENT_ROWS.to_string(),
+            mem_table(schema.clone(), current_rows, partitions),
+        );
+        inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let merged = execute(job, &inputs, &job.merge_sql(&columns, as_of), partitions)
+            .instrument(span)
+            .await?;
+        let table = Table {
+            batches: conform(job, merged.0, &schema)?,
+            schema,
+        };
+        runs.push(StateRun {
+            job: job.name.clone(),
+            new_rows: derived.rows,
+            rows: table.rows(),
+            duration: started.elapsed(),
+        });
+        tables.insert(job.name.clone(), table);
+    }
+    Ok((tables, runs))
+}
+
+/// Cast batches to a state table's schema (merges may widen types, e.g. SUM of Int32).
+fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, JobError> {
+    let bad = |message: String| JobError::Output {
+        job: job.name.clone(),
+        file: job.file.clone(),
+        message,
+    };
+    batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|batch| {
+            if batch.schema_ref() == schema {
+                return Ok(batch);
+            }
+            let columns: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let column = batch
+                        .column_by_name(f.name())
+                        .ok_or_else(|| bad(format!("state column '{}' is missing", f.name())))?;
+                    cast(column, f.data_type()).map_err(|e| bad(format!("state column '{}': {e}", f.name())))
+                })
+                .collect::<Result<_, _>>()?;
+            RecordBatch::try_new(schema.clone(), columns).map_err(|e| bad(e.to_string()))
+        })
+        .collect()
+}
+
+/// Evaluate the measure and tag jobs of `catalog`, in order, on the state tables.
 pub async fn run_jobs(
     catalog: &Catalog,
-    streams: &BTreeMap<String, Vec<RecordBatch>>,
-    stream_schemas: &BTreeMap<String, SchemaRef>,
+    state: &BTreeMap<String, Table>,
     as_of: DateTime<Utc>,
 ) -> Result<JobOutput, JobError> {
-    let partitions = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let mut tables: BTreeMap<String, Arc<MemTable>> = BTreeMap::new();
-    for (name, batches) in streams {
-        let table = mem_table(stream_schemas[name].clone(), batches.clone(), partitions);
-        tables.insert(name.clone(), table);
-    }
+    let partitions = partitions();
+    let mut tables: BTreeMap<String, Arc<MemTable>> = state
+        .iter()
+        .map(|(name, t)| (name.clone(), mem_table(t.schema.clone(), t.batches.clone(), partitions)))
+        .collect();
     let mut runs = Vec::with_capacity(catalog.jobs.len());
-    for job in &catalog.jobs {
+    for job in catalog.jobs.iter().filter(|j| j.kind != JobKind::State) {
         let span = info_span!("job", job = %job.name, kind = ?job.kind);
         let run = run_one(job, &tables, as_of, partitions).instrument(span).await?;
         tables.insert(
@@ -92,22 +209,10 @@ async fn run_one(
     partitions: usize,
 ) -> Result<JobRun, JobError> {
     let started = Instant::now();
-    let failed = |source| JobError::Execution {
-        job: job.name.clone(),
-        file: job.file.clone(),
-        source,
-    };
-    let config = SessionConfig::new().with_target_partitions(partitions);
-    let ctx = SessionContext::new_with_config(config);
-    for name in job.reads() {
-        ctx.register_table(name.as_str(), tables[name].clone())
-            .map_err(failed)?;
-    }
-    let frame = ctx.sql(&job.render_sql(as_of)).await.map_err(failed)?;
-    let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.map_err(failed)?;
+    let reads: BTreeMap<String, Arc<MemTable>> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
+    let (batches, planned) = execute(job, &reads, &job.render_sql(as_of), partitions).await?;
     let (batches, schema) = match job.kind {
-        JobKind::Measure => (batches, planned),
+        JobKind::Measure | JobKind::State => (batches, planned),
         JobKind::Tag => (normalise_tag_rows(job, batches)?, tag_rows_schema()),
     };
     let rows = batches.iter().map(|b| b.num_rows()).sum();
@@ -120,6 +225,29 @@ async fn run_one(
         schema,
         rows,
     })
+}
+
+/// Run `sql` for `job` in a session that holds only `tables`.
+async fn execute(
+    job: &Job,
+    tables: &BTreeMap<String, Arc<MemTable>>,
+    sql: &str,
+    partitions: usize,
+) -> Result<(Vec<RecordBatch>, SchemaRef), JobError> {
+    let failed = |source| JobError::Execution {
+        job: job.name.clone(),
+        file: job.file.clone(),
+        source,
+    };
+    let config = SessionConfig::new().with_target_partitions(partitions);
+    let ctx = SessionContext::new_with_config(config);
+    for (name, table) in tables {
+        ctx.register_table(name.as_str(), table.clone()).map_err(failed)?;
+    }
+    let frame = ctx.sql(sql).await.map_err(failed)?;
+    let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.map_err(failed)?;
+    Ok((batches, planned))
 }
 
 /// Cast a tag's output to `customer_id: Utf8, value: Utf8, score: Float64` and check that

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::catalog::{CatalogError, JobKind};
+use super::catalog::{CatalogError, JobKind, MergeRule};
 
 /// The header as written in the file.
 #[derive(Debug, Deserialize)]
@@ -22,6 +22,15 @@ pub(super) struct Header {
     pub depends_on: Vec<String>,
     #[serde(default)]
     pub params: BTreeMap<String, toml::Value>,
+    /// State jobs: the columns that identify a row of the state table.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// State jobs: how each non-key column of two rows with the same key combines.
+    #[serde(default)]
+    pub merge: BTreeMap<String, MergeRule>,
+    /// State jobs: a key column holding the event day (days since 1970-01-01); rows older
+    /// than the `retain_days` parameter are dropped.
+    pub day_column: Option<String>,
 }
 
 /// A parsed job file.

@@ -19,12 +19,20 @@
 //! FROM orders WHERE ... event_day > {{as_of_day}} - {{window_days}} ...
 //! ```
 //!
-//! `kind = "measure"` marks a shared measure (materialised once, read by tags through
-//! `inputs`); the default kind is `tag`, whose output is `customer_id, value, score`.
+//! Three kinds of job:
+//!
+//! - `kind = "state"` reads event streams and derives rows of a durable state table. Each
+//!   batch of new events is folded into the table by the header's `key` and `[merge]` rules
+//!   (`sum`, `min`, `max`, `{ first_by = [...] }`); a `day_column` with a `retain_days`
+//!   parameter drops rows older than that many days. State is what makes a refresh cost
+//!   what is new rather than the whole history.
+//! - `kind = "measure"`: a shared table computed from state (once per run) and read by tags.
+//! - the default kind, `tag`, reads state and measures and returns `customer_id, value,
+//!   score`.
 
 mod catalog;
 mod exec;
 mod header;
 
-pub use catalog::{Catalog, CatalogError, Job, JobKind, ParamOverrides, ParamValue};
-pub use exec::{run_jobs, JobError, JobOutput, JobRun};
+pub use catalog::{Catalog, CatalogError, Job, JobKind, MergeFn, MergeRule, ParamOverrides, ParamValue, StateSpec};
+pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, StateRun, Table};

@@ -41,5 +41,5 @@ SELECT
         WHEN high_monetary THEN 'big_spender'
         ELSE 'casual'
     END AS value,
-    monetary_365 AS score
+    CAST(monetary_365 AS DOUBLE) AS score
 FROM customer_flags

@@ -1,30 +1,20 @@
 -- name = "category_intent"
 -- family = "intent"
 -- description = "The category a customer is circling: product views + 3 x cart adds per category in the last 7 days, leaving out categories bought (paid) in those days. Value: the top category (ties: smallest) if its points reach 5. Score: the points."
--- inputs = ["clicks", "carts", "paid_orders"]
+-- inputs = ["customer_category_days", "paid_orders"]
 -- [params]
 -- window_days = 7
 -- cart_add_points = 3
 -- min_points = 5
-WITH category_signals AS (
-    SELECT customer_id, category, 1 AS points
-    FROM clicks
-    WHERE page_type = 'product' AND category IS NOT NULL
-      AND event_day > {{as_of_day}} - {{window_days}}
-    UNION ALL
-    SELECT customer_id, category, {{cart_add_points}} AS points
-    FROM carts
-    WHERE action = 'add' AND category IS NOT NULL
-      AND event_day > {{as_of_day}} - {{window_days}}
-),
-recently_bought AS (
+WITH recently_bought AS (
     SELECT DISTINCT customer_id, category
     FROM paid_orders
     WHERE category IS NOT NULL AND paid_day > {{as_of_day}} - {{window_days}}
 ),
 category_points AS (
-    SELECT customer_id, category, SUM(points) AS points
-    FROM category_signals
+    SELECT customer_id, category, SUM(product_views + {{cart_add_points}} * cart_adds) AS points
+    FROM customer_category_days
+    WHERE event_day > {{as_of_day}} - {{window_days}}
     GROUP BY customer_id, category
 ),
 open_categories AS (

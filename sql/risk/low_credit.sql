@@ -1,15 +1,14 @@
 -- name = "low_credit"
 -- family = "risk"
 -- description = "At least 3 order events of status cancelled or payment_failed in the last 30 days. Score: their number."
--- inputs = ["orders"]
+-- inputs = ["customer_days"]
 -- [params]
 -- window_days = 30
 -- min_events = 3
 WITH recent_failed_orders AS (
-    SELECT customer_id, COUNT(*) AS failures
-    FROM orders
-    WHERE status IN ('cancelled', 'payment_failed')
-      AND event_day > {{as_of_day}} - {{window_days}}
+    SELECT customer_id, SUM(failed_orders) AS failures
+    FROM customer_days
+    WHERE event_day > {{as_of_day}} - {{window_days}}
     GROUP BY customer_id
 )
 SELECT customer_id, 'true' AS value, CAST(failures AS DOUBLE) AS score

@@ -1,24 +1,15 @@
 -- name = "refund_risk"
 -- family = "risk"
 -- description = "2+ orders refunded in the last 365 days (refund time: the order's earliest refunded event) and refunds / max(orders_365, 1) >= 0.3. Score: that ratio."
--- inputs = ["orders", "customer_measures"]
+-- inputs = ["order_refunds", "customer_measures"]
 -- [params]
 -- window_days = 365
 -- min_refunds = 2
 -- min_ratio = 0.3
-WITH refund_events AS (
-    SELECT
-        order_id,
-        customer_id,
-        event_day,
-        ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY event_time, event_id) AS refund_rank
-    FROM orders
-    WHERE status = 'refunded'
-),
-recent_refunds AS (
+WITH recent_refunds AS (
     SELECT customer_id, COUNT(*) AS refunds
-    FROM refund_events
-    WHERE refund_rank = 1 AND event_day > {{as_of_day}} - {{window_days}}
+    FROM order_refunds
+    WHERE refund_day > {{as_of_day}} - {{window_days}}
     GROUP BY customer_id
 ),
 refund_ratio AS (

@@ -1,22 +1,14 @@
 -- name = "shared_device"
 -- family = "risk"
 -- description = "A device the customer used in the last 30 days (any stream) was used by at least 5 distinct customers in those days. Score: the most customers on one of the customer's devices."
--- inputs = ["clicks", "carts", "orders"]
+-- inputs = ["device_days"]
 -- [params]
 -- window_days = 30
 -- min_customers = 5
-WITH recent_device_use AS (
-    SELECT customer_id, device_id FROM clicks
-    WHERE device_id IS NOT NULL AND event_day > {{as_of_day}} - {{window_days}}
-    UNION ALL
-    SELECT customer_id, device_id FROM carts
-    WHERE device_id IS NOT NULL AND event_day > {{as_of_day}} - {{window_days}}
-    UNION ALL
-    SELECT customer_id, device_id FROM orders
-    WHERE device_id IS NOT NULL AND event_day > {{as_of_day}} - {{window_days}}
-),
-device_customers AS (
-    SELECT DISTINCT device_id, customer_id FROM recent_device_use
+WITH device_customers AS (
+    SELECT DISTINCT device_id, customer_id
+    FROM device_days
+    WHERE event_day > {{as_of_day}} - {{window_days}}
 ),
 customers_per_device AS (
     SELECT device_id, COUNT(*) AS customers

@@ -93,7 +93,7 @@ fn an_unknown_input_is_reported_with_file_and_line() {
     let file = dir.path().join("intent/x.sql");
     std::fs::write(
         &file,
-        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\", \"sessions\"]\nSELECT 1\n",
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"customer_days\", \"sessions\"]\nSELECT 1\n",
     )
     .unwrap();
     let message = load_err(dir.path()).to_string();
@@ -137,7 +137,7 @@ fn placeholders_must_be_declared_and_parameters_used() {
     let file = dir.path().join("intent/x.sql");
     std::fs::write(
         &file,
-        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS value,\n  CAST(NULL AS DOUBLE) AS score FROM clicks WHERE event_day > {{as_of_day}} - {{window}}\n",
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"customer_days\"]\nSELECT customer_id, 'true' AS value,\n  CAST(NULL AS DOUBLE) AS score FROM customer_days WHERE event_day > {{as_of_day}} - {{window}}\n",
     )
     .unwrap();
     let message = load_err(dir.path()).to_string();
@@ -146,7 +146,7 @@ fn placeholders_must_be_declared_and_parameters_used() {
 
     std::fs::write(
         &file,
-        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\n-- [params]\n-- window = 3\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score FROM clicks\n",
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"customer_days\"]\n-- [params]\n-- window = 3\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score FROM customer_days\n",
     )
     .unwrap();
     let message = load_err(dir.path()).to_string();
@@ -160,10 +160,10 @@ fn placeholders_must_be_declared_and_parameters_used() {
 async fn sql_that_does_not_plan_is_reported_with_file_and_line_before_anything_runs() {
     let dir = catalog_copy();
     let file = dir.path().join("intent/x.sql");
-    // `carts` is not a declared input of this job: planning fails on line 6
+    // `device_days` is not a declared input of this job: planning fails on line 6
     std::fs::write(
         &file,
-        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT c.customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM carts c\n",
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"customer_days\"]\nSELECT c.customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM device_days c\n",
     )
     .unwrap();
     let catalog = Catalog::load(dir.path(), &streams()).unwrap();
@@ -173,12 +173,12 @@ async fn sql_that_does_not_plan_is_reported_with_file_and_line_before_anything_r
         .expect_err("must not plan")
         .to_string();
     assert!(message.contains(&file.display().to_string()), "{message}");
-    assert!(message.to_lowercase().contains("carts"), "{message}");
+    assert!(message.to_lowercase().contains("device_days"), "{message}");
 
     // a syntax error points at its line
     std::fs::write(
         &file,
-        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM clicks\nWHERE customer_id = = 1\n",
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"customer_days\"]\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM customer_days\nWHERE customer_id = = 1\n",
     )
     .unwrap();
     let catalog = Catalog::load(dir.path(), &streams()).unwrap();
@@ -192,7 +192,7 @@ async fn sql_that_does_not_plan_is_reported_with_file_and_line_before_anything_r
     // a tag that returns the wrong columns
     std::fs::write(
         &file,
-        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS tag_value FROM clicks\n",
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"customer_days\"]\nSELECT customer_id, 'true' AS tag_value FROM customer_days\n",
     )
     .unwrap();
     let catalog = Catalog::load(dir.path(), &streams()).unwrap();
@@ -253,7 +253,8 @@ async fn parameter_overrides_are_validated() {
     .unwrap();
 }
 
-/// Adding a tag is adding a SQL file: no Rust code.
+/// Adding a tag is adding SQL files: no Rust code. A tag on a signal no state table keeps
+/// yet comes with a state job that keeps it.
 #[tokio::test]
 async fn a_new_sql_file_is_a_new_published_tag() {
     let fx = Fixture::new();
@@ -266,8 +267,13 @@ async fn a_new_sql_file_is_a_new_published_tag() {
     );
     let dir = catalog_copy();
     std::fs::write(
+        dir.path().join("state/search_days.sql"),
+        "-- name = \"search_days\"\n-- kind = \"state\"\n-- description = \"Searches per customer and day, the last 7 days.\"\n-- inputs = [\"clicks\"]\n-- key = [\"customer_id\", \"event_day\"]\n-- day_column = \"event_day\"\n-- [merge]\n-- searches = \"sum\"\n-- [params]\n-- retain_days = 7\nSELECT customer_id, event_day, COUNT(*) AS searches FROM clicks\nWHERE page_type = 'search'\nGROUP BY customer_id, event_day\n",
+    )
+    .unwrap();
+    std::fs::write(
         dir.path().join("intent/searcher.sql"),
-        "-- name = \"searcher\"\n-- family = \"intent\"\n-- description = \"Searched in the last N days.\"\n-- inputs = [\"clicks\"]\n-- [params]\n-- window_days = 7\nWITH recent_searches AS (\n  SELECT customer_id, COUNT(*) AS searches FROM clicks\n  WHERE page_type = 'search' AND event_day > {{as_of_day}} - {{window_days}}\n  GROUP BY customer_id\n)\nSELECT customer_id, 'true' AS value, CAST(searches AS DOUBLE) AS score FROM recent_searches\n",
+        "-- name = \"searcher\"\n-- family = \"intent\"\n-- description = \"Searched in the last N days.\"\n-- inputs = [\"search_days\"]\n-- [params]\n-- window_days = 7\nWITH recent_searches AS (\n  SELECT customer_id, SUM(searches) AS searches FROM search_days\n  WHERE event_day > {{as_of_day}} - {{window_days}}\n  GROUP BY customer_id\n)\nSELECT customer_id, 'true' AS value, CAST(searches AS DOUBLE) AS score FROM recent_searches\n",
     )
     .unwrap();
     let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
@@ -293,7 +299,7 @@ async fn the_as_of_placeholder_is_a_utc_timestamp() {
     let dir = catalog_copy();
     std::fs::write(
         dir.path().join("intent/last_hour.sql"),
-        "-- name = \"last_hour\"\n-- family = \"intent\"\n-- description = \"Clicked in the hour before the as-of time.\"\n-- inputs = [\"clicks\"]\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM clicks WHERE event_time >= {{as_of}} - INTERVAL '1 hour'\nGROUP BY customer_id\n",
+        "-- name = \"last_hour\"\n-- family = \"intent\"\n-- description = \"Seen in the hour before the as-of time.\"\n-- inputs = [\"customer_activity\"]\nSELECT customer_id, 'true' AS value, CAST(NULL AS DOUBLE) AS score\nFROM customer_activity WHERE last_seen >= {{as_of}} - INTERVAL '1 hour'\n",
     )
     .unwrap();
     let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
@@ -335,4 +341,92 @@ async fn a_partial_run_replaces_only_the_jobs_it_ran() {
     settings.jobs = vec!["nope".into()];
     let err = tagflow::run::run(&settings).await.expect_err("unknown job");
     assert!(err.to_string().contains("no job named 'nope'"));
+}
+
+/// Tags read state, never raw streams: a stream can only be read through a state job, which
+/// is what keeps refreshes incremental.
+#[test]
+fn a_tag_reading_a_stream_is_told_to_read_state() {
+    let dir = catalog_copy();
+    let file = dir.path().join("intent/x.sql");
+    std::fs::write(
+        &file,
+        "-- name = \"x\"\n-- family = \"intent\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\nSELECT 1\n",
+    )
+    .unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(message.contains(&format!("{}:4:", file.display())), "{message}");
+    assert!(message.contains("'clicks' is an event stream"), "{message}");
+}
+
+fn state_job(header: &str, body: &str) -> String {
+    format!("-- name = \"x\"\n-- kind = \"state\"\n-- description = \"d\"\n-- inputs = [\"clicks\"]\n{header}{body}")
+}
+
+/// Each rule of a state job's header is checked, with file and line.
+#[tokio::test]
+async fn state_job_headers_are_checked() {
+    let body = "SELECT customer_id, event_day, COUNT(*) AS views FROM clicks GROUP BY customer_id, event_day\n";
+    let cases = [
+        ("-- [merge]\n-- views = \"sum\"\n", "needs a `key`"),
+        (
+            "-- key = [\"customer_id\", \"event_day\"]\n-- day_column = \"event_day\"\n-- [merge]\n-- views = \"sum\"\n",
+            "needs [params] retain_days",
+        ),
+        (
+            "-- key = [\"customer_id\"]\n-- day_column = \"event_day\"\n-- [merge]\n-- views = \"sum\"\n-- [params]\n-- retain_days = 3\n",
+            "day_column 'event_day' must be one of the key columns",
+        ),
+        (
+            "-- key = [\"customer_id\", \"event_day\"]\n-- [merge]\n-- views = \"avg\"\n",
+            "header error",
+        ),
+    ];
+    for (header, expected) in cases {
+        let dir = catalog_copy();
+        std::fs::write(dir.path().join("state/x.sql"), state_job(header, body)).unwrap();
+        let message = load_err(dir.path()).to_string();
+        assert!(message.contains(expected), "{header}\n=> {message}");
+        assert!(message.contains("x.sql:"), "{message}");
+    }
+
+    // Found when planning: a column without a merge rule, a rule on a missing column.
+    let planned = [
+        (
+            "-- key = [\"customer_id\"]\n-- [merge]\n-- views = \"sum\"\n",
+            "'event_day' is neither in `key` nor under [merge]",
+        ),
+        (
+            "-- key = [\"customer_id\", \"event_day\"]\n-- [merge]\n-- views = \"sum\"\n-- clicks = \"max\"\n",
+            "'clicks' is not a column",
+        ),
+        (
+            "-- key = [\"customer_id\", \"event_day\"]\n-- [merge]\n-- views = { first_by = [\"seen_at\"] }\n",
+            "first_by column 'seen_at'",
+        ),
+    ];
+    for (header, expected) in planned {
+        let dir = catalog_copy();
+        std::fs::write(dir.path().join("state/x.sql"), state_job(header, body)).unwrap();
+        let catalog = Catalog::load(dir.path(), &streams()).unwrap();
+        let message = catalog.validate(&schemas()).await.expect_err(expected).to_string();
+        assert!(message.contains(expected), "{header}\n=> {message}");
+    }
+}
+
+/// A state table that sums must not keep more days than the de-duplication memory reaches.
+#[tokio::test]
+async fn dedup_days_must_cover_summing_state() {
+    let fx = Fixture::new();
+    fx.clicks("a.parquet", &[view("k1", "c1", "2026-11-19T10:00:00Z")]);
+    let error = fx
+        .try_run("2026-11-20T00:00:00Z", Some("dedup_days = 20\n"))
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert_eq!(error.exit_code(), 2, "{message}");
+    assert!(
+        message.contains("dedup_days") && message.contains("customer_days"),
+        "{message}"
+    );
 }

@@ -1,0 +1,534 @@
+//! State: the durable memory of incremental runs, under `<warehouse>/_tagflow/state/`.
+//!
+//! A state version is a manifest naming immutable files:
+//! - the state tables (one Parquet file each), folded batch by batch by the state jobs;
+//! - the events read but after the as-of time, held until an as-of reaches them (Parquet,
+//!   per stream);
+//! - the de-duplication memory: 128-bit hashes of the event ids counted, in segments per
+//!   stream and event day, so a batch loads only the days its events fall in;
+//! - the landing files processed, with the moment each was ingested (JSON segments).
+//!
+//! A commit writes the new files first, then the manifest, then replaces `CURRENT` (one
+//! atomic put). A run killed at any moment leaves `CURRENT` at the previous version or the
+//! new one; files of an interrupted commit are never referenced and are collected later.
+//!
+//! Owns: the state's layout, its encoding and its commit. Must not: interpret landing files,
+//! run SQL or touch the published tables.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use crate::dedup::{Day, DedupMemory};
+use crate::jobs::Table;
+use crate::storage::{parquet_batches, parquet_bytes, Location};
+
+/// Folder of the state under the warehouse.
+pub const STATE_DIR: &str = "_tagflow/state";
+const CURRENT: &str = "CURRENT";
+const FORMAT: u32 = 1;
+/// Files written or read at once.
+const IO_CONCURRENCY: usize = 16;
+/// A day with this many id segments is rewritten as one.
+const MAX_DAY_SEGMENTS: usize = 8;
+/// This many processed-file segments are rewritten as one.
+const MAX_FILE_SEGMENTS: usize = 16;
+/// Unreferenced files are collected every this many versions.
+const COLLECT_EVERY: u64 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state storage error at {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error(
+        "state file {path} is unreadable ({message}); `tagflow run --full` rebuilds the state from the landing zone"
+    )]
+    Corrupt { path: String, message: String },
+}
+
+/// What `CURRENT` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pointer {
+    version: u64,
+    manifest: String,
+}
+
+/// One state version. Paths are relative to [`STATE_DIR`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    version: u64,
+    as_of: DateTime<Utc>,
+    /// [`crate::jobs::Catalog::state_fingerprint`] of the jobs that built the tables.
+    fingerprint: String,
+    run_id: String,
+    committed_at: DateTime<Utc>,
+    tables: BTreeMap<String, String>,
+    pending: BTreeMap<String, String>,
+    /// stream → event day → id segments.
+    seen: BTreeMap<String, BTreeMap<i32, Vec<String>>>,
+    /// Segments of the processed-files list.
+    files: Vec<String>,
+}
+
+impl Manifest {
+    fn referenced(&self) -> impl Iterator<Item = &String> {
+        self.tables
+            .values()
+            .chain(self.pending.values())
+            .chain(self.seen.values().flat_map(|days| days.values().flatten()))
+            .chain(self.files.iter())
+    }
+}
+
+/// One processed landing file, as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct ProcessedFile {
+    path: String,
+    ingested_at: DateTime<Utc>,
+}
+
+/// The state in memory.
+pub struct State {
+    /// Version of the committed state this was loaded from or last committed (0: none).
+    pub version: u64,
+    /// The as-of time of that version.
+    pub as_of: Option<DateTime<Utc>>,
+    pub fingerprint: String,
+    pub tables: BTreeMap<String, Table>,
+    /// Unique events after the as-of time, per stream.
+    pub pending: BTreeMap<String, Vec<RecordBatch>>,
+    pub seen: DedupMemory,
+    /// Landing files processed (relative path) → when they were ingested.
+    pub files: BTreeMap<String, DateTime<Utc>>,
+    unsaved_files: Vec<String>,
+    manifest: Option<Manifest>,
+    previous: Option<Manifest>,
+    /// The next commit rewrites everything (after a reset).
+    rewrite: bool,
+}
+
+impl State {
+    /// An empty state for jobs of `fingerprint` (nothing committed yet).
+    pub fn empty(fingerprint: &str) -> Self {
+        State {
+            version: 0,
+            as_of: None,
+            fingerprint: fingerprint.to_string(),
+            tables: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            seen: DedupMemory::default(),
+            files: BTreeMap::new(),
+            unsaved_files: Vec::new(),
+            manifest: None,
+            previous: None,
+            rewrite: true,
+        }
+    }
+
+    /// Start over for a full rebuild under `fingerprint`: no tables, held events or seen
+    /// ids. The processed files keep their ingest times (a file is ingested once: the
+    /// "too far in the future" rule must judge it the same way on every rebuild).
+    pub fn reset(&mut self, fingerprint: &str) {
+        self.fingerprint = fingerprint.to_string();
+        self.tables.clear();
+        self.pending.clear();
+        self.seen = DedupMemory::default();
+        self.rewrite = true;
+    }
+
+    /// Record a landing file as processed by the next commit.
+    pub fn record_file(&mut self, relative: &str, ingested_at: DateTime<Utc>) {
+        if self.files.insert(relative.to_string(), ingested_at).is_none() {
+            self.unsaved_files.push(relative.to_string());
+        }
+    }
+
+    /// Rows held for a later as-of, all streams.
+    pub fn pending_events(&self) -> usize {
+        self.pending.values().flatten().map(|b| b.num_rows()).sum()
+    }
+
+    /// Load the committed state of `warehouse`, if any. The de-duplication memory is loaded
+    /// lazily, day by day ([`State::load_days`]).
+    pub async fn load(warehouse: &Location) -> Result<Option<State>, StateError> {
+        let Some(pointer) = get(warehouse, CURRENT).await? else {
+            return Ok(None);
+        };
+        let pointer: Pointer = parse_json(CURRENT, &pointer)?;
+        let manifest: Manifest = match get(warehouse, &pointer.manifest).await? {
+            Some(bytes) => parse_json(&pointer.manifest, &bytes)?,
+            None => {
+                return Err(StateError::Corrupt {
+                    path: display(warehouse, &pointer.manifest),
+                    message: "the manifest named by CURRENT is missing".into(),
+                })
+            }
+        };
+        if manifest.format != FORMAT {
+            return Err(StateError::Corrupt {
+                path: display(warehouse, &pointer.manifest),
+                message: format!("state format {} (this build reads {FORMAT})", manifest.format),
+            });
+        }
+        let tables = futures::stream::iter(manifest.tables.clone())
+            .map(|(name, file)| async move { Ok::<_, StateError>((name, read_table(warehouse, &file).await?)) })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect::<BTreeMap<_, _>>()
+            .await?;
+        let pending =
+            futures::stream::iter(manifest.pending.clone())
+                .map(|(stream, file)| async move {
+                    Ok::<_, StateError>((stream, read_table(warehouse, &file).await?.batches))
+                })
+                .buffer_unordered(IO_CONCURRENCY)
+                .try_collect::<BTreeMap<_, _>>()
+                .await?;
+        let mut files = BTreeMap::new();
+        for segment in &manifest.files {
+            let bytes = require(warehouse, segment).await?;
+            let listed: Vec<ProcessedFile> = parse_json(segment, &bytes)?;
+            files.extend(listed.into_iter().map(|f| (f.path, f.ingested_at)));
+        }
+        let mut seen = DedupMemory::default();
+        for (stream, days) in &manifest.seen {
+            let entry = seen.streams.entry(stream.clone()).or_default();
+            for (day, segments) in days {
+                entry.insert(
+                    *day,
+                    Day {
+                        segments: segments.clone(),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        info!(
+            version = manifest.version,
+            as_of = %manifest.as_of,
+            files = files.len(),
+            "state loaded"
+        );
+        Ok(Some(State {
+            version: manifest.version,
+            as_of: Some(manifest.as_of),
+            fingerprint: manifest.fingerprint.clone(),
+            tables,
+            pending,
+            seen,
+            files,
+            unsaved_files: Vec::new(),
+            manifest: Some(manifest),
+            previous: None,
+            rewrite: false,
+        }))
+    }
+
+    /// Read the persisted ids of the (stream, day) pairs in `wanted` that are not in memory
+    /// yet. Returns how many ids were read.
+    pub async fn load_days(
+        &mut self,
+        warehouse: &Location,
+        wanted: &BTreeSet<(String, i32)>,
+    ) -> Result<usize, StateError> {
+        let days = self.seen.unloaded(wanted);
+        let jobs: Vec<(String, i32, Vec<String>)> = days
+            .into_iter()
+            .map(|(stream, day)| {
+                let segments = self.seen.streams[&stream][&day].segments.clone();
+                (stream, day, segments)
+            })
+            .collect();
+        let loaded: Vec<(String, i32, Vec<u128>)> = futures::stream::iter(jobs)
+            .map(|(stream, day, segments)| async move {
+                let mut ids = Vec::new();
+                for segment in &segments {
+                    ids.extend(decode_ids(segment, &require(warehouse, segment).await?)?);
+                }
+                Ok::<_, StateError>((stream, day, ids))
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut count = 0;
+        for (stream, day, ids) in loaded {
+            let entry = self
+                .seen
+                .streams
+                .get_mut(&stream)
+                .and_then(|d| d.get_mut(&day))
+                .expect("listed day");
+            count += ids.len();
+            entry.ids.extend(ids);
+            entry.loaded = true;
+        }
+        Ok(count)
+    }
+
+    /// Write everything that changed as version `self.version + 1` at `as_of` and make it
+    /// current. The de-duplication memory keeps days from `seen_from_day` on.
+    pub async fn commit(
+        &mut self,
+        warehouse: &Location,
+        run_id: &str,
+        as_of: DateTime<Utc>,
+        seen_from_day: i32,
+    ) -> Result<u64, StateError> {
+        let version = self.version + 1;
+        let mut writes: Vec<(String, Bytes)> = Vec::new();
+        let encode = |path: &str, schema, batches: &[RecordBatch]| {
+            parquet_bytes(schema, batches).map_err(|e| StateError::Corrupt {
+                path: display(warehouse, path),
+                message: format!("cannot encode: {e}"),
+            })
+        };
+
+        let mut tables = BTreeMap::new();
+        for (name, table) in &self.tables {
+            let path = format!("tables/{name}-{version}.parquet");
+            writes.push((path.clone(), encode(&path, table.schema.clone(), &table.batches)?));
+            tables.insert(name.clone(), path);
+        }
+        let mut pending = BTreeMap::new();
+        for (stream, batches) in self.pending.iter().filter(|(_, b)| !b.is_empty()) {
+            let path = format!("pending/{stream}-{version}.parquet");
+            writes.push((path.clone(), encode(&path, batches[0].schema(), batches)?));
+            pending.insert(stream.clone(), path);
+        }
+
+        self.seen.forget_before(seen_from_day);
+        let mut seen: BTreeMap<String, BTreeMap<i32, Vec<String>>> = BTreeMap::new();
+        for (stream, days) in self.seen.streams.iter_mut() {
+            for (day, entry) in days.iter_mut() {
+                if entry.loaded && (entry.segments.len() >= MAX_DAY_SEGMENTS || (self.rewrite && !entry.ids.is_empty()))
+                {
+                    let path = format!("seen/{stream}/{day}/{version}-all.bin");
+                    writes.push((path.clone(), encode_ids(entry.ids.iter())));
+                    entry.segments = vec![path];
+                } else if !entry.added.is_empty() {
+                    let path = format!("seen/{stream}/{day}/{version}.bin");
+                    writes.push((path.clone(), encode_ids(entry.added.iter())));
+                    entry.segments.push(path);
+                }
+                entry.added.clear();
+                if !entry.segments.is_empty() {
+                    seen.entry(stream.clone())
+                        .or_default()
+                        .insert(*day, entry.segments.clone());
+                }
+            }
+        }
+
+        let mut files = self.manifest.as_ref().map(|m| m.files.clone()).unwrap_or_default();
+        let all = self.rewrite || files.len() >= MAX_FILE_SEGMENTS;
+        if all || !self.unsaved_files.is_empty() {
+            let listed: Vec<ProcessedFile> = if all {
+                self.files
+                    .iter()
+                    .map(|(path, at)| ProcessedFile {
+                        path: path.clone(),
+                        ingested_at: *at,
+                    })
+                    .collect()
+            } else {
+                self.unsaved_files
+                    .iter()
+                    .map(|path| ProcessedFile {
+                        path: path.clone(),
+                        ingested_at: self.files[path],
+                    })
+                    .collect()
+            };
+            let path = format!("files/{version}{}.json", if all { "-all" } else { "" });
+            writes.push((
+                path.clone(),
+                Bytes::from(serde_json::to_vec(&listed).expect("serialisable")),
+            ));
+            if all {
+                files.clear();
+            }
+            files.push(path);
+        }
+
+        let written = writes.len();
+        futures::stream::iter(writes)
+            .map(|(path, bytes)| put(warehouse, path, bytes))
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        let manifest = Manifest {
+            format: FORMAT,
+            version,
+            as_of,
+            fingerprint: self.fingerprint.clone(),
+            run_id: run_id.to_string(),
+            committed_at: Utc::now(),
+            tables,
+            pending,
+            seen,
+            files,
+        };
+        let manifest_path = format!("manifests/{version:020}.json");
+        let json = serde_json::to_vec_pretty(&manifest).expect("serialisable");
+        put(warehouse, manifest_path.clone(), Bytes::from(json)).await?;
+        let pointer = Pointer {
+            version,
+            manifest: manifest_path,
+        };
+        // The commit point: one atomic put.
+        put(
+            warehouse,
+            CURRENT.to_string(),
+            Bytes::from(serde_json::to_vec(&pointer).expect("serialisable")),
+        )
+        .await?;
+        info!(version, files = written, "state committed");
+
+        let rewrote = self.rewrite;
+        self.version = version;
+        self.as_of = Some(as_of);
+        self.unsaved_files.clear();
+        self.rewrite = false;
+        self.previous = self.manifest.replace(manifest);
+        if rewrote || version % COLLECT_EVERY == 0 {
+            self.collect_garbage(warehouse).await?;
+        }
+        Ok(version)
+    }
+
+    /// Delete state files that neither the current nor the previous version references:
+    /// superseded versions and files of interrupted commits.
+    async fn collect_garbage(&self, warehouse: &Location) -> Result<(), StateError> {
+        let mut keep: HashSet<String> = HashSet::from([CURRENT.to_string()]);
+        for manifest in self.manifest.iter().chain(self.previous.iter()) {
+            keep.insert(format!("manifests/{:020}.json", manifest.version));
+            keep.extend(manifest.referenced().cloned());
+        }
+        let root = warehouse.path(STATE_DIR);
+        let listed: Vec<_> = warehouse
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(|source| StateError::Storage {
+                path: warehouse.display(&root),
+                source,
+            })?;
+        let stale: Vec<Path> = listed
+            .into_iter()
+            .map(|meta| meta.location)
+            .filter(|path| {
+                let relative: Vec<_> = path
+                    .prefix_match(&root)
+                    .map(|p| p.map(|s| s.as_ref().to_string()).collect())
+                    .unwrap_or_default();
+                !keep.contains(&relative.join("/"))
+            })
+            .collect();
+        let count = stale.len();
+        futures::stream::iter(stale)
+            .map(|path| async move {
+                match warehouse.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(source) => Err(StateError::Storage {
+                        path: warehouse.display(&path),
+                        source,
+                    }),
+                }
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        debug!(deleted = count, "state files collected");
+        Ok(())
+    }
+}
+
+async fn read_table(warehouse: &Location, file: &str) -> Result<Table, StateError> {
+    let bytes = require(warehouse, file).await?;
+    let (schema, batches) = tokio::task::spawn_blocking(move || parquet_batches(bytes))
+        .await
+        .expect("decoder task")
+        .map_err(|e| StateError::Corrupt {
+            path: display(warehouse, file),
+            message: e.to_string(),
+        })?;
+    Ok(Table { schema, batches })
+}
+
+fn encode_ids<'a>(ids: impl Iterator<Item = &'a u128>) -> Bytes {
+    let mut out = Vec::new();
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+fn decode_ids(path: &str, bytes: &[u8]) -> Result<Vec<u128>, StateError> {
+    if bytes.len() % 16 != 0 {
+        return Err(StateError::Corrupt {
+            path: path.to_string(),
+            message: format!("{} bytes is not a whole number of 16-byte ids", bytes.len()),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, StateError> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        path: path.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn display(warehouse: &Location, relative: &str) -> String {
+    warehouse.display(&warehouse.path(&format!("{STATE_DIR}/{relative}")))
+}
+
+async fn get(warehouse: &Location, relative: &str) -> Result<Option<Bytes>, StateError> {
+    let path = warehouse.path(&format!("{STATE_DIR}/{relative}"));
+    let failed = |source| StateError::Storage {
+        path: warehouse.display(&path),
+        source,
+    };
+    match warehouse.store.get(&path).await {
+        Ok(result) => Ok(Some(result.bytes().await.map_err(failed)?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(source) => Err(failed(source)),
+    }
+}
+
+async fn require(warehouse: &Location, relative: &str) -> Result<Bytes, StateError> {
+    get(warehouse, relative).await?.ok_or_else(|| StateError::Corrupt {
+        path: display(warehouse, relative),
+        message: "referenced by the manifest but missing".into(),
+    })
+}
+
+async fn put(warehouse: &Location, relative: String, bytes: Bytes) -> Result<(), StateError> {
+    let path = warehouse.path(&format!("{STATE_DIR}/{relative}"));
+    warehouse
+        .store
+        .put(&path, PutPayload::from_bytes(bytes))
+        .await
+        .map(|_| ())
+        .map_err(|source| StateError::Storage {
+            path: warehouse.display(&path),
+            source,
+        })
+}
