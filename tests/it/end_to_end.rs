@@ -193,22 +193,6 @@ os._exit(0)
     }
 }
 
-fn tagflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagflow"));
-    for var in [
-        "TAGFLOW_LANDING",
-        "TAGFLOW_WAREHOUSE",
-        "TAGFLOW_AS_OF",
-        "TAGFLOW_CONFIG",
-        "TAGFLOW_SQL_DIR",
-        "TAGFLOW_SCHEMAS_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
 #[test]
 fn cli_run_prints_a_json_report_and_exits_zero() {
     let fx = Fixture::new();

@@ -5,6 +5,7 @@ mod support;
 mod catalog;
 mod end_to_end;
 mod history;
+mod incremental;
 mod lock;
 mod reference;
 mod sources;

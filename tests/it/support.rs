@@ -416,39 +416,62 @@ impl Fixture {
 
     /// Read a published version (latest by default) of `customer_tags`.
     pub async fn published(&self, version: Option<u64>) -> Tags {
-        let warehouse = tagflow::storage::Location::parse(&self.warehouse_dir().to_string_lossy(), &Default::default())
-            .expect("warehouse");
-        let batches = query_published(
-            &warehouse,
-            TAGS_TABLE,
-            version,
-            "SELECT customer_id, family, tag, value, score FROM customer_tags ORDER BY tag, customer_id",
-        )
-        .await
-        .expect("read customer_tags");
-        let mut rows = Vec::new();
-        for b in &batches {
-            let s = |i: usize| {
-                b.column(i)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .expect("utf8")
-                    .clone()
-            };
-            let (c, f, t, v) = (s(0), s(1), s(2), s(3));
-            let score = b.column(4).as_any().downcast_ref::<Float64Array>().expect("f64");
-            for i in 0..b.num_rows() {
-                rows.push(TagRow {
-                    customer_id: c.value(i).into(),
-                    family: f.value(i).into(),
-                    tag: t.value(i).into(),
-                    value: v.value(i).into(),
-                    score: arrow::array::Array::is_valid(score, i).then(|| score.value(i)),
-                });
-            }
-        }
-        Tags { rows }
+        read_tags(&self.warehouse_dir(), version).await
     }
+}
+
+/// Read a published version (latest by default) of `customer_tags` under `warehouse`,
+/// ordered by tag and customer.
+pub async fn read_tags(warehouse: &Path, version: Option<u64>) -> Tags {
+    let warehouse =
+        tagflow::storage::Location::parse(&warehouse.to_string_lossy(), &Default::default()).expect("warehouse");
+    let batches = query_published(
+        &warehouse,
+        TAGS_TABLE,
+        version,
+        "SELECT customer_id, family, tag, value, score FROM customer_tags ORDER BY tag, customer_id",
+    )
+    .await
+    .expect("read customer_tags");
+    let mut rows = Vec::new();
+    for b in &batches {
+        let s = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8")
+                .clone()
+        };
+        let (c, f, t, v) = (s(0), s(1), s(2), s(3));
+        let score = b.column(4).as_any().downcast_ref::<Float64Array>().expect("f64");
+        for i in 0..b.num_rows() {
+            rows.push(TagRow {
+                customer_id: c.value(i).into(),
+                family: f.value(i).into(),
+                tag: t.value(i).into(),
+                value: v.value(i).into(),
+                score: arrow::array::Array::is_valid(score, i).then(|| score.value(i)),
+            });
+        }
+    }
+    Tags { rows }
+}
+
+/// The `tagflow` binary, run from the source tree with no TAGFLOW_* settings inherited.
+pub fn tagflow() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tagflow"));
+    for var in [
+        "TAGFLOW_LANDING",
+        "TAGFLOW_WAREHOUSE",
+        "TAGFLOW_AS_OF",
+        "TAGFLOW_CONFIG",
+        "TAGFLOW_SQL_DIR",
+        "TAGFLOW_SCHEMAS_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
 }
 
 // ---- shared by the tag tests (tags_behaviour, tags_intent, tags_risk) ----

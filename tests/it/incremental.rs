@@ -1,0 +1,409 @@
+//! Incremental runs: only new landing files are read, the state carries the rest, and after
+//! every run the published table equals a full recomputation at the same as-of time,
+//! whatever order the files arrive in, re-sent or late, killed runs included.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tagflow::generate::{generate, GenerateOptions};
+use tagflow::report::Mode;
+use tagflow::storage::Location;
+
+use crate::support::*;
+
+/// Last day of generated history.
+fn end() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 6, 30).expect("date")
+}
+
+/// As-of times of consecutive runs, with the share (%) of the arrivals landed by then.
+/// They cross UTC days with and without new files, end a day at its last microsecond, and
+/// reach past the history so that windows empty without any new event.
+const SCHEDULE: [(&str, usize); 8] = [
+    ("2026-06-01T12:00:00Z", 25),
+    ("2026-06-11T00:00:00Z", 45),
+    ("2026-06-11T06:00:00Z", 45),
+    ("2026-06-25T23:59:59.999999Z", 70),
+    ("2026-06-26T00:00:00Z", 70),
+    ("2026-06-30T18:00:00Z", 90),
+    ("2026-07-03T09:00:00Z", 100),
+    ("2026-08-09T00:00:00Z", 100),
+];
+
+fn location(path: &Path) -> Location {
+    Location::parse(&path.to_string_lossy(), &Default::default()).expect("location")
+}
+
+/// Every file under `root`, as sorted slash-separated relative paths.
+fn files_under(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let relative = path.strip_prefix(root).expect("under root");
+                out.push(relative.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn is_hidden(relative: &str) -> bool {
+    relative.split('/').any(|s| s.starts_with('_') || s.starts_with('.'))
+}
+
+fn copy_file(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(from, to).expect("copy");
+}
+
+/// A generated history whose files arrive in a random order, with re-sent copies of some
+/// files under other names.
+struct Arrivals {
+    source: PathBuf,
+    order: Vec<String>,
+}
+
+impl Arrivals {
+    async fn generate(fx: &Fixture, seed: u64, customers: usize, days: u32) -> Self {
+        let source = fx.dir.path().join("source");
+        let options = GenerateOptions {
+            customers,
+            days,
+            seed,
+            end: end(),
+            bad_input: true,
+        };
+        generate(&location(&source), &options).await.expect("generate");
+        let mut order = files_under(&source);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        order.shuffle(&mut rng);
+        let originals: Vec<String> = order.iter().filter(|f| !is_hidden(f)).cloned().collect();
+        for i in 0..6 {
+            let original = &originals[rng.random_range(0..originals.len())];
+            let stream = original.split('/').next().expect("stream folder");
+            let copy = format!("{stream}/resent/copy-{i}.parquet");
+            copy_file(&source.join(original), &source.join(&copy));
+            let at = rng.random_range(0..=order.len());
+            order.insert(at, copy);
+        }
+        Arrivals { source, order }
+    }
+
+    /// Land arrivals `from..to` into the fixture's landing zone; returns how many of them
+    /// are event files (not `_`/`.` names).
+    fn land(&self, fx: &Fixture, from: usize, to: usize) -> usize {
+        for file in &self.order[from..to] {
+            copy_file(&self.source.join(file), &fx.landing_dir().join(file));
+        }
+        self.order[from..to].iter().filter(|f| !is_hidden(f)).count()
+    }
+
+    fn upto(&self, share: usize) -> usize {
+        self.order.len() * share / 100
+    }
+}
+
+/// A full recomputation of the fixture's landing zone at `as_of`, in a warehouse of its own.
+async fn full_tags(fx: &Fixture, as_of: &str) -> Tags {
+    let warehouse = fx.dir.path().join("full-warehouse");
+    let mut settings = fx.settings(as_of, None).expect("settings");
+    settings.warehouse = Some(location(&warehouse));
+    settings.full = true;
+    let report = tagflow::run::run(&settings).await.expect("full run");
+    assert_eq!(report.mode, Mode::Full);
+    read_tags(&warehouse, None).await
+}
+
+/// The two tables have the same rows, values and scores exactly.
+fn assert_same(incremental: &Tags, full: &Tags, context: &str) {
+    if incremental.rows == full.rows {
+        return;
+    }
+    let a: BTreeSet<String> = incremental.rows.iter().map(|r| format!("{r:?}")).collect();
+    let b: BTreeSet<String> = full.rows.iter().map(|r| format!("{r:?}")).collect();
+    let only_incremental: Vec<&String> = a.difference(&b).take(10).collect();
+    let only_full: Vec<&String> = b.difference(&a).take(10).collect();
+    panic!(
+        "{context}: incremental ({} rows) and full ({} rows) differ\n only incremental: {only_incremental:#?}\n only full: {only_full:#?}",
+        incremental.rows.len(),
+        full.rows.len()
+    );
+}
+
+/// Files arrive in random order (late, early, re-sent) across runs at increasing as-of
+/// times; after every run the incremental table equals `--full` at that time.
+async fn incremental_equals_full(seed: u64) {
+    let fx = Fixture::new();
+    let arrivals = Arrivals::generate(&fx, seed, 200, 100).await;
+    let mut landed = 0;
+    let mut tags_seen: BTreeSet<String> = BTreeSet::new();
+    for (step, (as_of, share)) in SCHEDULE.iter().enumerate() {
+        let upto = arrivals.upto(*share);
+        let new_files = arrivals.land(&fx, landed, upto);
+        landed = upto;
+        let report = fx.try_run(as_of, None).await.expect("incremental run");
+        let context = format!("seed {seed}, step {step}, as of {as_of}");
+        if step > 0 {
+            assert_eq!(report.mode, Mode::Incremental, "{context}: {:?}", report.full_because);
+        }
+        let read: usize = report.streams.values().map(|s| s.files).sum();
+        assert_eq!(read, new_files, "{context}: an incremental run reads only new files");
+        let incremental = fx.published(None).await;
+        tags_seen.extend(incremental.rows.iter().map(|r| r.tag.clone()));
+        assert_same(&incremental, &full_tags(&fx, as_of).await, &context);
+    }
+    // Not vacuous: the runs published (almost) every shipped tag along the way.
+    assert!(tags_seen.len() >= 11, "seed {seed}: only {tags_seen:?} were exercised");
+}
+
+#[tokio::test]
+async fn incremental_equals_full_seed_1() {
+    incremental_equals_full(1).await;
+}
+
+#[tokio::test]
+async fn incremental_equals_full_seed_2() {
+    incremental_equals_full(2).await;
+}
+
+#[tokio::test]
+async fn incremental_equals_full_seed_3() {
+    incremental_equals_full(3).await;
+}
+
+/// A second run with nothing new reads nothing, and a late file of old events updates the
+/// windows it falls in; events after the as-of time are held, then counted when an as-of
+/// time reaches them, without being read again.
+#[tokio::test]
+async fn late_and_future_events_are_counted_when_they_belong() {
+    let fx = Fixture::new();
+    fx.orders(
+        "dt=2026-11-19/a.parquet",
+        &[order("o1", "c1", "2026-11-19T10:00:00Z", "x1", "cancelled", 5.0)],
+    );
+    // two more failures: one tomorrow (after T), one late from last week
+    fx.orders(
+        "dt=2026-11-21/b.parquet",
+        &[order("o2", "c1", "2026-11-21T08:00:00Z", "x2", "payment_failed", 5.0)],
+    );
+    let first = fx.try_run(T, None).await.unwrap();
+    assert_eq!(first.state.held_events, 1);
+    assert_eq!(fx.published(None).await.value("c1", "low_credit"), None);
+
+    let again = fx.try_run(T, None).await.unwrap();
+    assert_eq!(again.mode, Mode::Incremental);
+    assert_eq!(again.streams.values().map(|s| s.files).sum::<usize>(), 0);
+
+    fx.orders(
+        "dt=2026-11-12/late.parquet",
+        &[order("o3", "c1", "2026-11-12T09:00:00Z", "x3", "cancelled", 5.0)],
+    );
+    let late = fx.try_run("2026-11-21T09:00:00Z", None).await.unwrap();
+    assert_eq!(late.mode, Mode::Incremental);
+    assert_eq!(late.streams["orders"].files, 1, "only the late file is read");
+    assert_eq!(late.state.held_events, 0, "the held event is due");
+    let tags = fx.published(None).await;
+    assert_eq!(tags.value("c1", "low_credit").as_deref(), Some("true"));
+    assert_eq!(tags.score("c1", "low_credit"), Some(3.0));
+}
+
+/// An as-of time before the state's, or changed state jobs, make the run full (and say why).
+#[tokio::test]
+async fn going_back_in_time_or_changing_state_jobs_runs_full() {
+    let fx = Fixture::new();
+    fx.clicks("a.parquet", &[view("k1", "c1", "2026-11-19T10:00:00Z")]);
+    fx.try_run(T, None).await.unwrap();
+    let back = fx.try_run("2026-11-19T12:00:00Z", None).await.unwrap();
+    assert_eq!(back.mode, Mode::Full);
+    assert!(back.full_because.unwrap().contains("before the state's as-of"));
+
+    let changed = fx
+        .try_run(T, Some("[params.customer_days]\nretain_days = 40\n"))
+        .await
+        .unwrap();
+    assert_eq!(changed.mode, Mode::Full);
+    assert!(changed.full_because.unwrap().contains("state jobs"));
+    let same = fx
+        .try_run(T, Some("[params.customer_days]\nretain_days = 40\n"))
+        .await
+        .unwrap();
+    assert_eq!(same.mode, Mode::Incremental);
+}
+
+/// Real `tagflow run` processes killed with SIGKILL at random moments, then run again: the
+/// table converges to what uninterrupted runs publish, at every step.
+#[test]
+fn killed_runs_converge() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fx = Fixture::new();
+    let arrivals = runtime.block_on(Arrivals::generate(&fx, 11, 300, 60));
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let run = |as_of: &str| {
+        let mut cmd = tagflow();
+        cmd.args(["run", "--as-of", as_of, "--landing"])
+            .arg(fx.landing_dir())
+            .arg("--warehouse")
+            .arg(fx.warehouse_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    let mut landed = 0;
+    let mut kills = 0;
+    for (step, (as_of, share)) in SCHEDULE.iter().enumerate().step_by(2) {
+        let upto = arrivals.upto(*share);
+        arrivals.land(&fx, landed, upto);
+        landed = upto;
+        // A clean run of this step takes some hundreds of milliseconds: kill within that.
+        for _ in 0..3 {
+            let mut child = run(as_of).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(rng.random_range(20..600)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+        }
+        let started = Instant::now();
+        let status = run(as_of).status().unwrap();
+        assert!(
+            status.success(),
+            "step {step}: the run after the kills succeeds: {status}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120));
+        let incremental = runtime.block_on(fx.published(None));
+        let full = runtime.block_on(full_tags(&fx, as_of));
+        assert_same(&incremental, &full, &format!("step {step}, as of {as_of}"));
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} runs were killed before they ended: the test proves little"
+    );
+}
+
+/// `tagflow follow` publishes each new file's effect, changes tags when time passes, and
+/// ends cleanly on SIGTERM.
+#[test]
+fn follow_publishes_new_files_until_sigterm() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fx = Fixture::new();
+    let now = Utc::now();
+    let at = |minutes_ago: i64| (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
+    fx.clicks("dt=today/a.parquet", &[view("k1", "c1", &at(90))]);
+    let log = fx.dir.path().join("follow.log");
+    let mut child = tagflow()
+        .args(["follow", "--interval", "200ms", "--landing"])
+        .arg(fx.landing_dir())
+        .arg("--warehouse")
+        .arg(fx.warehouse_dir())
+        .env("TAGFLOW_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, check: &dyn Fn(&Tags) -> bool| {
+        let started = Instant::now();
+        loop {
+            if fx.warehouse_dir().join("customer_tags/_delta_log").is_dir() {
+                let tags = runtime.block_on(fx.published(None));
+                if check(&tags) {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "follow never published {what}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("c1", &|t| t.value("c1", "lifecycle").as_deref() == Some("new"));
+
+    fx.carts("dt=today/b.parquet", &[cart_add("k2", "c2", &at(60), 2, Some(10.0))]);
+    wait_for("c2's abandoned cart", &|t| {
+        t.score("c2", "cart_abandoner") == Some(20.0)
+    });
+
+    fx.orders(
+        "dt=today/c.parquet",
+        &[order("k3", "c2", &at(30), "x1", "placed", 20.0)],
+    );
+    wait_for("c2's order", &|t| {
+        t.value("c2", "cart_abandoner").is_none() && t.value("c2", "aipl_stage").is_some()
+    });
+
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "follow did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "follow exits 0 on SIGTERM: {status}\n{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(
+        !fx.warehouse_dir().join("_tagflow/run.lock").exists(),
+        "follow releases the lock"
+    );
+}
+
+/// Counts of one customer and day that arrive in different runs add up (and a re-sent copy
+/// in a later run does not): views, cart adds and their value, failed payments.
+#[tokio::test]
+async fn counts_split_across_runs_add_up() {
+    let fx = Fixture::new();
+    let day = "2026-11-19";
+    let t = |hour: u32| format!("{day}T{hour:02}:00:00Z");
+    fx.clicks("a.parquet", &[view("v1", "c1", &t(8)), view("v2", "c1", &t(9))]);
+    fx.carts("a.parquet", &[cart_add("a1", "c2", &t(8), 1, Some(2.5))]);
+    fx.orders(
+        "a.parquet",
+        &[
+            order("f1", "c3", &t(8), "x1", "cancelled", 1.0),
+            order("f2", "c3", &t(9), "x2", "payment_failed", 1.0),
+        ],
+    );
+    let first = fx.run(T).await;
+    assert_eq!(first.value("c1", "aipl_stage").as_deref(), Some("awareness"));
+    assert_eq!(first.score("c2", "cart_abandoner"), Some(2.5));
+    assert_eq!(first.value("c3", "low_credit"), None);
+
+    fx.clicks("b.parquet", &[view("v3", "c1", &t(10)), view("v1", "c1", &t(8))]);
+    fx.carts("b.parquet", &[cart_add("a2", "c2", &t(9), 3, Some(0.5))]);
+    fx.orders("b.parquet", &[order("f3", "c3", &t(10), "x3", "cancelled", 1.0)]);
+    let report = fx.try_run(T, None).await.unwrap();
+    assert_eq!(report.mode, Mode::Incremental);
+    assert_eq!(
+        report.streams["clicks"].duplicates_dropped, 1,
+        "v1 was counted in the first run"
+    );
+    let second = fx.published(None).await;
+    assert_eq!(
+        second.value("c1", "aipl_stage").as_deref(),
+        Some("interest"),
+        "2 + 1 views"
+    );
+    assert_eq!(second.score("c2", "cart_abandoner"), Some(4.0), "2.5 + 3 x 0.5");
+    assert_eq!(second.score("c3", "low_credit"), Some(3.0));
+}
