@@ -83,6 +83,9 @@ enum Command {
         /// Time between batch starts: `500ms`, `2s`, `1m`.
         #[arg(long, default_value = "2s", value_parser = parse_interval)]
         interval: std::time::Duration,
+        /// Print each published batch's report as one JSON line on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Write realistic sample landing files.
     Generate {
@@ -275,9 +278,18 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                 print!("{}", report.render());
             }
         }
-        Command::Follow { locations, interval } => {
+        Command::Follow {
+            locations,
+            interval,
+            json,
+        } => {
             let settings = settings(&cli.config, locations, None)?;
-            run::follow(&settings, interval, shutdown_signal()).await?;
+            let print = |report: &tagflow::report::RunReport| {
+                if json {
+                    println!("{}", serde_json::to_string(report).expect("report serialises"));
+                }
+            };
+            run::follow(&settings, interval, shutdown_signal(), print).await?;
         }
         Command::Generate {
             out,

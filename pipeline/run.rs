@@ -143,11 +143,13 @@ async fn record(
 /// Follow the landing zone until `stop` resolves: every `interval`, a batch reads the new
 /// files, folds them into the state and publishes. The lock is held for the whole session
 /// and the state stays in memory between batches. `stop` ends the session after the
-/// current batch. Returns the number of batches that published.
+/// current batch. `on_batch` sees the report of every batch that published. Returns the
+/// number of batches that published.
 pub async fn follow(
     settings: &Settings,
     interval: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
+    mut on_batch: impl FnMut(&RunReport),
 ) -> Result<usize, Error> {
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
@@ -173,13 +175,16 @@ pub async fn follow(
             started_at,
             as_of: started_at,
         };
-        // The first batch always publishes: a crash may have left state newer than the table.
-        let outcome = batch.run(&mut state, published > 0).instrument(span.clone()).await;
+        // The first batch, and the first after a failure, always publish: a crash or a failed
+        // publish may have left the state newer than the table.
+        let may_skip = published > 0 && failures == 0;
+        let outcome = batch.run(&mut state, may_skip).instrument(span.clone()).await;
         match &outcome {
             Ok(None) => {}
             Ok(Some(report)) => {
                 published += 1;
                 failures = 0;
+                on_batch(report);
                 info!(
                     version = report.published.version,
                     files = report.streams.values().map(|s| s.files).sum::<usize>(),
@@ -296,11 +301,7 @@ impl Batch<'_> {
                 .collect(),
         };
         let same_day = state.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
-        let held_due = state
-            .pending
-            .values()
-            .flatten()
-            .any(|b| !sources::split_at(vec![b.clone()], as_of).0.is_empty());
+        let held_due = state.pending.values().flatten().any(|b| sources::any_due(b, as_of));
         if may_skip && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
             return Ok(None);
         }

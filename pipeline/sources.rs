@@ -287,11 +287,7 @@ pub fn split_at(batches: Vec<RecordBatch>, as_of: DateTime<Utc>) -> (Vec<RecordB
     let as_of = as_of.timestamp_micros();
     let (mut counted, mut later) = (Vec::new(), Vec::new());
     for batch in batches {
-        let times = batch
-            .column_by_name("event_time")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
-            .expect("normalised event_time");
-        let due: BooleanArray = times.iter().map(|t| t.map(|t| t <= as_of)).collect();
+        let due: BooleanArray = event_times(&batch).iter().map(|t| t.map(|t| t <= as_of)).collect();
         let not_due = arrow::compute::not(&due).expect("same length");
         for (mask, out) in [(&due, &mut counted), (&not_due, &mut later)] {
             let part = filter_record_batch(&batch, mask).expect("filter with matching length");
@@ -301,6 +297,21 @@ pub fn split_at(batches: Vec<RecordBatch>, as_of: DateTime<Utc>) -> (Vec<RecordB
         }
     }
     (counted, later)
+}
+
+/// Whether any event of `batch` has `event_time <= as_of`.
+pub fn any_due(batch: &RecordBatch, as_of: DateTime<Utc>) -> bool {
+    event_times(batch)
+        .iter()
+        .flatten()
+        .any(|t| t <= as_of.timestamp_micros())
+}
+
+fn event_times(batch: &RecordBatch) -> &TimestampMicrosecondArray {
+    batch
+        .column_by_name("event_time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .expect("normalised event_time")
 }
 
 /// Read the whole landing zone as one batch and keep the events counted at `as_of`: what a

@@ -244,7 +244,9 @@ impl Job {
 
     /// The SQL that folds a state job's new rows (`new_rows`) into its current table
     /// (`current_rows`) at `as_of`: one row per key, each column merged by its rule, rows
-    /// older than the retention dropped. `columns` are the job's output columns, in order.
+    /// older than the retention dropped. Only rows whose key the batch touches are
+    /// re-aggregated; the others pass through (a hash anti-join), so a merge costs the
+    /// batch, not the history. `columns` are the job's output columns, in order.
     pub fn merge_sql(&self, columns: &[String], as_of: DateTime<Utc>) -> String {
         let spec = self.state.as_ref().expect("a state job");
         let select: Vec<String> = columns
@@ -263,10 +265,24 @@ impl Job {
             _ => String::new(),
         };
         let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
+        let keys = keys.join(", ");
+        let on: Vec<String> = spec
+            .key
+            .iter()
+            .map(|k| format!("c.{} = t.{}", quote(k), quote(k)))
+            .collect();
+        let on = on.join(" AND ");
         format!(
-            "SELECT {}\nFROM (SELECT * FROM {CURRENT_ROWS} UNION ALL SELECT * FROM {NEW_ROWS}) AS all_rows{retention}\nGROUP BY {}",
+            "WITH touched_keys AS (SELECT DISTINCT {keys} FROM {NEW_ROWS}),\n\
+             touched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT SEMI JOIN touched_keys t ON {on}),\n\
+             untouched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT ANTI JOIN touched_keys t ON {on}),\n\
+             merged_rows AS (\n\
+                 SELECT {}\n\
+                 FROM (SELECT * FROM touched_rows UNION ALL SELECT * FROM {NEW_ROWS}) AS all_rows\n\
+                 GROUP BY {keys}\n\
+             )\n\
+             SELECT * FROM (SELECT * FROM untouched_rows UNION ALL SELECT * FROM merged_rows) AS kept_rows{retention}",
             select.join(", "),
-            keys.join(", ")
         )
     }
 

@@ -120,6 +120,7 @@ pub async fn fold_state(
             .await?;
         let schema = Arc::new(state_schema(&derived.schema));
         let new_rows = conform(job, derived.batches, &schema)?;
+        check_keys(job, &new_rows)?;
         let current_rows = match current.get(&job.name) {
             Some(table) => conform(job, table.batches.clone(), &schema)?,
             None => Vec::new(),
@@ -147,6 +148,24 @@ pub async fn fold_state(
         tables.insert(job.name.clone(), table);
     }
     Ok((tables, runs))
+}
+
+/// Key columns of state rows are never null (rows are matched on them by equality).
+fn check_keys(job: &Job, batches: &[RecordBatch]) -> Result<(), JobError> {
+    let keys = &job.state.as_ref().expect("a state job").key;
+    for batch in batches {
+        for key in keys {
+            let nulls = batch.column_by_name(key).map_or(0, |c| c.null_count());
+            if nulls > 0 {
+                return Err(JobError::Output {
+                    job: job.name.clone(),
+                    file: job.file.clone(),
+                    message: format!("key column '{key}' is null in {nulls} rows (filter them out in the query)"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Cast batches to a state table's schema (merges may widen types, e.g. SUM of Int32).

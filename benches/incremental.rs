@@ -1,0 +1,326 @@
+//! Incremental-refresh benchmark, on generated data and local files:
+//!
+//! 1. a full run on a 10M-event history (365 days);
+//! 2. an incremental run of 1M new events (the following 36 days) on top of it, and for
+//!    comparison a full run over the same 11M events;
+//! 3. a `tagflow follow --interval 1s` session fed one 50k-event file per second for a
+//!    minute: freshness (file appears → publish that includes it) p50/p95/max.
+//!
+//! Every run is the real binary in a child process; its peak memory is that child's max RSS.
+//! `cargo bench --bench incremental`; `TAGFLOW_BENCH_EVENTS=N` scales the history (the
+//! increment is a tenth of it), `TAGFLOW_BENCH_FOLLOW_SECS` the follow session.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::{Days, NaiveDate, Utc};
+use tagflow::generate::{generate, GenerateOptions};
+use tagflow::storage::{parquet_bytes, Location};
+
+const DAYS: u32 = 365;
+/// The generator writes about this many events per customer and day.
+const EVENTS_PER_CUSTOMER_DAY: f64 = 0.25;
+const FOLLOW_FILE_EVENTS: usize = 50_000;
+
+fn main() {
+    let history: usize = std::env::var("TAGFLOW_BENCH_EVENTS")
+        .map(|n| n.parse().expect("TAGFLOW_BENCH_EVENTS is a number"))
+        .unwrap_or(10_000_000);
+    let follow_secs: u64 = std::env::var("TAGFLOW_BENCH_FOLLOW_SECS")
+        .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_SECS is a number"))
+        .unwrap_or(60);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let landing = dir.path().join("landing");
+    let staged = dir.path().join("increment");
+    let warehouse = dir.path().join("warehouse");
+    let customers = (history as f64 / (DAYS as f64 * EVENTS_PER_CUSTOMER_DAY)).ceil() as usize;
+    let end = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
+    let increment_days = (DAYS / 10).max(1) + 1;
+    let increment_end = end.checked_add_days(Days::new(increment_days as u64)).unwrap();
+
+    let started = Instant::now();
+    let (history_events, history_files) = runtime.block_on(generate_into(&landing, customers, DAYS, 1, end));
+    let (increment_events, increment_files) =
+        runtime.block_on(generate_into(&staged, customers, increment_days, 2, increment_end));
+    println!(
+        "\n== incremental refresh: {customers} customers; history {history_events} events in {history_files} files \
+         ({DAYS} days to {end}); increment {increment_events} events in {increment_files} files ({increment_days} days \
+         to {increment_end}); generated in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let as_of = |day: NaiveDate| format!("{day}T23:59:59Z");
+    let full = run(&landing, &warehouse, &as_of(end), &[]);
+    full.print("full run, history");
+
+    move_tree(&staged, &landing);
+    let incremental = run(&landing, &warehouse, &as_of(increment_end), &[]);
+    incremental.print("incremental run, increment on history");
+    assert_eq!(incremental.report["mode"], "incremental");
+
+    let full_after = run(
+        &landing,
+        &dir.path().join("warehouse-full"),
+        &as_of(increment_end),
+        &["--full"],
+    );
+    full_after.print("full run, history + increment");
+    println!(
+        "incremental / full   {:.1}% of the full run over the same events ({:.1}% of the history's full run)",
+        100.0 * incremental.wall / full_after.wall,
+        100.0 * incremental.wall / full.wall
+    );
+
+    follow(&landing, &warehouse, customers, Duration::from_secs(follow_secs));
+}
+
+struct Measured {
+    wall: f64,
+    peak_rss_mib: f64,
+    report: serde_json::Value,
+}
+
+impl Measured {
+    fn print(&self, title: &str) {
+        let r = &self.report;
+        let files: u64 = r["streams"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s["files"].as_u64().unwrap())
+            .sum();
+        let events: u64 = r["streams"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s["events"].as_u64().unwrap())
+            .sum();
+        let stages: Vec<String> = r["stages_ms"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k} {:.2}s", v.as_f64().unwrap() / 1000.0))
+            .collect();
+        let state_rows: u64 = r["state"]["tables"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|t| t["rows"].as_u64().unwrap())
+            .sum();
+        println!("\n-- {title} ({} mode)", r["mode"].as_str().unwrap());
+        println!("files read         {files}");
+        println!("events counted     {events}");
+        println!("wall time          {:.2} s (process, including start-up)", self.wall);
+        println!("throughput         {:.0} events/s", events as f64 / self.wall);
+        println!("stages             {}", stages.join(", "));
+        println!(
+            "state rows         {state_rows} in {} tables",
+            r["state"]["tables"].as_object().unwrap().len()
+        );
+        println!("seen ids loaded    {}", r["state"]["seen_ids_loaded"]);
+        println!("rows published     {}", r["published"]["rows"]);
+        println!("peak memory (RSS)  {:.0} MiB", self.peak_rss_mib);
+    }
+}
+
+async fn generate_into(dir: &Path, customers: usize, days: u32, seed: u64, end: NaiveDate) -> (usize, usize) {
+    let location = Location::parse(&dir.to_string_lossy(), &Default::default()).unwrap();
+    let options = GenerateOptions {
+        customers,
+        days,
+        seed,
+        end,
+        bad_input: false,
+    };
+    let summary = generate(&location, &options).await.expect("generate");
+    (summary.events.values().sum(), summary.files.values().sum())
+}
+
+fn tagflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagflow"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("TAGFLOW_CONFIG")
+        .env("TAGFLOW_LOG", "warn");
+    cmd
+}
+
+/// `tagflow run --json` as a child; wall time and the child's own peak RSS (wait4).
+fn run(landing: &Path, warehouse: &Path, as_of: &str, extra: &[&str]) -> Measured {
+    let started = Instant::now();
+    let mut child = tagflow()
+        .args(["run", "--json", "--as-of", as_of, "--landing"])
+        .arg(landing)
+        .arg("--warehouse")
+        .arg(warehouse)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start tagflow");
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let (status, peak_rss_mib) = wait_with_rusage(child.id());
+    let wall = started.elapsed().as_secs_f64();
+    assert!(status == 0, "tagflow run failed with status {status}");
+    Measured {
+        wall,
+        peak_rss_mib,
+        report: serde_json::from_str(&stdout).expect("JSON report"),
+    }
+}
+
+/// Reap child `pid`; its exit status and peak RSS in MiB.
+fn wait_with_rusage(pid: u32) -> (i32, f64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into the two values we own.
+    let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid as i32, "wait4");
+    (status, usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// Move every file under `from` to the same relative path under `to`.
+fn move_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            move_tree(&path, &target);
+        } else {
+            std::fs::rename(&path, &target).unwrap();
+        }
+    }
+}
+
+/// A `follow` session fed one file of 50k product views per second; freshness per file.
+fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) {
+    let files = length.as_secs() as usize;
+    let folder = landing.join("clicks/follow");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut child = tagflow()
+        .args(["follow", "--json", "--interval", "1s", "--landing"])
+        .arg(landing)
+        .arg("--warehouse")
+        .arg(warehouse)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start tagflow follow");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::BufReader::new(stdout).read_to_string(&mut text).unwrap();
+        text
+    });
+    std::thread::sleep(Duration::from_secs(2)); // the first batch catches up
+    let started = Instant::now();
+    for i in 0..files {
+        let bytes = click_file(i, customers);
+        // Written under a hidden name, then renamed: the file appears whole, its mtime now.
+        let hidden = folder.join(format!(".part-{i:05}.tmp"));
+        std::fs::write(&hidden, &bytes).unwrap();
+        std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
+        let next = started + Duration::from_secs(i as u64 + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    std::thread::sleep(Duration::from_secs(6)); // let the last files publish
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let text = reader.join().unwrap();
+    let (status, peak_rss_mib) = wait_with_rusage(child.id());
+    assert_eq!(status, 0, "follow exits 0 on SIGTERM");
+
+    // One file per batch (the interval matches the feed): a batch's max lag is its file's.
+    let mut lags = Vec::new();
+    let mut durations = Vec::new();
+    for line in text.lines() {
+        let report: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        let Some(freshness) = report.get("freshness") else {
+            continue;
+        };
+        let files = freshness["files"].as_u64().unwrap() as usize;
+        lags.extend(std::iter::repeat_n(freshness["max_ms"].as_u64().unwrap(), files));
+        durations.push(report["duration_ms"].as_u64().unwrap());
+    }
+    lags.sort_unstable();
+    durations.sort_unstable();
+    let pct = |v: &[u64], p: usize| v[(v.len() * p).div_ceil(100).max(1) - 1];
+    println!("\n-- follow: {files} files of {FOLLOW_FILE_EVENTS} events, one per second, interval 1s");
+    println!(
+        "files published    {} (each file counted at its batch's max lag)",
+        lags.len()
+    );
+    println!(
+        "freshness          p50 {} ms, p95 {} ms, max {} ms",
+        pct(&lags, 50),
+        pct(&lags, 95),
+        lags.last().unwrap()
+    );
+    println!(
+        "batch duration     p50 {} ms, p95 {} ms, max {} ms ({} batches)",
+        pct(&durations, 50),
+        pct(&durations, 95),
+        durations.last().unwrap(),
+        durations.len()
+    );
+    println!("peak memory (RSS)  {peak_rss_mib:.0} MiB");
+}
+
+/// 50k product views of random customers, in the last minute.
+fn click_file(index: usize, customers: usize) -> Vec<u8> {
+    let now = Utc::now().timestamp_micros();
+    let rows = FOLLOW_FILE_EVENTS;
+    let mut state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        // xorshift64*: cheap, deterministic per file
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let picks: Vec<u64> = (0..rows).map(|_| next()).collect();
+    let column = |f: &dyn Fn(usize, u64) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            picks.iter().enumerate().map(|(i, p)| f(i, *p)),
+        ))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("page_type", DataType::Utf8, false),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("price", DataType::Float64, true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        column(&|i, _| format!("follow-{index}-{i}")),
+        column(&|_, p| format!("cust-{:06}", p as usize % customers + 1)),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(picks.iter().map(|p| now - (p % 60_000_000) as i64))
+                .with_timezone("UTC"),
+        ),
+        column(&|_, _| "product".to_string()),
+        column(&|_, p| format!("category-{}", (p >> 20) % 40)),
+        Arc::new(Float64Array::from_iter_values(
+            picks.iter().map(|p| ((p >> 8) % 50_000) as f64 / 100.0),
+        )),
+        column(&|_, p| format!("device-{}", (p >> 32) as usize % (customers * 2))),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    parquet_bytes(schema, &[batch]).unwrap().to_vec()
+}
