@@ -14,7 +14,6 @@
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
@@ -145,15 +144,14 @@ impl<'a> Quarantine<'a> {
     pub async fn list(&self) -> Result<Vec<Entry>, QuarantineError> {
         let root = self.warehouse.path(QUARANTINE_DIR);
         let store = &self.warehouse.store;
-        let objects: Vec<_> =
-            store
-                .list(Some(&root))
-                .try_collect()
-                .await
-                .map_err(|source| QuarantineError::Storage {
-                    path: root.to_string(),
-                    source,
-                })?;
+        let objects = self
+            .warehouse
+            .list_under(&root)
+            .await
+            .map_err(|source| QuarantineError::Storage {
+                path: root.to_string(),
+                source,
+            })?;
         let mut entries = Vec::new();
         for meta in objects
             .iter()

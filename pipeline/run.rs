@@ -310,16 +310,12 @@ impl Batch<'_> {
             .iter()
             .map(|f| state.files.get(&f.relative).copied().unwrap_or(self.started_at))
             .collect();
-        let ingested_at = |file: &LandingFile| {
-            let known = state.files.get(&file.relative).copied();
-            known.unwrap_or(self.started_at)
-        };
         let decoded = sources::read_files(
             self.landing,
             self.warehouse,
             &self.project.schemas,
             &to_read,
-            ingested_at,
+            &ingest_times,
             settings.read_concurrency,
         )
         .instrument(info_span!("read"))

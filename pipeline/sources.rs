@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -115,15 +115,10 @@ pub async fn list_files(landing: &Location, schemas: &Schemas) -> Result<Listing
     let mut ignored = BTreeMap::new();
     for stream in schemas.streams.keys() {
         let prefix = landing.path(stream);
-        let listed: Vec<_> = landing
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|source| SourceError::List {
-                url: landing.display(&prefix),
-                source,
-            })?;
+        let listed = landing.list_under(&prefix).await.map_err(|source| SourceError::List {
+            url: landing.display(&prefix),
+            source,
+        })?;
         for meta in listed {
             let relative = landing
                 .relative(&meta.location)
@@ -159,14 +154,14 @@ fn is_hidden(relative: &str) -> bool {
 }
 
 /// Read `files` (in path order), quarantine what is bad and keep the good rows with the hash
-/// of each `event_id`. `ingested_at` gives the moment each file was first ingested: the
+/// of each `event_id`. `ingested_at[i]` is the moment `files[i]` was first ingested: the
 /// reference of the "event_time too far in the future" rule.
 pub async fn read_files(
     landing: &Location,
     warehouse: &Location,
     schemas: &Schemas,
     files: &[LandingFile],
-    ingested_at: impl Fn(&LandingFile) -> DateTime<Utc>,
+    ingested_at: &[DateTime<Utc>],
     concurrency: usize,
 ) -> Result<Decoded, SourceError> {
     let quarantine = Quarantine::new(warehouse);
@@ -183,10 +178,9 @@ pub async fn read_files(
 
     // Files are fetched and decoded concurrently, but consumed in path order so that
     // de-duplication keeps the same copy of an event on every run.
-    let mut outcomes = futures::stream::iter(files.iter().cloned())
-        .map(|file| {
+    let mut outcomes = futures::stream::iter(files.iter().cloned().zip(ingested_at.iter().copied()))
+        .map(|(file, ingested_at)| {
             let schema = schemas.streams[&file.stream].clone();
-            let ingested_at = ingested_at(&file);
             async move { read_file(landing, &file, &schema, ingested_at).await.map(|o| (file, o)) }
         })
         .buffered(concurrency.max(1));
@@ -325,7 +319,8 @@ pub async fn read_landing(
     concurrency: usize,
 ) -> Result<LandingData, SourceError> {
     let listed = list_files(landing, schemas).await?;
-    let decoded = read_files(landing, warehouse, schemas, &listed.files, |_| ingested_at, concurrency).await?;
+    let times = vec![ingested_at; listed.files.len()];
+    let decoded = read_files(landing, warehouse, schemas, &listed.files, &times, concurrency).await?;
     let mut data = decoded.deduplicate(&mut DedupMemory::default());
     for (stream, batches) in data.events.iter_mut() {
         let (counted, later) = split_at(std::mem::take(batches), as_of);

@@ -417,10 +417,8 @@ impl State {
             keep.extend(manifest.referenced().cloned());
         }
         let root = warehouse.path(STATE_DIR);
-        let listed: Vec<_> = warehouse
-            .store
-            .list(Some(&root))
-            .try_collect()
+        let listed = warehouse
+            .list_under(&root)
             .await
             .map_err(|source| StateError::Storage {
                 path: warehouse.display(&root),
@@ -430,11 +428,9 @@ impl State {
             .into_iter()
             .map(|meta| meta.location)
             .filter(|path| {
-                let relative: Vec<_> = path
-                    .prefix_match(&root)
-                    .map(|p| p.map(|s| s.as_ref().to_string()).collect())
-                    .unwrap_or_default();
-                !keep.contains(&relative.join("/"))
+                let relative = warehouse.relative(path).unwrap_or_default();
+                let relative = relative.strip_prefix(&format!("{STATE_DIR}/")).unwrap_or(&relative);
+                !keep.contains(relative)
             })
             .collect();
         let count = stale.len();

@@ -141,6 +141,11 @@ impl Location {
         url
     }
 
+    /// Every object under `prefix` (recursively).
+    pub async fn list_under(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>, object_store::Error> {
+        futures::TryStreamExt::try_collect(self.store.list(Some(prefix))).await
+    }
+
     /// A display form of a path inside this location, for messages and reports.
     pub fn display(&self, path: &Path) -> String {
         match self.relative(path) {
