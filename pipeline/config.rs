@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::compact::CompactionSettings;
 use crate::jobs::ParamOverrides;
 use crate::storage::{Location, StorageError};
 
@@ -71,6 +72,26 @@ pub struct FileConfig {
     /// Object-store options per location: `[storage.landing]`, `[storage.warehouse]`.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// When and how the published tables are compacted: `[compaction]`.
+    #[serde(default)]
+    pub compaction: CompactionConfig,
+}
+
+/// `[compaction]`: every key is optional (defaults in [`CompactionSettings`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Compact after a publish whose version is a multiple of this (default 25).
+    pub every_versions: Option<u64>,
+    /// ... or when `customer_tags` has more data files than this (default 200).
+    pub max_files: Option<usize>,
+    /// Target size of a compacted file in MiB (default 128).
+    pub target_file_mb: Option<u64>,
+    /// How long files removed from a table stay for readers of older versions: `7d`, `12h`,
+    /// `30m`, `10s` (default 7d).
+    pub vacuum_retention: Option<String>,
+    /// A Delta checkpoint every this many commits (default 10).
+    pub checkpoint_interval: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +130,7 @@ pub struct Settings {
     pub dedup_days: u32,
     /// Recompute from every landing file instead of the new ones (`tagflow run --full`).
     pub full: bool,
+    pub compaction: CompactionSettings,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -183,6 +205,7 @@ impl Settings {
                 message: format!("{dedup_days} is outside 1..=36500"),
             });
         }
+        let compaction = compaction_settings(&file.compaction)?;
         Ok(Settings {
             landing,
             warehouse,
@@ -195,6 +218,7 @@ impl Settings {
             lock_ttl: std::time::Duration::from_secs(lock_ttl_secs),
             dedup_days,
             full: false,
+            compaction,
             config_file,
         })
     }
@@ -213,6 +237,55 @@ impl Settings {
             flag: "warehouse",
             env: "TAGFLOW_WAREHOUSE",
         })
+    }
+}
+
+fn compaction_settings(config: &CompactionConfig) -> Result<CompactionSettings, ConfigError> {
+    let defaults = CompactionSettings::default();
+    let positive = |key: &'static str, value: Option<u64>, default: u64| match value {
+        Some(0) => Err(ConfigError::Invalid {
+            key,
+            message: "must be at least 1".into(),
+        }),
+        other => Ok(other.unwrap_or(default)),
+    };
+    let retention = match &config.vacuum_retention {
+        Some(text) => parse_duration(text).map_err(|message| ConfigError::Invalid {
+            key: "compaction.vacuum_retention",
+            message,
+        })?,
+        None => defaults.retention,
+    };
+    Ok(CompactionSettings {
+        every_versions: positive("compaction.every_versions", config.every_versions, defaults.every_versions)?,
+        max_files: positive("compaction.max_files", config.max_files.map(|v| v as u64), defaults.max_files as u64)?
+            as usize,
+        target_file_size: positive("compaction.target_file_mb", config.target_file_mb, 128)? * 1024 * 1024,
+        retention,
+        checkpoint_interval: positive(
+            "compaction.checkpoint_interval",
+            config.checkpoint_interval.map(u64::from),
+            u64::from(defaults.checkpoint_interval),
+        )?
+        .min(u64::from(u32::MAX)) as u32,
+    })
+}
+
+/// A duration as a number and a unit: `500ms`, `10s`, `30m`, `12h`, `7d` (zero allowed).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 500ms, 10s, 30m, 12h or 7d"))?;
+    let seconds = |n: u64| std::time::Duration::from_secs(number.saturating_mul(n));
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(number)),
+        "s" => Ok(seconds(1)),
+        "m" => Ok(seconds(60)),
+        "h" => Ok(seconds(3600)),
+        "d" => Ok(seconds(86_400)),
+        _ => Err(format!("'{text}': the unit must be ms, s, m, h or d")),
     }
 }
 

@@ -62,7 +62,7 @@ impl Error {
             Error::Source(SourceError::NoFiles { .. }) => exit::INPUT,
             Error::Source(_) | Error::Quarantine(_) => exit::STORAGE,
             Error::Job(_) => exit::INPUT,
-            Error::Publish(PublishError::NotFound { .. }) => exit::INPUT,
+            Error::Publish(PublishError::NotFound { .. } | PublishError::NoVersionAt { .. }) => exit::INPUT,
             Error::Publish(_) => exit::STORAGE,
             Error::Generate(GenerateError::InvalidOptions(_)) => exit::CONFIG,
             Error::Generate(_) => exit::STORAGE,

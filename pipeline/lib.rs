@@ -1,9 +1,11 @@
 //! tagflow: near-real-time customer tagging.
 //!
 //! Stages, one module each: [`sources`] read the landing zone, [`jobs`] plan and run the
-//! SQL tag jobs, [`publish`] writes Delta tables. [`run`] chains them; [`config`] resolves
+//! SQL tag jobs, [`publish`] writes Delta tables, [`compact`] keeps them
+//! small and fast to open, [`snapshots`] reads their versions. [`run`] chains them; [`config`] resolves
 //! settings; [`error`] maps failures to exit codes.
 
+pub mod compact;
 pub mod config;
 pub mod dedup;
 pub mod demo;
@@ -17,6 +19,7 @@ pub mod quarantine;
 pub mod report;
 pub mod run;
 pub mod schema;
+pub mod snapshots;
 pub mod sources;
 pub mod state;
 pub mod storage;

@@ -13,7 +13,7 @@ use tagflow::history::RUNS_TABLE;
 use tagflow::publish::{query_published, TAGS_TABLE};
 use tagflow::quarantine::Quarantine;
 use tagflow::storage::Location;
-use tagflow::{demo, run};
+use tagflow::{demo, run, snapshots};
 
 #[derive(Parser)]
 #[command(
@@ -142,8 +142,41 @@ enum Command {
         #[command(flatten)]
         locations: Locations,
         /// Read this table version instead of the latest.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "at")]
         version: Option<u64>,
+        /// Read the latest version evaluated at or before this as-of time (RFC 3339).
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compact the warehouse's Delta tables now: bin-pack and z-order small files, write a
+    /// checkpoint, vacuum files older than the retention that no version needs.
+    Compact {
+        #[command(flatten)]
+        locations: Locations,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the versions of customer_tags: as-of time, rows, customers, changes, rows per tag.
+    Snapshots {
+        #[command(flatten)]
+        locations: Locations,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per published version, tag and value: segment size, inflow and outflow.
+    Segments {
+        #[command(flatten)]
+        locations: Locations,
+        /// Only versions evaluated at or after this as-of time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -219,23 +252,20 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// `500ms`, `2s`, `1m`: a number and a unit.
+/// `500ms`, `2s`, `1m`: a number and a unit, longer than zero.
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 500ms, 2s or 1m"))?;
-    let duration = match unit {
-        "ms" => std::time::Duration::from_millis(number),
-        "s" | "" => std::time::Duration::from_secs(number),
-        "m" => std::time::Duration::from_secs(number * 60),
-        _ => return Err(format!("'{text}': the unit must be ms, s or m")),
-    };
+    let duration = tagflow::config::parse_duration(text)?;
     if duration.is_zero() {
         return Err("the interval must be longer than zero".into());
     }
     Ok(duration)
+}
+
+/// An RFC 3339 time given on the command line.
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Error> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| tagflow::config::ConfigError::AsOf { value: text.to_string() }.into())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -402,9 +432,15 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             customer_id,
             locations,
             version,
+            at,
+            json,
         } => {
             let settings = settings(&cli.config, locations, None)?;
             let warehouse = settings.warehouse()?;
+            let version = match at {
+                Some(at) => Some(snapshots::version_at(warehouse, parse_time(&at)?).await?),
+                None => version,
+            };
             let sql = format!(
                 "SELECT family, tag, value, score, as_of FROM {TAGS_TABLE} WHERE customer_id = '{}' ORDER BY family, tag",
                 customer_id.replace('\'', "''")
@@ -413,7 +449,86 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             if batches.iter().all(|b| b.num_rows() == 0) {
                 eprintln!("no tags for customer '{customer_id}'");
             }
-            print_rows(&batches, false);
+            print_rows(&batches, json);
+        }
+        Command::Compact { locations, json } => {
+            let settings = settings(&cli.config, locations, None)?;
+            let report = run::compact(&settings).await?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report).expect("report serialises")),
+                false => print!("{}", report.render()),
+            }
+        }
+        Command::Snapshots { locations, json } => {
+            let settings = settings(&cli.config, locations, None)?;
+            let list = snapshots::list(settings.warehouse()?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("snapshots serialise"));
+            } else {
+                println!(
+                    "{:>7}  {:<25} {:<13} {:<25} {:>9} {:>9} {:>8} {:>8} {:>8}  rows per tag",
+                    "version", "committed", "operation", "as_of", "rows", "customers", "entered", "exited", "changed"
+                );
+                for s in &list {
+                    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_else(|| "-".into())
+                    };
+                    let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+                    let changes = s.changes.unwrap_or_default();
+                    let per_tag: Vec<String> = s
+                        .segments
+                        .iter()
+                        .map(|(tag, values)| format!("{tag}={}", values.values().sum::<u64>()))
+                        .collect();
+                    println!(
+                        "{:>7}  {:<25} {:<13} {:<25} {:>9} {:>9} {:>8} {:>8} {:>8}  {}",
+                        s.version,
+                        time(s.committed_at),
+                        s.operation,
+                        time(s.as_of),
+                        count(s.rows),
+                        count(s.customers),
+                        count(s.changes.map(|_| changes.entered as u64)),
+                        count(s.changes.map(|_| changes.exited as u64)),
+                        count(s.changes.map(|_| changes.changed as u64)),
+                        per_tag.join(" ")
+                    );
+                }
+            }
+        }
+        Command::Segments {
+            locations,
+            since,
+            tag,
+            json,
+        } => {
+            let settings = settings(&cli.config, locations, None)?;
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let rows: Vec<snapshots::SegmentFlow> = snapshots::segments(settings.warehouse()?, since)
+                .await?
+                .into_iter()
+                .filter(|r| tag.as_ref().is_none_or(|t| &r.tag == t))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("segments serialise"));
+            } else {
+                println!(
+                    "{:>7}  {:<25} {:<20} {:<20} {:>9} {:>8} {:>8}",
+                    "version", "as_of", "tag", "value", "size", "inflow", "outflow"
+                );
+                for r in &rows {
+                    println!(
+                        "{:>7}  {:<25} {:<20} {:<20} {:>9} {:>8} {:>8}",
+                        r.version,
+                        r.as_of.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        r.tag,
+                        r.value,
+                        r.size,
+                        r.inflow,
+                        r.outflow
+                    );
+                }
+            }
         }
         Command::Runs { locations, limit, json } => {
             let settings = settings(&cli.config, locations, None)?;

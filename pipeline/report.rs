@@ -9,6 +9,7 @@ use std::fmt::Write;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::compact::CompactReport;
 use crate::publish::Published;
 use crate::quarantine::Entry;
 use crate::sources::StreamStats;
@@ -39,6 +40,8 @@ pub struct RunReport {
     pub measures: Vec<MeasureReport>,
     pub stages_ms: BTreeMap<String, u64>,
     pub published: Published,
+    /// Set when the compaction policy ran after the publish.
+    pub compaction: Option<CompactReport>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,11 +149,24 @@ impl RunReport {
                 f.files, f.p50_ms, f.p95_ms, f.max_ms
             );
         }
+        let changes = self.published.changes.unwrap_or_default();
         let _ = writeln!(
             w,
-            "  published {} version {} ({} rows)",
-            self.published.table, self.published.version, self.published.rows
+            "  published {} version {} ({} rows; {} entered, {} exited, {} changed; {} rows written, {} files)",
+            self.published.table,
+            self.published.version,
+            self.published.rows,
+            changes.entered,
+            changes.exited,
+            changes.changed,
+            self.published.rows_written,
+            self.published.files
         );
+        if let Some(compaction) = &self.compaction {
+            for line in compaction.render().lines() {
+                let _ = writeln!(w, "  compacted {line}");
+            }
+        }
         let _ = writeln!(
             w,
             "  customers {}   duration {:.2}s",

@@ -1,6 +1,7 @@
 //! A run, end to end: prepare (schemas, catalog, parameters, planning) → lock → load the
 //! state → read the landing files it has not processed → fold them into the state →
-//! evaluate the tags → commit the state → publish `customer_tags` → report. `follow` repeats
+//! evaluate the tags → commit the state → publish `customer_tags` (a merge of what changed,
+//! and the change feed) → compact when the policy says so → report. `follow` repeats
 //! the batch on an interval with the state kept in memory.
 //!
 //! The state is committed before the publish: a run killed in between leaves state newer
@@ -25,7 +26,9 @@ use crate::error::Error;
 use crate::history::{self, RunRecord};
 use crate::jobs::{fold_state, run_jobs, Catalog, JobKind, JobRun, Table};
 use crate::lock::RunLock;
-use crate::publish::{self, TAGS_TABLE};
+use crate::compact;
+use crate::publish::tags::{catch_up_feed, publish_tags, TagsUpdate};
+use crate::publish;
 use crate::quarantine::{EntryKind, Quarantine};
 use crate::report::{
     Freshness, MeasureReport, Mode, QuarantineReport, RunReport, StateReport, StateTableReport, TagReport,
@@ -118,6 +121,24 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     record(warehouse, &run_id, settings.as_of, started_at, outcome.as_ref())
         .instrument(span)
         .await;
+    outcome
+}
+
+/// `tagflow compact`: under the warehouse lock, bring the change feed up to date (its
+/// catch-up reads versions that a vacuum may remove) and compact every table.
+pub async fn compact(settings: &Settings) -> Result<compact::CompactReport, Error> {
+    let warehouse = settings.warehouse()?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let lock = RunLock::acquire(warehouse, &id, settings.lock_ttl).await?;
+    let outcome = async {
+        catch_up_feed(warehouse, &settings.compaction.table_settings()).await?;
+        Ok(compact::compact(warehouse, &settings.compaction).await?)
+    }
+    .instrument(info_span!("compact"))
+    .await;
+    if let Err(error) = lock.release().await {
+        warn!(%error, "cannot release the warehouse lock");
+    }
     outcome
 }
 
@@ -370,28 +391,42 @@ impl Batch<'_> {
             .await?;
         let mark = stage("commit_state", mark);
 
-        let mut rows = publish::assemble(&output.runs, as_of);
-        if !settings.jobs.is_empty() {
-            // A partial run: the tags it did not run keep their published rows (and as_of).
-            let ran: Vec<&str> = catalog.tags().map(|j| j.name.as_str()).collect();
-            rows.extend(publish::rows_of_other_tags(self.warehouse, &ran).await?);
-        }
+        let rows = publish::assemble(&output.runs, as_of);
+        // A partial run (`--jobs`) replaces only its tags' rows.
+        let scope = (!settings.jobs.is_empty()).then(|| catalog.tags().map(|j| j.name.clone()).collect());
         let metadata = json!({
             "tagflow.run_id": self.run_id,
-            "tagflow.as_of": as_of.to_rfc3339(),
             "tagflow.state_version": version,
         });
-        let published = publish::publish(
-            self.warehouse,
-            TAGS_TABLE,
+        let update = TagsUpdate {
             rows,
-            metadata.as_object().cloned().unwrap_or_default(),
-        )
-        .instrument(info_span!("publish"))
-        .await?;
+            scope,
+            as_of,
+            metadata: metadata.as_object().cloned().unwrap_or_default(),
+        };
+        let published = publish_tags(self.warehouse, update, &settings.compaction.table_settings())
+            .instrument(info_span!("publish"))
+            .await?;
         let published_at = Utc::now();
-        stage("publish", mark);
-        info!(version = published.version, rows = published.rows, "published");
+        let mark = stage("publish", mark);
+        info!(
+            version = published.version,
+            rows = published.rows,
+            rows_written = published.rows_written,
+            changes = published.changes.map(|c| c.total()),
+            "published"
+        );
+        let compaction = match settings.compaction.due(published.version, published.files) {
+            true => Some(
+                compact::compact(self.warehouse, &settings.compaction)
+                    .instrument(info_span!("compact"))
+                    .await?,
+            ),
+            false => None,
+        };
+        if compaction.is_some() {
+            stage("compact", mark);
+        }
 
         let lags: Vec<u64> = to_read
             .iter()
@@ -460,6 +495,7 @@ impl Batch<'_> {
                 .collect(),
             stages_ms,
             published,
+            compaction,
         }))
     }
 }

@@ -1,10 +1,13 @@
-//! Publish: assemble the tag rows of a run and commit them as one new version of the Delta
-//! table `<warehouse>/customer_tags`; read published versions back.
+//! Publish: every write to the warehouse's Delta tables. [`tags`] merges a run's tag rows
+//! into `<warehouse>/customer_tags` and appends what changed to `<warehouse>/tag_changes`;
+//! this module holds what all tables share (open, write, query a version).
 //!
-//! Owns: the published table's schema and every write to Delta tables.
+//! Owns: the published tables' schemas and every Delta commit that changes their content.
 //! Must not: read landing files or run tag SQL. A failed publish leaves the previous version
 //! live: the Delta commit is the single atomic step, data files written before it are
 //! invisible to readers until it succeeds.
+
+pub mod tags;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
@@ -46,6 +49,8 @@ pub enum PublishError {
     },
     #[error("no Delta table at {url} (has `tagflow run` published yet?)")]
     NotFound { url: String },
+    #[error("no published version of customer_tags was evaluated at or before {at}{}", earliest.as_ref().map(|e| format!(" (the earliest retained is as of {e})")).unwrap_or_default())]
+    NoVersionAt { at: String, earliest: Option<String> },
     #[error("cannot prepare warehouse folder {url}: {source}")]
     Folder {
         url: String,
@@ -98,31 +103,20 @@ pub fn assemble(runs: &[JobRun], as_of: DateTime<Utc>) -> Vec<RecordBatch> {
     out
 }
 
-/// The latest published rows of every tag not in `tags` (none if nothing is published yet).
-pub async fn rows_of_other_tags(warehouse: &Location, tags: &[&str]) -> Result<Vec<RecordBatch>, PublishError> {
-    let listed: Vec<String> = tags.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
-    let filter = match listed.is_empty() {
-        true => String::new(),
-        false => format!("WHERE tag NOT IN ({})", listed.join(", ")),
-    };
-    let sql = format!("SELECT customer_id, family, tag, value, score, as_of FROM {TAGS_TABLE} {filter}");
-    let batches = match query_published(warehouse, TAGS_TABLE, None, &sql).await {
-        Err(PublishError::NotFound { .. }) => return Ok(Vec::new()),
-        other => other?,
-    };
-    let schema = customer_tags_schema();
-    Ok(batches
-        .into_iter()
-        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).expect("published rows match their schema"))
-        .collect())
-}
-
 /// The result of a publish.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Published {
     pub table: String,
     pub version: u64,
+    /// Rows in the table at this version.
     pub rows: usize,
+    /// Rows this commit wrote (a merge rewrites the files holding changed rows).
+    pub rows_written: usize,
+    /// Active data files at this version.
+    pub files: usize,
+    /// Rows that entered, exited or changed value or score (customer_tags only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<tags::ChangeCounts>,
 }
 
 /// URL of a table under the warehouse.
@@ -135,7 +129,7 @@ fn register_object_stores() {
     ONCE.call_once(|| deltalake::aws::register_handlers(None));
 }
 
-async fn open_or_new(warehouse: &Location, table: &str) -> Result<DeltaTable, PublishError> {
+pub(crate) async fn open_or_new(warehouse: &Location, table: &str) -> Result<DeltaTable, PublishError> {
     register_object_stores();
     let url = table_url(warehouse, table);
     let open = |source| PublishError::Open {
@@ -159,16 +153,6 @@ async fn open_or_new(warehouse: &Location, table: &str) -> Result<DeltaTable, Pu
         delta.load().await.map_err(open)?;
     }
     Ok(delta)
-}
-
-/// Commit `batches` as the new content of `table` (one new version).
-pub async fn publish(
-    warehouse: &Location,
-    table: &str,
-    batches: Vec<RecordBatch>,
-    metadata: serde_json::Map<String, serde_json::Value>,
-) -> Result<Published, PublishError> {
-    write(warehouse, table, batches, SaveMode::Overwrite, metadata).await
 }
 
 /// Append `batches` to `table` (one new version; appends from concurrent writers do not conflict).
@@ -203,6 +187,9 @@ async fn write(
         table: table.to_string(),
         version: delta.version().unwrap_or_default(),
         rows,
+        rows_written: rows,
+        files: file_count(&delta),
+        changes: None,
     })
 }
 
@@ -233,18 +220,34 @@ pub async fn query_published(
     version: Option<u64>,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, PublishError> {
-    let url = table_url(warehouse, table).to_string();
-    let read = |source| PublishError::Read {
-        url: url.clone(),
-        source,
-    };
     let delta = open_published(warehouse, table, version).await?;
     let ctx = datafusion::prelude::SessionContext::new();
+    register(&ctx, &delta, table).await?;
+    collect(&ctx, &delta, sql).await
+}
+
+/// Register an opened table (at its loaded version) in `ctx` under `name`.
+pub(crate) async fn register(
+    ctx: &datafusion::prelude::SessionContext,
+    delta: &DeltaTable,
+    name: &str,
+) -> Result<(), PublishError> {
+    let read = |source| read_error(delta, source);
     delta
         .update_datafusion_session(&ctx.state())
         .map_err(|e| read(e.into()))?;
     let provider = delta.table_provider().await.map_err(read)?;
-    ctx.register_table(table, provider).map_err(read)?;
+    ctx.register_table(name, provider).map_err(read)?;
+    Ok(())
+}
+
+/// Run `sql` in `ctx`; errors name `delta`'s URL. String columns come back as `Utf8`.
+pub(crate) async fn collect(
+    ctx: &datafusion::prelude::SessionContext,
+    delta: &DeltaTable,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, PublishError> {
+    let read = |source| read_error(delta, source);
     let batches = ctx.sql(sql).await.map_err(read)?.collect().await.map_err(read)?;
     batches
         .iter()
@@ -252,12 +255,31 @@ pub async fn query_published(
         .collect()
 }
 
-/// delta-rs scans strings as `Utf8View`; callers get plain `Utf8` columns.
-fn plain_strings(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn read_error(delta: &DeltaTable, source: datafusion::error::DataFusionError) -> PublishError {
+    PublishError::Read {
+        url: delta.table_url().to_string(),
+        source,
+    }
+}
+
+/// Active data files of a loaded table.
+pub fn file_count(delta: &DeltaTable) -> usize {
+    delta.snapshot().map(|s| s.log_data().num_files()).unwrap_or_default()
+}
+
+/// delta-rs scans strings as `Utf8View` and partition columns as dictionaries; callers get
+/// plain `Utf8` columns.
+pub(crate) fn plain_strings(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
     let mut fields = Vec::with_capacity(batch.num_columns());
     let mut columns = Vec::with_capacity(batch.num_columns());
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if matches!(field.data_type(), DataType::Utf8View | DataType::LargeUtf8) {
+        let text = |t: &DataType| matches!(t, DataType::Utf8View | DataType::LargeUtf8 | DataType::Utf8);
+        let is_text = match field.data_type() {
+            DataType::Utf8 => false,
+            DataType::Dictionary(_, value) => text(value),
+            other => text(other),
+        };
+        if is_text {
             fields.push(field.as_ref().clone().with_data_type(DataType::Utf8));
             columns.push(arrow::compute::cast(column, &DataType::Utf8)?);
         } else {

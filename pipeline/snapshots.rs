@@ -1,0 +1,185 @@
+//! Snapshots: what the published versions of `customer_tags` hold, read from their commit
+//! metadata and from the change feed: the version list (`tagflow snapshots`), the version
+//! at an as-of time (`tagflow tags --at`), and segment sizes with inflow and outflow
+//! (`tagflow segments`).
+//!
+//! Owns: reading version history and the feed for these views.
+//! Must not: write anything.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, Int64Array, StringArray};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde_json::Value;
+
+use crate::publish::tags::{
+    ChangeCounts, CHANGES_TABLE, META_AS_OF, META_CHANGES, META_CUSTOMERS, META_ROWS, META_SEGMENTS, TAGS_TABLE,
+};
+use crate::publish::{open_published, query_published, table_url, PublishError};
+use crate::storage::Location;
+
+/// One version of `customer_tags`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    pub version: u64,
+    pub committed_at: Option<DateTime<Utc>>,
+    /// `MERGE`, `WRITE` (a publish), `OPTIMIZE`, `VACUUM START`/`END` (compaction).
+    pub operation: String,
+    /// Set on publishes: the as-of time the tags were evaluated at.
+    pub as_of: Option<DateTime<Utc>>,
+    pub run_id: Option<String>,
+    pub rows: Option<u64>,
+    pub customers: Option<u64>,
+    pub changes: Option<ChangeCounts>,
+    /// Rows per tag and value.
+    pub segments: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Snapshot {
+    pub fn is_publish(&self) -> bool {
+        self.as_of.is_some()
+    }
+}
+
+/// Every version still in the log, newest first.
+pub async fn list(warehouse: &Location) -> Result<Vec<Snapshot>, PublishError> {
+    let table = open_published(warehouse, TAGS_TABLE, None).await?;
+    let latest = table.version().unwrap_or_default() as u64;
+    let infos: Vec<deltalake::kernel::CommitInfo> =
+        table.history(None).try_collect().await.map_err(|source| PublishError::Open {
+            url: table_url(warehouse, TAGS_TABLE).to_string(),
+            source,
+        })?;
+    Ok(infos
+        .into_iter()
+        .enumerate()
+        .map(|(i, info)| {
+            let meta = |key: &str| info.info.get(key).cloned();
+            Snapshot {
+                version: latest - i as u64,
+                committed_at: info.timestamp.and_then(DateTime::from_timestamp_millis),
+                operation: info.operation.clone().unwrap_or_default(),
+                as_of: meta(META_AS_OF)
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                run_id: meta("tagflow.run_id").as_ref().and_then(Value::as_str).map(String::from),
+                rows: meta(META_ROWS).as_ref().and_then(Value::as_u64),
+                customers: meta(META_CUSTOMERS).as_ref().and_then(Value::as_u64),
+                changes: meta(META_CHANGES).and_then(|v| serde_json::from_value(v).ok()),
+                segments: meta(META_SEGMENTS)
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// The version to read for as-of time `at`: the latest publish evaluated at or before it.
+pub async fn version_at(warehouse: &Location, at: DateTime<Utc>) -> Result<u64, PublishError> {
+    let snapshots = list(warehouse).await?;
+    snapshots
+        .iter()
+        .filter(|s| s.as_of.is_some_and(|t| t <= at))
+        .map(|s| s.version)
+        .max()
+        .ok_or_else(|| PublishError::NoVersionAt {
+            at: at.to_rfc3339(),
+            earliest: snapshots.iter().filter_map(|s| s.as_of).min().map(|t| t.to_rfc3339()),
+        })
+}
+
+/// One segment (tag and value) at one published version.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentFlow {
+    pub version: u64,
+    pub as_of: DateTime<Utc>,
+    pub tag: String,
+    pub value: String,
+    /// Customers in the segment at this version.
+    pub size: u64,
+    /// Customers who joined it with this version (entered the tag with this value, or
+    /// changed to it).
+    pub inflow: u64,
+    /// Customers who left it with this version.
+    pub outflow: u64,
+}
+
+/// Size, inflow and outflow per published version (as-of at or after `since`), tag and value,
+/// oldest version first. A segment that emptied shows with size 0 at the version it did.
+pub async fn segments(warehouse: &Location, since: Option<DateTime<Utc>>) -> Result<Vec<SegmentFlow>, PublishError> {
+    let snapshots: Vec<Snapshot> = list(warehouse)
+        .await?
+        .into_iter()
+        .filter(|s| s.as_of.is_some_and(|t| since.is_none_or(|since| t >= since)))
+        .collect();
+    let Some(oldest) = snapshots.iter().map(|s| s.version).min() else {
+        return Ok(Vec::new());
+    };
+    let sql = format!(
+        "SELECT to_version, tag, value, sum(inflow) AS inflow, sum(outflow) AS outflow FROM (
+            SELECT to_version, tag, new_value AS value, 1 AS inflow, 0 AS outflow FROM {CHANGES_TABLE}
+             WHERE new_value IS NOT NULL AND (old_value IS DISTINCT FROM new_value) AND to_version >= {oldest}
+            UNION ALL
+            SELECT to_version, tag, old_value AS value, 0 AS inflow, 1 AS outflow FROM {CHANGES_TABLE}
+             WHERE old_value IS NOT NULL AND (old_value IS DISTINCT FROM new_value) AND to_version >= {oldest})
+         GROUP BY to_version, tag, value"
+    );
+    let flows = match query_published(warehouse, CHANGES_TABLE, None, &sql).await {
+        Err(PublishError::NotFound { .. }) => Vec::new(),
+        other => other?,
+    };
+    let mut moves: BTreeMap<(u64, String, String), (u64, u64)> = BTreeMap::new();
+    for batch in &flows {
+        let int = |name: &str| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
+        let text = |name: &str| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+        let (Some(versions), Some(tags), Some(values), Some(inflow), Some(outflow)) =
+            (int("to_version"), text("tag"), text("value"), int("inflow"), int("outflow"))
+        else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            moves.insert(
+                (versions.value(i) as u64, tags.value(i).to_string(), values.value(i).to_string()),
+                (inflow.value(i) as u64, outflow.value(i) as u64),
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for snapshot in snapshots.iter().rev() {
+        let as_of = snapshot.as_of.expect("publishes only");
+        let mut keys: Vec<(String, String)> = snapshot
+            .segments
+            .iter()
+            .flat_map(|(tag, values)| values.keys().map(move |v| (tag.clone(), v.clone())))
+            .collect();
+        // Segments that emptied with this version still show their outflow.
+        keys.extend(
+            moves
+                .keys()
+                .filter(|(v, _, _)| *v == snapshot.version)
+                .map(|(_, t, v)| (t.clone(), v.clone())),
+        );
+        keys.sort();
+        keys.dedup();
+        for (tag, value) in keys {
+            let (inflow, outflow) = moves
+                .get(&(snapshot.version, tag.clone(), value.clone()))
+                .copied()
+                .unwrap_or_default();
+            let size = snapshot.segments.get(&tag).and_then(|v| v.get(&value)).copied().unwrap_or(0);
+            out.push(SegmentFlow {
+                version: snapshot.version,
+                as_of,
+                tag,
+                value,
+                size,
+                inflow,
+                outflow,
+            });
+        }
+    }
+    Ok(out)
+}
