@@ -14,6 +14,7 @@ use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use deltalake::operations::optimize::OptimizeType;
+use deltalake::operations::vacuum::VacuumMode;
 use tracing::{info, info_span, Instrument};
 
 use crate::history::RUNS_TABLE;
@@ -159,6 +160,9 @@ async fn compact_table(
         .vacuum()
         .with_retention_period(retention)
         .with_enforce_retention_duration(false)
+        // Full mode lists the files: a checkpoint drops tombstones older than the
+        // retention, and the files they named would never be found from the log alone.
+        .with_mode(VacuumMode::Full)
         .await
         .map_err(failed)?;
     let done = TableCompaction {

@@ -25,7 +25,7 @@ fn end() -> NaiveDate {
 /// As-of times of consecutive runs, with the share (%) of the arrivals landed by then.
 /// They cross UTC days with and without new files, end a day at its last microsecond, and
 /// reach past the history so that windows empty without any new event.
-const SCHEDULE: [(&str, usize); 8] = [
+pub(crate) const SCHEDULE: [(&str, usize); 8] = [
     ("2026-06-01T12:00:00Z", 25),
     ("2026-06-11T00:00:00Z", 45),
     ("2026-06-11T06:00:00Z", 45),
@@ -70,13 +70,13 @@ fn copy_file(from: &Path, to: &Path) {
 
 /// A generated history whose files arrive in a random order, with re-sent copies of some
 /// files under other names.
-struct Arrivals {
+pub(crate) struct Arrivals {
     source: PathBuf,
     order: Vec<String>,
 }
 
 impl Arrivals {
-    async fn generate(fx: &Fixture, seed: u64, customers: usize, days: u32) -> Self {
+    pub(crate) async fn generate(fx: &Fixture, seed: u64, customers: usize, days: u32) -> Self {
         let source = fx.dir.path().join("source");
         let options = GenerateOptions {
             customers,
@@ -103,20 +103,20 @@ impl Arrivals {
 
     /// Land arrivals `from..to` into the fixture's landing zone; returns how many of them
     /// are event files (not `_`/`.` names).
-    fn land(&self, fx: &Fixture, from: usize, to: usize) -> usize {
+    pub(crate) fn land(&self, fx: &Fixture, from: usize, to: usize) -> usize {
         for file in &self.order[from..to] {
             copy_file(&self.source.join(file), &fx.landing_dir().join(file));
         }
         self.order[from..to].iter().filter(|f| !is_hidden(f)).count()
     }
 
-    fn upto(&self, share: usize) -> usize {
+    pub(crate) fn upto(&self, share: usize) -> usize {
         self.order.len() * share / 100
     }
 }
 
 /// A full recomputation of the fixture's landing zone at `as_of`, in a warehouse of its own.
-async fn full_tags(fx: &Fixture, as_of: &str) -> Tags {
+pub(crate) async fn full_tags(fx: &Fixture, as_of: &str) -> Tags {
     let warehouse = fx.dir.path().join("full-warehouse");
     let mut settings = fx.settings(as_of, None).expect("settings");
     settings.warehouse = Some(location(&warehouse));
@@ -127,7 +127,7 @@ async fn full_tags(fx: &Fixture, as_of: &str) -> Tags {
 }
 
 /// The two tables have the same rows, values and scores exactly.
-fn assert_same(incremental: &Tags, full: &Tags, context: &str) {
+pub(crate) fn assert_same(incremental: &Tags, full: &Tags, context: &str) {
     if incremental.rows == full.rows {
         return;
     }

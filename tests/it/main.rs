@@ -7,6 +7,7 @@ mod end_to_end;
 mod history;
 mod incremental;
 mod lock;
+mod publishing;
 mod reference;
 mod sources;
 mod tags_behaviour;
