@@ -120,7 +120,10 @@ pub async fn compact(warehouse: &Location, settings: &CompactionSettings) -> Res
     ];
     for (table, layout) in layouts {
         let span = info_span!("compact", table);
-        if let Some(done) = compact_table(warehouse, table, layout, settings).instrument(span).await? {
+        if let Some(done) = compact_table(warehouse, table, layout, settings)
+            .instrument(span)
+            .await?
+        {
             tables.push(done);
         }
     }
@@ -142,7 +145,10 @@ async fn compact_table(
         return Ok(None);
     };
     let url = table_url(warehouse, table).to_string();
-    let failed = |source| PublishError::Commit { url: url.clone(), source };
+    let failed = |source| PublishError::Commit {
+        url: url.clone(),
+        source,
+    };
     let files_before = file_count(&delta);
     let target = NonZeroU64::new(settings.target_file_size.max(1)).expect("at least 1");
     let (delta, metrics) = delta

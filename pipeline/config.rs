@@ -257,9 +257,16 @@ fn compaction_settings(config: &CompactionConfig) -> Result<CompactionSettings, 
         None => defaults.retention,
     };
     Ok(CompactionSettings {
-        every_versions: positive("compaction.every_versions", config.every_versions, defaults.every_versions)?,
-        max_files: positive("compaction.max_files", config.max_files.map(|v| v as u64), defaults.max_files as u64)?
-            as usize,
+        every_versions: positive(
+            "compaction.every_versions",
+            config.every_versions,
+            defaults.every_versions,
+        )?,
+        max_files: positive(
+            "compaction.max_files",
+            config.max_files.map(|v| v as u64),
+            defaults.max_files as u64,
+        )? as usize,
         target_file_size: positive("compaction.target_file_mb", config.target_file_mb, 128)? * 1024 * 1024,
         retention,
         checkpoint_interval: positive(

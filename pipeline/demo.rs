@@ -114,7 +114,16 @@ Open the table from other tools:
   DuckDB:
     INSTALL delta; LOAD delta;
     SELECT tag, value, count(*) FROM delta_scan('{path}') GROUP BY ALL ORDER BY ALL;
-"#
+
+Run `tagflow run` again on the same warehouse (incremental: a merge of what changed) and see
+the versions and the change feed with `tagflow snapshots` and `tagflow segments`, both with
+--warehouse {warehouse}.
+"#,
+            warehouse = self
+                .table_path
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         );
         out
     }

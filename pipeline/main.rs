@@ -265,7 +265,12 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Error> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|_| tagflow::config::ConfigError::AsOf { value: text.to_string() }.into())
+        .map_err(|_| {
+            tagflow::config::ConfigError::AsOf {
+                value: text.to_string(),
+            }
+            .into()
+        })
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -471,7 +476,8 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                 );
                 for s in &list {
                     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_else(|| "-".into())
+                        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                            .unwrap_or_else(|| "-".into())
                     };
                     let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
                     let changes = s.changes.unwrap_or_default();

@@ -20,15 +20,15 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::compact;
 use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::history::{self, RunRecord};
 use crate::jobs::{fold_state, run_jobs, Catalog, JobKind, JobRun, Table};
 use crate::lock::RunLock;
-use crate::compact;
-use crate::publish::tags::{catch_up_feed, publish_tags, TagsUpdate};
 use crate::publish;
+use crate::publish::tags::{catch_up_feed, publish_tags, TagsUpdate};
 use crate::quarantine::{EntryKind, Quarantine};
 use crate::report::{
     Freshness, MeasureReport, Mode, QuarantineReport, RunReport, StateReport, StateTableReport, TagReport,

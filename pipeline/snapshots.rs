@@ -47,10 +47,14 @@ pub async fn list(warehouse: &Location) -> Result<Vec<Snapshot>, PublishError> {
     let table = open_published(warehouse, TAGS_TABLE, None).await?;
     let latest = table.version().unwrap_or_default() as u64;
     let infos: Vec<deltalake::kernel::CommitInfo> =
-        table.history(None).try_collect().await.map_err(|source| PublishError::Open {
-            url: table_url(warehouse, TAGS_TABLE).to_string(),
-            source,
-        })?;
+        table
+            .history(None)
+            .try_collect()
+            .await
+            .map_err(|source| PublishError::Open {
+                url: table_url(warehouse, TAGS_TABLE).to_string(),
+                source,
+            })?;
     Ok(infos
         .into_iter()
         .enumerate()
@@ -65,7 +69,10 @@ pub async fn list(warehouse: &Location) -> Result<Vec<Snapshot>, PublishError> {
                     .and_then(Value::as_str)
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                     .map(|t| t.with_timezone(&Utc)),
-                run_id: meta("tagflow.run_id").as_ref().and_then(Value::as_str).map(String::from),
+                run_id: meta("tagflow.run_id")
+                    .as_ref()
+                    .and_then(Value::as_str)
+                    .map(String::from),
                 rows: meta(META_ROWS).as_ref().and_then(Value::as_u64),
                 customers: meta(META_CUSTOMERS).as_ref().and_then(Value::as_u64),
                 changes: meta(META_CHANGES).and_then(|v| serde_json::from_value(v).ok()),
@@ -133,16 +140,32 @@ pub async fn segments(warehouse: &Location, since: Option<DateTime<Utc>>) -> Res
     };
     let mut moves: BTreeMap<(u64, String, String), (u64, u64)> = BTreeMap::new();
     for batch in &flows {
-        let int = |name: &str| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned());
-        let text = |name: &str| batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
-        let (Some(versions), Some(tags), Some(values), Some(inflow), Some(outflow)) =
-            (int("to_version"), text("tag"), text("value"), int("inflow"), int("outflow"))
-        else {
+        let int = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+        };
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+        };
+        let (Some(versions), Some(tags), Some(values), Some(inflow), Some(outflow)) = (
+            int("to_version"),
+            text("tag"),
+            text("value"),
+            int("inflow"),
+            int("outflow"),
+        ) else {
             continue;
         };
         for i in 0..batch.num_rows() {
             moves.insert(
-                (versions.value(i) as u64, tags.value(i).to_string(), values.value(i).to_string()),
+                (
+                    versions.value(i) as u64,
+                    tags.value(i).to_string(),
+                    values.value(i).to_string(),
+                ),
                 (inflow.value(i) as u64, outflow.value(i) as u64),
             );
         }
@@ -169,7 +192,12 @@ pub async fn segments(warehouse: &Location, since: Option<DateTime<Utc>>) -> Res
                 .get(&(snapshot.version, tag.clone(), value.clone()))
                 .copied()
                 .unwrap_or_default();
-            let size = snapshot.segments.get(&tag).and_then(|v| v.get(&value)).copied().unwrap_or(0);
+            let size = snapshot
+                .segments
+                .get(&tag)
+                .and_then(|v| v.get(&value))
+                .copied()
+                .unwrap_or(0);
             out.push(SegmentFlow {
                 version: snapshot.version,
                 as_of,

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 use tracing::{info, warn};
 
 pub use super::TAGS_TABLE;
-use super::{collect, customer_tags_schema, file_count, open_or_new, register, table_url, Published, PublishError};
+use super::{collect, customer_tags_schema, file_count, open_or_new, register, table_url, PublishError, Published};
 use crate::storage::Location;
 
 /// The change feed, under the warehouse.
@@ -184,7 +184,10 @@ pub async fn publish_tags(
         Some(_) => {
             let source = merge_source(&ctx, &changes, update.as_of).await?;
             let (table, metrics) = table
-                .merge(source, "target.tag = source.tag AND target.customer_id = source.customer_id")
+                .merge(
+                    source,
+                    "target.tag = source.tag AND target.customer_id = source.customer_id",
+                )
                 .with_source_alias("source")
                 .with_target_alias("target")
                 .when_matched_delete(|d| d.predicate("source.change = 'exited'"))
@@ -255,7 +258,11 @@ struct NextStats {
     segments: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
-async fn next_stats(ctx: &SessionContext, table: &DeltaTable, scope: &Option<Vec<String>>) -> Result<NextStats, PublishError> {
+async fn next_stats(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    scope: &Option<Vec<String>>,
+) -> Result<NextStats, PublishError> {
     // Rows the publish keeps as they are (other tags of a partial run) plus the new ones.
     let kept = match scope {
         Some(tags) => format!(
@@ -271,7 +278,12 @@ async fn next_stats(ctx: &SessionContext, table: &DeltaTable, scope: &Option<Vec
         &format!("SELECT tag, value, count(*) AS n FROM ({next}) GROUP BY tag, value"),
     )
     .await?;
-    let customers = collect(ctx, table, &format!("SELECT count(DISTINCT customer_id) AS n FROM ({next})")).await?;
+    let customers = collect(
+        ctx,
+        table,
+        &format!("SELECT count(DISTINCT customer_id) AS n FROM ({next})"),
+    )
+    .await?;
     let mut stats = NextStats {
         rows: 0,
         customers: customers
@@ -281,7 +293,11 @@ async fn next_stats(ctx: &SessionContext, table: &DeltaTable, scope: &Option<Vec
         segments: BTreeMap::new(),
     };
     for batch in &segments {
-        let (tags, values, counts) = (string_column(batch, "tag"), string_column(batch, "value"), int_column(batch, "n"));
+        let (tags, values, counts) = (
+            string_column(batch, "tag"),
+            string_column(batch, "value"),
+            int_column(batch, "n"),
+        );
         for i in 0..batch.num_rows() {
             let n = counts.value(i) as u64;
             stats.rows += n as usize;
@@ -341,10 +357,7 @@ fn as_of_column(as_of: DateTime<Utc>, rows: usize) -> ArrayRef {
 }
 
 /// A commit that changes no row: the publish still gets its version (and its as-of).
-async fn empty_commit(
-    table: DeltaTable,
-    commit: CommitProperties,
-) -> Result<DeltaTable, deltalake::DeltaTableError> {
+async fn empty_commit(table: DeltaTable, commit: CommitProperties) -> Result<DeltaTable, deltalake::DeltaTableError> {
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: None,
@@ -376,7 +389,12 @@ async fn append_feed(
             let n = b.num_rows();
             let mut columns: Vec<ArrayRef> = ["customer_id", "family", "tag", "change", "old_value", "new_value"]
                 .iter()
-                .map(|c| Arc::new(arrow::compute::cast(b.column_by_name(c).expect("diff column"), &DataType::Utf8).expect("strings")) as ArrayRef)
+                .map(|c| {
+                    Arc::new(
+                        arrow::compute::cast(b.column_by_name(c).expect("diff column"), &DataType::Utf8)
+                            .expect("strings"),
+                    ) as ArrayRef
+                })
                 .collect();
             columns.push(b.column_by_name("old_score").expect("diff column").clone());
             columns.push(b.column_by_name("new_score").expect("diff column").clone());
@@ -388,7 +406,10 @@ async fn append_feed(
         .collect();
     let feed = open_or_new(warehouse, CHANGES_TABLE).await?;
     let url = table_url(warehouse, CHANGES_TABLE).to_string();
-    let commit_error = |source| PublishError::Commit { url: url.clone(), source };
+    let commit_error = |source| PublishError::Commit {
+        url: url.clone(),
+        source,
+    };
     let metadata = json!({ "tagflow.from_version": from, "tagflow.to_version": to });
     let commit = CommitProperties::default()
         .with_metadata(metadata.as_object().cloned().unwrap_or_default())
@@ -398,7 +419,11 @@ async fn append_feed(
             empty_commit(feed, commit).await.map_err(commit_error)?;
         }
         (exists, _) => {
-            let rows = if rows.is_empty() { vec![RecordBatch::new_empty(schema)] } else { rows };
+            let rows = if rows.is_empty() {
+                vec![RecordBatch::new_empty(schema)]
+            } else {
+                rows
+            };
             let mut write = feed
                 .write(rows)
                 .with_save_mode(SaveMode::Append)
@@ -447,7 +472,10 @@ pub async fn catch_up_feed(warehouse: &Location, settings: &TableSettings) -> Re
         if matches!(operation, "OPTIMIZE" | "VACUUM START" | "VACUUM END") {
             continue;
         }
-        warn!(version, "the change feed misses this customer_tags version; diffing it from the table's history");
+        warn!(
+            version,
+            "the change feed misses this customer_tags version; diffing it from the table's history"
+        );
         let as_of = info
             .info
             .get(META_AS_OF)
@@ -484,7 +512,12 @@ fn open_error(warehouse: &Location, table: &str, source: deltalake::DeltaTableEr
     }
 }
 
-fn register_rows(ctx: &SessionContext, name: &str, schema: SchemaRef, rows: Vec<RecordBatch>) -> Result<(), PublishError> {
+fn register_rows(
+    ctx: &SessionContext,
+    name: &str,
+    schema: SchemaRef,
+    rows: Vec<RecordBatch>,
+) -> Result<(), PublishError> {
     let read = |source| PublishError::Read {
         url: format!("in-memory table {name}"),
         source,

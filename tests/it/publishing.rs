@@ -84,8 +84,20 @@ async fn read_feed(warehouse: &Path) -> Vec<FeedRow> {
     .expect("read tag_changes");
     let mut rows = Vec::new();
     for b in &batches {
-        let s = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>().expect("utf8").clone();
-        let f = |i: usize| b.column(i).as_any().downcast_ref::<Float64Array>().expect("f64").clone();
+        let s = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8")
+                .clone()
+        };
+        let f = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("f64")
+                .clone()
+        };
         let n = |i: usize| b.column(i).as_any().downcast_ref::<Int64Array>().expect("i64").clone();
         let (customer, tag, change, old_value, new_value) = (s(0), s(1), s(2), s(3), s(4));
         let (old_score, new_score, from, to) = (f(5), f(6), n(7), n(8));
@@ -97,7 +109,8 @@ async fn read_feed(warehouse: &Path) -> Vec<FeedRow> {
             .clone();
         let score = |a: &Float64Array, i: usize| a.is_valid(i).then(|| a.value(i));
         for i in 0..b.num_rows() {
-            let side = |v: &StringArray, sc: &Float64Array| v.is_valid(i).then(|| (v.value(i).to_string(), score(sc, i)));
+            let side =
+                |v: &StringArray, sc: &Float64Array| v.is_valid(i).then(|| (v.value(i).to_string(), score(sc, i)));
             rows.push(FeedRow {
                 key: (customer.value(i).into(), tag.value(i).into()),
                 change: change.value(i).into(),
@@ -207,11 +220,7 @@ fn partitions_written(warehouse: &Path, version: u64) -> BTreeSet<String> {
     let text = std::fs::read_to_string(path).expect("commit file");
     text.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter_map(|action| {
-            action["add"]["partitionValues"]["tag"]
-                .as_str()
-                .map(String::from)
-        })
+        .filter_map(|action| action["add"]["partitionValues"]["tag"].as_str().map(String::from))
         .collect()
 }
 
@@ -245,7 +254,11 @@ async fn merges_write_only_changed_tags_and_the_feed_nets_to_every_difference() 
         assert_eq!(report.published.version, v);
         let changes = report.published.changes.expect("counts");
         let in_feed: Vec<&FeedRow> = feed.iter().filter(|r| r.to == v as i64).collect();
-        assert_eq!(in_feed.len(), changes.total(), "version {v}: feed rows = reported changes");
+        assert_eq!(
+            in_feed.len(),
+            changes.total(),
+            "version {v}: feed rows = reported changes"
+        );
         assert_eq!(report.published.rows, tables[&v].len(), "version {v}: reported rows");
         if v == 0 {
             continue;
@@ -253,7 +266,10 @@ async fn merges_write_only_changed_tags_and_the_feed_nets_to_every_difference() 
         // A merge commit adds files only in the partitions of tags that changed.
         let changed_tags: BTreeSet<String> = in_feed.iter().map(|r| r.key.1.clone()).collect();
         let written = partitions_written(&warehouse, v);
-        assert!(written.is_subset(&changed_tags), "version {v}: {written:?} vs {changed_tags:?}");
+        assert!(
+            written.is_subset(&changed_tags),
+            "version {v}: {written:?} vs {changed_tags:?}"
+        );
         assert_eq!(written.is_empty(), changed_tags.is_empty(), "version {v}");
         assert!(report.published.rows_written <= report.published.rows);
     }
@@ -285,7 +301,11 @@ async fn merges_write_only_changed_tags_and_the_feed_nets_to_every_difference() 
         for b in &batches {
             let customers = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
             let tags = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
-            let as_of = b.column(2).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+            let as_of = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
             for i in 0..b.num_rows() {
                 let key = (customers.value(i).to_string(), tags.value(i).to_string());
                 let last_set = feed
@@ -332,7 +352,11 @@ async fn snapshots_and_segments_agree_with_the_versions() {
     let mut moved = 0;
     for flow in &flows {
         let key = (flow.tag.clone(), flow.value.clone());
-        let before = if flow.version == 0 { 0 } else { previous.get(&key).copied().unwrap_or(0) };
+        let before = if flow.version == 0 {
+            0
+        } else {
+            previous.get(&key).copied().unwrap_or(0)
+        };
         assert_eq!(flow.size + flow.outflow, before + flow.inflow, "{flow:?}");
         moved += flow.inflow + flow.outflow;
         previous.insert(key, flow.size);
@@ -361,7 +385,14 @@ async fn snapshots_and_segments_agree_with_the_versions() {
     assert_eq!(printed.as_array().unwrap().len(), AS_OFS.len());
     let customer = tables[&2].keys().next().unwrap().0.clone();
     let out = tagflow()
-        .args(["tags", &customer, "--json", "--at", "2026-11-22T00:00:00Z", "--warehouse"])
+        .args([
+            "tags",
+            &customer,
+            "--json",
+            "--at",
+            "2026-11-22T00:00:00Z",
+            "--warehouse",
+        ])
         .arg(fx.warehouse_dir())
         .output()
         .unwrap();
@@ -393,8 +424,17 @@ print(json.dumps(out))
 sys.stdout.flush()
 os._exit(0)
 "#;
-    let output = Command::new(python).arg("-c").arg(script).arg(warehouse).output().unwrap();
-    assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(warehouse)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -439,7 +479,11 @@ fn compact_cli(fx: &Fixture) -> serde_json::Value {
         .arg(fx.warehouse_dir())
         .output()
         .unwrap();
-    assert!(out.status.success(), "compact: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "compact: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -455,7 +499,10 @@ async fn compaction_and_vacuum_keep_retained_versions_readable_by_other_readers(
     let as_ofs = ["2026-11-19T12:00:00Z", "2026-11-20T12:00:00Z", "2026-11-22T12:00:00Z"];
     for as_of in as_ofs {
         let report = fx.try_run(as_of, Some(config)).await.expect("run");
-        before.insert(report.published.version, fx.published(Some(report.published.version)).await.rows);
+        before.insert(
+            report.published.version,
+            fx.published(Some(report.published.version)).await.rows,
+        );
     }
     // The third publish (version 2) is not a multiple of 3; add one more to trigger the policy.
     let report = fx.try_run("2026-11-25T12:00:00Z", Some(config)).await.expect("run");
@@ -526,7 +573,14 @@ async fn compaction_and_vacuum_keep_retained_versions_readable_by_other_readers(
 fn latest_version_of(warehouse: &Path, table: &str) -> u64 {
     std::fs::read_dir(warehouse.join(table).join("_delta_log"))
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_string_lossy().strip_suffix(".json")?.parse().ok())
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
         .max()
         .unwrap()
 }
@@ -597,7 +651,11 @@ fn killed_publishers_and_compactions_leave_consistent_tables() {
         assert!(status.success(), "step {step}: the clean run succeeds: {status}");
         let published = runtime.block_on(fx.published(None));
         // Follow evaluates at the wall clock: compare after the clean run at the step's as-of.
-        assert_same(&published, &runtime.block_on(full_tags(&fx, as_of)), &format!("step {step}"));
+        assert_same(
+            &published,
+            &runtime.block_on(full_tags(&fx, as_of)),
+            &format!("step {step}"),
+        );
     }
     runtime.block_on(assert_feed_matches_versions(&fx.warehouse_dir(), "after kills"));
     let total: usize = kills.values().sum();
@@ -620,7 +678,11 @@ fn concurrent_refreshes_and_compactions_never_corrupt_or_lose_a_refresh() {
         arrivals.land(&fx, landed, upto);
         landed = upto;
         let mut children = Vec::new();
-        for args in [vec!["run", "--as-of", as_of], vec!["run", "--as-of", as_of], vec!["compact"]] {
+        for args in [
+            vec!["run", "--as-of", as_of],
+            vec!["run", "--as-of", as_of],
+            vec!["compact"],
+        ] {
             let mut cmd = command(&fx, &args);
             cmd.stderr(Stdio::piped());
             children.push(cmd.spawn().unwrap());
@@ -644,14 +706,20 @@ fn concurrent_refreshes_and_compactions_never_corrupt_or_lose_a_refresh() {
         );
     }
     runtime.block_on(assert_feed_matches_versions(&fx.warehouse_dir(), "concurrent"));
-    assert!(outcomes.get(&6).copied().unwrap_or(0) > 0, "the processes did overlap: {outcomes:?}");
+    assert!(
+        outcomes.get(&6).copied().unwrap_or(0) > 0,
+        "the processes did overlap: {outcomes:?}"
+    );
 }
 
 #[test]
 fn bad_compaction_config_is_refused_before_anything_runs() {
     let fx = Fixture::new();
     for (body, needle) in [
-        ("[compaction]\nvacuum_retention = \"7 days\"\n", "compaction.vacuum_retention"),
+        (
+            "[compaction]\nvacuum_retention = \"7 days\"\n",
+            "compaction.vacuum_retention",
+        ),
         ("[compaction]\nevery_versions = 0\n", "compaction.every_versions"),
         ("[compaction]\nevery_version = 3\n", "unknown field `every_version`"),
     ] {
@@ -673,7 +741,9 @@ async fn a_feed_commit_lost_in_a_crash_is_caught_up_by_the_next_publish() {
     fx.try_run(AS_OFS[0], None).await.expect("run");
     fx.try_run(AS_OFS[1], None).await.expect("run");
     // The crash: version 1's feed commit never happened.
-    let lost = fx.warehouse_dir().join(format!("tag_changes/_delta_log/{:020}.json", 1));
+    let lost = fx
+        .warehouse_dir()
+        .join(format!("tag_changes/_delta_log/{:020}.json", 1));
     std::fs::remove_file(&lost).expect("the feed commit of version 1");
     assert!(read_feed(&fx.warehouse_dir()).await.iter().all(|r| r.to == 0));
     fx.try_run(AS_OFS[3], None).await.expect("run");
