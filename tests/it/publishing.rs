@@ -148,15 +148,7 @@ fn net_feed(feed: &[FeedRow], from: i64, to: i64) -> Changes {
 }
 
 fn latest_version(warehouse: &Path) -> u64 {
-    let log = warehouse.join("customer_tags/_delta_log");
-    std::fs::read_dir(&log)
-        .expect("delta log")
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".json")?.parse::<u64>().ok()
-        })
-        .max()
-        .expect("a version")
+    latest_version_of(warehouse, "customer_tags")
 }
 
 /// Every version of `customer_tags` from `first` on, read with tagflow.
