@@ -107,10 +107,7 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
             as_of: settings.as_of,
         };
         let outcome = batch.run(&mut None, false).await;
-        if let Err(error) = lock.release().await {
-            // The run's outcome stands; the lock expires after lock_ttl_secs.
-            warn!(%error, "cannot release the warehouse lock");
-        }
+        release(lock).await;
         let mut report = outcome?.expect("a run that may not skip reports");
         report.stages_ms.insert("prepare".into(), prepare_ms);
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -122,6 +119,14 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
         .instrument(span)
         .await;
     outcome
+}
+
+/// Release the warehouse lock; a failure is a warning (the outcome stands, and the lock
+/// expires after lock_ttl_secs).
+async fn release(lock: RunLock) {
+    if let Err(error) = lock.release().await {
+        warn!(%error, "cannot release the warehouse lock");
+    }
 }
 
 /// `tagflow compact`: under the warehouse lock, bring the change feed up to date (its
@@ -136,9 +141,7 @@ pub async fn compact(settings: &Settings) -> Result<compact::CompactReport, Erro
     }
     .instrument(info_span!("compact"))
     .await;
-    if let Err(error) = lock.release().await {
-        warn!(%error, "cannot release the warehouse lock");
-    }
+    release(lock).await;
     outcome
 }
 
@@ -244,9 +247,7 @@ pub async fn follow(
             _ = tokio::time::sleep(pause) => {}
         }
     };
-    if let Err(error) = lock.release().await {
-        warn!(%error, "cannot release the warehouse lock");
-    }
+    release(lock).await;
     info!(batches = published, "follow stopped");
     outcome
 }
