@@ -267,7 +267,12 @@ fn compaction_settings(config: &CompactionConfig) -> Result<CompactionSettings, 
             config.max_files.map(|v| v as u64),
             defaults.max_files as u64,
         )? as usize,
-        target_file_size: positive("compaction.target_file_mb", config.target_file_mb, 128)? * 1024 * 1024,
+        target_file_size: positive(
+            "compaction.target_file_mb",
+            config.target_file_mb,
+            defaults.target_file_size / (1024 * 1024),
+        )? * 1024
+            * 1024,
         retention,
         checkpoint_interval: positive(
             "compaction.checkpoint_interval",

@@ -92,15 +92,6 @@ pub struct TableSettings {
     pub file_retention: std::time::Duration,
 }
 
-impl Default for TableSettings {
-    fn default() -> Self {
-        TableSettings {
-            checkpoint_interval: 10,
-            file_retention: std::time::Duration::from_secs(7 * 86_400),
-        }
-    }
-}
-
 impl TableSettings {
     fn configuration(&self) -> HashMap<String, Option<String>> {
         HashMap::from([
@@ -135,8 +126,8 @@ pub async fn publish_tags(
     update: TagsUpdate,
     settings: &TableSettings,
 ) -> Result<Published, PublishError> {
-    catch_up_feed(warehouse, settings).await?;
     let table = open_or_new(warehouse, TAGS_TABLE).await?;
+    catch_up(warehouse, &table, settings).await?;
     let from_version = table.version().map(|v| v as u64);
     let ctx = SessionContext::new();
     let new_rows = update.rows;
@@ -444,6 +435,11 @@ async fn append_feed(
 /// caught up.
 pub async fn catch_up_feed(warehouse: &Location, settings: &TableSettings) -> Result<usize, PublishError> {
     let tags = open_or_new(warehouse, TAGS_TABLE).await?;
+    catch_up(warehouse, &tags, settings).await
+}
+
+/// [`catch_up_feed`] with `customer_tags` already opened at its latest version.
+async fn catch_up(warehouse: &Location, tags: &DeltaTable, settings: &TableSettings) -> Result<usize, PublishError> {
     let Some(latest) = tags.version() else {
         return Ok(0);
     };
