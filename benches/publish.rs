@@ -60,6 +60,7 @@ fn main() {
         sql_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")),
         schemas_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")),
         config: None,
+        ..Default::default()
     })
     .expect("settings");
     let first = runtime.block_on(tagflow::run::run(&settings)).expect("first run");

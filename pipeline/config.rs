@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::compact::CompactionSettings;
 use crate::jobs::ParamOverrides;
+use crate::serve::query::QueryLimits;
+use crate::serve::ServeSettings;
 use crate::storage::{Location, StorageError};
 
 /// The default config file, read when present in the working directory.
@@ -75,6 +77,35 @@ pub struct FileConfig {
     /// When and how the published tables are compacted: `[compaction]`.
     #[serde(default)]
     pub compaction: CompactionConfig,
+    /// The lookup API (`tagflow serve`): `[serve]`.
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: every key is optional (defaults in [`ServeSettings`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on (default 127.0.0.1:8080).
+    pub listen: Option<String>,
+    /// Bearer token required on `/v1/*` (or `TAGFLOW_SERVE_TOKEN`); none: no auth.
+    pub token: Option<String>,
+    /// How often to check for a new published version (default 1s).
+    pub reload_interval: Option<String>,
+    /// Largest request body in KiB (default 1024).
+    pub max_body_kb: Option<usize>,
+    /// Ids per `customers:batchGet` (default 1000).
+    pub max_batch: Option<usize>,
+    /// Customers per segment page (default 1000).
+    pub max_page: Option<usize>,
+    /// Pinned (`?version=`, `?as_of=`) versions kept indexed in memory (default 2).
+    pub pinned_versions: Option<usize>,
+    /// `POST /v1/query`: rows returned at most (default 10000).
+    pub query_max_rows: Option<usize>,
+    /// `POST /v1/query`: time limit (default 10s).
+    pub query_timeout: Option<String>,
+    /// `POST /v1/query`: memory limit in MiB (default 256).
+    pub query_memory_mb: Option<usize>,
 }
 
 /// `[compaction]`: every key is optional (defaults in [`CompactionSettings`]).
@@ -112,6 +143,10 @@ pub struct CliSettings {
     pub as_of: Option<String>,
     pub sql_dir: Option<PathBuf>,
     pub schemas_dir: Option<PathBuf>,
+    /// `tagflow serve --listen`.
+    pub listen: Option<String>,
+    /// `TAGFLOW_SERVE_TOKEN`.
+    pub serve_token: Option<String>,
 }
 
 /// Everything a command needs, resolved and validated.
@@ -131,6 +166,7 @@ pub struct Settings {
     /// Recompute from every landing file instead of the new ones (`tagflow run --full`).
     pub full: bool,
     pub compaction: CompactionSettings,
+    pub serve: ServeSettings,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -206,6 +242,7 @@ impl Settings {
             });
         }
         let compaction = compaction_settings(&file.compaction)?;
+        let serve = serve_settings(&file.serve, cli)?;
         Ok(Settings {
             landing,
             warehouse,
@@ -219,6 +256,7 @@ impl Settings {
             dedup_days,
             full: false,
             compaction,
+            serve,
             config_file,
         })
     }
@@ -280,6 +318,81 @@ fn compaction_settings(config: &CompactionConfig) -> Result<CompactionSettings, 
             u64::from(defaults.checkpoint_interval),
         )?
         .min(u64::from(u32::MAX)) as u32,
+    })
+}
+
+fn serve_settings(config: &ServeConfig, cli: &CliSettings) -> Result<ServeSettings, ConfigError> {
+    let defaults = ServeSettings::default();
+    let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+    let count = |key: &'static str, value: Option<usize>, default: usize, max: usize| match value {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(invalid(key, format!("{n} is outside 1..={max}"))),
+    };
+    let duration = |key: &'static str, value: &Option<String>, default: std::time::Duration| match value {
+        None => Ok(default),
+        Some(text) => match parse_duration(text) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(invalid(key, "must be longer than zero".into())),
+            Err(message) => Err(invalid(key, message)),
+        },
+    };
+    let listen = match cli.listen.as_ref().or(config.listen.as_ref()) {
+        None => defaults.listen,
+        Some(text) => text.parse().map_err(|_| {
+            invalid(
+                "serve.listen",
+                format!("'{text}' is not an address such as 127.0.0.1:8080"),
+            )
+        })?,
+    };
+    let token = cli.serve_token.clone().or(config.token.clone());
+    if let Some(token) = &token {
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "serve.token",
+                "must be at least 16 characters with no spaces (the token itself is not shown)".into(),
+            ));
+        }
+    }
+    Ok(ServeSettings {
+        listen,
+        token,
+        reload_interval: duration(
+            "serve.reload_interval",
+            &config.reload_interval,
+            defaults.reload_interval,
+        )?,
+        max_body_bytes: count(
+            "serve.max_body_kb",
+            config.max_body_kb,
+            defaults.max_body_bytes / 1024,
+            1024 * 1024,
+        )? * 1024,
+        max_batch: count("serve.max_batch", config.max_batch, defaults.max_batch, 100_000)?,
+        max_page: count("serve.max_page", config.max_page, defaults.max_page, 100_000)?,
+        pinned_versions: count(
+            "serve.pinned_versions",
+            config.pinned_versions,
+            defaults.pinned_versions,
+            64,
+        )?,
+        query: QueryLimits {
+            max_rows: count(
+                "serve.query_max_rows",
+                config.query_max_rows,
+                defaults.query.max_rows,
+                10_000_000,
+            )?,
+            timeout: duration("serve.query_timeout", &config.query_timeout, defaults.query.timeout)?,
+            memory_bytes: count(
+                "serve.query_memory_mb",
+                config.query_memory_mb,
+                defaults.query.memory_bytes / (1024 * 1024),
+                1024 * 1024,
+            )? * 1024
+                * 1024,
+        },
     })
 }
 

@@ -8,6 +8,7 @@ use crate::lock::LockError;
 use crate::publish::PublishError;
 use crate::quarantine::QuarantineError;
 use crate::schema::SchemaError;
+use crate::serve::ServeError;
 use crate::sources::SourceError;
 use crate::state::StateError;
 use crate::storage::StorageError;
@@ -51,6 +52,8 @@ pub enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
 impl Error {
@@ -69,6 +72,8 @@ impl Error {
             Error::Lock(LockError::Held { .. }) => exit::LOCKED,
             Error::Lock(_) => exit::STORAGE,
             Error::State(_) => exit::STORAGE,
+            Error::Serve(ServeError::Bind { .. }) => exit::CONFIG,
+            Error::Serve(_) => exit::INTERNAL,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Stages, one module each: [`sources`] read the landing zone, [`jobs`] plan and run the
 //! SQL tag jobs, [`publish`] writes Delta tables, [`compact`] keeps them
-//! small and fast to open, [`snapshots`] reads their versions. [`run`] chains them; [`config`] resolves
+//! small and fast to open, [`snapshots`] reads their versions, [`serve`] answers lookups over HTTP from the
+//! latest published snapshot. [`run`] chains the batch stages; [`config`] resolves
 //! settings; [`error`] maps failures to exit codes.
 
 pub mod compact;
@@ -19,6 +20,7 @@ pub mod quarantine;
 pub mod report;
 pub mod run;
 pub mod schema;
+pub mod serve;
 pub mod snapshots;
 pub mod sources;
 pub mod state;

@@ -165,6 +165,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the tag lookup API (HTTP/JSON) from the latest published snapshot, reloading
+    /// new versions as they are published, until SIGINT or SIGTERM. A bearer token, if
+    /// wanted, comes from TAGFLOW_SERVE_TOKEN or `[serve] token` (never from a flag).
+    Serve {
+        #[command(flatten)]
+        locations: Locations,
+        /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
+        #[arg(long, env = "TAGFLOW_LISTEN")]
+        listen: Option<String>,
+    },
     /// Per published version, tag and value: segment size, inflow and outflow.
     Segments {
         #[command(flatten)]
@@ -291,6 +301,7 @@ fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String
         as_of,
         sql_dir: locations.sql_dir,
         schemas_dir: locations.schemas_dir,
+        ..Default::default()
     })?)
 }
 
@@ -455,6 +466,20 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                 eprintln!("no tags for customer '{customer_id}'");
             }
             print_rows(&batches, json);
+        }
+        Command::Serve { locations, listen } => {
+            let settings = Settings::resolve(&CliSettings {
+                config: cli.config.clone(),
+                warehouse: locations.warehouse,
+                listen,
+                serve_token: std::env::var("TAGFLOW_SERVE_TOKEN").ok(),
+                ..Default::default()
+            })?;
+            let warehouse = settings.warehouse()?.clone();
+            let server = tagflow::serve::start(warehouse, settings.serve, shutdown_signal()).await?;
+            // Scripts and tests read the bound address (useful with port 0) from this line.
+            println!("listening on http://{}", server.addr);
+            server.wait().await?;
         }
         Command::Compact { locations, json } => {
             let settings = settings(&cli.config, locations, None)?;

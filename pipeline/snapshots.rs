@@ -10,17 +10,18 @@ use std::collections::BTreeMap;
 
 use arrow::array::{Array, Int64Array, StringArray};
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use crate::publish::tags::{
     ChangeCounts, CHANGES_TABLE, META_AS_OF, META_CHANGES, META_CUSTOMERS, META_ROWS, META_SEGMENTS, TAGS_TABLE,
 };
-use crate::publish::{open_published, query_published, table_url, PublishError};
+use crate::publish::{open_published, query_published, PublishError};
 use crate::storage::Location;
+use deltalake::DeltaTable;
 
 /// One version of `customer_tags`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub version: u64,
     pub committed_at: Option<DateTime<Utc>>,
@@ -45,43 +46,72 @@ impl Snapshot {
 /// Every version still in the log, newest first.
 pub async fn list(warehouse: &Location) -> Result<Vec<Snapshot>, PublishError> {
     let table = open_published(warehouse, TAGS_TABLE, None).await?;
-    let latest = table.version().unwrap_or_default() as u64;
-    let infos: Vec<deltalake::kernel::CommitInfo> =
-        table
-            .history(None)
-            .try_collect()
-            .await
-            .map_err(|source| PublishError::Open {
-                url: table_url(warehouse, TAGS_TABLE).to_string(),
-                source,
-            })?;
-    Ok(infos
+    history(&table, None).await
+}
+
+/// The versions of an opened `customer_tags` up to its loaded version, newest first (at most
+/// `limit` of them), read from each version's own commit file so that versions committed
+/// after the table was loaded never shift the numbering.
+pub async fn history(table: &DeltaTable, limit: Option<usize>) -> Result<Vec<Snapshot>, PublishError> {
+    let latest = table.version().unwrap_or_default();
+    let log = table.log_store();
+    let open_error = |source| PublishError::Open {
+        url: table.table_url().to_string(),
+        source,
+    };
+    let versions: Vec<u64> = (0..=latest).rev().take(limit.unwrap_or(usize::MAX)).collect();
+    let reads = versions.clone().into_iter().map(|version| {
+        let log = log.clone();
+        async move { log.read_commit_entry(version).await }
+    });
+    let entries: Vec<Option<bytes::Bytes>> = futures::stream::iter(reads)
+        .buffered(16)
+        .try_collect()
+        .await
+        .map_err(open_error)?;
+    Ok(versions
         .into_iter()
-        .enumerate()
-        .map(|(i, info)| {
-            let meta = |key: &str| info.info.get(key).cloned();
-            Snapshot {
-                version: latest - i as u64,
-                committed_at: info.timestamp.and_then(DateTime::from_timestamp_millis),
-                operation: info.operation.clone().unwrap_or_default(),
-                as_of: meta(META_AS_OF)
-                    .as_ref()
-                    .and_then(Value::as_str)
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc)),
-                run_id: meta("tagflow.run_id")
-                    .as_ref()
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                rows: meta(META_ROWS).as_ref().and_then(Value::as_u64),
-                customers: meta(META_CUSTOMERS).as_ref().and_then(Value::as_u64),
-                changes: meta(META_CHANGES).and_then(|v| serde_json::from_value(v).ok()),
-                segments: meta(META_SEGMENTS)
-                    .and_then(|v| serde_json::from_value(v).ok())
-                    .unwrap_or_default(),
-            }
-        })
+        .zip(entries)
+        // Commit files removed by log cleanup end the history.
+        .map_while(|(version, entry)| entry.map(|bytes| snapshot(version, &bytes)))
         .collect())
+}
+
+/// A version's snapshot from its commit file's `commitInfo` action.
+fn snapshot(version: u64, commit: &[u8]) -> Snapshot {
+    let info: Value = commit
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .find_map(|action| action.get("commitInfo").cloned())
+        .unwrap_or_default();
+    let meta = |key: &str| info.get(key).cloned();
+    Snapshot {
+        version,
+        committed_at: meta("timestamp")
+            .as_ref()
+            .and_then(Value::as_i64)
+            .and_then(DateTime::from_timestamp_millis),
+        operation: meta("operation")
+            .as_ref()
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        as_of: meta(META_AS_OF)
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+        run_id: meta("tagflow.run_id")
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(String::from),
+        rows: meta(META_ROWS).as_ref().and_then(Value::as_u64),
+        customers: meta(META_CUSTOMERS).as_ref().and_then(Value::as_u64),
+        changes: meta(META_CHANGES).and_then(|v| serde_json::from_value(v).ok()),
+        segments: meta(META_SEGMENTS)
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+    }
 }
 
 /// The version to read for as-of time `at`: the latest publish evaluated at or before it.

@@ -154,6 +154,14 @@ impl Location {
         }
     }
 
+    /// For local locations, whether the folder is missing (never true for object stores).
+    pub fn local_dir_missing(&self, relative: &str) -> bool {
+        self.url.to_file_path().is_ok_and(|mut dir| {
+            dir.extend(relative.split('/').filter(|p| !p.is_empty()));
+            !dir.is_dir()
+        })
+    }
+
     /// For local locations, make sure the folder exists (delta-rs requires it).
     pub fn ensure_local_dir(&self, relative: &str) -> std::io::Result<()> {
         if let Ok(mut dir) = self.url.to_file_path() {

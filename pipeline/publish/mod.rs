@@ -200,6 +200,10 @@ pub async fn open_published(
     version: Option<u64>,
 ) -> Result<DeltaTable, PublishError> {
     let url = table_url(warehouse, table).to_string();
+    // Readers never create anything, not even an empty local folder.
+    if warehouse.local_dir_missing(table) {
+        return Err(PublishError::NotFound { url });
+    }
     let mut delta = open_or_new(warehouse, table).await?;
     if delta.version().is_none() {
         return Err(PublishError::NotFound { url });

@@ -70,7 +70,7 @@ pub fn tag_changes_schema() -> SchemaRef {
 }
 
 /// How many rows entered, exited or changed in one publish.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChangeCounts {
     pub entered: usize,
     pub exited: usize,

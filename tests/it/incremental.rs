@@ -13,7 +13,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::report::Mode;
-use tagflow::storage::Location;
 
 use crate::support::*;
 
@@ -35,10 +34,6 @@ pub(crate) const SCHEDULE: [(&str, usize); 8] = [
     ("2026-07-03T09:00:00Z", 100),
     ("2026-08-09T00:00:00Z", 100),
 ];
-
-fn location(path: &Path) -> Location {
-    Location::parse(&path.to_string_lossy(), &Default::default()).expect("location")
-}
 
 /// Every file under `root`, as sorted slash-separated relative paths.
 fn files_under(root: &Path) -> Vec<String> {

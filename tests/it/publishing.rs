@@ -15,14 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::publish::query_published;
 use tagflow::snapshots;
-use tagflow::storage::Location;
 
 use crate::incremental::{assert_same, full_tags, Arrivals, SCHEDULE};
 use crate::support::*;
-
-fn location(path: &Path) -> Location {
-    Location::parse(&path.to_string_lossy(), &Default::default()).expect("location")
-}
 
 /// (customer, tag) → (family, value, score) of one version.
 type TagMap = BTreeMap<(String, String), (String, String, Option<f64>)>;

@@ -394,6 +394,7 @@ impl Fixture {
             as_of: Some(as_of.to_string()),
             sql_dir: Some(root.join("sql")),
             schemas_dir: Some(root.join("schemas")),
+            ..Default::default()
         })?)
     }
 
@@ -457,6 +458,11 @@ pub async fn read_tags(warehouse: &Path, version: Option<u64>) -> Tags {
     Tags { rows }
 }
 
+/// A local folder as a storage location.
+pub fn location(path: &Path) -> tagflow::storage::Location {
+    tagflow::storage::Location::parse(&path.to_string_lossy(), &Default::default()).expect("location")
+}
+
 /// The `tagflow` binary, run from the source tree with no TAGFLOW_* settings inherited.
 pub fn tagflow() -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tagflow"));
@@ -467,6 +473,8 @@ pub fn tagflow() -> std::process::Command {
         "TAGFLOW_CONFIG",
         "TAGFLOW_SQL_DIR",
         "TAGFLOW_SCHEMAS_DIR",
+        "TAGFLOW_LISTEN",
+        "TAGFLOW_SERVE_TOKEN",
     ] {
         cmd.env_remove(var);
     }

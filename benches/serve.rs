@@ -1,0 +1,295 @@
+//! Lookup API load benchmark: `tagflow serve` (a separate process, release build) over a
+//! published `customer_tags` of 1M customers, and a load generator (hyper, HTTP/1.1
+//! keep-alive connections) on the same 2 cores.
+//!
+//! It prints: publish and snapshot load time; the server's memory (RSS, peak RSS);
+//! closed-loop single-customer lookups at several concurrency levels (requests/s, latency
+//! p50/p99/max); and an open-loop run at a fixed rate (default 20,000 requests/s) whose
+//! latencies count from each request's scheduled send time, so a stalled server cannot hide
+//! its queueing (no coordinated omission).
+//!
+//! `cargo bench --bench serve`. Environment: `TAGFLOW_BENCH_CUSTOMERS` (default 1,000,000),
+//! `TAGFLOW_BENCH_RATE` (default 20000), `TAGFLOW_BENCH_SECONDS` per step (default 10).
+
+#[path = "../tests/it/http.rs"]
+mod http;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tagflow::publish::customer_tags_schema;
+use tagflow::publish::tags::{publish_tags, TableSettings, TagsUpdate};
+use tagflow::storage::Location;
+
+use http::Client;
+
+/// (family, tag, values, share of customers carrying it).
+const CATALOG: [(&str, &str, &[&str], f64); 12] = [
+    (
+        "behaviour",
+        "rfm_tier",
+        &["champion", "devoted", "big_spender", "casual", "prospect"],
+        1.0,
+    ),
+    (
+        "behaviour",
+        "aipl_stage",
+        &["awareness", "interest", "purchase", "loyalty"],
+        1.0,
+    ),
+    ("behaviour", "lifecycle", &["new", "active", "dormant", "churned"], 0.9),
+    ("behaviour", "repurchaser", &["true"], 0.3),
+    (
+        "behaviour",
+        "brand_enthusiast",
+        &["acme", "globex", "initech", "umbrella"],
+        0.2,
+    ),
+    (
+        "intent",
+        "category_intent",
+        &["shoes", "bags", "beauty", "electronics", "home"],
+        0.4,
+    ),
+    ("intent", "cart_abandoner", &["true"], 0.15),
+    ("intent", "promo_sensitive", &["true"], 0.25),
+    ("risk", "refund_risk", &["high", "medium"], 0.05),
+    ("risk", "shared_device", &["true"], 0.03),
+    ("risk", "low_credit", &["true"], 0.02),
+    ("risk", "marketing_blacklist", &["true"], 0.04),
+];
+
+fn customer_id(i: usize) -> String {
+    format!("c{i:08}")
+}
+
+/// Tag rows for `customers` customers, a batch per 100k customers.
+fn rows(customers: usize, as_of: DateTime<Utc>) -> Vec<RecordBatch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut batches = Vec::new();
+    for start in (0..customers).step_by(100_000) {
+        let (mut c, mut f, mut t, mut v, mut s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in start..(start + 100_000).min(customers) {
+            for (family, tag, values, share) in CATALOG {
+                if rng.random_bool(share) {
+                    c.push(customer_id(i));
+                    f.push(family);
+                    t.push(tag);
+                    v.push(values[rng.random_range(0..values.len())]);
+                    s.push(rng.random_bool(0.7).then(|| rng.random_range(0.0..1.0)));
+                }
+            }
+        }
+        let n = c.len();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(c)),
+            Arc::new(StringArray::from(f)),
+            Arc::new(StringArray::from(t)),
+            Arc::new(StringArray::from(v)),
+            Arc::new(Float64Array::from(s)),
+            Arc::new(TimestampMicrosecondArray::from(vec![as_of.timestamp_micros(); n]).with_timezone("UTC")),
+        ];
+        batches.push(RecordBatch::try_new(customer_tags_schema(), columns).expect("rows"));
+    }
+    batches
+}
+
+/// (RSS, peak RSS) of a process in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(f64::NAN)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank] as f64 / 1000.0
+}
+
+struct Step {
+    requests: usize,
+    errors: usize,
+    seconds: f64,
+    latencies_us: Vec<u64>,
+}
+
+impl Step {
+    fn print(&self, label: &str) {
+        let mut l = self.latencies_us.clone();
+        l.sort_unstable();
+        println!(
+            "{label:<28} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  max {:>7.3} ms  errors {}",
+            self.requests as f64 / self.seconds,
+            percentile(&l, 50.0),
+            percentile(&l, 99.0),
+            l.last().map(|m| *m as f64 / 1000.0).unwrap_or(f64::NAN),
+            self.errors
+        );
+    }
+}
+
+/// `connections` connections; each sends its next request when the previous answered
+/// (closed loop), or at its scheduled time (`rate` requests/s over all connections).
+async fn load(
+    addr: std::net::SocketAddr,
+    customers: usize,
+    connections: usize,
+    rate: Option<f64>,
+    duration: Duration,
+) -> Step {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::new(addr);
+            let mut rng = ChaCha8Rng::seed_from_u64(worker as u64);
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let mut next = started
+                + interval
+                    .map(|i| i.mul_f64(worker as f64 / connections as f64))
+                    .unwrap_or_default();
+            while started.elapsed() < duration {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                }
+                let sent = if interval.is_some() { next } else { Instant::now() };
+                let path = format!("/v1/customers/{}/tags", customer_id(rng.random_range(0..customers)));
+                match client.try_send("GET", &path, None, Vec::new()).await {
+                    Ok(reply) if reply.status == 200 => latencies.push(sent.elapsed().as_micros() as u64),
+                    _ => errors += 1,
+                }
+                if let Some(interval) = interval {
+                    next += interval;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut step = Step {
+        requests: 0,
+        errors: 0,
+        seconds: 0.0,
+        latencies_us: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await.expect("load task");
+        step.requests += latencies.len() + errors;
+        step.errors += errors;
+        step.latencies_us.extend(latencies);
+    }
+    step.seconds = started.elapsed().as_secs_f64();
+    step
+}
+
+fn main() {
+    let env = |name: &str, default: f64| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse::<f64>().unwrap_or_else(|_| panic!("{name} is a number")))
+            .unwrap_or(default)
+    };
+    let customers = env("TAGFLOW_BENCH_CUSTOMERS", 1_000_000.0) as usize;
+    let rate = env("TAGFLOW_BENCH_RATE", 20_000.0);
+    let seconds = Duration::from_secs_f64(env("TAGFLOW_BENCH_SECONDS", 10.0));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("warehouse");
+
+    // The load generator gets one thread; the server (its own process) has two workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let as_of: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
+    let location = Location::parse(&warehouse.to_string_lossy(), &Default::default()).expect("warehouse");
+    let published = runtime.block_on(async {
+        let update = TagsUpdate {
+            rows: rows(customers, as_of),
+            scope: None,
+            as_of,
+            metadata: Default::default(),
+        };
+        let settings = TableSettings {
+            checkpoint_interval: 10,
+            file_retention: Duration::from_secs(7 * 86_400),
+        };
+        publish_tags(&location, update, &settings).await.expect("publish")
+    });
+    println!(
+        "customer_tags: {customers} customers, {} rows, {} files, published in {:.1} s",
+        published.rows,
+        published.files,
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tagflow"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--warehouse"])
+        .arg(&warehouse)
+        .env("TAGFLOW_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tagflow serve");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .parse()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = Client::new(addr);
+        while client.get("/readyz").await.status != 200 {
+            assert!(started.elapsed() < Duration::from_secs(600), "not ready after 10 min");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (rss, peak) = memory_mib(server.id());
+    println!(
+        "snapshot loaded and indexed in {:.1} s; server memory: RSS {rss:.0} MiB, peak {peak:.0} MiB",
+        started.elapsed().as_secs_f64()
+    );
+
+    runtime.block_on(async {
+        // Warm up connections and caches.
+        load(addr, customers, 8, None, Duration::from_secs(2)).await;
+        println!("closed loop (each connection sends when answered), {seconds:?} per step:");
+        for connections in [1, 4, 16, 64] {
+            let step = load(addr, customers, connections, None, seconds).await;
+            step.print(&format!("  {connections} connections"));
+        }
+        println!("open loop at a fixed rate (latency from the scheduled send time):");
+        for (connections, share) in [(32, 0.5), (32, 1.0), (64, 1.0)] {
+            let step = load(addr, customers, connections, Some(rate * share), seconds).await;
+            step.print(&format!("  {:.0} req/s, {connections} conns", rate * share));
+        }
+    });
+    let (rss, peak) = memory_mib(server.id());
+    println!("server memory after the load: RSS {rss:.0} MiB, peak {peak:.0} MiB");
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = server.wait().expect("server exits");
+    println!("server stopped: {status}");
+}
