@@ -288,8 +288,8 @@ async fn shutdown_signal() {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping after the current batch"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping after the current batch"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping once the work in progress is done"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping once the work in progress is done"),
     }
 }
 

@@ -198,7 +198,7 @@ pub struct CustomerTags<'a> {
     pub customer_id: &'a str,
     pub version: u64,
     /// As-of time of the snapshot.
-    pub as_of: Option<String>,
+    pub as_of: Option<&'a str>,
     pub tags: Vec<TagView<'a>>,
 }
 
@@ -240,7 +240,7 @@ pub struct BatchGetRequest {
 #[derive(Serialize, ToSchema)]
 pub struct BatchGetResponse<'a> {
     pub version: u64,
-    pub as_of: Option<String>,
+    pub as_of: Option<&'a str>,
     /// Customers with tags, in request order (each id once).
     pub customers: Vec<CustomerTags<'a>>,
     /// Requested ids with no tags at this version.
@@ -312,7 +312,7 @@ pub struct SegmentPage<'a> {
     pub tag: &'a str,
     pub value: Option<&'a str>,
     pub version: u64,
-    pub as_of: Option<String>,
+    pub as_of: Option<&'a str>,
     /// Customers in the whole segment.
     pub total: usize,
     pub customers: Vec<SegmentMember<'a>>,
@@ -435,7 +435,7 @@ pub struct SegmentSummary<'a> {
     pub tag: &'a str,
     pub family: &'a str,
     pub version: u64,
-    pub as_of: Option<String>,
+    pub as_of: Option<&'a str>,
     /// Customers carrying the tag.
     pub customers: usize,
     /// Segment size per value, in value order.

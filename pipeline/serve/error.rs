@@ -87,7 +87,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if matches!(self, ApiError::Unavailable(_)) {
             tracing::warn!(status = status.as_u16(), "{self}");
         } else {
             tracing::debug!(status = status.as_u16(), "{self}");

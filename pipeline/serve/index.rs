@@ -42,6 +42,7 @@ pub struct TagIndex {
     pub version: u64,
     /// As-of time of the publish this version holds (the latest publish at or before it).
     pub as_of: Option<DateTime<Utc>>,
+    as_of_text: Option<String>,
     /// When that version was committed.
     pub committed_at: Option<DateTime<Utc>>,
     /// Customer ids, sorted and unique.
@@ -113,14 +114,15 @@ impl TagIndex {
     pub async fn from_table(delta: &DeltaTable) -> Result<Self, PublishError> {
         let version = delta.version().unwrap_or_default() as u64;
         // The as-of of this version: its own publish, or the latest one before a compaction.
-        let publish = snapshots::history(delta, Some(64))
-            .await?
-            .into_iter()
-            .find(|s| s.is_publish());
-        let committed_at = snapshots::history(delta, Some(1))
-            .await?
-            .first()
-            .and_then(|s| s.committed_at);
+        let newest = snapshots::history(delta, Some(1)).await?;
+        let committed_at = newest.first().and_then(|s| s.committed_at);
+        let publish = match newest.into_iter().next() {
+            Some(own) if own.is_publish() => Some(own),
+            _ => snapshots::history(delta, Some(64))
+                .await?
+                .into_iter()
+                .find(|s| s.is_publish()),
+        };
         let ctx = datafusion::prelude::SessionContext::new();
         register(&ctx, delta, TAGS_TABLE).await?;
         let batches = collect(
@@ -132,6 +134,7 @@ impl TagIndex {
         let mut index = build(&batches);
         index.version = version;
         index.as_of = publish.and_then(|s| s.as_of);
+        index.as_of_text = index.as_of.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
         index.committed_at = committed_at;
         Ok(index)
     }
@@ -145,8 +148,8 @@ impl TagIndex {
     }
 
     /// The index's as-of time as RFC 3339 text.
-    pub fn as_of_text(&self) -> Option<String> {
-        self.as_of.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    pub fn as_of_text(&self) -> Option<&str> {
+        self.as_of_text.as_deref()
     }
 
     /// A customer's tags, ordered by family and tag; `None` for a customer with no tags.
@@ -364,6 +367,7 @@ fn build(batches: &[arrow::record_batch::RecordBatch]) -> TagIndex {
     TagIndex {
         version: 0,
         as_of: None,
+        as_of_text: None,
         committed_at: None,
         customers: ids.finish(),
         starts,

@@ -3,7 +3,6 @@
 //! read-only and limited, and every refusal is a JSON 4xx that says what was wrong.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use tagflow::publish::query_published;
 use tagflow::serve::{self, Server};
 use tagflow::snapshots;
 
-use crate::http::Client;
+use crate::http::{listening_address, Client};
 use crate::incremental::Arrivals;
 use crate::support::*;
 
@@ -721,16 +720,7 @@ fn serve_cli_starts_reports_its_address_and_stops_on_sigterm() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("first line: {line}"))
-        .parse()
-        .unwrap();
+    let addr = listening_address(&mut child);
     let ready = runtime.block_on(async {
         let mut client = Client::new(addr);
         for _ in 0..200 {
