@@ -424,10 +424,8 @@ impl Fixture {
 /// Read a published version (latest by default) of `customer_tags` under `warehouse`,
 /// ordered by tag and customer.
 pub async fn read_tags(warehouse: &Path, version: Option<u64>) -> Tags {
-    let warehouse =
-        tagflow::storage::Location::parse(&warehouse.to_string_lossy(), &Default::default()).expect("warehouse");
     let batches = query_published(
-        &warehouse,
+        &location(warehouse),
         TAGS_TABLE,
         version,
         "SELECT customer_id, family, tag, value, score FROM customer_tags ORDER BY tag, customer_id",
