@@ -4,7 +4,6 @@
 //! Owns: the config file format and the resolution of every setting.
 //! Must not: touch storage beyond building locations, or run anything.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -14,7 +13,7 @@ use crate::compact::CompactionSettings;
 use crate::jobs::ParamOverrides;
 use crate::serve::query::QueryLimits;
 use crate::serve::ServeSettings;
-use crate::storage::{Location, StorageError};
+use crate::storage::{Location, StorageError, StoreOptions};
 
 /// The default config file, read when present in the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "tagflow.toml";
@@ -125,13 +124,14 @@ pub struct CompactionConfig {
     pub checkpoint_interval: Option<u32>,
 }
 
+/// `[storage.landing]`, `[storage.warehouse]`: each location's object-store options.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     #[serde(default)]
-    pub landing: BTreeMap<String, String>,
+    pub landing: StoreOptions,
     #[serde(default)]
-    pub warehouse: BTreeMap<String, String>,
+    pub warehouse: StoreOptions,
 }
 
 /// Settings given on the command line or in the environment (already merged by clap).

@@ -11,7 +11,7 @@ use crate::schema::SchemaError;
 use crate::serve::ServeError;
 use crate::sources::SourceError;
 use crate::state::StateError;
-use crate::storage::StorageError;
+use crate::storage::{self, Fault, StorageError};
 
 /// Process exit codes.
 pub mod exit {
@@ -22,10 +22,15 @@ pub mod exit {
     pub const CONFIG: i32 = 2;
     /// The data made a job fail or there is nothing to read: nothing was published.
     pub const INPUT: i32 = 3;
-    /// Storage could not be listed, read or written: nothing was published.
+    /// Storage could not be listed, read or written (unreachable, or failing after the
+    /// retries ran out): nothing was published. Worth retrying later.
     pub const STORAGE: i32 = 5;
     /// Another run holds the warehouse lock: nothing was done.
     pub const LOCKED: i32 = 6;
+    /// The object store refused the credentials: nothing was done. Retrying will not help.
+    pub const DENIED: i32 = 7;
+    /// The bucket does not exist: nothing was done. Retrying will not help.
+    pub const NO_BUCKET: i32 = 8;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,21 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
+            Error::Storage(StorageError::Denied { .. }) => return exit::DENIED,
+            Error::Storage(StorageError::MissingBucket { .. }) => return exit::NO_BUCKET,
+            _ => {}
+        }
+        // A storage fault anywhere in the chain decides, whichever layer met it.
+        match storage::fault(self) {
+            Some(Fault::Denied) => return exit::DENIED,
+            Some(Fault::MissingBucket) => return exit::NO_BUCKET,
+            Some(Fault::Unreachable) => return exit::STORAGE,
+            None => {}
+        }
+        match self {
+            Error::Storage(
+                StorageError::Unreachable { .. } | StorageError::Unavailable { .. },
+            ) => exit::STORAGE,
             Error::Config(ConfigError::Storage(_)) | Error::Storage(_) => exit::CONFIG,
             Error::Config(_) | Error::Schema(_) | Error::Catalog(_) => exit::CONFIG,
             Error::Source(SourceError::Task(_)) => exit::INTERNAL,

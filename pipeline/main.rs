@@ -12,7 +12,6 @@ use tagflow::generate::{generate, GenerateOptions};
 use tagflow::history::RUNS_TABLE;
 use tagflow::publish::{query_published, TAGS_TABLE};
 use tagflow::quarantine::Quarantine;
-use tagflow::storage::Location;
 use tagflow::{demo, run, snapshots};
 
 #[derive(Parser)]
@@ -89,9 +88,10 @@ enum Command {
     },
     /// Write realistic sample landing files.
     Generate {
-        /// Landing zone to write into (local path or URL).
-        #[arg(long)]
-        out: String,
+        /// Landing zone to write into (local path or URL; default: the configured landing,
+        /// with its `[storage.landing]` options).
+        #[arg(long, env = "TAGFLOW_LANDING")]
+        out: Option<String>,
         #[arg(long, default_value_t = 1000)]
         customers: usize,
         #[arg(long, default_value_t = 365)]
@@ -251,7 +251,8 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAGFLOW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tagflow=info,warn"));
+        // object_store logs each retry of a failed request at info: keep them visible.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tagflow=info,object_store::client::retry=info,warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -345,7 +346,13 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             end,
             bad_input,
         } => {
-            let landing = Location::parse(&out, &Default::default())?;
+            let locations = Locations {
+                landing: out,
+                ..Default::default()
+            };
+            let settings = settings(&cli.config, locations, None)?;
+            let landing = settings.landing()?;
+            run::check_locations(&[landing]).await?;
             let end = end.unwrap_or_else(|| (chrono::Utc::now() - chrono::Duration::days(1)).date_naive());
             let options = GenerateOptions {
                 customers,
@@ -354,7 +361,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                 end,
                 bad_input,
             };
-            let summary = generate(&landing, &options).await?;
+            let summary = generate(landing, &options).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&summary).expect("summary serialises")
@@ -476,6 +483,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                 ..Default::default()
             })?;
             let warehouse = settings.warehouse()?.clone();
+            run::check_locations(&[&warehouse]).await?;
             let server = tagflow::serve::start(warehouse, settings.serve, shutdown_signal()).await?;
             // Scripts and tests read the bound address (useful with port 0) from this line.
             println!("listening on http://{}", server.addr);

@@ -88,6 +88,7 @@ pub async fn prepare(settings: &Settings) -> Result<Project, Error> {
 pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
+    check_locations(&[landing, warehouse]).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let started_at = Utc::now();
     let span = info_span!("run", run_id = %run_id, as_of = %settings.as_of.to_rfc3339());
@@ -121,6 +122,19 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     outcome
 }
 
+/// Check that the locations answer before anything else, so that a wrong endpoint, a
+/// missing bucket or refused credentials are reported as such, with the URL, rather than
+/// as whatever step met them first (and nothing, not even a run record, is attempted).
+pub async fn check_locations(locations: &[&Location]) -> Result<(), Error> {
+    for location in locations {
+        location
+            .check()
+            .instrument(info_span!("check_storage", url = %location.url))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Release the warehouse lock; a failure is a warning (the outcome stands, and the lock
 /// expires after lock_ttl_secs).
 async fn release(lock: RunLock) {
@@ -133,6 +147,7 @@ async fn release(lock: RunLock) {
 /// catch-up reads versions that a vacuum may remove) and compact every table.
 pub async fn compact(settings: &Settings) -> Result<compact::CompactReport, Error> {
     let warehouse = settings.warehouse()?;
+    check_locations(&[warehouse]).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let lock = RunLock::acquire(warehouse, &id, settings.lock_ttl).await?;
     let outcome = async {
@@ -177,6 +192,7 @@ pub async fn follow(
 ) -> Result<usize, Error> {
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
+    check_locations(&[landing, warehouse]).await?;
     let project = prepare(settings).instrument(info_span!("prepare")).await?;
     let session = uuid::Uuid::new_v4().to_string();
     let lock = RunLock::acquire(warehouse, &session, settings.lock_ttl).await?;

@@ -16,24 +16,123 @@ use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use deltalake::logstore::{object_store_factories, StorageConfig};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::ObjectStore;
+use serde::Deserialize;
 use url::Url;
 
-/// Errors turning a setting into a store.
+/// Retries of a failed object-store request, unless `max_retries` says otherwise.
+pub const DEFAULT_MAX_RETRIES: usize = 6;
+/// Time after which a request stops being retried, unless `retry_timeout` says otherwise.
+pub const DEFAULT_RETRY_TIMEOUT: &str = "60s";
+
+/// Errors turning a setting into a store, and storage failures worth their own message.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("invalid location '{location}': {reason}")]
     InvalidLocation { location: String, reason: String },
-    #[error("unsupported URL scheme '{scheme}' in '{location}' (supported: file://, s3://, or a local path)")]
+    #[error("unsupported URL scheme '{scheme}' in '{location}' (supported: s3://, s3a://, file://, or a local path)")]
     UnsupportedScheme { scheme: String, location: String },
-    #[error("cannot configure object store for {url}: {source}")]
-    Configure {
+    #[error("cannot configure object store for {url}: {message}")]
+    Configure { url: String, message: String },
+    #[error("access to {url} was refused{endpoint}: check the credentials (access_key_id / secret_access_key in [storage.*], AWS_* variables or the AWS profile) and their permissions ({detail})")]
+    Denied {
         url: String,
-        #[source]
-        source: object_store::Error,
+        endpoint: String,
+        detail: String,
     },
+    #[error("the bucket of {url} does not exist{endpoint} ({detail})")]
+    MissingBucket {
+        url: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error("cannot reach the object store of {url}{endpoint}, retries exhausted: {detail}")]
+    Unreachable {
+        url: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error("cannot list {url}{endpoint}: {detail}")]
+    Unavailable {
+        url: String,
+        endpoint: String,
+        detail: String,
+    },
+}
+
+/// Options of one object-store location: `[storage.landing]` or `[storage.warehouse]`.
+///
+/// A key left out falls back to the standard `AWS_*` environment variables
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...); without an endpoint, the
+/// AWS SDK's chain also applies (`AWS_PROFILE` and `~/.aws`, SSO, instance roles).
+#[derive(Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreOptions {
+    /// S3-compatible endpoint, e.g. `http://127.0.0.1:8333` (default: AWS).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO and SeaweedFS expect.
+    pub path_style: Option<bool>,
+    /// Allow plain `http://` endpoints (local test servers only).
+    pub allow_http: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Retries of a failed request, with exponential backoff (default 6).
+    pub max_retries: Option<usize>,
+    /// Stop retrying a request after this long: `30s`, `2m` (default 60s).
+    pub retry_timeout: Option<String>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets: only whether they are set.
+        let set = |v: &Option<String>| v.as_ref().map(|_| "<set>");
+        f.debug_struct("StoreOptions")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &set(&self.access_key_id))
+            .field("secret_access_key", &set(&self.secret_access_key))
+            .field("session_token", &set(&self.session_token))
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .finish()
+    }
+}
+
+impl StoreOptions {
+    /// The options in the form object_store and delta-rs read (`aws_endpoint`, ...).
+    fn to_map(&self) -> Result<BTreeMap<String, String>, String> {
+        let retry_timeout = crate::config::parse_duration(self.retry_timeout.as_deref().unwrap_or(DEFAULT_RETRY_TIMEOUT))
+            .map_err(|message| format!("retry_timeout: {message}"))?;
+        let mut map = BTreeMap::new();
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                map.insert(key.to_string(), value);
+            }
+        };
+        put("aws_endpoint", self.endpoint.clone());
+        put("aws_region", self.region.clone());
+        put(
+            "aws_virtual_hosted_style_request",
+            self.path_style.map(|path_style| (!path_style).to_string()),
+        );
+        put("aws_allow_http", self.allow_http.map(|b| b.to_string()));
+        put("aws_access_key_id", self.access_key_id.clone());
+        put("aws_secret_access_key", self.secret_access_key.clone());
+        put("aws_session_token", self.session_token.clone());
+        put(
+            "max_retries",
+            Some(self.max_retries.unwrap_or(DEFAULT_MAX_RETRIES).to_string()),
+        );
+        put("retry_timeout", Some(format!("{}ms", retry_timeout.as_millis())));
+        Ok(map)
+    }
 }
 
 /// A resolved storage location: where it is, and how to talk to it.
@@ -45,7 +144,8 @@ pub struct Location {
     pub store: Arc<dyn ObjectStore>,
     /// Root of the location inside `store`.
     pub prefix: Path,
-    /// Backend options (for S3: endpoint, region, ...), passed on to delta-rs as well.
+    /// Backend options (for S3: endpoint, region, ...) in object_store's keys, passed on
+    /// to delta-rs so that tables are read and written through the same configuration.
     pub options: BTreeMap<String, String>,
 }
 
@@ -56,9 +156,15 @@ impl std::fmt::Debug for Location {
     }
 }
 
+/// Register delta-rs's S3 handlers once: they build every S3 store tagflow uses.
+pub fn register_object_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+}
+
 impl Location {
     /// Resolve a setting: a local path (relative paths are made absolute) or a URL.
-    pub fn parse(location: &str, options: &BTreeMap<String, String>) -> Result<Self, StorageError> {
+    pub fn parse(location: &str, options: &StoreOptions) -> Result<Self, StorageError> {
         let invalid = |reason: String| StorageError::InvalidLocation {
             location: location.to_string(),
             reason,
@@ -77,6 +183,11 @@ impl Location {
         let url = trim_trailing_slash(url);
         match url.scheme() {
             "file" => {
+                if *options != StoreOptions::default() {
+                    return Err(invalid(
+                        "[storage.*] options apply to s3:// locations, and this is a local path".into(),
+                    ));
+                }
                 let fs_path = url
                     .to_file_path()
                     .map_err(|_| invalid("file URL without a local path".into()))?;
@@ -85,34 +196,78 @@ impl Location {
                     url,
                     store: Arc::new(LocalFileSystem::new()),
                     prefix,
-                    options: options.clone(),
+                    options: BTreeMap::new(),
                 })
             }
             "s3" | "s3a" => {
-                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
-                for (key, value) in options {
-                    let key = key.parse().map_err(|e: object_store::Error| StorageError::Configure {
-                        url: url.to_string(),
-                        source: e,
-                    })?;
-                    builder = builder.with_config(key, value);
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(invalid("an S3 URL needs a bucket: s3://bucket/prefix".into()));
                 }
-                let store = builder.build().map_err(|e| StorageError::Configure {
+                let configure = |message: String| StorageError::Configure {
                     url: url.to_string(),
-                    source: e,
-                })?;
-                let prefix = Path::from(url.path().trim_start_matches('/'));
+                    message,
+                };
+                // The same factory delta-rs uses for tables: one credential chain, one
+                // retry policy, for landing files, state files and Delta tables alike.
+                register_object_stores();
+                let map = options.to_map().map_err(invalid)?;
+                let config = StorageConfig::parse_options(map.clone()).map_err(|e| configure(e.to_string()))?;
+                let scheme = Url::parse(&format!("{}://", url.scheme())).expect("scheme URL");
+                let factory = object_store_factories()
+                    .get(&scheme)
+                    .map(|entry| entry.value().clone())
+                    .ok_or_else(|| configure("no S3 support registered".into()))?;
+                let (store, prefix) = factory
+                    .parse_url_opts(&url, &config)
+                    .map_err(|e| configure(e.to_string()))?;
                 Ok(Location {
                     url,
-                    store: Arc::new(store),
+                    store,
                     prefix,
-                    options: options.clone(),
+                    options: map,
                 })
             }
             other => Err(StorageError::UnsupportedScheme {
                 scheme: other.to_string(),
                 location: location.to_string(),
             }),
+        }
+    }
+
+    /// The endpoint this location talks to, for messages (` (endpoint http://...)`).
+    fn endpoint_note(&self) -> String {
+        match self.options.get("aws_endpoint") {
+            Some(endpoint) => format!(" (endpoint {endpoint})"),
+            None if self.url.scheme() == "file" => String::new(),
+            None => " (AWS S3)".into(),
+        }
+    }
+
+    /// Check, with one listing request, that the location is reachable, exists and the
+    /// credentials are accepted; the error says which of these failed. Local folders are
+    /// not checked (a missing one reads as empty and is reported by the stage using it).
+    pub async fn check(&self) -> Result<(), StorageError> {
+        if self.url.scheme() == "file" {
+            return Ok(());
+        }
+        let prefix = (!self.prefix.as_ref().is_empty()).then_some(&self.prefix);
+        match self.store.list_with_delimiter(prefix).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.classify(&error)),
+        }
+    }
+
+    /// Turn a failed request on this location into the error a user can act on.
+    pub fn classify(&self, error: &(dyn std::error::Error + 'static)) -> StorageError {
+        let url = self.url.to_string();
+        let endpoint = self.endpoint_note();
+        let chain = error_chain(error);
+        let detail = s3_error_code(&chain).unwrap_or(chain);
+        match fault(error) {
+            Some(Fault::Denied) => StorageError::Denied { url, endpoint, detail },
+            Some(Fault::MissingBucket) => StorageError::MissingBucket { url, endpoint, detail },
+            Some(Fault::Unreachable) => StorageError::Unreachable { url, endpoint, detail },
+            None => StorageError::Unavailable { url, endpoint, detail },
         }
     }
 
@@ -176,6 +331,87 @@ fn trim_trailing_slash(mut url: Url) -> Url {
     let path = url.path().trim_end_matches('/').to_string();
     url.set_path(if path.is_empty() { "/" } else { &path });
     url
+}
+
+/// The storage failures a user fixes differently, each with its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The credentials were refused (401/403: unknown key, bad signature, no permission).
+    Denied,
+    /// The bucket does not exist.
+    MissingBucket,
+    /// The endpoint could not be reached (connection refused, timed out, reset), or kept
+    /// failing with server errors until the retries ran out.
+    Unreachable,
+}
+
+/// The storage fault behind `error`, looking through its whole source chain.
+///
+/// object_store keeps its HTTP error type private, so statuses and S3 error codes are read
+/// from the messages it documents ("Server returned non-2xx status code: 403 ...", and the
+/// S3 error body), while transport failures are recognised by type.
+pub fn fault(error: &(dyn std::error::Error + 'static)) -> Option<Fault> {
+    let mut found = None;
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(error) = error.downcast_ref::<object_store::Error>() {
+            if matches!(
+                error,
+                object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+            ) {
+                return Some(Fault::Denied);
+            }
+        }
+        if error.downcast_ref::<object_store::client::HttpError>().is_some() {
+            found = found.or(Some(Fault::Unreachable));
+        }
+        let text = error.to_string();
+        if text.contains("NoSuchBucket") {
+            return Some(Fault::MissingBucket);
+        }
+        if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"]
+            .iter()
+            .any(|code| text.contains(code))
+            || text.contains("non-2xx status code: 403")
+            || text.contains("non-2xx status code: 401")
+        {
+            return Some(Fault::Denied);
+        }
+        if text.contains("non-2xx status code: 5") || text.contains("error response: ") {
+            found = found.or(Some(Fault::Unreachable));
+        }
+        next = error.source();
+    }
+    found
+}
+
+/// `Code: Message` of an S3 error body in `text`, the part of it a user can act on.
+fn s3_error_code(text: &str) -> Option<String> {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].to_string())
+    };
+    let code = tag("Code")?;
+    Some(match tag("Message") {
+        Some(message) => format!("S3 error {code}: {message}"),
+        None => format!("S3 error {code}"),
+    })
+}
+
+/// An error and its causes on one line (`a: b: c`), skipping causes already in the text.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Encode batches as one Parquet file (LZ4-compressed: cheap to write and read back).

@@ -10,7 +10,7 @@
 pub mod tags;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -124,13 +124,8 @@ pub fn table_url(warehouse: &Location, table: &str) -> Url {
     warehouse.child_url(table)
 }
 
-fn register_object_stores() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| deltalake::aws::register_handlers(None));
-}
-
 pub(crate) async fn open_or_new(warehouse: &Location, table: &str) -> Result<DeltaTable, PublishError> {
-    register_object_stores();
+    crate::storage::register_object_stores();
     let url = table_url(warehouse, table);
     let open = |source| PublishError::Open {
         url: url.to_string(),
