@@ -99,10 +99,15 @@ impl Arrivals {
     /// Land arrivals `from..to` into the fixture's landing zone; returns how many of them
     /// are event files (not `_`/`.` names).
     pub(crate) fn land(&self, fx: &Fixture, from: usize, to: usize) -> usize {
-        for file in &self.order[from..to] {
-            copy_file(&self.source.join(file), &fx.landing_dir().join(file));
+        for (file, relative) in self.files(from, to) {
+            copy_file(&file, &fx.landing_dir().join(relative));
         }
         self.order[from..to].iter().filter(|f| !is_hidden(f)).count()
+    }
+
+    /// Arrivals `from..to`: each file's local path and its path in a landing zone.
+    pub(crate) fn files(&self, from: usize, to: usize) -> impl Iterator<Item = (PathBuf, &str)> {
+        self.order[from..to].iter().map(|f| (self.source.join(f), f.as_str()))
     }
 
     pub(crate) fn upto(&self, share: usize) -> usize {

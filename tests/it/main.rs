@@ -10,6 +10,7 @@ mod incremental;
 mod lock;
 mod publishing;
 mod reference;
+mod s3;
 mod serve;
 mod sources;
 mod tags_behaviour;

@@ -27,7 +27,7 @@ const PUBLISHES: [(&str, usize); 3] = [
 /// (family, tag, value, score) per customer at one version.
 type CustomerRows = BTreeMap<String, BTreeSet<(String, String, String, Option<u64>)>>;
 
-fn by_customer(tags: &Tags) -> CustomerRows {
+pub(crate) fn by_customer(tags: &Tags) -> CustomerRows {
     let mut out = CustomerRows::new();
     for r in &tags.rows {
         out.entry(r.customer_id.clone()).or_default().insert((
@@ -41,7 +41,7 @@ fn by_customer(tags: &Tags) -> CustomerRows {
 }
 
 /// The rows of one API `CustomerTags` object.
-fn api_rows(customer: &Value) -> BTreeSet<(String, String, String, Option<u64>)> {
+pub(crate) fn api_rows(customer: &Value) -> BTreeSet<(String, String, String, Option<u64>)> {
     customer["tags"]
         .as_array()
         .expect("tags array")
@@ -113,7 +113,7 @@ async fn wait_for_version(server: &Server, version: u64) {
     panic!("the server did not load version {version} within 15 s");
 }
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

@@ -424,8 +424,13 @@ impl Fixture {
 /// Read a published version (latest by default) of `customer_tags` under `warehouse`,
 /// ordered by tag and customer.
 pub async fn read_tags(warehouse: &Path, version: Option<u64>) -> Tags {
+    read_tags_at(&location(warehouse), version).await
+}
+
+/// [`read_tags`] for a warehouse anywhere (a local folder or an object store).
+pub async fn read_tags_at(warehouse: &tagflow::storage::Location, version: Option<u64>) -> Tags {
     let batches = query_published(
-        &location(warehouse),
+        warehouse,
         TAGS_TABLE,
         version,
         "SELECT customer_id, family, tag, value, score FROM customer_tags ORDER BY tag, customer_id",
