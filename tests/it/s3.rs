@@ -197,6 +197,42 @@ async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
     let after = read_tags_at(&warehouse, None).await;
     assert_same(&after, &before, "after compaction");
 
+    // Another Delta reader (Python `deltalake`, when CI provides it) reads the S3 table.
+    if let Ok(python) = std::env::var("TAGFLOW_TEST_PYTHON") {
+        let script = r#"
+import os, sys, json
+from deltalake import DeltaTable
+options = {key: os.environ[key] for key in
+           ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP")}
+table = DeltaTable(sys.argv[1], storage_options=options)
+t = table.to_pyarrow_table()
+rows = sorted(zip(t.column("customer_id").to_pylist(), t.column("tag").to_pylist(), t.column("value").to_pylist()))
+print(json.dumps({"version": table.version(), "rows": rows}))
+sys.stdout.flush()
+os._exit(0)  # see end_to_end.rs: skip a finalisation abort of pyarrow + deltalake
+"#;
+        let output = tokio::process::Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .arg(warehouse.child_url(TAGS_TABLE).as_str())
+            .env("AWS_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true")
+            .output()
+            .await
+            .expect("python");
+        assert!(output.status.success(), "python: {}", stderr(&output));
+        let read: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        assert_eq!(read["version"], tags.version_after);
+        let mut expected: Vec<(String, String, String)> =
+            after.rows.iter().map(|r| (r.customer_id.clone(), r.tag.clone(), r.value.clone())).collect();
+        expected.sort();
+        let theirs: Vec<(String, String, String)> = serde_json::from_value(read["rows"].clone()).expect("rows");
+        assert_eq!(theirs, expected);
+    }
+
     // The lookup API serves the S3 table, every customer exactly.
     let mut options = fx.settings(last_as_of, None).expect("settings").serve;
     options.listen = "127.0.0.1:0".parse().expect("addr");
