@@ -9,6 +9,10 @@
 //! Every run is the real binary in a child process; its peak memory is that child's max RSS.
 //! `cargo bench --bench incremental`; `TAGFLOW_BENCH_EVENTS=N` scales the history (the
 //! increment is a tenth of it), `TAGFLOW_BENCH_FOLLOW_SECS` the follow session.
+//!
+//! `TAGFLOW_BENCH_S3=1` puts landing and warehouse on the S3 server named by the
+//! `TAGFLOW_TEST_S3_*` variables (`.ci/seaweedfs start DIR && source DIR/env`) instead of
+//! local files: the same full and incremental runs (the follow session stays local).
 
 use std::io::Read;
 use std::path::Path;
@@ -40,16 +44,16 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().expect("tempdir");
-    let landing = dir.path().join("landing");
+    let local_landing = dir.path().join("landing");
     let staged = dir.path().join("increment");
-    let warehouse = dir.path().join("warehouse");
+    let target = Target::new(dir.path());
     let customers = (history as f64 / (DAYS as f64 * EVENTS_PER_CUSTOMER_DAY)).ceil() as usize;
     let end = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
     let increment_days = (DAYS / 10).max(1) + 1;
     let increment_end = end.checked_add_days(Days::new(increment_days as u64)).unwrap();
 
     let started = Instant::now();
-    let (history_events, history_files) = runtime.block_on(generate_into(&landing, customers, DAYS, 1, end));
+    let (history_events, history_files) = runtime.block_on(generate_into(&local_landing, customers, DAYS, 1, end));
     let (increment_events, increment_files) =
         runtime.block_on(generate_into(&staged, customers, increment_days, 2, increment_end));
     println!(
@@ -59,21 +63,24 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
+    if let Target::S3 { landing, .. } = &target {
+        let started = Instant::now();
+        runtime.block_on(upload_tree(&local_landing, landing));
+        println!("uploaded the history to {} in {:.1}s", landing.url, started.elapsed().as_secs_f64());
+    }
     let as_of = |day: NaiveDate| format!("{day}T23:59:59Z");
-    let full = run(&landing, &warehouse, &as_of(end), &[]);
+    let full = target.run("warehouse", &as_of(end), &[]);
     full.print("full run, history");
 
-    move_tree(&staged, &landing);
-    let incremental = run(&landing, &warehouse, &as_of(increment_end), &[]);
+    match &target {
+        Target::Local { .. } => move_tree(&staged, &local_landing),
+        Target::S3 { landing, .. } => runtime.block_on(upload_tree(&staged, landing)),
+    }
+    let incremental = target.run("warehouse", &as_of(increment_end), &[]);
     incremental.print("incremental run, increment on history");
     assert_eq!(incremental.report["mode"], "incremental");
 
-    let full_after = run(
-        &landing,
-        &dir.path().join("warehouse-full"),
-        &as_of(increment_end),
-        &["--full"],
-    );
+    let full_after = target.run("warehouse-full", &as_of(increment_end), &["--full"]);
     full_after.print("full run, history + increment");
     println!(
         "incremental / full   {:.1}% of the full run over the same events ({:.1}% of the history's full run)",
@@ -81,7 +88,102 @@ fn main() {
         100.0 * incremental.wall / full.wall
     );
 
-    follow(&landing, &warehouse, customers, Duration::from_secs(follow_secs));
+    match &target {
+        Target::Local { root } => follow(&local_landing, &root.join("warehouse"), customers, Duration::from_secs(follow_secs)),
+        Target::S3 { .. } => println!("\n(the follow session runs on local files only)"),
+    }
+}
+
+/// Where the runs read and publish: local folders, or an S3 server.
+enum Target {
+    Local {
+        root: std::path::PathBuf,
+    },
+    S3 {
+        /// A `tagflow.toml` with the S3 options of both locations.
+        config: std::path::PathBuf,
+        landing: Location,
+        /// `s3://bucket/prefix`: warehouses go under it.
+        root: String,
+    },
+}
+
+impl Target {
+    fn new(dir: &Path) -> Target {
+        if std::env::var("TAGFLOW_BENCH_S3").is_err() {
+            return Target::Local { root: dir.to_path_buf() };
+        }
+        let var = |name: &str| {
+            std::env::var(format!("TAGFLOW_TEST_S3_{name}"))
+                .unwrap_or_else(|_| panic!("TAGFLOW_BENCH_S3 needs TAGFLOW_TEST_S3_{name} (see README)"))
+        };
+        let root = format!("s3://{}/bench-{}", var("BUCKET"), uuid::Uuid::new_v4().simple());
+        let options = tagflow::storage::StoreOptions {
+            endpoint: Some(var("ENDPOINT")),
+            region: Some("us-east-1".into()),
+            path_style: Some(true),
+            allow_http: Some(true),
+            access_key_id: Some(var("ACCESS_KEY_ID")),
+            secret_access_key: Some(var("SECRET_ACCESS_KEY")),
+            ..Default::default()
+        };
+        let section = format!(
+            "endpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\nallow_http = true\n\
+             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            var("ENDPOINT"),
+            var("ACCESS_KEY_ID"),
+            var("SECRET_ACCESS_KEY")
+        );
+        let config = dir.join("tagflow.toml");
+        std::fs::write(
+            &config,
+            format!("[storage.landing]\n{section}\n[storage.warehouse]\n{section}"),
+        )
+        .expect("write config");
+        let landing = Location::parse(&format!("{root}/landing"), &options).expect("S3 landing");
+        println!("\n(on S3: {root}, endpoint {})", var("ENDPOINT"));
+        Target::S3 { config, landing, root }
+    }
+
+    /// `tagflow run` against this target's landing and the warehouse `name`.
+    fn run(&self, name: &str, as_of: &str, extra: &[&str]) -> Measured {
+        match self {
+            Target::Local { root } => {
+                let (landing, warehouse) = (root.join("landing"), root.join(name));
+                run(&landing.to_string_lossy(), &warehouse.to_string_lossy(), None, as_of, extra)
+            }
+            Target::S3 { config, landing, root } => {
+                run(landing.url.as_str(), &format!("{root}/{name}"), Some(config), as_of, extra)
+            }
+        }
+    }
+}
+
+/// Upload every file under `from` to the same relative path under `to`, 16 at a time.
+async fn upload_tree(from: &Path, to: &Location) {
+    use futures::StreamExt;
+    use object_store::ObjectStoreExt;
+    let mut files = Vec::new();
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    futures::stream::iter(files)
+        .map(|path| async move {
+            let relative = path.strip_prefix(from).unwrap().to_string_lossy().replace('\\', "/");
+            let bytes = std::fs::read(&path).unwrap();
+            to.store.put(&to.path(&relative), bytes.into()).await.expect("upload");
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 struct Measured {
@@ -155,13 +257,14 @@ fn tagflow() -> Command {
 }
 
 /// `tagflow run --json` as a child; wall time and the child's own peak RSS (wait4).
-fn run(landing: &Path, warehouse: &Path, as_of: &str, extra: &[&str]) -> Measured {
+fn run(landing: &str, warehouse: &str, config: Option<&Path>, as_of: &str, extra: &[&str]) -> Measured {
     let started = Instant::now();
-    let mut child = tagflow()
-        .args(["run", "--json", "--as-of", as_of, "--landing"])
-        .arg(landing)
-        .arg("--warehouse")
-        .arg(warehouse)
+    let mut command = tagflow();
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
+        .args(["run", "--json", "--as-of", as_of, "--landing", landing, "--warehouse", warehouse])
         .args(extra)
         .stdout(Stdio::piped())
         .spawn()
