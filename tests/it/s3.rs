@@ -132,10 +132,15 @@ fn settings_on(fx: &Fixture, as_of: &str, landing: &Location, warehouse: &Locati
 
 /// Write `body` as a config file in the fixture and run `tagflow <args> --config it`.
 async fn cli(fx: &Fixture, body: &str, args: &[&str]) -> std::process::Output {
+    cli_logging(fx, body, args, "info").await
+}
+
+/// [`cli`] with `TAGFLOW_LOG` set to `filter`.
+async fn cli_logging(fx: &Fixture, body: &str, args: &[&str], filter: &str) -> std::process::Output {
     let path = fx.dir.path().join(format!("s3-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, body).expect("write config");
     let mut command = tokio::process::Command::from(tagflow());
-    command.args(args).arg("--config").arg(&path);
+    command.args(args).arg("--config").arg(&path).env("TAGFLOW_LOG", filter);
     command.output().await.expect("run tagflow")
 }
 
@@ -390,6 +395,15 @@ async fn s3_failures_are_named_and_exit_distinctly() {
     assert!(text.contains("cannot reach") && text.contains(&nowhere), "{text}");
     assert!(text.contains("retry 1 of 2") && text.contains("retry 2 of 2"), "retries are logged: {text}");
     assert!(!text.contains(&s3.secret_access_key), "a secret was printed: {text}");
+
+    // Even with every library's trace logs on, a run that reaches the store prints no secret
+    // (an empty landing zone: exit 3, after listing it and taking the lock).
+    let traced = cli_logging(&fx, &s3.config(&root, &s3.endpoint, &s3.secret_access_key, quick), &["run"], "trace").await;
+    let text = stderr(&traced);
+    let tail: String = text.chars().skip(text.chars().count().saturating_sub(2000)).collect();
+    assert_eq!(traced.status.code(), Some(3), "{tail}");
+    assert!(text.len() > 10_000, "trace logs were written");
+    assert!(!text.contains(&s3.secret_access_key), "a secret was logged");
 }
 
 /// A TCP proxy in front of the S3 server that a test can cut: once `cut_after` request bytes
@@ -523,4 +537,42 @@ async fn an_endpoint_lost_mid_run_keeps_the_last_good_version() {
     let last = cli(&fx, &config, &["run", "--as-of", as_of]).await;
     assert!(last.status.success(), "{}", stderr(&last));
     assert_same(&read_tags_at(&warehouse, None).await, &full_tags(&fx, as_of).await, "after the outage");
+}
+
+/// `[storage.*]` is typed and checked before anything runs (no server needed): unknown keys,
+/// options on a local path, a bucket-less URL and a bad duration are config errors (exit 2),
+/// and a location's `Debug` form never shows a secret.
+#[test]
+fn storage_options_are_typed_and_checked() {
+    let fx = Fixture::new();
+    let s3_warehouse = "warehouse = \"s3://bucket/w\"\n";
+    for (body, expected) in [
+        (format!("{s3_warehouse}[storage.warehouse]\naws_endpoint = \"http://x\"\n"), "unknown field `aws_endpoint`"),
+        (format!("{s3_warehouse}[storage.warehouse]\nretry_timeout = \"soon\"\n"), "retry_timeout"),
+        ("landing = \"local-landing\"\n[storage.landing]\nregion = \"eu-west-1\"\n".to_string(), "apply to s3:// locations"),
+        ("warehouse = \"s3:///no-bucket\"\n".to_string(), "needs a bucket"),
+        ("warehouse = \"gs://bucket/w\"\n".to_string(), "unsupported URL scheme 'gs'"),
+    ] {
+        let path = fx.dir.path().join("checked.toml");
+        std::fs::write(&path, &body).expect("write");
+        let error = tagflow::config::Settings::resolve(&tagflow::config::CliSettings {
+            config: Some(path),
+            ..Default::default()
+        })
+        .map_err(tagflow::Error::from)
+        .expect_err(&body);
+        assert!(error.to_string().contains(expected), "{body}: {error}");
+        assert_eq!(error.exit_code(), tagflow::error::exit::CONFIG, "{body}");
+    }
+    let secret = "very-secret-value-123";
+    let options = StoreOptions {
+        access_key_id: Some("AKID".into()),
+        secret_access_key: Some(secret.into()),
+        session_token: Some(secret.into()),
+        ..Default::default()
+    };
+    let location = Location::parse("s3://bucket/prefix", &options).expect("location");
+    for shown in [format!("{location:?}"), format!("{options:?}")] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
 }
