@@ -66,7 +66,11 @@ fn main() {
     if let Target::S3 { landing, .. } = &target {
         let started = Instant::now();
         runtime.block_on(upload_tree(&local_landing, landing));
-        println!("uploaded the history to {} in {:.1}s", landing.url, started.elapsed().as_secs_f64());
+        println!(
+            "uploaded the history to {} in {:.1}s",
+            landing.url,
+            started.elapsed().as_secs_f64()
+        );
     }
     let as_of = |day: NaiveDate| format!("{day}T23:59:59Z");
     let full = target.run("warehouse", &as_of(end), &[]);
@@ -89,7 +93,12 @@ fn main() {
     );
 
     match &target {
-        Target::Local { root } => follow(&local_landing, &root.join("warehouse"), customers, Duration::from_secs(follow_secs)),
+        Target::Local { root } => follow(
+            &local_landing,
+            &root.join("warehouse"),
+            customers,
+            Duration::from_secs(follow_secs),
+        ),
         Target::S3 { .. } => println!("\n(the follow session runs on local files only)"),
     }
 }
@@ -111,7 +120,9 @@ enum Target {
 impl Target {
     fn new(dir: &Path) -> Target {
         if std::env::var("TAGFLOW_BENCH_S3").is_err() {
-            return Target::Local { root: dir.to_path_buf() };
+            return Target::Local {
+                root: dir.to_path_buf(),
+            };
         }
         let var = |name: &str| {
             std::env::var(format!("TAGFLOW_TEST_S3_{name}"))
@@ -150,11 +161,21 @@ impl Target {
         match self {
             Target::Local { root } => {
                 let (landing, warehouse) = (root.join("landing"), root.join(name));
-                run(&landing.to_string_lossy(), &warehouse.to_string_lossy(), None, as_of, extra)
+                run(
+                    &landing.to_string_lossy(),
+                    &warehouse.to_string_lossy(),
+                    None,
+                    as_of,
+                    extra,
+                )
             }
-            Target::S3 { config, landing, root } => {
-                run(landing.url.as_str(), &format!("{root}/{name}"), Some(config), as_of, extra)
-            }
+            Target::S3 { config, landing, root } => run(
+                landing.url.as_str(),
+                &format!("{root}/{name}"),
+                Some(config),
+                as_of,
+                extra,
+            ),
         }
     }
 }
@@ -264,7 +285,16 @@ fn run(landing: &str, warehouse: &str, config: Option<&Path>, as_of: &str, extra
         command.arg("--config").arg(config);
     }
     let mut child = command
-        .args(["run", "--json", "--as-of", as_of, "--landing", landing, "--warehouse", warehouse])
+        .args([
+            "run",
+            "--json",
+            "--as-of",
+            as_of,
+            "--landing",
+            landing,
+            "--warehouse",
+            warehouse,
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .spawn()

@@ -76,9 +76,7 @@ impl Error {
             None => {}
         }
         match self {
-            Error::Storage(
-                StorageError::Unreachable { .. } | StorageError::Unavailable { .. },
-            ) => exit::STORAGE,
+            Error::Storage(StorageError::Unreachable { .. } | StorageError::Unavailable { .. }) => exit::STORAGE,
             Error::Config(ConfigError::Storage(_)) | Error::Storage(_) => exit::CONFIG,
             Error::Config(_) | Error::Schema(_) | Error::Catalog(_) => exit::CONFIG,
             Error::Source(SourceError::Task(_)) => exit::INTERNAL,

@@ -108,8 +108,9 @@ impl std::fmt::Debug for StoreOptions {
 impl StoreOptions {
     /// The options in the form object_store and delta-rs read (`aws_endpoint`, ...).
     fn to_map(&self) -> Result<BTreeMap<String, String>, String> {
-        let retry_timeout = crate::config::parse_duration(self.retry_timeout.as_deref().unwrap_or(DEFAULT_RETRY_TIMEOUT))
-            .map_err(|message| format!("retry_timeout: {message}"))?;
+        let retry_timeout =
+            crate::config::parse_duration(self.retry_timeout.as_deref().unwrap_or(DEFAULT_RETRY_TIMEOUT))
+                .map_err(|message| format!("retry_timeout: {message}"))?;
         let mut map = BTreeMap::new();
         let mut put = |key: &str, value: Option<String>| {
             if let Some(value) = value {

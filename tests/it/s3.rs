@@ -38,7 +38,12 @@ impl S3 {
     /// The server, or `None` after telling the terminal that `test` is skipped.
     pub(crate) fn from_env(test: &str) -> Option<S3> {
         let var = |name: &str| std::env::var(format!("TAGFLOW_TEST_S3_{name}")).ok();
-        match (var("ENDPOINT"), var("BUCKET"), var("ACCESS_KEY_ID"), var("SECRET_ACCESS_KEY")) {
+        match (
+            var("ENDPOINT"),
+            var("BUCKET"),
+            var("ACCESS_KEY_ID"),
+            var("SECRET_ACCESS_KEY"),
+        ) {
             (Some(endpoint), Some(bucket), Some(access_key_id), Some(secret_access_key)) => Some(S3 {
                 endpoint,
                 bucket,
@@ -157,16 +162,37 @@ async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
     };
     let fx = Fixture::new();
     let root = S3::unique("e2e");
-    let (landing, warehouse) = (s3.location(&format!("{root}/landing")), s3.location(&format!("{root}/warehouse")));
+    let (landing, warehouse) = (
+        s3.location(&format!("{root}/landing")),
+        s3.location(&format!("{root}/warehouse")),
+    );
 
     // `tagflow generate` writes straight to S3 (the CLI, with the config's options).
     let config = s3.config(&format!("{root}/generated"), &s3.endpoint, &s3.secret_access_key, "");
-    let generated = cli(&fx, &config, &["generate", "--customers", "40", "--days", "30", "--end", "2026-06-30"]).await;
+    let generated = cli(
+        &fx,
+        &config,
+        &["generate", "--customers", "40", "--days", "30", "--end", "2026-06-30"],
+    )
+    .await;
     assert!(generated.status.success(), "generate: {}", stderr(&generated));
     let summary: serde_json::Value = serde_json::from_slice(&generated.stdout).expect("summary");
-    let generated_files = s3.location(&format!("{root}/generated/landing")).list_under(&s3.location(&format!("{root}/generated/landing")).prefix).await.expect("list");
-    let written: u64 = summary["files"].as_object().expect("files").values().map(|n| n.as_u64().unwrap()).sum();
-    assert_eq!(generated_files.len() as u64, written, "every generated file is in the bucket");
+    let generated_files = s3
+        .location(&format!("{root}/generated/landing"))
+        .list_under(&s3.location(&format!("{root}/generated/landing")).prefix)
+        .await
+        .expect("list");
+    let written: u64 = summary["files"]
+        .as_object()
+        .expect("files")
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        generated_files.len() as u64,
+        written,
+        "every generated file is in the bucket"
+    );
 
     // Incremental runs on S3 at rising as-of times.
     let arrivals = Arrivals::generate(&fx, 71, 150, 100).await;
@@ -186,7 +212,11 @@ async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
         let read: usize = report.streams.values().map(|s| s.files).sum();
         assert_eq!(read, new_files, "{context}: only new files are read");
         version = report.published.version;
-        assert_same(&read_tags_at(&warehouse, None).await, &full_tags(&fx, as_of).await, &context);
+        assert_same(
+            &read_tags_at(&warehouse, None).await,
+            &full_tags(&fx, as_of).await,
+            &context,
+        );
     }
     assert!(!fx.warehouse_dir().exists(), "nothing was written locally");
 
@@ -196,7 +226,11 @@ async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
     let report = tagflow::run::compact(&settings_on(&fx, last_as_of, &landing, &warehouse))
         .await
         .expect("compact on S3");
-    let tags = report.tables.iter().find(|t| t.table == TAGS_TABLE).expect("customer_tags compacted");
+    let tags = report
+        .tables
+        .iter()
+        .find(|t| t.table == TAGS_TABLE)
+        .expect("customer_tags compacted");
     assert_eq!(tags.version_before, version);
     assert!(tags.version_after > version, "{tags:?}");
     let after = read_tags_at(&warehouse, None).await;
@@ -231,8 +265,11 @@ os._exit(0)  # see end_to_end.rs: skip a finalisation abort of pyarrow + deltala
         assert!(output.status.success(), "python: {}", stderr(&output));
         let read: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
         assert_eq!(read["version"], tags.version_after);
-        let mut expected: Vec<(String, String, String)> =
-            after.rows.iter().map(|r| (r.customer_id.clone(), r.tag.clone(), r.value.clone())).collect();
+        let mut expected: Vec<(String, String, String)> = after
+            .rows
+            .iter()
+            .map(|r| (r.customer_id.clone(), r.tag.clone(), r.value.clone()))
+            .collect();
         expected.sort();
         let theirs: Vec<(String, String, String)> = serde_json::from_value(read["rows"].clone()).expect("rows");
         assert_eq!(theirs, expected);
@@ -285,12 +322,17 @@ async fn two_publishers_on_one_s3_warehouse_lose_nothing() {
     let row = |writer: &str, seq: i64| {
         RecordBatch::try_new(
             schema.clone(),
-            vec![Arc::new(StringArray::from(vec![writer])), Arc::new(Int64Array::from(vec![seq]))],
+            vec![
+                Arc::new(StringArray::from(vec![writer])),
+                Arc::new(Int64Array::from(vec![seq])),
+            ],
         )
         .expect("batch")
     };
     let first = s3.location(&warehouse);
-    append(&first, "ledger", vec![row("setup", 0)], Default::default()).await.expect("create");
+    append(&first, "ledger", vec![row("setup", 0)], Default::default())
+        .await
+        .expect("create");
     const COMMITS: i64 = 8;
     let writer = |name: &'static str| {
         // Each publisher has its own client, as two processes would.
@@ -310,22 +352,40 @@ async fn two_publishers_on_one_s3_warehouse_lose_nothing() {
     let (a, b) = tokio::join!(writer("a"), writer("b"));
     let mut versions: Vec<u64> = a.iter().chain(&b).copied().collect();
     versions.sort();
-    assert_eq!(versions, (1..=2 * COMMITS as u64).collect::<Vec<_>>(), "one version per commit");
+    assert_eq!(
+        versions,
+        (1..=2 * COMMITS as u64).collect::<Vec<_>>(),
+        "one version per commit"
+    );
     let count = |version: u64| {
         let first = first.clone();
         async move {
             let batches = query_published(&first, "ledger", Some(version), "SELECT count(*) AS n FROM ledger")
                 .await
                 .expect("read version");
-            batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("count").value(0)
+            batches[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("count")
+                .value(0)
         }
     };
     for version in 0..=2 * COMMITS as u64 {
-        assert_eq!(count(version).await, version as i64 + 1, "version {version} adds exactly one row");
+        assert_eq!(
+            count(version).await,
+            version as i64 + 1,
+            "version {version} adds exactly one row"
+        );
     }
-    let rows = query_published(&first, "ledger", None, "SELECT writer, seq FROM ledger WHERE writer <> 'setup' ORDER BY writer, seq")
-        .await
-        .expect("read");
+    let rows = query_published(
+        &first,
+        "ledger",
+        None,
+        "SELECT writer, seq FROM ledger WHERE writer <> 'setup' ORDER BY writer, seq",
+    )
+    .await
+    .expect("read");
     let mut seen = Vec::new();
     for batch in &rows {
         let w = batch.column(0).as_any().downcast_ref::<StringArray>().expect("writer");
@@ -355,7 +415,11 @@ async fn two_publishers_on_one_s3_warehouse_lose_nothing() {
         stderr(&one),
         stderr(&two)
     );
-    assert_same(&read_tags_at(&first, None).await, &full_tags(&fx, as_of).await, "two runs at once");
+    assert_same(
+        &read_tags_at(&first, None).await,
+        &full_tags(&fx, as_of).await,
+        "two runs at once",
+    );
 }
 
 /// Wrong credentials, a missing bucket and an unreachable endpoint: each says what and
@@ -375,30 +439,48 @@ async fn s3_failures_are_named_and_exit_distinctly() {
     assert_eq!(denied.status.code(), Some(7), "{text}");
     assert!(text.contains(&s3.url(&format!("{root}/landing"))), "{text}");
     assert!(text.contains("refused") && text.contains(&s3.endpoint), "{text}");
-    assert!(!text.contains(wrong_secret) && !text.contains(&s3.secret_access_key), "a secret was printed: {text}");
-
-    let missing = s3.config(&root, &s3.endpoint, &s3.secret_access_key, quick).replace(
-        &format!("s3://{}/", s3.bucket),
-        "s3://tagflow-no-such-bucket/",
+    assert!(
+        !text.contains(wrong_secret) && !text.contains(&s3.secret_access_key),
+        "a secret was printed: {text}"
     );
+
+    let missing = s3
+        .config(&root, &s3.endpoint, &s3.secret_access_key, quick)
+        .replace(&format!("s3://{}/", s3.bucket), "s3://tagflow-no-such-bucket/");
     let missing = cli(&fx, &missing, &["run"]).await;
     let text = stderr(&missing);
     assert_eq!(missing.status.code(), Some(8), "{text}");
-    assert!(text.contains("s3://tagflow-no-such-bucket/") && text.contains("does not exist"), "{text}");
+    assert!(
+        text.contains("s3://tagflow-no-such-bucket/") && text.contains("does not exist"),
+        "{text}"
+    );
 
     // A loopback port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let nowhere = format!("http://127.0.0.1:{port}");
     let unreachable = cli(&fx, &s3.config(&root, &nowhere, &s3.secret_access_key, quick), &["run"]).await;
     let text = stderr(&unreachable);
     assert_eq!(unreachable.status.code(), Some(5), "{text}");
     assert!(text.contains("cannot reach") && text.contains(&nowhere), "{text}");
-    assert!(text.contains("retry 1 of 2") && text.contains("retry 2 of 2"), "retries are logged: {text}");
+    assert!(
+        text.contains("retry 1 of 2") && text.contains("retry 2 of 2"),
+        "retries are logged: {text}"
+    );
     assert!(!text.contains(&s3.secret_access_key), "a secret was printed: {text}");
 
     // Even with every library's trace logs on, a run that reaches the store prints no secret
     // (an empty landing zone: exit 3, after listing it and taking the lock).
-    let traced = cli_logging(&fx, &s3.config(&root, &s3.endpoint, &s3.secret_access_key, quick), &["run"], "trace").await;
+    let traced = cli_logging(
+        &fx,
+        &s3.config(&root, &s3.endpoint, &s3.secret_access_key, quick),
+        &["run"],
+        "trace",
+    )
+    .await;
     let text = stderr(&traced);
     let tail: String = text.chars().skip(text.chars().count().saturating_sub(2000)).collect();
     assert_eq!(traced.status.code(), Some(3), "{tail}");
@@ -500,7 +582,12 @@ async fn an_endpoint_lost_mid_run_keeps_the_last_good_version() {
     let fx = Fixture::new();
     let root = S3::unique("outage");
     let proxy = Proxy::start(s3.upstream()).await;
-    let config = s3.config(&root, &proxy.endpoint(), &s3.secret_access_key, "max_retries = 2\nretry_timeout = \"2s\"");
+    let config = s3.config(
+        &root,
+        &proxy.endpoint(),
+        &s3.secret_access_key,
+        "max_retries = 2\nretry_timeout = \"2s\"",
+    );
     let landing = s3.location(&format!("{root}/landing"));
     let warehouse = s3.location(&format!("{root}/warehouse"));
     let arrivals = Arrivals::generate(&fx, 73, 120, 100).await;
@@ -512,10 +599,22 @@ async fn an_endpoint_lost_mid_run_keeps_the_last_good_version() {
     assert!(first.status.success(), "{}", stderr(&first));
     let first_bytes = proxy.forwarded.load(Ordering::SeqCst);
     let good = read_tags_at(&warehouse, None).await;
-    let good_version = tagflow::snapshots::list(&warehouse).await.expect("snapshots").last().expect("a version").version;
+    let good_version = tagflow::snapshots::list(&warehouse)
+        .await
+        .expect("snapshots")
+        .last()
+        .expect("a version")
+        .version;
 
     let as_of = SCHEDULE[6].0;
-    land_both(&arrivals, &fx, &landing, arrivals.upto(SCHEDULE[3].1), arrivals.upto(100)).await;
+    land_both(
+        &arrivals,
+        &fx,
+        &landing,
+        arrivals.upto(SCHEDULE[3].1),
+        arrivals.upto(100),
+    )
+    .await;
     let mut failed = 0;
     for share in [5, 25, 50, 75, 90] {
         proxy.cut_after(first_bytes * share / 100);
@@ -529,14 +628,26 @@ async fn an_endpoint_lost_mid_run_keeps_the_last_good_version() {
         assert_eq!(output.status.code(), Some(5), "cut at {share}%: {text}");
         assert!(text.contains("s3://"), "the error names the location: {text}");
         let latest = tagflow::snapshots::list(&warehouse).await.expect("snapshots");
-        assert_eq!(latest.last().expect("a version").version, good_version, "cut at {share}%");
-        assert_same(&read_tags_at(&warehouse, None).await, &good, &format!("cut at {share}%"));
+        assert_eq!(
+            latest.last().expect("a version").version,
+            good_version,
+            "cut at {share}%"
+        );
+        assert_same(
+            &read_tags_at(&warehouse, None).await,
+            &good,
+            &format!("cut at {share}%"),
+        );
     }
     assert!(failed >= 1, "no cut landed inside a run");
 
     let last = cli(&fx, &config, &["run", "--as-of", as_of]).await;
     assert!(last.status.success(), "{}", stderr(&last));
-    assert_same(&read_tags_at(&warehouse, None).await, &full_tags(&fx, as_of).await, "after the outage");
+    assert_same(
+        &read_tags_at(&warehouse, None).await,
+        &full_tags(&fx, as_of).await,
+        "after the outage",
+    );
 }
 
 /// `[storage.*]` is typed and checked before anything runs (no server needed): unknown keys,
@@ -547,11 +658,23 @@ fn storage_options_are_typed_and_checked() {
     let fx = Fixture::new();
     let s3_warehouse = "warehouse = \"s3://bucket/w\"\n";
     for (body, expected) in [
-        (format!("{s3_warehouse}[storage.warehouse]\naws_endpoint = \"http://x\"\n"), "unknown field `aws_endpoint`"),
-        (format!("{s3_warehouse}[storage.warehouse]\nretry_timeout = \"soon\"\n"), "retry_timeout"),
-        ("landing = \"local-landing\"\n[storage.landing]\nregion = \"eu-west-1\"\n".to_string(), "apply to s3:// locations"),
+        (
+            format!("{s3_warehouse}[storage.warehouse]\naws_endpoint = \"http://x\"\n"),
+            "unknown field `aws_endpoint`",
+        ),
+        (
+            format!("{s3_warehouse}[storage.warehouse]\nretry_timeout = \"soon\"\n"),
+            "retry_timeout",
+        ),
+        (
+            "landing = \"local-landing\"\n[storage.landing]\nregion = \"eu-west-1\"\n".to_string(),
+            "apply to s3:// locations",
+        ),
         ("warehouse = \"s3:///no-bucket\"\n".to_string(), "needs a bucket"),
-        ("warehouse = \"gs://bucket/w\"\n".to_string(), "unsupported URL scheme 'gs'"),
+        (
+            "warehouse = \"gs://bucket/w\"\n".to_string(),
+            "unsupported URL scheme 'gs'",
+        ),
     ] {
         let path = fx.dir.path().join("checked.toml");
         std::fs::write(&path, &body).expect("write");
