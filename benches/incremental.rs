@@ -27,6 +27,10 @@ use chrono::{Days, NaiveDate, Utc};
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::storage::{parquet_bytes, Location};
 
+#[path = "../tests/it/s3_server.rs"]
+mod s3_server;
+use s3_server::S3;
+
 const DAYS: u32 = 365;
 /// The generator writes about this many events per customer and day.
 const EVENTS_PER_CUSTOMER_DAY: f64 = 0.25;
@@ -124,36 +128,16 @@ impl Target {
                 root: dir.to_path_buf(),
             };
         }
-        let var = |name: &str| {
-            std::env::var(format!("TAGFLOW_TEST_S3_{name}"))
-                .unwrap_or_else(|_| panic!("TAGFLOW_BENCH_S3 needs TAGFLOW_TEST_S3_{name} (see README)"))
-        };
-        let root = format!("s3://{}/bench-{}", var("BUCKET"), uuid::Uuid::new_v4().simple());
-        let options = tagflow::storage::StoreOptions {
-            endpoint: Some(var("ENDPOINT")),
-            region: Some("us-east-1".into()),
-            path_style: Some(true),
-            allow_http: Some(true),
-            access_key_id: Some(var("ACCESS_KEY_ID")),
-            secret_access_key: Some(var("SECRET_ACCESS_KEY")),
-            ..Default::default()
-        };
-        let section = format!(
-            "endpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\nallow_http = true\n\
-             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
-            var("ENDPOINT"),
-            var("ACCESS_KEY_ID"),
-            var("SECRET_ACCESS_KEY")
-        );
+        let s3 = S3::from_env().expect("TAGFLOW_BENCH_S3 needs the TAGFLOW_TEST_S3_* variables (see README)");
+        let prefix = S3::unique("bench");
         let config = dir.join("tagflow.toml");
-        std::fs::write(
-            &config,
-            format!("[storage.landing]\n{section}\n[storage.warehouse]\n{section}"),
-        )
-        .expect("write config");
-        let landing = Location::parse(&format!("{root}/landing"), &options).expect("S3 landing");
-        println!("\n(on S3: {root}, endpoint {})", var("ENDPOINT"));
-        Target::S3 { config, landing, root }
+        std::fs::write(&config, s3.config(&prefix, &s3.endpoint, &s3.secret_access_key, "")).expect("write config");
+        println!("\n(on S3: {}, endpoint {})", s3.url(&prefix), s3.endpoint);
+        Target::S3 {
+            config,
+            landing: s3.location(&format!("{prefix}/landing")),
+            root: s3.url(&prefix),
+        }
     }
 
     /// `tagflow run` against this target's landing and the warehouse `name`.

@@ -11,6 +11,7 @@ mod lock;
 mod publishing;
 mod reference;
 mod s3;
+mod s3_server;
 mod serve;
 mod sources;
 mod tags_behaviour;

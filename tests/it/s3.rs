@@ -23,94 +23,24 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::http::Client;
 use crate::incremental::{assert_same, full_tags, Arrivals, SCHEDULE};
+use crate::s3_server::S3;
 use crate::serve::{api_rows, by_customer, encode};
 use crate::support::*;
 
-/// The S3 server the tests use, from `TAGFLOW_TEST_S3_*`.
-pub(crate) struct S3 {
-    endpoint: String,
-    bucket: String,
-    access_key_id: String,
-    secret_access_key: String,
-}
-
-impl S3 {
-    /// The server, or `None` after telling the terminal that `test` is skipped.
-    pub(crate) fn from_env(test: &str) -> Option<S3> {
-        let var = |name: &str| std::env::var(format!("TAGFLOW_TEST_S3_{name}")).ok();
-        match (
-            var("ENDPOINT"),
-            var("BUCKET"),
-            var("ACCESS_KEY_ID"),
-            var("SECRET_ACCESS_KEY"),
-        ) {
-            (Some(endpoint), Some(bucket), Some(access_key_id), Some(secret_access_key)) => Some(S3 {
-                endpoint,
-                bucket,
-                access_key_id,
-                secret_access_key,
-            }),
-            _ if var("REQUIRED").is_some() => {
-                panic!("TAGFLOW_TEST_S3_REQUIRED is set but TAGFLOW_TEST_S3_ENDPOINT/BUCKET/ACCESS_KEY_ID/SECRET_ACCESS_KEY are not")
-            }
-            _ => {
-                // Straight to stderr, past the test harness's capture, so it is seen.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {test}: no S3 server configured (see README, \"Testing against S3\")"
-                );
-                None
-            }
-        }
+/// The S3 server for `test`, or `None` after telling the terminal that `test` is skipped.
+fn server(test: &str) -> Option<S3> {
+    if let Some(s3) = S3::from_env() {
+        return Some(s3);
     }
-
-    /// A fresh prefix for one test: `name-<uuid>`.
-    fn unique(name: &str) -> String {
-        format!("{name}-{}", uuid::Uuid::new_v4().simple())
+    if std::env::var("TAGFLOW_TEST_S3_REQUIRED").is_ok() {
+        panic!("TAGFLOW_TEST_S3_REQUIRED is set but TAGFLOW_TEST_S3_ENDPOINT/BUCKET/ACCESS_KEY_ID/SECRET_ACCESS_KEY are not");
     }
-
-    fn url(&self, prefix: &str) -> String {
-        format!("s3://{}/{prefix}", self.bucket)
-    }
-
-    fn options(&self, endpoint: &str) -> StoreOptions {
-        StoreOptions {
-            endpoint: Some(endpoint.to_string()),
-            region: Some("us-east-1".into()),
-            path_style: Some(true),
-            allow_http: Some(true),
-            access_key_id: Some(self.access_key_id.clone()),
-            secret_access_key: Some(self.secret_access_key.clone()),
-            ..Default::default()
-        }
-    }
-
-    fn location(&self, prefix: &str) -> Location {
-        Location::parse(&self.url(prefix), &self.options(&self.endpoint)).expect("s3 location")
-    }
-
-    /// A `tagflow.toml` for landing and warehouse under `root`, through `endpoint`.
-    fn config(&self, root: &str, endpoint: &str, secret: &str, extra: &str) -> String {
-        let section = |name: &str| {
-            format!(
-                "[storage.{name}]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\npath_style = true\n\
-                 allow_http = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{secret}\"\n{extra}\n",
-                self.access_key_id
-            )
-        };
-        format!(
-            "landing = \"{}\"\nwarehouse = \"{}\"\n{}{}",
-            self.url(&format!("{root}/landing")),
-            self.url(&format!("{root}/warehouse")),
-            section("landing"),
-            section("warehouse")
-        )
-    }
-
-    fn upstream(&self) -> SocketAddr {
-        let host = self.endpoint.trim_start_matches("http://").trim_end_matches('/');
-        host.parse().expect("the test endpoint is http://IP:PORT")
-    }
+    // Straight to stderr, past the test harness's capture, so it is seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no S3 server configured (see README, \"Testing against S3\")"
+    );
+    None
 }
 
 /// Upload arrivals `from..to` into an S3 landing zone, and mirror them into the fixture's
@@ -157,7 +87,7 @@ fn stderr(output: &std::process::Output) -> String {
 /// every run the table equals a local `--full` recomputation of the same files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
-    let Some(s3) = S3::from_env("s3_end_to_end_incremental_runs_compaction_and_serve") else {
+    let Some(s3) = server("s3_end_to_end_incremental_runs_compaction_and_serve") else {
         return;
     };
     let fx = Fixture::new();
@@ -310,7 +240,7 @@ os._exit(0)  # see end_to_end.rs: skip a finalisation abort of pyarrow + deltala
 /// Two `tagflow run` processes at once take turns through the warehouse lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_publishers_on_one_s3_warehouse_lose_nothing() {
-    let Some(s3) = S3::from_env("two_publishers_on_one_s3_warehouse_lose_nothing") else {
+    let Some(s3) = server("two_publishers_on_one_s3_warehouse_lose_nothing") else {
         return;
     };
     let root = S3::unique("publishers");
@@ -426,7 +356,7 @@ async fn two_publishers_on_one_s3_warehouse_lose_nothing() {
 /// where (without secrets) and exits with its own code; the retries are in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_failures_are_named_and_exit_distinctly() {
-    let Some(s3) = S3::from_env("s3_failures_are_named_and_exit_distinctly") else {
+    let Some(s3) = server("s3_failures_are_named_and_exit_distinctly") else {
         return;
     };
     let fx = Fixture::new();
@@ -576,7 +506,7 @@ impl Proxy {
 /// next run converges to the exact table (no event lost or counted twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_lost_mid_run_keeps_the_last_good_version() {
-    let Some(s3) = S3::from_env("an_endpoint_lost_mid_run_keeps_the_last_good_version") else {
+    let Some(s3) = server("an_endpoint_lost_mid_run_keeps_the_last_good_version") else {
         return;
     };
     let fx = Fixture::new();
