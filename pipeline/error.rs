@@ -63,20 +63,19 @@ pub enum Error {
 
 impl Error {
     pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Storage(StorageError::Denied { .. }) => return exit::DENIED,
-            Error::Storage(StorageError::MissingBucket { .. }) => return exit::NO_BUCKET,
-            _ => {}
-        }
-        // A storage fault anywhere in the chain decides, whichever layer met it.
-        match storage::fault(self) {
+        // A storage fault decides, whichever layer met it.
+        let fault = match self {
+            Error::Storage(error) => error.fault(),
+            _ => storage::fault(self),
+        };
+        match fault {
             Some(Fault::Denied) => return exit::DENIED,
             Some(Fault::MissingBucket) => return exit::NO_BUCKET,
             Some(Fault::Unreachable) => return exit::STORAGE,
             None => {}
         }
         match self {
-            Error::Storage(StorageError::Unreachable { .. } | StorageError::Unavailable { .. }) => exit::STORAGE,
+            Error::Storage(StorageError::Unavailable { .. }) => exit::STORAGE,
             Error::Config(ConfigError::Storage(_)) | Error::Storage(_) => exit::CONFIG,
             Error::Config(_) | Error::Schema(_) | Error::Catalog(_) => exit::CONFIG,
             Error::Source(SourceError::Task(_)) => exit::INTERNAL,

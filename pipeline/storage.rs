@@ -1,7 +1,9 @@
 //! Storage locations: turns a `--landing` / `--warehouse` setting (a local path or an
 //! object-store URL) into an [`ObjectStore`] plus a root prefix.
 //!
-//! Owns: URL parsing, the choice of object-store backend and its options.
+//! Owns: URL parsing, the choice of object-store backend and its options (typed
+//! `[storage.*]` keys), the reachability check, and telling storage faults apart (refused
+//! credentials, missing bucket, unreachable endpoint) for messages and exit codes.
 //! Also the Parquet encode/decode helpers shared by the stages that keep their own files.
 //! Must not: interpret any data; stages above decide what to read or write.
 
@@ -332,6 +334,18 @@ fn trim_trailing_slash(mut url: Url) -> Url {
     let path = url.path().trim_end_matches('/').to_string();
     url.set_path(if path.is_empty() { "/" } else { &path });
     url
+}
+
+impl StorageError {
+    /// The fault this error reports, if it is one of those told apart.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            StorageError::Denied { .. } => Some(Fault::Denied),
+            StorageError::MissingBucket { .. } => Some(Fault::MissingBucket),
+            StorageError::Unreachable { .. } => Some(Fault::Unreachable),
+            _ => None,
+        }
+    }
 }
 
 /// The storage failures a user fixes differently, each with its own exit code.
