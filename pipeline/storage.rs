@@ -239,7 +239,13 @@ impl Location {
 
     /// The endpoint this location talks to, for messages (` (endpoint http://...)`).
     fn endpoint_note(&self) -> String {
-        match self.options.get("aws_endpoint") {
+        // As the store resolves it: the option first, then the environment.
+        let endpoint = self.options.get("aws_endpoint").cloned().or_else(|| {
+            ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                .iter()
+                .find_map(|name| std::env::var(name).ok())
+        });
+        match endpoint {
             Some(endpoint) => format!(" (endpoint {endpoint})"),
             None if self.url.scheme() == "file" => String::new(),
             None => " (AWS S3)".into(),
@@ -261,7 +267,7 @@ impl Location {
     }
 
     /// Turn a failed request on this location into the error a user can act on.
-    pub fn classify(&self, error: &(dyn std::error::Error + 'static)) -> StorageError {
+    fn classify(&self, error: &(dyn std::error::Error + 'static)) -> StorageError {
         let url = self.url.to_string();
         let endpoint = self.endpoint_note();
         let chain = error_chain(error);
@@ -416,7 +422,7 @@ fn s3_error_code(text: &str) -> Option<String> {
 }
 
 /// An error and its causes on one line (`a: b: c`), skipping causes already in the text.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {
