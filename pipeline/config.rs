@@ -165,6 +165,8 @@ pub struct Settings {
     pub dedup_days: u32,
     /// Recompute from every landing file instead of the new ones (`tagflow run --full`).
     pub full: bool,
+    /// Publish even when a tag's declared checks fail (recorded as forced).
+    pub force: bool,
     pub compaction: CompactionSettings,
     pub serve: ServeSettings,
     /// The config file that was read, if any.
@@ -255,6 +257,7 @@ impl Settings {
             lock_ttl: std::time::Duration::from_secs(lock_ttl_secs),
             dedup_days,
             full: false,
+            force: false,
             compaction,
             serve,
             config_file,

@@ -3,7 +3,7 @@
 
 use crate::config::ConfigError;
 use crate::generate::GenerateError;
-use crate::jobs::{CatalogError, JobError};
+use crate::jobs::{CatalogError, GateError, JobError};
 use crate::lock::LockError;
 use crate::publish::PublishError;
 use crate::quarantine::QuarantineError;
@@ -22,6 +22,9 @@ pub mod exit {
     pub const CONFIG: i32 = 2;
     /// The data made a job fail or there is nothing to read: nothing was published.
     pub const INPUT: i32 = 3;
+    /// A quality gate failed (a tag's declared checks, or a built-in one): nothing was
+    /// published, the previous version stays live.
+    pub const GATE: i32 = 4;
     /// Storage could not be listed, read or written (unreachable, or failing after the
     /// retries ran out): nothing was published. Worth retrying later.
     pub const STORAGE: i32 = 5;
@@ -49,6 +52,8 @@ pub enum Error {
     Quarantine(#[from] QuarantineError),
     #[error(transparent)]
     Job(#[from] JobError),
+    #[error(transparent)]
+    Gate(#[from] GateError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -81,6 +86,7 @@ impl Error {
             Error::Source(SourceError::Task(_)) => exit::INTERNAL,
             Error::Source(SourceError::NoFiles { .. }) => exit::INPUT,
             Error::Source(_) | Error::Quarantine(_) => exit::STORAGE,
+            Error::Job(JobError::Check { .. }) | Error::Gate(_) => exit::GATE,
             Error::Job(_) => exit::INPUT,
             Error::Publish(PublishError::NotFound { .. } | PublishError::NoVersionAt { .. }) => exit::INPUT,
             Error::Publish(_) => exit::STORAGE,

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::error::{exit, Error};
+use crate::jobs::CheckFailure;
 use crate::publish::{self, PublishError};
 use crate::report::RunReport;
 use crate::storage::Location;
@@ -20,8 +21,9 @@ use crate::storage::Location;
 /// The run history table, under the warehouse.
 pub const RUNS_TABLE: &str = "job_runs";
 
-/// Schema of `job_runs`. `jobs` is JSON (`[{"job", "rows", "ms"}]`) so that the table's
-/// schema does not change when the catalog does.
+/// Schema of `job_runs`. `status` is `succeeded`, `forced` (published although checks
+/// failed), `gate_failed` or `failed`. `jobs` is JSON (`[{"job", "rows", "ms",
+/// "failed_checks"?}]`) so that the table's schema does not change when the catalog does.
 pub fn job_runs_schema() -> SchemaRef {
     let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
@@ -73,20 +75,45 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
     let report = run.outcome.ok();
     let sum = |f: fn(&crate::sources::StreamStats) -> usize| report.map(|r| r.streams.values().map(f).sum());
     let (status, exit_code, error) = match run.outcome {
+        Ok(r) if r.gates.forced => ("forced", exit::OK, None),
         Ok(_) => ("succeeded", exit::OK, None),
+        Err(e) if e.exit_code() == exit::GATE => ("gate_failed", exit::GATE, Some(e.to_string())),
         Err(e) => ("failed", e.exit_code(), Some(e.to_string())),
     };
-    let jobs = report.map(|r| {
-        let tags = r
-            .tags
+    // Per job: rows and duration, and the checks that failed (with their numbers) when a
+    // gate stopped the run or was forced.
+    let failed_checks = |job: &str, failures: &[CheckFailure]| -> Vec<serde_json::Value> {
+        failures
             .iter()
-            .map(|t| json!({ "job": t.tag, "rows": t.rows, "ms": t.duration_ms }));
-        let measures = r
-            .measures
-            .iter()
-            .map(|m| json!({ "job": m.measure, "rows": m.rows, "ms": m.duration_ms }));
-        serde_json::Value::Array(tags.chain(measures).collect()).to_string()
-    });
+            .filter(|f| f.job == job)
+            .map(|f| json!({ "check": f.check, "value": f.value, "detail": f.detail }))
+            .collect()
+    };
+    let jobs = match run.outcome {
+        Ok(r) => {
+            let tags = r.tags.iter().map(|t| {
+                let mut entry = json!({ "job": t.tag, "rows": t.rows, "ms": t.duration_ms });
+                let failed = failed_checks(&t.tag, &r.gates.failures);
+                if !failed.is_empty() {
+                    entry["failed_checks"] = failed.into();
+                }
+                entry
+            });
+            let measures = r
+                .measures
+                .iter()
+                .map(|m| json!({ "job": m.measure, "rows": m.rows, "ms": m.duration_ms }));
+            Some(serde_json::Value::Array(tags.chain(measures).collect()).to_string())
+        }
+        Err(Error::Gate(gate)) => {
+            let jobs: std::collections::BTreeSet<&str> = gate.report.failures.iter().map(|f| f.job.as_str()).collect();
+            let entries = jobs
+                .into_iter()
+                .map(|job| json!({ "job": job, "failed_checks": failed_checks(job, &gate.report.failures) }));
+            Some(serde_json::Value::Array(entries.collect()).to_string())
+        }
+        Err(_) => None,
+    };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run.run_id])),
         micros(run.as_of),

@@ -73,6 +73,10 @@ enum Command {
         /// the files not processed yet.
         #[arg(long)]
         full: bool,
+        /// Publish even if a tag's declared quality checks fail; the run report and
+        /// job_runs record that it was forced. Built-in checks (one row per customer) still hold.
+        #[arg(long)]
+        force: bool,
     },
     /// Watch the landing zone and publish after every micro-batch of new files, until
     /// SIGINT or SIGTERM (which end the session after the current batch).
@@ -314,10 +318,12 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             json,
             jobs,
             full,
+            force,
         } => {
             let mut settings = settings(&cli.config, locations, as_of)?;
             settings.jobs = jobs;
             settings.full = full;
+            settings.force = force;
             let report = run::run(&settings).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::compact::CompactReport;
+use crate::jobs::GateReport;
 use crate::publish::Published;
 use crate::quarantine::Entry;
 use crate::sources::StreamStats;
@@ -39,6 +40,8 @@ pub struct RunReport {
     pub tags: Vec<TagReport>,
     pub measures: Vec<MeasureReport>,
     pub stages_ms: BTreeMap<String, u64>,
+    /// The quality gates' outcome (checks evaluated, failures when forced).
+    pub gates: GateReport,
     pub published: Published,
     /// Set when the compaction policy ran after the publish.
     pub compaction: Option<CompactReport>,
@@ -114,7 +117,7 @@ pub struct TagReport {
     pub family: String,
     pub rows: usize,
     /// Customers per value.
-    pub values: BTreeMap<String, usize>,
+    pub values: BTreeMap<String, u64>,
     pub duration_ms: u64,
 }
 
@@ -148,6 +151,20 @@ impl RunReport {
                 "  freshness {} files: p50 {} ms, p95 {} ms, max {} ms",
                 f.files, f.p50_ms, f.p95_ms, f.max_ms
             );
+        }
+        let gates = &self.gates;
+        let _ = writeln!(
+            w,
+            "  gates     {} checks{}",
+            gates.checks,
+            match (gates.failures.len(), gates.forced) {
+                (0, _) => ", all passed".to_string(),
+                (n, true) => format!(", {n} FAILED and forced through (--force)"),
+                (n, false) => format!(", {n} failed"),
+            }
+        );
+        for failure in &gates.failures {
+            let _ = writeln!(w, "            {failure}");
         }
         let changes = self.published.changes.unwrap_or_default();
         let _ = writeln!(

@@ -25,9 +25,10 @@ use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::history::{self, RunRecord};
-use crate::jobs::{fold_state, run_jobs, Catalog, JobKind, JobRun, Table};
+use crate::jobs::{evaluate_checks, fold_state, run_jobs, value_counts, Catalog, GateError, JobKind, JobRun, Table};
 use crate::lock::RunLock;
 use crate::publish;
+use crate::snapshots;
 use crate::publish::tags::{catch_up_feed, publish_tags, TagsUpdate};
 use crate::quarantine::{EntryKind, Quarantine};
 use crate::report::{
@@ -398,6 +399,26 @@ impl Batch<'_> {
             .await?;
         let mark = stage("jobs", mark);
 
+        // Quality gates: a failure publishes nothing and commits no state (the next run
+        // reads the same files again), unless forced.
+        let baseline = snapshots::latest_publish(self.warehouse)
+            .instrument(info_span!("gates"))
+            .await?;
+        let mut gates = evaluate_checks(
+            &output.runs,
+            baseline.as_ref().map(|s| (s.version, &s.segments)),
+        );
+        if !gates.passed() {
+            if !settings.force {
+                return Err(GateError { report: gates }.into());
+            }
+            gates.forced = true;
+            for failure in &gates.failures {
+                warn!(%failure, "quality check failed; publishing anyway (--force)");
+            }
+        }
+        let mark = stage("gates", mark);
+
         for (file, at) in to_read.iter().zip(ingest_times) {
             state.record_file(&file.relative, at);
         }
@@ -511,6 +532,7 @@ impl Batch<'_> {
                 })
                 .collect(),
             stages_ms,
+            gates,
             published,
             compaction,
         }))
@@ -518,27 +540,11 @@ impl Batch<'_> {
 }
 
 fn tag_report(run: &JobRun) -> TagReport {
-    let mut values: BTreeMap<String, usize> = BTreeMap::new();
-    for batch in &run.batches {
-        let column = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("normalised value");
-        for value in column.iter().flatten() {
-            match values.get_mut(value) {
-                Some(count) => *count += 1,
-                None => {
-                    values.insert(value.to_string(), 1);
-                }
-            }
-        }
-    }
     TagReport {
         tag: run.job.name.clone(),
         family: run.job.family.clone().unwrap_or_default(),
         rows: run.rows,
-        values,
+        values: value_counts(run),
         duration_ms: run.duration.as_millis() as u64,
     }
 }

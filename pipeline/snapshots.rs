@@ -114,6 +114,21 @@ fn snapshot(version: u64, commit: &[u8]) -> Snapshot {
     }
 }
 
+/// The latest publish of `customer_tags` (the snapshot served now), if there is one.
+pub async fn latest_publish(warehouse: &Location) -> Result<Option<Snapshot>, PublishError> {
+    let table = match open_published(warehouse, TAGS_TABLE, None).await {
+        Err(PublishError::NotFound { .. }) => return Ok(None),
+        other => other?,
+    };
+    // A compaction adds a few versions after a publish: look at the newest first.
+    for limit in [Some(8), None] {
+        if let Some(found) = history(&table, limit).await?.into_iter().find(Snapshot::is_publish) {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
 /// The version to read for as-of time `at`: the latest publish evaluated at or before it.
 pub async fn version_at(warehouse: &Location, at: DateTime<Utc>) -> Result<u64, PublishError> {
     let snapshots = list(warehouse).await?;

@@ -11,6 +11,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
+use super::checks::Checks;
 use super::header::{self, header_line_mentioning, placeholders, substitute};
 use crate::schema::Schemas;
 
@@ -194,6 +195,10 @@ impl std::fmt::Display for ParamValue {
 /// Parameter overrides from config: job name → parameter → value.
 pub type ParamOverrides = BTreeMap<String, BTreeMap<String, toml::Value>>;
 
+fn is_default(checks: &Checks) -> bool {
+    *checks == Checks::default()
+}
+
 /// One job of the catalog.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
@@ -208,6 +213,9 @@ pub struct Job {
     /// Key, merge rules and retention of a state job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<StateSpec>,
+    /// Quality gates on a tag's output.
+    #[serde(skip_serializing_if = "is_default")]
+    pub checks: Checks,
     pub file: PathBuf,
     #[serde(skip)]
     header_lines: usize,
@@ -618,6 +626,7 @@ fn parse_job(file: &Path, text: &str) -> Result<Job, CatalogError> {
         depends_on: h.depends_on,
         params: BTreeMap::new(),
         state: None,
+        checks: h.checks,
         file: file.to_path_buf(),
         header_lines: parsed.header_lines,
         header_text: parsed.header_text,
@@ -636,6 +645,9 @@ fn parse_job(file: &Path, text: &str) -> Result<Job, CatalogError> {
             return Err(job.invalid("family", "only tag jobs have a `family`".into()))
         }
         _ => {}
+    }
+    if let Some((key, message)) = job.checks.problem(&job) {
+        return Err(job.invalid(key, message));
     }
     let stateful = !h.key.is_empty() || !h.merge.is_empty() || h.day_column.is_some();
     if job.kind == JobKind::State {

@@ -33,6 +33,16 @@ pub enum JobError {
         file: PathBuf,
         message: String,
     },
+    /// A built-in quality gate (one row per customer, no null id or value) failed; unlike
+    /// the header's checks it cannot be forced, since `customer_tags` is keyed by customer
+    /// and tag.
+    #[error("quality gate failed, nothing was published: job '{job}' ({}): {check}: {message} (a built-in check, `--force` cannot override it)", file.display())]
+    Check {
+        job: String,
+        file: PathBuf,
+        check: &'static str,
+        message: String,
+    },
 }
 
 /// The rows and timing of one job.
@@ -288,15 +298,22 @@ fn normalise_tag_rows(job: &Job, batches: Vec<RecordBatch>) -> Result<Vec<Record
             .map(|f| cast(batch.column_by_name(f.name()).expect("checked"), f.data_type()))
             .collect::<Result<_, _>>()
             .map_err(|e| bad(e.to_string()))?;
+        let failed = |check, message| JobError::Check {
+            job: job.name.clone(),
+            file: job.file.clone(),
+            check,
+            message,
+        };
         for (i, name) in ["customer_id", "value"].iter().enumerate() {
             if columns[i].null_count() > 0 {
-                return Err(bad(format!("{name} is null in {} rows", columns[i].null_count())));
+                let message = format!("{name} is null in {} rows", columns[i].null_count());
+                return Err(failed("not_null", message));
             }
         }
         let ids = columns[0].as_any().downcast_ref::<StringArray>().expect("utf8");
         for id in ids.iter().flatten() {
             if !seen.insert(id.to_string()) {
-                return Err(bad(format!("customer '{id}' has more than one row")));
+                return Err(failed("unique", format!("customer '{id}' has more than one row")));
             }
         }
         out.push(RecordBatch::try_new(target.clone(), columns).map_err(|e| bad(e.to_string()))?);

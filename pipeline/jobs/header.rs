@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::catalog::{CatalogError, JobKind, MergeRule};
+use super::checks::Checks;
 
 /// The header as written in the file.
 #[derive(Debug, Deserialize)]
@@ -31,6 +32,9 @@ pub(super) struct Header {
     /// State jobs: a key column holding the event day (days since 1970-01-01); rows older
     /// than the `retain_days` parameter are dropped.
     pub day_column: Option<String>,
+    /// Tag jobs: quality gates on the output.
+    #[serde(default)]
+    pub checks: Checks,
 }
 
 /// A parsed job file.

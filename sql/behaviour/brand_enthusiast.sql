@@ -5,6 +5,12 @@
 -- [params]
 -- min_orders = 3
 -- min_share = 0.6
+-- [checks]
+-- not_null = ["score"]
+-- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
+-- [checks.drift]
+-- max_change_pct = 75
+-- min_base = 1000
 WITH orders_per_brand AS (
     SELECT customer_id, brand, COUNT(*) AS brand_orders
     FROM paid_orders

@@ -4,6 +4,13 @@
 -- inputs = ["paid_orders"]
 -- [params]
 -- min_months = 3
+-- [checks]
+-- not_null = ["score"]
+-- accepted_values = ["true"]
+-- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
+-- [checks.drift]
+-- max_change_pct = 75
+-- min_base = 1000
 WITH recent_order_months AS (
     SELECT customer_id, date_trunc('month', paid_time) AS paid_month
     FROM paid_orders

@@ -7,6 +7,13 @@
 -- high_frequency_orders = 3
 -- # monetary_365 at or above this nearest-rank percentile (over customers with orders_365 >= 1) is high monetary
 -- high_monetary_percentile = 80
+-- [checks]
+-- not_null = ["score"]
+-- accepted_values = ["champion", "devoted", "big_spender", "casual", "prospect"]
+-- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
+-- [checks.drift]
+-- max_change_pct = 75
+-- min_base = 1000
 WITH buyers_by_spend AS (
     SELECT
         monetary_365,

@@ -5,6 +5,13 @@
 -- [params]
 -- window_days = 30
 -- min_customers = 5
+-- [checks]
+-- not_null = ["score"]
+-- accepted_values = ["true"]
+-- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
+-- [checks.drift]
+-- max_change_pct = 75
+-- min_base = 1000
 WITH device_customers AS (
     SELECT DISTINCT device_id, customer_id
     FROM device_days

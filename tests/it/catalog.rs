@@ -1,16 +1,12 @@
 //! The SQL job catalog: discovery, headers, dependency order, parameters and planning
 //! errors reported with file and line before anything runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tagflow::jobs::{Catalog, CatalogError, JobKind};
 use tagflow::schema::Schemas;
 
 use crate::support::*;
-
-fn shipped_sql() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")
-}
 
 fn schemas() -> Schemas {
     Schemas::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
@@ -25,19 +21,6 @@ fn catalog_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&shipped_sql(), dir.path());
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 fn load_err(dir: &Path) -> CatalogError {

@@ -5,33 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use chrono::NaiveDate;
-use tagflow::generate::{generate, GenerateOptions};
-use tagflow::storage::Location;
 
 use crate::support::*;
 
 const AS_OF: &str = "2026-11-19T23:59:59Z";
-
-fn end_day() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2026, 11, 19).unwrap()
-}
-
-async fn generate_into(dir: &Path, customers: usize, days: u32, seed: u64) {
-    let landing = Location::parse(&dir.to_string_lossy(), &Default::default()).unwrap();
-    generate(
-        &landing,
-        &GenerateOptions {
-            customers,
-            days,
-            seed,
-            end: end_day(),
-            bad_input: false,
-        },
-    )
-    .await
-    .unwrap();
-}
 
 #[tokio::test]
 async fn generated_landing_is_tagged_and_published_as_a_delta_table() {

@@ -4,6 +4,7 @@ mod support;
 
 mod catalog;
 mod end_to_end;
+mod gates;
 mod history;
 mod http;
 mod incremental;

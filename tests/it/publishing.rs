@@ -9,10 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tagflow::generate::{generate, GenerateOptions};
 use tagflow::publish::query_published;
 use tagflow::snapshots;
 
@@ -184,21 +183,6 @@ pub(crate) async fn assert_feed_matches_versions(warehouse: &Path, context: &str
         };
         assert_eq!(row.change, expected, "{context}: {row:?}");
     }
-}
-
-fn end_day() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2026, 11, 19).unwrap()
-}
-
-async fn generate_into(dir: &Path, customers: usize, days: u32, seed: u64) {
-    let options = GenerateOptions {
-        customers,
-        days,
-        seed,
-        end: end_day(),
-        bad_input: false,
-    };
-    generate(&location(dir), &options).await.expect("generate");
 }
 
 /// Tags named in the `add` actions of one commit of `customer_tags` (its partitions).

@@ -461,6 +461,51 @@ pub async fn read_tags_at(warehouse: &tagflow::storage::Location, version: Optio
     Tags { rows }
 }
 
+/// The last day of the generated data sets the tests use.
+pub fn end_day() -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(2026, 11, 19).unwrap()
+}
+
+/// Generate landing files (`tagflow generate`'s data) into a local folder.
+pub async fn generate_into(dir: &Path, customers: usize, days: u32, seed: u64) {
+    let options = tagflow::generate::GenerateOptions {
+        customers,
+        days,
+        seed,
+        end: end_day(),
+        bad_input: false,
+    };
+    tagflow::generate::generate(&location(dir), &options)
+        .await
+        .expect("generate");
+}
+
+/// The shipped SQL catalog.
+pub fn shipped_sql() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")
+}
+
+/// Copy a folder tree (a catalog to break or extend).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// Replace `from` by `to` in a file; the text must be there.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
 /// A local folder as a storage location.
 pub fn location(path: &Path) -> tagflow::storage::Location {
     tagflow::storage::Location::parse(&path.to_string_lossy(), &Default::default()).expect("location")
