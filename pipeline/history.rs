@@ -16,6 +16,7 @@ use crate::error::{exit, Error};
 use crate::jobs::CheckFailure;
 use crate::publish::{self, PublishError};
 use crate::report::RunReport;
+use crate::sources::StreamStats;
 use crate::storage::Location;
 
 /// The run history table, under the warehouse.
@@ -50,7 +51,71 @@ pub struct RunRecord<'a> {
     pub run_id: &'a str,
     pub as_of: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
-    pub outcome: Result<&'a RunReport, &'a Error>,
+    pub outcome: Result<Summary, &'a Error>,
+}
+
+/// The numbers of a run that published (a run, a follow batch or a backfill).
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub files_read: usize,
+    pub events: usize,
+    pub duplicates_dropped: usize,
+    pub files_quarantined: usize,
+    pub rows_quarantined: usize,
+    pub customers: usize,
+    pub published_version: u64,
+    /// Per job: `{"job", "rows", "ms", "failed_checks"?}`.
+    pub jobs: Vec<serde_json::Value>,
+    /// Published although checks failed (`--force`).
+    pub forced: bool,
+}
+
+impl Summary {
+    /// Stream counts summed over streams.
+    pub fn count_streams<'s>(&mut self, streams: impl IntoIterator<Item = &'s StreamStats>) {
+        for s in streams {
+            self.files_read += s.files;
+            self.events += s.events;
+            self.duplicates_dropped += s.duplicates_dropped;
+            self.files_quarantined += s.files_quarantined;
+            self.rows_quarantined += s.rows_quarantined;
+        }
+    }
+}
+
+impl From<&RunReport> for Summary {
+    fn from(r: &RunReport) -> Self {
+        let tags = r.tags.iter().map(|t| {
+            let mut entry = json!({ "job": t.tag, "rows": t.rows, "ms": t.duration_ms });
+            let failed = failed_checks(&t.tag, &r.gates.failures);
+            if !failed.is_empty() {
+                entry["failed_checks"] = failed.into();
+            }
+            entry
+        });
+        let measures = r
+            .measures
+            .iter()
+            .map(|m| json!({ "job": m.measure, "rows": m.rows, "ms": m.duration_ms }));
+        let mut summary = Summary {
+            customers: r.customers,
+            published_version: r.published.version,
+            jobs: tags.chain(measures).collect(),
+            forced: r.gates.forced,
+            ..Default::default()
+        };
+        summary.count_streams(r.streams.values());
+        summary
+    }
+}
+
+/// The failed checks of `job`, as recorded in the `jobs` column.
+pub fn failed_checks(job: &str, failures: &[CheckFailure]) -> Vec<serde_json::Value> {
+    failures
+        .iter()
+        .filter(|f| f.job == job)
+        .map(|f| json!({ "check": f.check, "value": f.value, "detail": f.detail }))
+        .collect()
 }
 
 /// Append one row for a finished run.
@@ -71,40 +136,19 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
     let micros = |t: DateTime<Utc>| -> ArrayRef {
         Arc::new(TimestampMicrosecondArray::from(vec![t.timestamp_micros()]).with_timezone("UTC"))
     };
-    let count = |v: Option<usize>| -> ArrayRef { Arc::new(Int64Array::from(vec![v.map(|v| v as i64)])) };
-    let report = run.outcome.ok();
-    let sum = |f: fn(&crate::sources::StreamStats) -> usize| report.map(|r| r.streams.values().map(f).sum());
-    let (status, exit_code, error) = match run.outcome {
-        Ok(r) if r.gates.forced => ("forced", exit::OK, None),
+    let summary = run.outcome.as_ref().ok();
+    let count =
+        |f: fn(&Summary) -> usize| -> ArrayRef { Arc::new(Int64Array::from(vec![summary.map(|s| f(s) as i64)])) };
+    let (status, exit_code, error) = match &run.outcome {
+        Ok(s) if s.forced => ("forced", exit::OK, None),
         Ok(_) => ("succeeded", exit::OK, None),
         Err(e) if e.exit_code() == exit::GATE => ("gate_failed", exit::GATE, Some(e.to_string())),
         Err(e) => ("failed", e.exit_code(), Some(e.to_string())),
     };
     // Per job: rows and duration, and the checks that failed (with their numbers) when a
     // gate stopped the run or was forced.
-    let failed_checks = |job: &str, failures: &[CheckFailure]| -> Vec<serde_json::Value> {
-        failures
-            .iter()
-            .filter(|f| f.job == job)
-            .map(|f| json!({ "check": f.check, "value": f.value, "detail": f.detail }))
-            .collect()
-    };
-    let jobs = match run.outcome {
-        Ok(r) => {
-            let tags = r.tags.iter().map(|t| {
-                let mut entry = json!({ "job": t.tag, "rows": t.rows, "ms": t.duration_ms });
-                let failed = failed_checks(&t.tag, &r.gates.failures);
-                if !failed.is_empty() {
-                    entry["failed_checks"] = failed.into();
-                }
-                entry
-            });
-            let measures = r
-                .measures
-                .iter()
-                .map(|m| json!({ "job": m.measure, "rows": m.rows, "ms": m.duration_ms }));
-            Some(serde_json::Value::Array(tags.chain(measures).collect()).to_string())
-        }
+    let jobs = match &run.outcome {
+        Ok(s) => Some(serde_json::Value::Array(s.jobs.clone()).to_string()),
         Err(Error::Gate(gate)) => {
             let jobs: std::collections::BTreeSet<&str> = gate.report.failures.iter().map(|f| f.job.as_str()).collect();
             let entries = jobs
@@ -122,13 +166,13 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
         Arc::new(StringArray::from(vec![status])),
         Arc::new(Int32Array::from(vec![exit_code])),
         Arc::new(StringArray::from(vec![error])),
-        count(sum(|s| s.files)),
-        count(sum(|s| s.events)),
-        count(sum(|s| s.duplicates_dropped)),
-        count(sum(|s| s.files_quarantined)),
-        count(sum(|s| s.rows_quarantined)),
-        count(report.map(|r| r.customers)),
-        Arc::new(UInt64Array::from(vec![report.map(|r| r.published.version)])),
+        count(|s| s.files_read),
+        count(|s| s.events),
+        count(|s| s.duplicates_dropped),
+        count(|s| s.files_quarantined),
+        count(|s| s.rows_quarantined),
+        count(|s| s.customers),
+        Arc::new(UInt64Array::from(vec![summary.map(|s| s.published_version)])),
         Arc::new(StringArray::from(vec![jobs])),
     ];
     RecordBatch::try_new(job_runs_schema(), columns).expect("job_runs row matches its schema")

@@ -3,9 +3,10 @@
 //! Stages, one module each: [`sources`] read the landing zone, [`jobs`] plan and run the
 //! SQL tag jobs, [`publish`] writes Delta tables, [`compact`] keeps them
 //! small and fast to open, [`snapshots`] reads their versions, [`serve`] answers lookups over HTTP from the
-//! latest published snapshot. [`run`] chains the batch stages; [`config`] resolves
+//! latest published snapshot. [`run`] chains the batch stages and [`backfill`] replays them over past days; [`config`] resolves
 //! settings; [`error`] maps failures to exit codes.
 
+pub mod backfill;
 pub mod compact;
 pub mod config;
 pub mod dedup;

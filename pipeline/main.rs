@@ -90,6 +90,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recompute the tags as they stood at the end of each day from --from to --to and
+    /// write them to <warehouse>/customer_tags_history, one snapshot per day, in order.
+    /// Re-running replaces those days. The live table and state are not touched.
+    Backfill {
+        #[command(flatten)]
+        locations: Locations,
+        /// First day (UTC), e.g. 2026-01-01.
+        #[arg(long)]
+        from: NaiveDate,
+        /// Last day (UTC), included.
+        #[arg(long)]
+        to: NaiveDate,
+        /// Days between snapshots: 1d, 7d.
+        #[arg(long, default_value = "1d", value_parser = parse_interval)]
+        every: std::time::Duration,
+        /// Write a day even if its quality checks fail (recorded as forced).
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write realistic sample landing files.
     Generate {
         /// Landing zone to write into (local path or URL; default: the configured landing,
@@ -343,6 +365,23 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                 }
             };
             run::follow(&settings, interval, shutdown_signal(), print).await?;
+        }
+        Command::Backfill {
+            locations,
+            from,
+            to,
+            every,
+            force,
+            json,
+        } => {
+            let mut settings = settings(&cli.config, locations, None)?;
+            settings.force = force;
+            let range = tagflow::backfill::Range::new(from, to, every)?;
+            let report = tagflow::backfill::backfill(&settings, range, |_, _| {}).await?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report).expect("report serialises")),
+                false => print!("{}", report.render()),
+            }
         }
         Command::Generate {
             out,

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use arrow::array::{Array, StringArray};
+use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{info, info_span, warn, Instrument};
@@ -24,18 +25,21 @@ use crate::compact;
 use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::history::{self, RunRecord};
-use crate::jobs::{evaluate_checks, fold_state, run_jobs, value_counts, Catalog, GateError, JobKind, JobRun, Table};
+use crate::history::{self, RunRecord, Summary};
+use crate::jobs::{
+    evaluate_checks, fold_state, run_jobs, value_counts, Catalog, GateError, GateReport, JobKind, JobOutput, JobRun,
+    Segments, StateRun, Table,
+};
 use crate::lock::RunLock;
 use crate::publish;
-use crate::snapshots;
 use crate::publish::tags::{catch_up_feed, publish_tags, TagsUpdate};
 use crate::quarantine::{EntryKind, Quarantine};
 use crate::report::{
     Freshness, MeasureReport, Mode, QuarantineReport, RunReport, StateReport, StateTableReport, TagReport,
 };
 use crate::schema::Schemas;
-use crate::sources::{self, LandingFile};
+use crate::snapshots;
+use crate::sources::{self, LandingFile, StreamStats};
 use crate::state::State;
 use crate::storage::Location;
 
@@ -117,9 +121,15 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     }
     .instrument(span.clone())
     .await;
-    record(warehouse, &run_id, settings.as_of, started_at, outcome.as_ref())
-        .instrument(span)
-        .await;
+    record(
+        warehouse,
+        &run_id,
+        settings.as_of,
+        started_at,
+        outcome.as_ref().map(Summary::from),
+    )
+    .instrument(span)
+    .await;
     outcome
 }
 
@@ -162,12 +172,12 @@ pub async fn compact(settings: &Settings) -> Result<compact::CompactReport, Erro
 }
 
 /// Record a run (or a follow batch) in `job_runs`; a failure to record is a warning.
-async fn record(
+pub(crate) async fn record(
     warehouse: &Location,
     run_id: &str,
     as_of: DateTime<Utc>,
     started_at: DateTime<Utc>,
-    outcome: Result<&RunReport, &Error>,
+    outcome: Result<Summary, &Error>,
 ) {
     let record = RunRecord {
         run_id,
@@ -248,7 +258,7 @@ pub async fn follow(
                 &run_id,
                 started_at,
                 started_at,
-                outcome.as_ref().map(|r| r.as_ref().expect("some")),
+                outcome.as_ref().map(|r| Summary::from(r.as_ref().expect("some"))),
             )
             .instrument(span)
             .await;
@@ -367,57 +377,25 @@ impl Batch<'_> {
         for (stream, ignored) in listing.ignored {
             data.stats.entry(stream).or_default().files_ignored = ignored;
         }
-        let mark = stage("read", mark);
+        stage("read", mark);
 
-        // Events that count now: new ones and held ones whose time has come.
-        let mut counted = BTreeMap::new();
-        for (name, schema) in &self.project.schemas.streams {
-            let mut batches = state.pending.remove(name).unwrap_or_default();
-            batches.extend(data.events.remove(name).unwrap_or_default());
-            let (now, later) = sources::split_at(batches, as_of);
-            let stats = data.stats.entry(name.clone()).or_default();
-            stats.events = now.iter().map(|b| b.num_rows()).sum();
-            stats.after_as_of = later.iter().map(|b| b.num_rows()).sum();
-            state.pending.insert(name.clone(), later);
-            counted.insert(
-                name.clone(),
-                Table {
-                    schema: schema.arrow_schema(),
-                    batches: now,
-                },
-            );
-        }
-        let (tables, state_runs) = fold_state(catalog, &state.tables, &counted, as_of)
-            .instrument(info_span!("fold_state"))
-            .await?;
-        drop(counted);
-        state.tables = tables;
-        let mark = stage("fold_state", mark);
-
-        let output = run_jobs(catalog, &state.tables, as_of)
-            .instrument(info_span!("jobs"))
-            .await?;
-        let mark = stage("jobs", mark);
-
-        // Quality gates: a failure publishes nothing and commits no state (the next run
-        // reads the same files again), unless forced.
         let baseline = snapshots::latest_publish(self.warehouse)
-            .instrument(info_span!("gates"))
+            .instrument(info_span!("baseline"))
             .await?;
-        let mut gates = evaluate_checks(
-            &output.runs,
+        let new_events = std::mem::take(&mut data.events);
+        let evaluated = evaluate_at(
+            self.project,
+            state,
+            new_events,
+            &mut data.stats,
+            as_of,
             baseline.as_ref().map(|s| (s.version, &s.segments)),
-        );
-        if !gates.passed() {
-            if !settings.force {
-                return Err(GateError { report: gates }.into());
-            }
-            gates.forced = true;
-            for failure in &gates.failures {
-                warn!(%failure, "quality check failed; publishing anyway (--force)");
-            }
-        }
-        let mark = stage("gates", mark);
+            settings.force,
+        )
+        .await?;
+        let (output, state_runs, gates) = (evaluated.output, evaluated.state_runs, evaluated.gates);
+        let evaluate_stages = evaluated.stages_ms;
+        let mark = Instant::now();
 
         for (file, at) in to_read.iter().zip(ingest_times) {
             state.record_file(&file.relative, at);
@@ -466,6 +444,7 @@ impl Batch<'_> {
             stage("compact", mark);
         }
 
+        stages_ms.extend(evaluate_stages);
         let lags: Vec<u64> = to_read
             .iter()
             .map(|f| (published_at - f.appeared_at).num_milliseconds().max(0) as u64)
@@ -537,6 +516,85 @@ impl Batch<'_> {
             compaction,
         }))
     }
+}
+
+/// What [`evaluate_at`] produced.
+pub(crate) struct Evaluated {
+    pub output: JobOutput,
+    pub state_runs: Vec<StateRun>,
+    pub gates: GateReport,
+    /// Milliseconds spent in `fold_state`, `jobs` and `gates`.
+    pub stages_ms: BTreeMap<String, u64>,
+}
+
+/// Evaluate the tags at `as_of`: the events that count now (`new_events` and held ones
+/// whose time has come; later ones are held in `state.pending`) are folded into the state
+/// tables, the measure and tag jobs run, and the quality gates are checked against
+/// `baseline` (the previous snapshot's version and segments). A failed gate is an error
+/// unless `force`; the state in memory is then already folded, so a caller that stops
+/// must drop it (nothing of it is committed).
+pub(crate) async fn evaluate_at(
+    project: &Project,
+    state: &mut State,
+    mut new_events: BTreeMap<String, Vec<RecordBatch>>,
+    stats: &mut BTreeMap<String, StreamStats>,
+    as_of: DateTime<Utc>,
+    baseline: Option<(u64, &Segments)>,
+    force: bool,
+) -> Result<Evaluated, Error> {
+    let mut counted = BTreeMap::new();
+    for (name, schema) in &project.schemas.streams {
+        let mut batches = state.pending.remove(name).unwrap_or_default();
+        batches.extend(new_events.remove(name).unwrap_or_default());
+        let (now, later) = sources::split_at(batches, as_of);
+        let stats = stats.entry(name.clone()).or_default();
+        stats.events += now.iter().map(|b| b.num_rows()).sum::<usize>();
+        stats.after_as_of = later.iter().map(|b| b.num_rows()).sum();
+        state.pending.insert(name.clone(), later);
+        counted.insert(
+            name.clone(),
+            Table {
+                schema: schema.arrow_schema(),
+                batches: now,
+            },
+        );
+    }
+    let catalog = &project.catalog;
+    let mut stages_ms = BTreeMap::new();
+    let mut mark = Instant::now();
+    let mut stage = |name: &str| {
+        stages_ms.insert(name.to_string(), mark.elapsed().as_millis() as u64);
+        mark = Instant::now();
+    };
+    let (tables, state_runs) = fold_state(catalog, &state.tables, &counted, as_of)
+        .instrument(info_span!("fold_state"))
+        .await?;
+    drop(counted);
+    state.tables = tables;
+    stage("fold_state");
+    let output = run_jobs(catalog, &state.tables, as_of)
+        .instrument(info_span!("jobs"))
+        .await?;
+    stage("jobs");
+    // Quality gates: a failure publishes nothing and commits no state (the next run reads
+    // the same files again), unless forced.
+    let mut gates = info_span!("gates").in_scope(|| evaluate_checks(&output.runs, baseline));
+    stage("gates");
+    if !gates.passed() {
+        if !force {
+            return Err(GateError { report: gates }.into());
+        }
+        gates.forced = true;
+        for failure in &gates.failures {
+            warn!(%failure, "quality check failed; publishing anyway (--force)");
+        }
+    }
+    Ok(Evaluated {
+        output,
+        state_runs,
+        gates,
+        stages_ms,
+    })
 }
 
 fn tag_report(run: &JobRun) -> TagReport {

@@ -205,7 +205,11 @@ pub fn evaluate(runs: &[JobRun], baseline: Option<(u64, &Segments)>) -> GateRepo
                 let old = before.get(value).copied().unwrap_or(0);
                 let new = counts.get(value).copied().unwrap_or(0);
                 if let Some(detail) = drift.exceeded(old, new) {
-                    fail("drift", Some(value), format!("{detail} (version {version}: {old}, now: {new})"));
+                    fail(
+                        "drift",
+                        Some(value),
+                        format!("{detail} (version {version}: {old}, now: {new})"),
+                    );
                 }
             }
         }
@@ -268,7 +272,11 @@ mod tests {
         assert_eq!(pct.exceeded(100, 150), None, "exactly 50% is allowed");
         assert!(pct.exceeded(100, 151).is_some());
         assert!(pct.exceeded(100, 49).is_some());
-        assert_eq!(pct.exceeded(99, 0), None, "below min_base the percentage is not checked");
+        assert_eq!(
+            pct.exceeded(99, 0),
+            None,
+            "below min_base the percentage is not checked"
+        );
         let abs = Drift {
             max_change_pct: None,
             min_base: 0,

@@ -36,5 +36,7 @@ mod exec;
 mod header;
 
 pub use catalog::{Catalog, CatalogError, Job, JobKind, MergeFn, MergeRule, ParamOverrides, ParamValue, StateSpec};
-pub use checks::{evaluate as evaluate_checks, value_counts, CheckFailure, Checks, Drift, GateError, GateReport, Segments};
+pub use checks::{
+    evaluate as evaluate_checks, value_counts, CheckFailure, Checks, Drift, GateError, GateReport, Segments,
+};
 pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, StateRun, Table};

@@ -93,7 +93,7 @@ pub struct TableSettings {
 }
 
 impl TableSettings {
-    fn configuration(&self) -> HashMap<String, Option<String>> {
+    pub(crate) fn configuration(&self) -> HashMap<String, Option<String>> {
         HashMap::from([
             (
                 "delta.checkpointInterval".to_string(),

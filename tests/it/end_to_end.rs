@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-
 use crate::support::*;
 
 const AS_OF: &str = "2026-11-19T23:59:59Z";

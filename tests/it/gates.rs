@@ -71,7 +71,14 @@ async fn last_run(fx: &Fixture) -> (String, i32, Value) {
     .await
     .expect("job_runs");
     let b = &batches[0];
-    let text = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+    let text = |i: usize| {
+        b.column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string()
+    };
     let code = b.column(1).as_any().downcast_ref::<Int32Array>().unwrap().value(0);
     (text(0), code, serde_json::from_str(&text(2)).unwrap())
 }
@@ -83,7 +90,12 @@ fn failed_checks(jobs: &Value, job: &str) -> BTreeSet<(String, Option<String>)> 
         .iter()
         .filter(|j| j["job"] == job)
         .flat_map(|j| j["failed_checks"].as_array().cloned().unwrap_or_default())
-        .map(|c| (c["check"].as_str().unwrap().to_string(), c["value"].as_str().map(String::from)))
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                c["value"].as_str().map(String::from),
+            )
+        })
         .collect()
 }
 
@@ -103,12 +115,18 @@ async fn a_drift_gate_stops_a_broken_job_and_the_previous_version_stays_served()
     let blocked = cli_run(&fx, &sql, &[]);
     let stderr = String::from_utf8_lossy(&blocked.stderr);
     assert_eq!(blocked.status.code(), Some(exit::GATE), "{stderr}");
-    assert!(stderr.contains("quality gate failed, nothing was published"), "{stderr}");
+    assert!(
+        stderr.contains("quality gate failed, nothing was published"),
+        "{stderr}"
+    );
     assert!(stderr.contains("rfm_tier: drift ["), "{stderr}");
     assert!(blocked.stdout.is_empty(), "no report for a run that did not publish");
 
     // Nothing moved: the same version, the same rows, and a server still serves it.
-    let live = snapshots::latest_publish(&location(&fx.warehouse_dir())).await.unwrap().unwrap();
+    let live = snapshots::latest_publish(&location(&fx.warehouse_dir()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(live.version, good_version);
     assert_eq!(fx.published(None).await.rows, before.rows);
     let settings = fx.settings(AS_OF, None).unwrap();
@@ -176,8 +194,16 @@ async fn declared_checks_fail_with_their_numbers_and_publish_nothing() {
     assert!(prospects > 0 && rows("lifecycle") > 10 && rows("aipl_stage") > 0);
 
     edit(&sql.join("behaviour/rfm_tier.sql"), ", \"prospect\"]", "]");
-    edit(&sql.join("behaviour/lifecycle.sql"), "-- [checks]\n", "-- [checks]\n-- max_rows = 10\n");
-    edit(&sql.join("behaviour/aipl_stage.sql"), "-- [checks]\n", "-- [checks]\n-- not_null = [\"score\"]\n");
+    edit(
+        &sql.join("behaviour/lifecycle.sql"),
+        "-- [checks]\n",
+        "-- [checks]\n-- max_rows = 10\n",
+    );
+    edit(
+        &sql.join("behaviour/aipl_stage.sql"),
+        "-- [checks]\n",
+        "-- [checks]\n-- not_null = [\"score\"]\n",
+    );
     let min = rows("repurchaser") + 1;
     edit(
         &sql.join("behaviour/repurchaser.sql"),
@@ -224,7 +250,10 @@ async fn declared_checks_fail_with_their_numbers_and_publish_nothing() {
     ]);
     assert_eq!(got, expected);
     assert_eq!(gate.report.baseline_version, Some(good.published.version));
-    let live = snapshots::latest_publish(&location(&fx.warehouse_dir())).await.unwrap().unwrap();
+    let live = snapshots::latest_publish(&location(&fx.warehouse_dir()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(live.version, good.published.version, "nothing was published");
 }
 
@@ -245,15 +274,26 @@ fn built_in_checks_cannot_be_forced() {
     let out = cli_run(&fx, &sql, &["--force"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(exit::GATE), "{stderr}");
-    assert!(stderr.contains("two_rows") && stderr.contains("unique: customer 'c1' has more than one row"), "{stderr}");
+    assert!(
+        stderr.contains("two_rows") && stderr.contains("unique: customer 'c1' has more than one row"),
+        "{stderr}"
+    );
     assert!(stderr.contains("`--force` cannot override it"), "{stderr}");
-    assert!(!fx.warehouse_dir().join("customer_tags").exists(), "nothing was published");
+    assert!(
+        !fx.warehouse_dir().join("customer_tags").exists(),
+        "nothing was published"
+    );
 }
 
 #[test]
 fn check_headers_are_validated_before_anything_runs() {
     let cases = [
-        ("behaviour/lifecycle.sql", "-- [checks]\n", "-- [checks]\n-- max_row = 3\n", "unknown field `max_row`"),
+        (
+            "behaviour/lifecycle.sql",
+            "-- [checks]\n",
+            "-- [checks]\n-- max_row = 3\n",
+            "unknown field `max_row`",
+        ),
         (
             "behaviour/lifecycle.sql",
             "-- [checks]\n",
@@ -291,6 +331,9 @@ fn check_headers_are_validated_before_anything_runs() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(exit::CONFIG), "{file}: {stderr}");
         assert!(stderr.contains(message), "{file}: expected {message:?} in {stderr}");
-        assert!(stderr.contains(&format!("{file}:")), "{file}: the file is named: {stderr}");
+        assert!(
+            stderr.contains(&format!("{file}:")),
+            "{file}: the file is named: {stderr}"
+        );
     }
 }

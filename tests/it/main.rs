@@ -2,6 +2,7 @@
 
 mod support;
 
+mod backfill;
 mod catalog;
 mod end_to_end;
 mod gates;

@@ -437,8 +437,13 @@ pub async fn read_tags_at(warehouse: &tagflow::storage::Location, version: Optio
     )
     .await
     .expect("read customer_tags");
+    tags_from(&batches)
+}
+
+/// Rows of `customer_id, family, tag, value, score` as [`Tags`].
+pub fn tags_from(batches: &[RecordBatch]) -> Tags {
     let mut rows = Vec::new();
-    for b in &batches {
+    for b in batches {
         let s = |i: usize| {
             b.column(i)
                 .as_any()
