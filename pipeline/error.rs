@@ -5,6 +5,7 @@ use crate::config::ConfigError;
 use crate::generate::GenerateError;
 use crate::jobs::{CatalogError, GateError, JobError};
 use crate::lock::LockError;
+use crate::preview::PreviewError;
 use crate::publish::PublishError;
 use crate::quarantine::QuarantineError;
 use crate::schema::SchemaError;
@@ -57,6 +58,8 @@ pub enum Error {
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
+    Preview(#[from] PreviewError),
+    #[error(transparent)]
     Generate(#[from] GenerateError),
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -95,6 +98,8 @@ impl Error {
             Error::Lock(LockError::Held { .. }) => exit::LOCKED,
             Error::Lock(_) => exit::STORAGE,
             Error::State(_) => exit::STORAGE,
+            Error::Preview(PreviewError::NoState { .. }) => exit::INPUT,
+            Error::Preview(_) => exit::CONFIG,
             Error::Serve(ServeError::Bind { .. }) => exit::CONFIG,
             Error::Serve(_) => exit::INTERNAL,
         }

@@ -16,6 +16,7 @@ pub mod generate;
 pub mod history;
 pub mod jobs;
 pub mod lock;
+pub mod preview;
 pub mod publish;
 pub mod quarantine;
 pub mod report;

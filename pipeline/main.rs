@@ -112,6 +112,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate a new or edited tag (or measure) definition against the committed state,
+    /// without writing anything, and show per value how many customers would enter, exit
+    /// and stay compared with the live table, with samples, and whether its checks pass.
+    Preview {
+        /// The job file (it replaces the catalog's job of the same name, or is added).
+        file: PathBuf,
+        #[command(flatten)]
+        locations: Locations,
+        /// Customer ids to show per value and flow.
+        #[arg(long, default_value_t = 5)]
+        sample: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write realistic sample landing files.
     Generate {
         /// Landing zone to write into (local path or URL; default: the configured landing,
@@ -381,6 +395,22 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&report).expect("report serialises")),
                 false => print!("{}", report.render()),
+            }
+        }
+        Command::Preview {
+            file,
+            locations,
+            sample,
+            json,
+        } => {
+            let settings = settings(&cli.config, locations, None)?;
+            let preview = tagflow::preview::preview(&settings, &file, sample).await?;
+            match json {
+                true => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&preview).expect("preview serialises")
+                ),
+                false => print!("{}", preview.render()),
             }
         }
         Command::Generate {

@@ -52,9 +52,15 @@ pub struct Project {
 /// Load schemas and jobs, apply parameter overrides and plan every job. Any error here is
 /// reported before anything is read or written.
 pub async fn prepare(settings: &Settings) -> Result<Project, Error> {
+    prepare_with(settings, None).await
+}
+
+/// [`prepare`] with a candidate job file in place of (or added to) the catalog's job of
+/// the same name.
+pub async fn prepare_with(settings: &Settings, candidate: Option<&std::path::Path>) -> Result<Project, Error> {
     let schemas = Schemas::load(&settings.schemas_dir)?;
     let streams: Vec<String> = schemas.streams.keys().cloned().collect();
-    let mut catalog = Catalog::load(&settings.sql_dir, &streams)?;
+    let mut catalog = Catalog::load_with(&settings.sql_dir, &streams, candidate)?;
     catalog.apply_overrides(&settings.params)?;
     catalog.validate(&schemas).await?;
     // Duplicates older than the memory's reach must not be able to change a table.

@@ -360,6 +360,12 @@ impl Catalog {
     /// Discover every `*.sql` under `dir` (recursively), parse and order them.
     /// `streams` are the tables the landing zone provides.
     pub fn load(dir: &Path, streams: &[String]) -> Result<Self, CatalogError> {
+        Self::load_with(dir, streams, None)
+    }
+
+    /// [`Catalog::load`], with `candidate` (a job file anywhere) in place of the job of the
+    /// same name, or added to the catalog if it is new: a definition to preview.
+    pub fn load_with(dir: &Path, streams: &[String], candidate: Option<&Path>) -> Result<Self, CatalogError> {
         let mut files = Vec::new();
         collect_sql_files(dir, &mut files)?;
         files.sort();
@@ -380,6 +386,14 @@ impl Catalog {
                     second: job.file,
                 });
             }
+            jobs.insert(job.name.clone(), job);
+        }
+        if let Some(file) = candidate {
+            let text = std::fs::read_to_string(file).map_err(|source| CatalogError::Io {
+                dir: file.to_path_buf(),
+                source,
+            })?;
+            let job = parse_job(file, &text)?;
             jobs.insert(job.name.clone(), job);
         }
         for job in jobs.values() {

@@ -148,12 +148,12 @@ pub struct GateError {
 
 /// Evaluate every tag's checks on its rows. `baseline` is the previous snapshot's version
 /// and segment sizes (`None`: nothing published yet, drift is not checked).
-pub fn evaluate(runs: &[JobRun], baseline: Option<(u64, &Segments)>) -> GateReport {
+pub fn evaluate<'a>(runs: impl IntoIterator<Item = &'a JobRun>, baseline: Option<(u64, &Segments)>) -> GateReport {
     let mut report = GateReport {
         baseline_version: baseline.map(|(v, _)| v),
         ..Default::default()
     };
-    for run in runs.iter().filter(|r| r.job.kind == JobKind::Tag) {
+    for run in runs.into_iter().filter(|r| r.job.kind == JobKind::Tag) {
         let job = &run.job;
         let checks = &job.checks;
         let mut fail = |check: &str, value: Option<&str>, detail: String| {

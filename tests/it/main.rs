@@ -10,6 +10,7 @@ mod history;
 mod http;
 mod incremental;
 mod lock;
+mod preview;
 mod publishing;
 mod reference;
 mod s3;
