@@ -12,6 +12,7 @@ pub mod config;
 pub mod dedup;
 pub mod demo;
 pub mod error;
+pub mod follow_metrics;
 pub mod generate;
 pub mod history;
 pub mod jobs;

@@ -89,6 +89,10 @@ enum Command {
         /// Print each published batch's report as one JSON line on stdout.
         #[arg(long)]
         json: bool,
+        /// Serve Prometheus metrics on this address at /metrics (port 0 picks a free port;
+        /// the address is logged).
+        #[arg(long, env = "TAGFLOW_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Recompute the tags as they stood at the end of each day from --from to --to and
     /// write them to <warehouse>/customer_tags_history, one snapshot per day, in order.
@@ -371,6 +375,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             locations,
             interval,
             json,
+            metrics_listen,
         } => {
             let settings = settings(&cli.config, locations, None)?;
             let print = |report: &tagflow::report::RunReport| {
@@ -378,7 +383,20 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                     println!("{}", serde_json::to_string(report).expect("report serialises"));
                 }
             };
-            run::follow(&settings, interval, shutdown_signal(), print).await?;
+            let metrics = std::sync::Arc::new(tagflow::follow_metrics::FollowMetrics::default());
+            let endpoint = match metrics_listen {
+                Some(listen) => {
+                    let (addr, task) = tagflow::follow_metrics::serve(listen, metrics.clone()).await?;
+                    tracing::info!("metrics at http://{addr}/metrics");
+                    Some(task)
+                }
+                None => None,
+            };
+            let outcome = run::follow(&settings, interval, shutdown_signal(), &metrics, print).await;
+            if let Some(task) = endpoint {
+                task.abort();
+            }
+            outcome?;
         }
         Command::Backfill {
             locations,

@@ -82,6 +82,9 @@ pub struct Freshness {
     pub p50_ms: u64,
     pub p95_ms: u64,
     pub max_ms: u64,
+    /// Every file's lag, ascending (for metrics; not in the JSON report).
+    #[serde(skip)]
+    pub lags_ms: Vec<u64>,
 }
 
 impl Freshness {
@@ -97,6 +100,7 @@ impl Freshness {
             p50_ms: rank(50),
             p95_ms: rank(95),
             max_ms: *lags_ms.last().expect("non-empty"),
+            lags_ms,
         })
     }
 }

@@ -25,6 +25,7 @@ use crate::compact;
 use crate::config::ConfigError;
 use crate::config::Settings;
 use crate::error::Error;
+use crate::follow_metrics::FollowMetrics;
 use crate::history::{self, RunRecord, Summary};
 use crate::jobs::{
     evaluate_checks, fold_state, run_jobs, value_counts, Catalog, GateError, GateReport, JobKind, JobOutput, JobRun,
@@ -199,12 +200,14 @@ pub(crate) async fn record(
 /// Follow the landing zone until `stop` resolves: every `interval`, a batch reads the new
 /// files, folds them into the state and publishes. The lock is held for the whole session
 /// and the state stays in memory between batches. `stop` ends the session after the
-/// current batch. `on_batch` sees the report of every batch that published. Returns the
+/// current batch. Every batch is counted in `metrics`; `on_batch` sees the report of
+/// every batch that published. Returns the
 /// number of batches that published.
 pub async fn follow(
     settings: &Settings,
     interval: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
+    metrics: &FollowMetrics,
     mut on_batch: impl FnMut(&RunReport),
 ) -> Result<usize, Error> {
     let landing = settings.landing()?;
@@ -237,10 +240,11 @@ pub async fn follow(
         let may_skip = published > 0 && failures == 0;
         let outcome = batch.run(&mut state, may_skip).instrument(span.clone()).await;
         match &outcome {
-            Ok(None) => {}
+            Ok(None) => metrics.idle(),
             Ok(Some(report)) => {
                 published += 1;
                 failures = 0;
+                metrics.published(report);
                 on_batch(report);
                 info!(
                     version = report.published.version,
@@ -252,6 +256,7 @@ pub async fn follow(
                 );
             }
             Err(error) => {
+                metrics.failed(error);
                 // Drop the in-memory state: the next batch starts from the committed one.
                 state = None;
                 failures += 1;

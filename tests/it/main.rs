@@ -5,6 +5,7 @@ mod support;
 mod backfill;
 mod catalog;
 mod end_to_end;
+mod follow;
 mod gates;
 mod history;
 mod http;

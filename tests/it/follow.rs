@@ -1,0 +1,124 @@
+//! `tagflow follow --metrics-listen`: the Prometheus endpoint counts what the batches did,
+//! including quality-gate failures, which end the session with the gate's exit code after
+//! the consecutive-failure limit.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tagflow::error::exit;
+
+use crate::http::Client;
+use crate::support::*;
+
+/// `name{labels}` -> value of an OpenMetrics text.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_serves_metrics_and_a_failing_gate_ends_the_session_with_its_code() {
+    let fx = Fixture::new();
+    let now = Utc::now();
+    let at = |minutes_ago: i64| (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
+    fx.clicks("a.parquet", &[view("k1", "c1", &at(90)), view("k2", "c2", &at(80))]);
+    let sql = fx.dir.path().join("sql");
+    copy_dir(&shipped_sql(), &sql);
+    edit(
+        &sql.join("behaviour/lifecycle.sql"),
+        "-- [checks]\n",
+        "-- [checks]\n-- max_rows = 2\n",
+    );
+    let log = fx.dir.path().join("follow.log");
+    let mut child = tagflow()
+        .args([
+            "follow",
+            "--interval",
+            "500ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--landing",
+        ])
+        .arg(fx.landing_dir())
+        .arg("--warehouse")
+        .arg(fx.warehouse_dir())
+        .arg("--sql-dir")
+        .arg(&sql)
+        .env("TAGFLOW_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let addr = loop {
+        if let Some(rest) = log_text().split("metrics at http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no metrics address:\n{}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut client = Client::new(addr);
+    let mut wait_for = async |what: &str, done: &dyn Fn(&BTreeMap<String, f64>) -> bool| {
+        let started = Instant::now();
+        loop {
+            let reply = client.get("/metrics").await;
+            assert_eq!(reply.status, 200);
+            let metrics = parse_metrics(std::str::from_utf8(&reply.body).unwrap());
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{what} never seen: {metrics:#?}\n{}",
+                log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let published = r#"tagflow_follow_batches_total{result="published"}"#;
+    let m = wait_for("the first publish", &|m| m.get(published).is_some_and(|n| *n >= 1.0)).await;
+    assert_eq!(m["tagflow_follow_files_total"], 1.0);
+    assert_eq!(m["tagflow_follow_events_total"], 2.0);
+    assert_eq!(m["tagflow_follow_published_version"], 0.0);
+    assert_eq!(m["tagflow_follow_freshness_seconds_count"], 1.0);
+    assert!(m["tagflow_follow_freshness_lag_seconds"] > 0.0);
+    assert!(m[r#"tagflow_follow_job_duration_seconds_count{job="rfm_tier"}"#] >= 1.0);
+
+    // A third customer breaks lifecycle's max_rows: batches fail their gate, nothing more is
+    // published, and the session ends with the gate's exit code.
+    fx.carts("b.parquet", &[cart_add("k3", "c3", &at(60), 1, Some(5.0))]);
+    let gate = r#"tagflow_follow_gate_failures_total{job="lifecycle",check="max_rows"}"#;
+    let m = wait_for("a gate failure", &|m| m.get(gate).is_some_and(|n| *n >= 1.0)).await;
+    assert!(m[r#"tagflow_follow_batches_total{result="gate_failed"}"#] >= 1.0);
+    assert_eq!(m["tagflow_follow_published_version"], 0.0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "follow did not stop:\n{}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(exit::GATE), "{}", log_text());
+    assert!(
+        log_text().contains("lifecycle: max_rows: 3 rows, at most 2 expected"),
+        "{}",
+        log_text()
+    );
+    assert_eq!(fx.published(None).await.customers("lifecycle"), ["c1", "c2"]);
+}
