@@ -79,6 +79,19 @@ pub struct FileConfig {
     /// The lookup API (`tagflow serve`): `[serve]`.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// `tagflow follow`'s schedule: `[follow]`.
+    #[serde(default)]
+    pub follow: FollowConfig,
+}
+
+/// `[follow]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowConfig {
+    /// Cron expression (UTC; 5 fields, or 6 with seconds first) for full recomputes inside a
+    /// follow session, e.g. `"0 3 * * *"`: the first batch at or after each time rebuilds the
+    /// state from every landing file.
+    pub full_cron: Option<String>,
 }
 
 /// `[serve]`: every key is optional (defaults in [`ServeSettings`]).
@@ -169,6 +182,8 @@ pub struct Settings {
     pub force: bool,
     pub compaction: CompactionSettings,
     pub serve: ServeSettings,
+    /// When `follow` runs a full recompute (`[follow] full_cron`).
+    pub full_cron: Option<croner::Cron>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -245,6 +260,17 @@ impl Settings {
         }
         let compaction = compaction_settings(&file.compaction)?;
         let serve = serve_settings(&file.serve, cli)?;
+        let full_cron = file
+            .follow
+            .full_cron
+            .as_deref()
+            .map(|text| {
+                text.parse::<croner::Cron>().map_err(|e| ConfigError::Invalid {
+                    key: "follow.full_cron",
+                    message: format!("'{text}' is not a cron expression: {e}"),
+                })
+            })
+            .transpose()?;
         Ok(Settings {
             landing,
             warehouse,
@@ -260,6 +286,7 @@ impl Settings {
             force: false,
             compaction,
             serve,
+            full_cron,
             config_file,
         })
     }

@@ -118,6 +118,7 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
             run_id: &run_id,
             started_at,
             as_of: settings.as_of,
+            full: settings.full.then_some("--full"),
         };
         let outcome = batch.run(&mut None, false).await;
         release(lock).await;
@@ -218,6 +219,11 @@ pub async fn follow(
     let lock = RunLock::acquire(warehouse, &session, settings.lock_ttl).await?;
     info!(interval_ms = interval.as_millis() as u64, "following the landing zone");
     tokio::pin!(stop);
+    let next_full_after = |after: DateTime<Utc>| {
+        let cron = settings.full_cron.as_ref()?;
+        cron.find_next_occurrence(&after, false).ok()
+    };
+    let mut next_full = next_full_after(Utc::now());
     let mut state: Option<State> = None;
     let mut published = 0usize;
     let mut failures = 0u32;
@@ -234,10 +240,22 @@ pub async fn follow(
             run_id: &run_id,
             started_at,
             as_of: started_at,
+            full: None,
+        };
+        let batch = match next_full.filter(|t| started_at >= *t) {
+            Some(_) => {
+                next_full = next_full_after(started_at);
+                info!(next = ?next_full.map(|t| t.to_rfc3339()), "scheduled full recompute ([follow] full_cron)");
+                Batch {
+                    full: Some("scheduled by [follow] full_cron"),
+                    ..batch
+                }
+            }
+            None => batch,
         };
         // The first batch, and the first after a failure, always publish: a crash or a failed
         // publish may have left the state newer than the table.
-        let may_skip = published > 0 && failures == 0;
+        let may_skip = published > 0 && failures == 0 && batch.full.is_none();
         let outcome = batch.run(&mut state, may_skip).instrument(span.clone()).await;
         match &outcome {
             Ok(None) => metrics.idle(),
@@ -311,6 +329,8 @@ struct Batch<'a> {
     run_id: &'a str,
     started_at: DateTime<Utc>,
     as_of: DateTime<Utc>,
+    /// Why this batch must recompute from every landing file, if it must.
+    full: Option<&'static str>,
 }
 
 impl Batch<'_> {
@@ -333,7 +353,7 @@ impl Batch<'_> {
         }
         let from_version = state.as_ref().map_or(0, |s| s.version);
         let full_because = match state.as_ref() {
-            _ if settings.full => Some("--full".to_string()),
+            _ if self.full.is_some() => self.full.map(String::from),
             None => Some("no state yet".to_string()),
             Some(s) if s.fingerprint != fingerprint => Some("the state jobs or their parameters changed".to_string()),
             Some(s) if s.as_of.is_some_and(|t| as_of < t) => Some(format!(

@@ -122,3 +122,53 @@ async fn follow_serves_metrics_and_a_failing_gate_ends_the_session_with_its_code
     );
     assert_eq!(fx.published(None).await.customers("lifecycle"), ["c1", "c2"]);
 }
+
+#[test]
+fn a_cron_schedule_runs_full_recomputes_inside_follow() {
+    use std::io::BufRead;
+    let fx = Fixture::new();
+    let now = Utc::now();
+    fx.clicks(
+        "a.parquet",
+        &[view("k1", "c1", &(now - chrono::Duration::minutes(5)).to_rfc3339())],
+    );
+    let config = fx.dir.path().join("tagflow.toml");
+    std::fs::write(&config, "[follow]\nfull_cron = \"not a schedule\"\n").unwrap();
+    let follow = || {
+        let mut cmd = tagflow();
+        cmd.args(["follow", "--json", "--interval", "300ms", "--config"])
+            .arg(&config)
+            .arg("--landing")
+            .arg(fx.landing_dir())
+            .arg("--warehouse")
+            .arg(fx.warehouse_dir());
+        cmd
+    };
+    let bad = follow().output().unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(exit::CONFIG), "{stderr}");
+    assert!(
+        stderr.contains("follow.full_cron") && stderr.contains("not a schedule"),
+        "{stderr}"
+    );
+
+    // Every second (6 fields, seconds first): with no new file, only the schedule makes
+    // batches after the first publish.
+    std::fs::write(&config, "[follow]\nfull_cron = \"* * * * * *\"\n").unwrap();
+    let mut child = follow().stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let line = lines.next().expect("a report line").unwrap();
+        let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(report["mode"], "full");
+        reasons.push(report["full_because"].as_str().unwrap().to_string());
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert_eq!(reasons[0], "no state yet");
+    assert!(
+        reasons[1..].iter().all(|r| r == "scheduled by [follow] full_cron"),
+        "{reasons:?}"
+    );
+}
