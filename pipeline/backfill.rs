@@ -28,6 +28,7 @@ use crate::config::{ConfigError, Settings};
 use crate::error::Error;
 use crate::history::Summary;
 use crate::jobs::{value_counts, GateReport, JobKind, Segments};
+use crate::progress::Progress;
 use crate::publish;
 use crate::publish::history::{replace_day, HISTORY_TABLE};
 use crate::run::{check_locations, evaluate_at, prepare, record};
@@ -176,6 +177,7 @@ async fn run_days(
         &listing.files,
         &appeared,
         settings.read_concurrency,
+        settings.progress,
     )
     .instrument(info_span!("read"))
     .await?;
@@ -190,6 +192,7 @@ async fn run_days(
     let mut events = std::mem::take(&mut data.events);
     let mut previous: Option<(u64, Segments)> = None;
     let mut written = Vec::with_capacity(days.len());
+    let progress = Progress::bar(settings.progress, "days", days.len());
     for (i, date) in days.iter().copied().enumerate() {
         let day_started = Instant::now();
         let as_of = end_of(date);
@@ -237,10 +240,12 @@ async fn run_days(
             duration_ms: day_started.elapsed().as_millis() as u64,
         };
         info!(date = %date, day = i + 1, of = days.len(), rows = day.rows, version = day.version, "day written");
+        progress.inc();
         on_day(&day, days.len());
         previous = Some((day.version, day.segments.clone()));
         written.push(day);
     }
+    progress.finish();
     Ok(BackfillReport {
         run_id: run_id.to_string(),
         table: publish::table_url(warehouse, HISTORY_TABLE).to_string(),

@@ -180,6 +180,8 @@ pub struct Settings {
     pub full: bool,
     /// Publish even when a tag's declared checks fail (recorded as forced).
     pub force: bool,
+    /// Draw progress bars on stdout (set by commands run at a terminal, see `progress`).
+    pub progress: bool,
     pub compaction: CompactionSettings,
     pub serve: ServeSettings,
     /// When `follow` runs a full recompute (`[follow] full_cron`).
@@ -284,6 +286,7 @@ impl Settings {
             dedup_days,
             full: false,
             force: false,
+            progress: false,
             compaction,
             serve,
             full_cron,

@@ -18,6 +18,7 @@ pub mod history;
 pub mod jobs;
 pub mod lock;
 pub mod preview;
+pub mod progress;
 pub mod publish;
 pub mod quarantine;
 pub mod report;

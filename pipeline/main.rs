@@ -364,6 +364,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             settings.jobs = jobs;
             settings.full = full;
             settings.force = force;
+            settings.progress = tagflow::progress::wanted(json);
             let report = run::run(&settings).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
@@ -408,6 +409,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
         } => {
             let mut settings = settings(&cli.config, locations, None)?;
             settings.force = force;
+            settings.progress = tagflow::progress::wanted(json);
             let range = tagflow::backfill::Range::new(from, to, every)?;
             let report = tagflow::backfill::backfill(&settings, range, |_, _| {}).await?;
             match json {

@@ -397,6 +397,7 @@ impl Batch<'_> {
             &to_read,
             &ingest_times,
             settings.read_concurrency,
+            settings.progress,
         )
         .instrument(info_span!("read"))
         .await?;

@@ -26,6 +26,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::dedup::{event_id_hashes, DedupMemory};
+use crate::progress::Progress;
 use crate::quarantine::{Entry, Quarantine, QuarantineError};
 use crate::schema::{Schemas, StreamSchema, EVENT_DAY};
 use crate::storage::Location;
@@ -163,9 +164,11 @@ pub async fn read_files(
     files: &[LandingFile],
     ingested_at: &[DateTime<Utc>],
     concurrency: usize,
+    progress_bar: bool,
 ) -> Result<Decoded, SourceError> {
     let quarantine = Quarantine::new(warehouse);
     let total = files.len();
+    let progress = Progress::bar(progress_bar, "landing files", total);
     let mut decoded = Decoded {
         good: Vec::new(),
         stats: schemas
@@ -188,6 +191,7 @@ pub async fn read_files(
     while let Some(outcome) = outcomes.next().await {
         let (file, outcome) = outcome?;
         done += 1;
+        progress.inc();
         if done % 100 == 0 || done == total {
             info!(done, total, "landing files read");
         }
@@ -220,6 +224,7 @@ pub async fn read_files(
             }
         }
     }
+    progress.finish();
     Ok(decoded)
 }
 
@@ -320,7 +325,7 @@ pub async fn read_landing(
 ) -> Result<LandingData, SourceError> {
     let listed = list_files(landing, schemas).await?;
     let times = vec![ingested_at; listed.files.len()];
-    let decoded = read_files(landing, warehouse, schemas, &listed.files, &times, concurrency).await?;
+    let decoded = read_files(landing, warehouse, schemas, &listed.files, &times, concurrency, false).await?;
     let mut data = decoded.deduplicate(&mut DedupMemory::default());
     for (stream, batches) in data.events.iter_mut() {
         let (counted, later) = split_at(std::mem::take(batches), as_of);

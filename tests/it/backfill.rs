@@ -147,3 +147,49 @@ fn backfill_ranges_are_checked_before_anything_runs() {
         assert!(!fx.warehouse_dir().exists(), "nothing written");
     }
 }
+
+/// A terminal gets progress bars; a pipe, JSON or CI get none.
+#[tokio::test]
+async fn progress_bars_only_at_a_terminal() {
+    let fx = Fixture::new();
+    generate_into(&fx.landing_dir(), 50, 30, 9).await;
+    let command = format!(
+        "{} backfill --from 2026-11-10 --to 2026-11-19 --landing {} --warehouse {} 2>/dev/null",
+        env!("CARGO_BIN_EXE_tagflow"),
+        fx.landing_dir().display(),
+        fx.warehouse_dir().display()
+    );
+    let pty = |ci: bool| {
+        // `script` (util-linux) runs the command with a pseudo-terminal as its stdout.
+        let transcript = fx.dir.path().join("pty.out");
+        let mut script = std::process::Command::new("script");
+        script
+            .args(["-qec", &command])
+            .arg(&transcript)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null());
+        match ci {
+            true => script.env("CI", "true"),
+            false => script.env_remove("CI"),
+        };
+        assert!(script.status().expect("script (util-linux) runs").success());
+        String::from_utf8_lossy(&std::fs::read(transcript).unwrap()).into_owned()
+    };
+    let at_terminal = pty(false);
+    assert!(at_terminal.contains("days ["), "{at_terminal}");
+    assert!(at_terminal.contains("2026-11-19  version"), "the report follows");
+    assert!(!pty(true).contains("days ["), "no bars in CI");
+    let piped = tagflow()
+        .args(["backfill", "--from", "2026-11-10", "--to", "2026-11-12", "--landing"])
+        .arg(fx.landing_dir())
+        .arg("--warehouse")
+        .arg(fx.warehouse_dir())
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&piped.stdout);
+    assert!(
+        piped.status.success() && !stdout.contains('[') && !stdout.contains('\r'),
+        "{stdout}"
+    );
+}
