@@ -55,7 +55,7 @@ impl Range {
             return Err(invalid(format!("--from {from} is after --to {to}")));
         }
         let secs = every.as_secs();
-        if secs == 0 || secs % 86_400 != 0 || every.subsec_nanos() != 0 {
+        if secs == 0 || !secs.is_multiple_of(86_400) || every.subsec_nanos() != 0 {
             return Err(invalid(format!(
                 "--every must be a whole number of days (1d, 7d), not {every:?}: a snapshot is a day's end"
             )));
