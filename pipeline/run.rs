@@ -202,8 +202,7 @@ pub(crate) async fn record(
 /// files, folds them into the state and publishes. The lock is held for the whole session
 /// and the state stays in memory between batches. `stop` ends the session after the
 /// current batch. Every batch is counted in `metrics`; `on_batch` sees the report of
-/// every batch that published. Returns the
-/// number of batches that published.
+/// every batch that published. Returns the number of batches that published.
 pub async fn follow(
     settings: &Settings,
     interval: std::time::Duration,
@@ -232,6 +231,12 @@ pub async fn follow(
         let run_id = uuid::Uuid::new_v4().to_string();
         let started_at = Utc::now();
         let span = info_span!("batch", run_id = %run_id, as_of = %started_at.to_rfc3339());
+        // A batch at or after the next scheduled time recomputes from every landing file.
+        let full = next_full.filter(|t| started_at >= *t).map(|_| {
+            next_full = next_full_after(started_at);
+            info!(next = ?next_full.map(|t| t.to_rfc3339()), "scheduled full recompute ([follow] full_cron)");
+            "scheduled by [follow] full_cron"
+        });
         let batch = Batch {
             settings,
             project: &project,
@@ -240,18 +245,7 @@ pub async fn follow(
             run_id: &run_id,
             started_at,
             as_of: started_at,
-            full: None,
-        };
-        let batch = match next_full.filter(|t| started_at >= *t) {
-            Some(_) => {
-                next_full = next_full_after(started_at);
-                info!(next = ?next_full.map(|t| t.to_rfc3339()), "scheduled full recompute ([follow] full_cron)");
-                Batch {
-                    full: Some("scheduled by [follow] full_cron"),
-                    ..batch
-                }
-            }
-            None => batch,
+            full,
         };
         // The first batch, and the first after a failure, always publish: a crash or a failed
         // publish may have left the state newer than the table.
