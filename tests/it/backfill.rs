@@ -132,15 +132,7 @@ fn backfill_ranges_are_checked_before_anything_runs() {
             "whole number of days",
         ),
     ] {
-        let out = tagflow()
-            .arg("backfill")
-            .args(args)
-            .arg("--landing")
-            .arg(fx.landing_dir())
-            .arg("--warehouse")
-            .arg(fx.warehouse_dir())
-            .output()
-            .unwrap();
+        let out = fx.command(&["backfill"]).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(exit::CONFIG), "{stderr}");
         assert!(stderr.contains(message), "{stderr}");
@@ -179,11 +171,8 @@ async fn progress_bars_only_at_a_terminal() {
     assert!(at_terminal.contains("days ["), "{at_terminal}");
     assert!(at_terminal.contains("2026-11-19  version"), "the report follows");
     assert!(!pty(true).contains("days ["), "no bars in CI");
-    let piped = tagflow()
-        .args(["backfill", "--from", "2026-11-10", "--to", "2026-11-12", "--landing"])
-        .arg(fx.landing_dir())
-        .arg("--warehouse")
-        .arg(fx.warehouse_dir())
+    let piped = fx
+        .command(&["backfill", "--from", "2026-11-10", "--to", "2026-11-12"])
         .env_remove("CI")
         .output()
         .unwrap();

@@ -37,18 +37,8 @@ async fn follow_serves_metrics_and_a_failing_gate_ends_the_session_with_its_code
         "-- [checks]\n-- max_rows = 2\n",
     );
     let log = fx.dir.path().join("follow.log");
-    let mut child = tagflow()
-        .args([
-            "follow",
-            "--interval",
-            "500ms",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--landing",
-        ])
-        .arg(fx.landing_dir())
-        .arg("--warehouse")
-        .arg(fx.warehouse_dir())
+    let mut child = fx
+        .command(&["follow", "--interval", "500ms", "--metrics-listen", "127.0.0.1:0"])
         .arg("--sql-dir")
         .arg(&sql)
         .env("TAGFLOW_LOG", "info")
@@ -135,14 +125,14 @@ fn a_cron_schedule_runs_full_recomputes_inside_follow() {
     let config = fx.dir.path().join("tagflow.toml");
     std::fs::write(&config, "[follow]\nfull_cron = \"not a schedule\"\n").unwrap();
     let follow = || {
-        let mut cmd = tagflow();
-        cmd.args(["follow", "--json", "--interval", "300ms", "--config"])
-            .arg(&config)
-            .arg("--landing")
-            .arg(fx.landing_dir())
-            .arg("--warehouse")
-            .arg(fx.warehouse_dir());
-        cmd
+        fx.command(&[
+            "follow",
+            "--json",
+            "--interval",
+            "300ms",
+            "--config",
+            config.to_str().unwrap(),
+        ])
     };
     let bad = follow().output().unwrap();
     let stderr = String::from_utf8_lossy(&bad.stderr);

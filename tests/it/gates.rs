@@ -28,11 +28,7 @@ async fn generated(customers: usize, seed: u64) -> (Fixture, PathBuf) {
 
 /// `tagflow run --json` on the fixture with the catalog at `sql`.
 fn cli_run(fx: &Fixture, sql: &Path, extra: &[&str]) -> std::process::Output {
-    tagflow()
-        .args(["run", "--json", "--as-of", AS_OF, "--landing"])
-        .arg(fx.landing_dir())
-        .arg("--warehouse")
-        .arg(fx.warehouse_dir())
+    fx.command(&["run", "--json", "--as-of", AS_OF])
         .arg("--sql-dir")
         .arg(sql)
         .args(extra)

@@ -150,16 +150,7 @@ fn a_new_tag_enters_everyone_and_state_jobs_or_no_state_are_refused() {
             view("k2", "c2", "2026-11-19T11:00:00Z"),
         ],
     );
-    let run = |args: &[&str]| {
-        tagflow()
-            .args(args)
-            .arg("--landing")
-            .arg(fx.landing_dir())
-            .arg("--warehouse")
-            .arg(fx.warehouse_dir())
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| fx.command(args).output().unwrap();
     let new_tag = fx.dir.path().join("everyone.sql");
     std::fs::write(
         &new_tag,

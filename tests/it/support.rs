@@ -378,6 +378,17 @@ impl Fixture {
         self
     }
 
+    /// `tagflow <args> --landing <this landing> --warehouse <this warehouse>`.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = tagflow();
+        cmd.args(args)
+            .arg("--landing")
+            .arg(self.landing_dir())
+            .arg("--warehouse")
+            .arg(self.warehouse_dir());
+        cmd
+    }
+
     /// Settings for this fixture, with an optional config file body (e.g. param overrides).
     pub fn settings(&self, as_of: &str, config: Option<&str>) -> Result<Settings, tagflow::Error> {
         std::fs::create_dir_all(self.landing_dir()).expect("landing dir");
