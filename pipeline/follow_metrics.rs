@@ -8,8 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::error::{exit, Error};
 use crate::report::RunReport;
+use crate::serve::metrics::openmetrics;
 use crate::serve::ServeError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,13 +185,6 @@ impl FollowMetrics {
             })
             .inc();
     }
-
-    /// The registry as OpenMetrics text.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
-        out
-    }
 }
 
 /// Serve `GET /metrics` on `listen` until the returned task is dropped or aborted; returns
@@ -209,16 +201,7 @@ pub async fn serve(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
-            async move {
-                (
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.encode(),
-                )
-                    .into_response()
-            }
+            async move { openmetrics(&metrics.registry) }
         }),
     );
     let task = tokio::spawn(async move {

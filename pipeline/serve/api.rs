@@ -592,14 +592,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         let age = (Utc::now() - committed).num_milliseconds() as f64 / 1000.0;
         state.metrics.snapshot_age.set(age.max(0.0));
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    state.metrics.response()
 }
 
 async fn openapi() -> Response {

@@ -117,10 +117,23 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The registry as OpenMetrics text.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
-        out
+    /// The registry as an OpenMetrics response.
+    pub fn response(&self) -> axum::response::Response {
+        openmetrics(&self.registry)
     }
+}
+
+/// A registry as an OpenMetrics text response (also `follow --metrics-listen`'s).
+pub(crate) fn openmetrics(registry: &Registry) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String");
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }

@@ -10,7 +10,7 @@
 mod api;
 pub mod error;
 pub mod index;
-mod metrics;
+pub(crate) mod metrics;
 pub mod query;
 
 use std::collections::VecDeque;
