@@ -101,63 +101,110 @@ pub struct StateRun {
     pub duration: Duration,
 }
 
-fn partitions() -> usize {
+fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Partitions of each of `concurrent` queries running at once: the cores shared out, at
+/// least one. Several small queries side by side use the cores better than each query
+/// split across all of them (no repartitioning of their rows).
+fn share_of_cores(concurrent: usize) -> usize {
+    (cores() / concurrent.max(1)).max(1)
 }
 
 /// Fold a batch of counted events into the state tables: each state job derives rows from
 /// `events` (per stream), which are merged with its current table by the job's key and merge
 /// rules, at `as_of` (rows past the job's retention are dropped). `current` lacks a table
 /// when the state starts empty. Returns the new tables; `current` is left as it was.
+///
+/// State jobs read only the streams, so they fold concurrently (one task each).
 pub async fn fold_state(
     catalog: &Catalog,
     current: &BTreeMap<String, Table>,
     events: &BTreeMap<String, Table>,
     as_of: DateTime<Utc>,
 ) -> Result<(BTreeMap<String, Table>, Vec<StateRun>), JobError> {
-    let partitions = partitions();
-    let streams: BTreeMap<String, Arc<MemTable>> = events
-        .iter()
-        .map(|(name, t)| (name.clone(), mem_table(t.schema.clone(), t.batches.clone(), partitions)))
-        .collect();
+    let partitions = share_of_cores(catalog.state_jobs().count());
+    let streams: Arc<BTreeMap<String, Arc<MemTable>>> = Arc::new(
+        events
+            .iter()
+            .map(|(name, t)| (name.clone(), mem_table(t.schema.clone(), t.batches.clone(), partitions)))
+            .collect(),
+    );
+    let folds = catalog.state_jobs().map(|job| {
+        let span = info_span!("state", job = %job.name);
+        let fold = fold_one(
+            job.clone(),
+            streams.clone(),
+            current.get(&job.name).cloned(),
+            as_of,
+            partitions,
+        );
+        fold.instrument(span)
+    });
     let mut tables = BTreeMap::new();
     let mut runs = Vec::new();
-    for job in catalog.state_jobs() {
-        let span = info_span!("state", job = %job.name);
-        let started = Instant::now();
-        let derived = run_one(job, &streams, as_of, partitions)
-            .instrument(span.clone())
-            .await?;
-        let schema = Arc::new(state_schema(&derived.schema));
-        let new_rows = conform(job, derived.batches, &schema)?;
-        check_keys(job, &new_rows)?;
-        let current_rows = match current.get(&job.name) {
-            Some(table) => conform(job, table.batches.clone(), &schema)?,
-            None => Vec::new(),
-        };
-        let mut inputs = BTreeMap::new();
-        inputs.insert(
-            CURRENT_ROWS.to_string(),
-            mem_table(schema.clone(), current_rows, partitions),
-        );
-        inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
-        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let merged = execute(job, &inputs, &job.merge_sql(&columns, as_of), partitions)
-            .instrument(span)
-            .await?;
-        let table = Table {
-            batches: conform(job, merged.0, &schema)?,
-            schema,
-        };
-        runs.push(StateRun {
-            job: job.name.clone(),
-            new_rows: derived.rows,
-            rows: table.rows(),
-            duration: started.elapsed(),
-        });
-        tables.insert(job.name.clone(), table);
+    for (table, run) in concurrently(folds).await? {
+        tables.insert(run.job.clone(), table);
+        runs.push(run);
     }
     Ok((tables, runs))
+}
+
+/// Fold the events into one state job's table (`current`; `None` when the state is empty).
+async fn fold_one(
+    job: Job,
+    streams: Arc<BTreeMap<String, Arc<MemTable>>>,
+    current: Option<Table>,
+    as_of: DateTime<Utc>,
+    partitions: usize,
+) -> Result<(Table, StateRun), JobError> {
+    let started = Instant::now();
+    let derived = run_one(&job, &streams, as_of, partitions).await?;
+    let schema = Arc::new(state_schema(&derived.schema));
+    let new_rows = conform(&job, derived.batches, &schema)?;
+    check_keys(&job, &new_rows)?;
+    let current_rows = match current {
+        Some(table) => conform(&job, table.batches, &schema)?,
+        None => Vec::new(),
+    };
+    let mut inputs = BTreeMap::new();
+    inputs.insert(
+        CURRENT_ROWS.to_string(),
+        mem_table(schema.clone(), current_rows, partitions),
+    );
+    inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let merged = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions).await?;
+    let table = Table {
+        batches: conform(&job, merged.0, &schema)?,
+        schema,
+    };
+    let run = StateRun {
+        job: job.name.clone(),
+        new_rows: derived.rows,
+        rows: table.rows(),
+        duration: started.elapsed(),
+    };
+    Ok((table, run))
+}
+
+/// Run `tasks` at once, each on its own tokio task; their outputs in order, or the first error.
+async fn concurrently<T, F>(tasks: impl Iterator<Item = F>) -> Result<Vec<T>, JobError>
+where
+    F: std::future::Future<Output = Result<T, JobError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = tasks.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        match handle.await {
+            Ok(result) => out.push(result?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a job task was cancelled: {e}"),
+        }
+    }
+    Ok(out)
 }
 
 /// Key columns of state rows are never null (rows are matched on them by equality).
@@ -207,27 +254,49 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
         .collect()
 }
 
-/// Evaluate the measure and tag jobs of `catalog`, in order, on the state tables.
+/// Evaluate the measure and tag jobs of `catalog` on the state tables. A job starts as soon
+/// as every table it reads is there (state tables, jobs done), alongside the others that
+/// can run. The runs come back in catalog order.
 pub async fn run_jobs(
     catalog: &Catalog,
     state: &BTreeMap<String, Table>,
     as_of: DateTime<Utc>,
 ) -> Result<JobOutput, JobError> {
-    let partitions = partitions();
     let mut tables: BTreeMap<String, Arc<MemTable>> = state
         .iter()
-        .map(|(name, t)| (name.clone(), mem_table(t.schema.clone(), t.batches.clone(), partitions)))
+        .map(|(name, t)| (name.clone(), mem_table(t.schema.clone(), t.batches.clone(), cores())))
         .collect();
-    let mut runs = Vec::with_capacity(catalog.jobs.len());
-    for job in catalog.jobs.iter().filter(|j| j.kind != JobKind::State) {
-        let span = info_span!("job", job = %job.name, kind = ?job.kind);
-        let run = run_one(job, &tables, as_of, partitions).instrument(span).await?;
+    let mut waiting: Vec<&Job> = catalog.jobs.iter().filter(|j| j.kind != JobKind::State).collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut done: BTreeMap<String, JobRun> = BTreeMap::new();
+    loop {
+        let (ready, blocked): (Vec<&Job>, Vec<&Job>) = waiting
+            .into_iter()
+            .partition(|j| j.reads().all(|table| tables.contains_key(table)));
+        waiting = blocked;
+        let partitions = share_of_cores(running.len() + ready.len());
+        for job in ready {
+            let span = info_span!("job", job = %job.name, kind = ?job.kind);
+            let reads: BTreeMap<String, Arc<MemTable>> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
+            let job = job.clone();
+            running.spawn(async move { run_one(&job, &reads, as_of, partitions).await }.instrument(span));
+        }
+        let Some(finished) = running.join_next().await else {
+            break;
+        };
+        let run = match finished {
+            Ok(run) => run?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a job task was cancelled: {e}"),
+        };
         tables.insert(
-            job.name.clone(),
-            mem_table(run.schema.clone(), run.batches.clone(), partitions),
+            run.job.name.clone(),
+            mem_table(run.schema.clone(), run.batches.clone(), cores()),
         );
-        runs.push(run);
+        done.insert(run.job.name.clone(), run);
     }
+    assert!(waiting.is_empty(), "the catalog checks that every job's inputs exist");
+    let runs = catalog.jobs.iter().filter_map(|j| done.remove(&j.name)).collect();
     Ok(JobOutput { runs })
 }
 
