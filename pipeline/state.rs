@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -286,25 +287,36 @@ impl State {
         seen_from_day: i32,
     ) -> Result<u64, StateError> {
         let version = self.version + 1;
-        let mut writes: Vec<(String, Bytes)> = Vec::new();
-        let encode = |path: &str, schema, batches: &[RecordBatch]| {
-            parquet_bytes(schema, batches).map_err(|e| StateError::Corrupt {
-                path: display(warehouse, path),
-                message: format!("cannot encode: {e}"),
-            })
-        };
-
+        // State tables and held events, encoded concurrently (one blocking task per file).
+        let mut to_encode: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
         let mut tables = BTreeMap::new();
         for (name, table) in &self.tables {
             let path = format!("tables/{name}-{version}.parquet");
-            writes.push((path.clone(), encode(&path, table.schema.clone(), &table.batches)?));
+            to_encode.push((path.clone(), table.schema.clone(), table.batches.clone()));
             tables.insert(name.clone(), path);
         }
         let mut pending = BTreeMap::new();
         for (stream, batches) in self.pending.iter().filter(|(_, b)| !b.is_empty()) {
             let path = format!("pending/{stream}-{version}.parquet");
-            writes.push((path.clone(), encode(&path, batches[0].schema(), batches)?));
+            to_encode.push((path.clone(), batches[0].schema(), batches.clone()));
             pending.insert(stream.clone(), path);
+        }
+        let encoded = to_encode.into_iter().map(|(path, schema, batches)| {
+            tokio::task::spawn_blocking(move || {
+                let bytes = parquet_bytes(schema, &batches);
+                (path, bytes)
+            })
+        });
+        let mut writes: Vec<(String, Bytes)> = Vec::new();
+        for (path, bytes) in futures::future::try_join_all(encoded)
+            .await
+            .expect("an encoding task panicked")
+        {
+            let bytes = bytes.map_err(|e| StateError::Corrupt {
+                path: display(warehouse, &path),
+                message: format!("cannot encode: {e}"),
+            })?;
+            writes.push((path, bytes));
         }
 
         self.seen.forget_before(seen_from_day);
