@@ -16,6 +16,7 @@
 //! Must not: compute tags, or change a published version (compaction does not either).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
@@ -30,7 +31,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use serde_json::{json, Map, Value};
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 pub use super::TAGS_TABLE;
 use super::{collect, customer_tags_schema, file_count, open_or_new, register, table_url, PublishError, Published};
@@ -140,9 +141,23 @@ pub async fn publish_tags(
         Some(tags) => format!("WHERE tag IN ({})", sql_list(tags)),
         None => String::new(),
     };
-    let changes = collect(&ctx, &table, &diff_sql("old_rows", "new_rows", &scope)).await?;
+    // One comparison of the old and new rows serves the feed (the changed rows) and the
+    // write (every new row of a changed tag, keeping the as-of of rows that did not change).
+    let compared = collect(&ctx, &table, &compare_sql("old_rows", "new_rows", &scope))
+        .instrument(info_span!("diff"))
+        .await?;
+    register_rows(&ctx, "compared", compared_schema(&compared), compared)?;
+    let changes = collect(
+        &ctx,
+        &table,
+        &format!("SELECT {FEED_COLUMNS} FROM compared WHERE change IS NOT NULL"),
+    )
+    .await?;
     let counts = count_changes(&changes);
-    let stats = next_stats(&ctx, &table, &update.scope).await?;
+    let stats = next_stats(&ctx, &table, &update.scope)
+        .instrument(info_span!("stats"))
+        .await?;
+    let changed_tags = changed_tags(&changes);
 
     let mut metadata = update.metadata;
     metadata.insert(META_AS_OF.into(), json!(update.as_of.to_rfc3339()));
@@ -173,44 +188,46 @@ pub async fn publish_tags(
         }
         Some(_) if counts.total() == 0 => (empty_commit(table, commit).await.map_err(commit_error)?, 0),
         Some(_) => {
-            let source = merge_source(&ctx, &changes, update.as_of).await?;
-            let (table, metrics) = table
-                .merge(
-                    source,
-                    "target.tag = source.tag AND target.customer_id = source.customer_id",
-                )
-                .with_source_alias("source")
-                .with_target_alias("target")
-                .when_matched_delete(|d| d.predicate("source.change = 'exited'"))
-                .and_then(|m| {
-                    m.when_matched_update(|u| {
-                        u.update("family", "source.family")
-                            .update("value", "source.new_value")
-                            .update("score", "source.new_score")
-                            .update("as_of", "source.as_of")
-                    })
-                })
-                .and_then(|m| {
-                    m.when_not_matched_insert(|i| {
-                        i.set("customer_id", "source.customer_id")
-                            .set("family", "source.family")
-                            .set("tag", "source.tag")
-                            .set("value", "source.new_value")
-                            .set("score", "source.new_score")
-                            .set("as_of", "source.as_of")
-                    })
-                })
-                .map_err(commit_error)?
+            // The changed tags' partitions are replaced whole: cheaper than a row-level merge
+            // when, as usual, most of a partition's rows are rewritten anyway.
+            let as_of = format!(
+                "arrow_cast({}, 'Timestamp(µs, \"UTC\")')",
+                update.as_of.timestamp_micros()
+            );
+            let next_rows = collect(
+                &ctx,
+                &table,
+                &format!(
+                    "SELECT customer_id, family, tag, new_value AS value, new_score AS score,
+                            CASE WHEN change IS NULL THEN old_as_of ELSE {as_of} END AS as_of
+                     FROM compared
+                     WHERE new_value IS NOT NULL AND tag IN ({})",
+                    sql_list(&changed_tags)
+                ),
+            )
+            .await?;
+            let mut next_rows = conform_rows(next_rows);
+            if next_rows.is_empty() {
+                // Every row of the changed tags exited: the partitions are replaced by nothing.
+                next_rows.push(RecordBatch::new_empty(customer_tags_schema()));
+            }
+            let written = next_rows.iter().map(|b| b.num_rows()).sum();
+            let table = table
+                .write(next_rows)
+                .with_save_mode(SaveMode::Overwrite)
+                .with_replace_where(format!("tag IN ({})", sql_list(&changed_tags)))
                 .with_commit_properties(commit)
+                .into_future()
+                .instrument(info_span!("write"))
                 .await
                 .map_err(commit_error)?;
-            let written =
-                metrics.num_target_rows_inserted + metrics.num_target_rows_updated + metrics.num_target_rows_copied;
             (table, written)
         }
     };
     let version = table.version().unwrap_or_default() as u64;
-    append_feed(warehouse, settings, changes, from_version, version, update.as_of).await?;
+    append_feed(warehouse, settings, changes, from_version, version, update.as_of)
+        .instrument(info_span!("feed"))
+        .await?;
     Ok(Published {
         table: TAGS_TABLE.to_string(),
         version,
@@ -221,25 +238,78 @@ pub async fn publish_tags(
     })
 }
 
-/// Rows per customer and tag that differ between `old` (restricted by `scope`, a WHERE
-/// clause or empty) and `new`: the feed's columns without versions and as-of.
-fn diff_sql(old: &str, new: &str, scope: &str) -> String {
+/// The feed's columns without versions and as-of, as [`compare_sql`] names them.
+const FEED_COLUMNS: &str = "customer_id, family, tag, change, old_value, new_value, old_score, new_score";
+
+/// Every customer and tag of `old` (restricted by `scope`, a WHERE clause or empty) or
+/// `new`, side by side: `change` is `entered`, `exited`, `changed` or null (the same value,
+/// score and family), `old_as_of` the as-of of the old row.
+fn compare_sql(old: &str, new: &str, scope: &str) -> String {
     format!(
-        "WITH old_tags AS (SELECT customer_id, family, tag, value, score FROM {old} {scope}),
+        "WITH old_tags AS (SELECT customer_id, family, tag, value, score, as_of FROM {old} {scope}),
               new_tags AS (SELECT customer_id, family, tag, value, score FROM {new})
          SELECT coalesce(n.customer_id, o.customer_id) AS customer_id,
                 coalesce(n.family, o.family) AS family,
                 coalesce(n.tag, o.tag) AS tag,
                 CASE WHEN o.customer_id IS NULL THEN 'entered'
                      WHEN n.customer_id IS NULL THEN 'exited'
-                     ELSE 'changed' END AS change,
+                     WHEN o.value <> n.value OR (o.score IS DISTINCT FROM n.score) OR o.family <> n.family
+                     THEN 'changed' END AS change,
                 o.value AS old_value, n.value AS new_value,
-                o.score AS old_score, n.score AS new_score
+                o.score AS old_score, n.score AS new_score,
+                o.as_of AS old_as_of
          FROM old_tags o FULL OUTER JOIN new_tags n
-           ON o.customer_id = n.customer_id AND o.tag = n.tag
-         WHERE o.customer_id IS NULL OR n.customer_id IS NULL
-            OR o.value <> n.value OR (o.score IS DISTINCT FROM n.score) OR o.family <> n.family"
+           ON o.customer_id = n.customer_id AND o.tag = n.tag"
     )
+}
+
+/// Rows per customer and tag that differ between `old` and `new` (see [`compare_sql`]).
+fn diff_sql(old: &str, new: &str, scope: &str) -> String {
+    format!(
+        "SELECT {FEED_COLUMNS} FROM ({}) AS compared WHERE change IS NOT NULL",
+        compare_sql(old, new, scope)
+    )
+}
+
+/// The schema of collected rows (an empty result has no batch to take it from).
+fn compared_schema(batches: &[RecordBatch]) -> SchemaRef {
+    batches.first().map(|b| b.schema()).unwrap_or_else(|| {
+        let text = |name: &str| Field::new(name, DataType::Utf8, true);
+        let score = |name: &str| Field::new(name, DataType::Float64, true);
+        Arc::new(Schema::new(vec![
+            text("customer_id"),
+            text("family"),
+            text("tag"),
+            text("change"),
+            text("old_value"),
+            text("new_value"),
+            score("old_score"),
+            score("new_score"),
+            Field::new(
+                "old_as_of",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ]))
+    })
+}
+
+/// The tags with at least one changed row, sorted.
+fn changed_tags(changes: &[RecordBatch]) -> Vec<String> {
+    let mut tags = std::collections::BTreeSet::new();
+    for batch in changes {
+        tags.extend(string_column(batch, "tag").iter().flatten().map(str::to_string));
+    }
+    tags.into_iter().collect()
+}
+
+/// Rows with `customer_tags`' schema (the comparison's columns are nullable).
+fn conform_rows(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    let schema = customer_tags_schema();
+    batches
+        .into_iter()
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).expect("customer_tags columns"))
+        .collect()
 }
 
 /// Size of the table after the publish: rows, customers, and rows per tag and value.
@@ -314,33 +384,6 @@ fn count_changes(changes: &[RecordBatch]) -> ChangeCounts {
         }
     }
     counts
-}
-
-/// The merge's source: the changes with the publish's as-of time.
-async fn merge_source(
-    ctx: &SessionContext,
-    changes: &[RecordBatch],
-    as_of: DateTime<Utc>,
-) -> Result<datafusion::prelude::DataFrame, PublishError> {
-    let batches: Vec<RecordBatch> = changes.iter().map(|b| with_as_of(b, as_of)).collect();
-    let schema = batches.first().map(|b| b.schema()).expect("a merge has changes");
-    register_rows(ctx, "merge_source", schema, batches)?;
-    ctx.table("merge_source").await.map_err(|source| PublishError::Read {
-        url: "merge source".into(),
-        source,
-    })
-}
-
-fn with_as_of(batch: &RecordBatch, as_of: DateTime<Utc>) -> RecordBatch {
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-    let mut columns = batch.columns().to_vec();
-    fields.push(Field::new(
-        "as_of",
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        false,
-    ));
-    columns.push(as_of_column(as_of, batch.num_rows()));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("a column of the batch's length")
 }
 
 fn as_of_column(as_of: DateTime<Utc>, rows: usize) -> ArrayRef {
