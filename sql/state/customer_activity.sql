@@ -12,43 +12,21 @@
 -- last_cart_add_day = "max"
 -- last_placed_or_paid = "max"
 WITH all_events AS (
-    SELECT customer_id, event_time, event_day FROM clicks
+    SELECT customer_id, event_time, event_day, false AS is_cart_add, false AS is_placed_or_paid FROM clicks
     UNION ALL
-    SELECT customer_id, event_time, event_day FROM carts
+    SELECT customer_id, event_time, event_day, action = 'add', false FROM carts
     UNION ALL
-    SELECT customer_id, event_time, event_day FROM orders
-),
-first_and_last_seen AS (
-    SELECT
-        customer_id,
-        MIN(event_time) AS first_seen,
-        MIN(event_day) AS first_seen_day,
-        MAX(event_time) AS last_seen,
-        MAX(event_day) AS last_seen_day
-    FROM all_events
-    GROUP BY customer_id
-),
-latest_cart_add AS (
-    SELECT customer_id, MAX(event_time) AS last_cart_add, MAX(event_day) AS last_cart_add_day
-    FROM carts
-    WHERE action = 'add'
-    GROUP BY customer_id
-),
-latest_placed_or_paid AS (
-    SELECT customer_id, MAX(event_time) AS last_placed_or_paid
-    FROM orders
-    WHERE status IN ('placed', 'paid')
-    GROUP BY customer_id
+    SELECT customer_id, event_time, event_day, false, status IN ('placed', 'paid') FROM orders
 )
+-- one pass over the events: the latest cart add and order placed or paid are filtered maxima
 SELECT
-    s.customer_id,
-    s.first_seen,
-    s.first_seen_day,
-    s.last_seen,
-    s.last_seen_day,
-    c.last_cart_add,
-    c.last_cart_add_day,
-    o.last_placed_or_paid
-FROM first_and_last_seen s
-LEFT JOIN latest_cart_add c ON c.customer_id = s.customer_id
-LEFT JOIN latest_placed_or_paid o ON o.customer_id = s.customer_id
+    customer_id,
+    MIN(event_time) AS first_seen,
+    MIN(event_day) AS first_seen_day,
+    MAX(event_time) AS last_seen,
+    MAX(event_day) AS last_seen_day,
+    MAX(event_time) FILTER (WHERE is_cart_add) AS last_cart_add,
+    MAX(event_day) FILTER (WHERE is_cart_add) AS last_cart_add_day,
+    MAX(event_time) FILTER (WHERE is_placed_or_paid) AS last_placed_or_paid
+FROM all_events
+GROUP BY customer_id
