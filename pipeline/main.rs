@@ -93,6 +93,10 @@ enum Command {
         /// the address is logged).
         #[arg(long, env = "TAGFLOW_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Publish every batch even if a tag's declared quality checks fail (each such batch
+        /// is recorded as forced). Built-in checks (one row per customer) still hold.
+        #[arg(long)]
+        force: bool,
     },
     /// Recompute the tags as they stood at the end of each day from --from to --to and
     /// write them to <warehouse>/customer_tags_history, one snapshot per day, in order.
@@ -297,8 +301,14 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAGFLOW_LOG")
         // object_store logs each retry of a failed request at info: keep them visible.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tagflow=info,object_store::client::retry=info,warn"));
+    // TAGFLOW_LOG_SPANS=1: also log each span's duration when it closes (where a run's time goes).
+    let spans = match std::env::var_os("TAGFLOW_LOG_SPANS").is_some_and(|v| v != "0") {
+        true => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+        false => tracing_subscriber::fmt::format::FmtSpan::NONE,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(spans)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
@@ -377,8 +387,10 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             interval,
             json,
             metrics_listen,
+            force,
         } => {
-            let settings = settings(&cli.config, locations, None)?;
+            let mut settings = settings(&cli.config, locations, None)?;
+            settings.force = force;
             let print = |report: &tagflow::report::RunReport| {
                 if json {
                     println!("{}", serde_json::to_string(report).expect("report serialises"));
