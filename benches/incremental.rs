@@ -1,8 +1,8 @@
 //! Incremental-refresh benchmark, on generated data and local files:
 //!
 //! 1. a full run on a 10M-event history (365 days);
-//! 2. an incremental run of 1M new events (the following 36 days) on top of it, and for
-//!    comparison a full run over the same 11M events;
+//! 2. an incremental run of 1M new events (the following days, whole days until a tenth of
+//!    the history) on top of it, and for comparison a full run over the same 11M events;
 //! 3. a `tagflow follow --interval 1s` session fed one 50k-event file per second for a
 //!    minute: freshness (file appears → publish that includes it) p50/p95/max.
 //!
@@ -53,13 +53,16 @@ fn main() {
     let target = Target::new(dir.path());
     let customers = (history as f64 / (DAYS as f64 * EVENTS_PER_CUSTOMER_DAY)).ceil() as usize;
     let end = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
-    let increment_days = (DAYS / 10).max(1) + 1;
-    let increment_end = end.checked_add_days(Days::new(increment_days as u64)).unwrap();
+    let generated_days = (DAYS / 10).max(1) + 1;
+    let generated_end = end.checked_add_days(Days::new(generated_days as u64)).unwrap();
 
     let started = Instant::now();
     let (history_events, history_files) = runtime.block_on(generate_into(&local_landing, customers, DAYS, 1, end));
-    let (increment_events, increment_files) =
-        runtime.block_on(generate_into(&staged, customers, increment_days, 2, increment_end));
+    runtime.block_on(generate_into(&staged, customers, generated_days, 2, generated_end));
+    // The generator spreads each customer's activity over the days it is given, so a short
+    // range is denser than the history: keep whole days until a tenth of the history.
+    let (increment_end, increment_events, increment_files) = keep_first_days(&staged, history_events / 10);
+    let increment_days = (increment_end - end).num_days();
     println!(
         "\n== incremental refresh: {customers} customers; history {history_events} events in {history_files} files \
          ({DAYS} days to {end}); increment {increment_events} events in {increment_files} files ({increment_days} days \
@@ -84,7 +87,10 @@ fn main() {
         Target::Local { .. } => move_tree(&staged, &local_landing),
         Target::S3 { landing, .. } => runtime.block_on(upload_tree(&staged, landing)),
     }
-    let incremental = target.run("warehouse", &as_of(increment_end), &[]);
+    // `--force`: the synthetic increment moves lifecycle and risk segments by far more than
+    // the default drift gates allow (no customer is new in it, every one is active); the
+    // gates are still evaluated and timed.
+    let incremental = target.run("warehouse", &as_of(increment_end), &["--force"]);
     incremental.print("incremental run, increment on history");
     assert_eq!(incremental.report["mode"], "incremental");
 
@@ -305,6 +311,36 @@ fn wait_with_rusage(pid: u32) -> (i32, f64) {
     (status, usage.ru_maxrss as f64 / 1024.0)
 }
 
+/// Delete the `dt=` folders of `landing` (all streams) after the first days whose events
+/// add up to at least `events`; the last day kept, and the events and files kept.
+fn keep_first_days(landing: &Path, events: usize) -> (NaiveDate, usize, usize) {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut days: std::collections::BTreeMap<NaiveDate, Vec<std::path::PathBuf>> = Default::default();
+    for stream in std::fs::read_dir(landing).unwrap() {
+        for day in std::fs::read_dir(stream.unwrap().path()).unwrap() {
+            let day = day.unwrap().path();
+            let name = day.file_name().unwrap().to_string_lossy().to_string();
+            let date = NaiveDate::parse_from_str(name.trim_start_matches("dt="), "%Y-%m-%d").unwrap();
+            days.entry(date).or_default().push(day);
+        }
+    }
+    let (mut kept_events, mut kept_files, mut last) = (0, 0, None);
+    for (date, folders) in days {
+        if kept_events >= events {
+            folders.iter().for_each(|f| std::fs::remove_dir_all(f).unwrap());
+            continue;
+        }
+        for file in folders.iter().flat_map(|f| std::fs::read_dir(f).unwrap()) {
+            let file = std::fs::File::open(file.unwrap().path()).unwrap();
+            let rows = SerializedFileReader::new(file).map_or(0, |r| r.metadata().file_metadata().num_rows());
+            kept_events += rows as usize;
+            kept_files += 1;
+        }
+        last = Some(date);
+    }
+    (last.expect("an increment"), kept_events, kept_files)
+}
+
 /// Move every file under `from` to the same relative path under `to`.
 fn move_tree(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
@@ -324,8 +360,11 @@ fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) 
     let files = length.as_secs() as usize;
     let folder = landing.join("clicks/follow");
     std::fs::create_dir_all(&folder).unwrap();
+    // `--force`: the history ends weeks before today and the feed (product views of random
+    // customers) makes nearly everyone "interested" within seconds, so segments move far
+    // more than the drift gates allow; the gates are still evaluated in every batch.
     let mut child = tagflow()
-        .args(["follow", "--json", "--interval", "1s", "--landing"])
+        .args(["follow", "--json", "--force", "--interval", "1s", "--landing"])
         .arg(landing)
         .arg("--warehouse")
         .arg(warehouse)
@@ -360,6 +399,7 @@ fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) 
     // One file per batch (the interval matches the feed): a batch's max lag is its file's.
     let mut lags = Vec::new();
     let mut durations = Vec::new();
+    let mut stages = std::collections::BTreeMap::new();
     for line in text.lines() {
         let report: serde_json::Value = serde_json::from_str(line).expect("JSON line");
         let Some(freshness) = report.get("freshness") else {
@@ -368,6 +408,12 @@ fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) 
         let files = freshness["files"].as_u64().unwrap() as usize;
         lags.extend(std::iter::repeat_n(freshness["max_ms"].as_u64().unwrap(), files));
         durations.push(report["duration_ms"].as_u64().unwrap());
+        for (stage, ms) in report["stages_ms"].as_object().unwrap() {
+            stages
+                .entry(stage.clone())
+                .or_insert_with(Vec::new)
+                .push(ms.as_u64().unwrap());
+        }
     }
     lags.sort_unstable();
     durations.sort_unstable();
@@ -390,6 +436,14 @@ fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) 
         durations.last().unwrap(),
         durations.len()
     );
+    let stages: Vec<String> = stages
+        .iter_mut()
+        .map(|(stage, ms)| {
+            ms.sort_unstable();
+            format!("{stage} {}", pct(ms, 50))
+        })
+        .collect();
+    println!("stages, p50 (ms)   {}", stages.join(", "));
     println!("peak memory (RSS)  {peak_rss_mib:.0} MiB");
 }
 
@@ -406,6 +460,7 @@ fn click_file(index: usize, customers: usize) -> Vec<u8> {
         state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
     let picks: Vec<u64> = (0..rows).map(|_| next()).collect();
+    let customer = |p: u64| p as usize % customers + 1;
     let column = |f: &dyn Fn(usize, u64) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(
             picks.iter().enumerate().map(|(i, p)| f(i, *p)),
@@ -426,17 +481,20 @@ fn click_file(index: usize, customers: usize) -> Vec<u8> {
     ]));
     let columns: Vec<ArrayRef> = vec![
         column(&|i, _| format!("follow-{index}-{i}")),
-        column(&|_, p| format!("cust-{:06}", p as usize % customers + 1)),
+        column(&|_, p| format!("cust-{:06}", customer(p))),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(picks.iter().map(|p| now - (p % 60_000_000) as i64))
                 .with_timezone("UTC"),
         ),
         column(&|_, _| "product".to_string()),
-        column(&|_, p| format!("category-{}", (p >> 20) % 40)),
+        // Each customer circles three of 40 categories and uses one or two own devices, as
+        // the generator's customers do (a random device per event would make every
+        // customer share devices with everyone).
+        column(&|_, p| format!("category-{}", (customer(p) * 7 + (p >> 20) as usize % 3) % 40)),
         Arc::new(Float64Array::from_iter_values(
             picks.iter().map(|p| ((p >> 8) % 50_000) as f64 / 100.0),
         )),
-        column(&|_, p| format!("device-{}", (p >> 32) as usize % (customers * 2))),
+        column(&|_, p| format!("device-{}-{}", customer(p), (p >> 32) % 2)),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
     parquet_bytes(schema, &[batch]).unwrap().to_vec()
