@@ -189,22 +189,32 @@ async fn fold_one(
     Ok((table, run))
 }
 
-/// Run `tasks` at once, each on its own tokio task; their outputs in order, or the first error.
+/// Run `tasks` at once, each on its own tokio task; their outputs in order, or the first
+/// error (the other tasks are then aborted).
 async fn concurrently<T, F>(tasks: impl Iterator<Item = F>) -> Result<Vec<T>, JobError>
 where
     F: std::future::Future<Output = Result<T, JobError>> + Send + 'static,
     T: Send + 'static,
 {
-    let handles: Vec<_> = tasks.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        match handle.await {
-            Ok(result) => out.push(result?),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("a job task was cancelled: {e}"),
-        }
+    let mut running = tokio::task::JoinSet::new();
+    for (i, task) in tasks.enumerate() {
+        running.spawn(async move { task.await.map(|output| (i, output)) });
     }
-    Ok(out)
+    let mut out = Vec::with_capacity(running.len());
+    while let Some(finished) = running.join_next().await {
+        out.push(task_output(finished)?);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, output)| output).collect())
+}
+
+/// A finished job task's output; a panic in the task resumes here.
+fn task_output<T>(finished: Result<Result<T, JobError>, tokio::task::JoinError>) -> Result<T, JobError> {
+    match finished {
+        Ok(output) => output,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("a job task was cancelled: {e}"),
+    }
 }
 
 /// Key columns of state rows are never null (rows are matched on them by equality).
@@ -284,11 +294,7 @@ pub async fn run_jobs(
         let Some(finished) = running.join_next().await else {
             break;
         };
-        let run = match finished {
-            Ok(run) => run?,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("a job task was cancelled: {e}"),
-        };
+        let run = task_output(finished)?;
         tables.insert(
             run.job.name.clone(),
             mem_table(run.schema.clone(), run.batches.clone(), cores()),
