@@ -146,13 +146,15 @@ pub async fn publish_tags(
     let compared = collect(&ctx, &table, &compare_sql("old_rows", "new_rows", &scope))
         .instrument(info_span!("diff"))
         .await?;
-    register_rows(&ctx, "compared", compared_schema(&compared), compared)?;
-    let changes = collect(
-        &ctx,
-        &table,
-        &format!("SELECT {FEED_COLUMNS} FROM compared WHERE change IS NOT NULL"),
-    )
-    .await?;
+    // No rows on either side: nothing changed (and no write reads `compared`).
+    let changes = match compared.first().map(|b| b.schema()) {
+        None => Vec::new(),
+        Some(schema) => {
+            register_rows(&ctx, "compared", schema, compared)?;
+            let changed_rows = format!("SELECT {FEED_COLUMNS} FROM compared WHERE change IS NOT NULL");
+            collect(&ctx, &table, &changed_rows).await?
+        }
+    };
     let counts = count_changes(&changes);
     let stats = next_stats(&ctx, &table, &update.scope)
         .instrument(info_span!("stats"))
@@ -269,29 +271,6 @@ fn diff_sql(old: &str, new: &str, scope: &str) -> String {
         "SELECT {FEED_COLUMNS} FROM ({}) AS compared WHERE change IS NOT NULL",
         compare_sql(old, new, scope)
     )
-}
-
-/// The schema of collected rows (an empty result has no batch to take it from).
-fn compared_schema(batches: &[RecordBatch]) -> SchemaRef {
-    batches.first().map(|b| b.schema()).unwrap_or_else(|| {
-        let text = |name: &str| Field::new(name, DataType::Utf8, true);
-        let score = |name: &str| Field::new(name, DataType::Float64, true);
-        Arc::new(Schema::new(vec![
-            text("customer_id"),
-            text("family"),
-            text("tag"),
-            text("change"),
-            text("old_value"),
-            text("new_value"),
-            score("old_score"),
-            score("new_score"),
-            Field::new(
-                "old_as_of",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                true,
-            ),
-        ]))
-    })
 }
 
 /// The tags with at least one changed row, sorted.
