@@ -115,8 +115,8 @@ Open the table from other tools:
     INSTALL delta; LOAD delta;
     SELECT tag, value, count(*) FROM delta_scan('{path}') GROUP BY ALL ORDER BY ALL;
 
-Run `tagflow run` again on the same warehouse (incremental: a merge of what changed) and see
-the versions and the change feed with `tagflow snapshots` and `tagflow segments`, both with
+Run `tagflow run` again on the same warehouse (incremental: only the tags that changed are
+rewritten) and see the versions and the change feed with `tagflow snapshots` and `tagflow segments`, both with
 --warehouse {warehouse}.
 "#,
             warehouse = self

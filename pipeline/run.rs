@@ -1,6 +1,6 @@
 //! A run, end to end: prepare (schemas, catalog, parameters, planning) → lock → load the
 //! state → read the landing files it has not processed → fold them into the state →
-//! evaluate the tags → commit the state → publish `customer_tags` (a merge of what changed,
+//! evaluate the tags → commit the state → publish `customer_tags` (the changed tags' partitions,
 //! and the change feed) → compact when the policy says so → report. `follow` repeats
 //! the batch on an interval with the state kept in memory.
 //!

@@ -1,4 +1,4 @@
-//! Publish: every write to the warehouse's Delta tables. [`tags`] merges a run's tag rows
+//! Publish: every write to the warehouse's Delta tables. [`tags`] publishes a run's tag rows
 //! into `<warehouse>/customer_tags` and appends what changed to `<warehouse>/tag_changes`;
 //! this module holds what all tables share (open, write, query a version).
 //!
@@ -111,7 +111,7 @@ pub struct Published {
     pub version: u64,
     /// Rows in the table at this version.
     pub rows: usize,
-    /// Rows this commit wrote (a merge rewrites the files holding changed rows).
+    /// Rows this commit wrote (a publish rewrites the partitions of the tags that changed).
     pub rows_written: usize,
     /// Active data files at this version.
     pub files: usize,

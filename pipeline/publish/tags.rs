@@ -1,9 +1,10 @@
-//! Publishing tags: a run's tag rows become one new version of `customer_tags` by a Delta
-//! merge of what changed, and the same changes are appended to the change feed
+//! Publishing tags: a run's tag rows become one new version of `customer_tags` by one Delta
+//! write that replaces the partitions of the tags that changed, and the changes are appended
+//! to the change feed
 //! `tag_changes` (one row per customer and tag that entered, exited or changed).
 //!
-//! `customer_tags` is partitioned by `tag`: a segment read opens one partition, and a merge
-//! rewrites only the partitions (and in them, the files) holding changed rows. A row's
+//! `customer_tags` is partitioned by `tag`: a segment read opens one partition, and a publish
+//! rewrites only the partitions of tags with changed rows. A row's
 //! `as_of` is the as-of time of the publish that last gave it its value and score; the
 //! snapshot's own as-of time is in its commit metadata (`tagflow.as_of`).
 //!
@@ -12,7 +13,7 @@
 //! crash between the two commits the next publish finds the versions the feed misses and
 //! diffs them from the table's own history: the feed always converges to the versions.
 //!
-//! Owns: the diff between two tag tables, the merge, the feed's rows and its catch-up.
+//! Owns: the diff between two tag tables, the partition write, the feed's rows and its catch-up.
 //! Must not: compute tags, or change a published version (compaction does not either).
 
 use std::collections::{BTreeMap, HashMap};
