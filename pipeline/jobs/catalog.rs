@@ -255,6 +255,12 @@ impl Job {
     /// older than the retention dropped. Only rows whose key the batch touches are
     /// re-aggregated; the others pass through (a hash anti-join), so a merge costs the
     /// batch, not the history. `columns` are the job's output columns, in order.
+    ///
+    /// With a `first_by` rule, only keys that occur more than once among the touched rows
+    /// are aggregated, and a key's single row passes through as it is (one row is its own
+    /// merge). DataFusion evaluates `first_value(.. ORDER BY ..)` group by group, so this
+    /// matters where most keys are new, as in `order_payments`; plain min/max/sum are
+    /// vectorised, and for them the extra pass over the touched rows would cost more.
     pub fn merge_sql(&self, columns: &[String], as_of: DateTime<Utc>) -> String {
         let spec = self.state.as_ref().expect("a state job");
         let select: Vec<String> = columns
@@ -274,23 +280,46 @@ impl Job {
         };
         let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
         let keys = keys.join(", ");
-        let on: Vec<String> = spec
-            .key
-            .iter()
-            .map(|k| format!("c.{} = t.{}", quote(k), quote(k)))
-            .collect();
-        let on = on.join(" AND ");
-        format!(
+        // rows `c` of a table joined with keys aliased `alias`
+        let on = |alias: &str| {
+            let equal: Vec<String> = spec
+                .key
+                .iter()
+                .map(|k| format!("c.{0} = {alias}.{0}", quote(k)))
+                .collect();
+            equal.join(" AND ")
+        };
+        let (on_touched, on_repeated) = (on("t"), on("r"));
+        let select = select.join(", ");
+        let touched = format!(
             "WITH touched_keys AS (SELECT DISTINCT {keys} FROM {NEW_ROWS}),\n\
-             touched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT SEMI JOIN touched_keys t ON {on}),\n\
-             untouched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT ANTI JOIN touched_keys t ON {on}),\n\
+             touched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT SEMI JOIN touched_keys t ON {on_touched}),\n\
+             untouched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT ANTI JOIN touched_keys t ON {on_touched}),\n\
+             candidate_rows AS (SELECT * FROM touched_rows UNION ALL SELECT * FROM {NEW_ROWS})"
+        );
+        let row_by_row = spec
+            .merge
+            .values()
+            .any(|rule| matches!(rule, MergeRule::FirstBy { .. }));
+        if !row_by_row {
+            return format!(
+                "{touched},\n\
+                 merged_rows AS (SELECT {select} FROM candidate_rows GROUP BY {keys})\n\
+                 SELECT * FROM (SELECT * FROM untouched_rows UNION ALL SELECT * FROM merged_rows) AS kept_rows{retention}"
+            );
+        }
+        format!(
+            "{touched},\n\
+             repeated_keys AS (SELECT {keys} FROM candidate_rows GROUP BY {keys} HAVING COUNT(*) > 1),\n\
+             single_rows AS (SELECT c.* FROM candidate_rows c LEFT ANTI JOIN repeated_keys r ON {on_repeated}),\n\
              merged_rows AS (\n\
-                 SELECT {}\n\
-                 FROM (SELECT * FROM touched_rows UNION ALL SELECT * FROM {NEW_ROWS}) AS all_rows\n\
+                 SELECT {select}\n\
+                 FROM (SELECT c.* FROM candidate_rows c LEFT SEMI JOIN repeated_keys r ON {on_repeated}) AS repeated_rows\n\
                  GROUP BY {keys}\n\
              )\n\
-             SELECT * FROM (SELECT * FROM untouched_rows UNION ALL SELECT * FROM merged_rows) AS kept_rows{retention}",
-            select.join(", "),
+             SELECT * FROM (\n\
+                 SELECT * FROM untouched_rows UNION ALL SELECT * FROM single_rows UNION ALL SELECT * FROM merged_rows\n\
+             ) AS kept_rows{retention}"
         )
     }
 

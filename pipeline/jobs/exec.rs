@@ -160,7 +160,9 @@ async fn fold_one(
     partitions: usize,
 ) -> Result<(Table, StateRun), JobError> {
     let started = Instant::now();
-    let derived = run_one(&job, &streams, as_of, partitions).await?;
+    let derived = run_one(&job, &streams, as_of, partitions)
+        .instrument(info_span!("derive"))
+        .await?;
     let schema = Arc::new(state_schema(&derived.schema));
     let new_rows = conform(&job, derived.batches, &schema)?;
     check_keys(&job, &new_rows)?;
@@ -175,7 +177,9 @@ async fn fold_one(
     );
     inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let merged = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions).await?;
+    let merged = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions)
+        .instrument(info_span!("merge"))
+        .await?;
     let table = Table {
         batches: conform(&job, merged.0, &schema)?,
         schema,
