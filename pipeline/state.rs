@@ -1,8 +1,8 @@
 //! State: the durable memory of incremental runs, under `<warehouse>/_tagflow/state/`.
 //!
 //! A state version is a manifest naming immutable files:
-//! - the state tables (one Parquet file each), folded batch by batch by the state jobs;
-//! - the events read but after the as-of time, held until an as-of reaches them (Parquet,
+//! - the state tables (one Arrow IPC file each), folded batch by batch by the state jobs;
+//! - the events read but after the as-of time, held until an as-of reaches them (Arrow IPC,
 //!   per stream);
 //! - the de-duplication memory: 128-bit hashes of the event ids counted, in segments per
 //!   stream and event day, so a batch loads only the days its events fall in;
@@ -29,12 +29,15 @@ use tracing::{debug, info};
 
 use crate::dedup::{Day, DedupMemory};
 use crate::jobs::Table;
-use crate::storage::{parquet_batches, parquet_bytes, Location};
+use crate::storage::{arrow_file_batches, arrow_file_bytes, parquet_batches, Location};
 
 /// Folder of the state under the warehouse.
 pub const STATE_DIR: &str = "_tagflow/state";
 const CURRENT: &str = "CURRENT";
-const FORMAT: u32 = 1;
+/// Format 2 writes state tables and held events as Arrow IPC files (`.arrow`); format 1
+/// wrote Parquet, which this build still reads.
+const FORMAT: u32 = 2;
+const FORMATS_READ: std::ops::RangeInclusive<u32> = 1..=FORMAT;
 /// Files written or read at once.
 const IO_CONCURRENCY: usize = 16;
 /// A day with this many id segments is rewritten as one.
@@ -177,10 +180,14 @@ impl State {
                 })
             }
         };
-        if manifest.format != FORMAT {
+        if !FORMATS_READ.contains(&manifest.format) {
             return Err(StateError::Corrupt {
                 path: display(warehouse, &pointer.manifest),
-                message: format!("state format {} (this build reads {FORMAT})", manifest.format),
+                message: format!(
+                    "state format {} (this build reads {} to {FORMAT})",
+                    manifest.format,
+                    FORMATS_READ.start()
+                ),
             });
         }
         let tables = futures::stream::iter(manifest.tables.clone())
@@ -288,22 +295,24 @@ impl State {
     ) -> Result<u64, StateError> {
         let version = self.version + 1;
         // State tables and held events, encoded concurrently (one blocking task per file).
+        // The whole state is rewritten by every commit, so its encoding is the cheapest
+        // there is: Arrow IPC, uncompressed.
         let mut to_encode: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
         let mut tables = BTreeMap::new();
         for (name, table) in &self.tables {
-            let path = format!("tables/{name}-{version}.parquet");
+            let path = format!("tables/{name}-{version}.arrow");
             to_encode.push((path.clone(), table.schema.clone(), table.batches.clone()));
             tables.insert(name.clone(), path);
         }
         let mut pending = BTreeMap::new();
         for (stream, batches) in self.pending.iter().filter(|(_, b)| !b.is_empty()) {
-            let path = format!("pending/{stream}-{version}.parquet");
+            let path = format!("pending/{stream}-{version}.arrow");
             to_encode.push((path.clone(), batches[0].schema(), batches.clone()));
             pending.insert(stream.clone(), path);
         }
         let encoded = to_encode.into_iter().map(|(path, schema, batches)| {
             tokio::task::spawn_blocking(move || {
-                let bytes = parquet_bytes(schema, &batches);
+                let bytes = arrow_file_bytes(schema, &batches);
                 (path, bytes)
             })
         });
@@ -466,13 +475,18 @@ impl State {
 
 async fn read_table(warehouse: &Location, file: &str) -> Result<Table, StateError> {
     let bytes = require(warehouse, file).await?;
-    let (schema, batches) = tokio::task::spawn_blocking(move || parquet_batches(bytes))
-        .await
-        .expect("decoder task")
-        .map_err(|e| StateError::Corrupt {
-            path: display(warehouse, file),
-            message: e.to_string(),
-        })?;
+    // Format 1 wrote Parquet.
+    let parquet = file.ends_with(".parquet");
+    let (schema, batches) = tokio::task::spawn_blocking(move || match parquet {
+        true => parquet_batches(bytes).map_err(|e| e.to_string()),
+        false => arrow_file_batches(bytes).map_err(|e| e.to_string()),
+    })
+    .await
+    .expect("decoder task")
+    .map_err(|message| StateError::Corrupt {
+        path: display(warehouse, file),
+        message,
+    })?;
     Ok(Table { schema, batches })
 }
 

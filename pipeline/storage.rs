@@ -8,13 +8,13 @@
 //! Must not: interpret any data; stages above decide what to read or write.
 
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
 use parquet::errors::ParquetError;
-use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -435,18 +435,22 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Encode batches as one Parquet file (LZ4-compressed: cheap to write and read back).
-pub fn parquet_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, ParquetError> {
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::LZ4_RAW)
-        .build();
-    let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, schema, Some(properties))?;
+/// Encode batches as one Arrow IPC file, uncompressed: writing and reading it back is
+/// little more than a copy, where Parquet would encode and compress every column.
+pub fn arrow_file_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Bytes, ArrowError> {
+    let mut writer = FileWriter::try_new(Vec::new(), &schema)?;
     for batch in batches {
         writer.write(batch)?;
     }
-    writer.close()?;
-    Ok(Bytes::from(buffer))
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+/// Decode a whole Arrow IPC file held in memory.
+pub fn arrow_file_batches(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, batches))
 }
 
 /// Decode a whole Parquet file held in memory.

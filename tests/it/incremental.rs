@@ -407,3 +407,97 @@ async fn counts_split_across_runs_add_up() {
     assert_eq!(second.score("c2", "cart_abandoner"), Some(4.0), "2.5 + 3 x 0.5");
     assert_eq!(second.score("c3", "low_credit"), Some(3.0));
 }
+
+/// `order_payments` keeps each order's earliest `paid` event (`first_by`), whether the
+/// repeats of an order come in one batch or in later ones.
+#[tokio::test]
+async fn an_orders_earliest_paid_event_wins_within_and_across_batches() {
+    let fx = Fixture::new();
+    let t = |hour: u32| format!("2026-11-19T{hour:02}:00:00Z");
+    fx.orders(
+        "a.parquet",
+        &[
+            order("p2", "c1", &t(10), "x1", "paid", 10.0).brand("A"),
+            // x2 is paid twice in one batch: the earlier event (p4) wins
+            order("p3", "c1", &t(11), "x2", "paid", 20.0).brand("B"),
+            order("p4", "c1", &t(9), "x2", "paid", 30.0).brand("C"),
+        ],
+    );
+    let first = fx.run(T).await;
+    assert_eq!(first.score("c1", "rfm_tier"), Some(40.0), "x1 10 + x2 30");
+
+    fx.orders(
+        "b.parquet",
+        &[
+            // x1 was paid earlier than the first batch knew: now 50, brand D
+            order("p1", "c1", &t(8), "x1", "paid", 50.0).brand("D"),
+            // a later paid event of x2 changes nothing
+            order("p5", "c1", &t(12), "x2", "paid", 99.0).brand("B"),
+            order("p6", "c1", &t(13), "x3", "paid", 5.0).brand("D"),
+        ],
+    );
+    let report = fx.try_run(T, None).await.unwrap();
+    assert_eq!(report.mode, Mode::Incremental);
+    let second = fx.published(None).await;
+    assert_eq!(second.score("c1", "rfm_tier"), Some(85.0), "x1 50 + x2 30 + x3 5");
+    assert_eq!(second.value("c1", "brand_enthusiast").as_deref(), Some("D"), "D, C, D");
+    assert_close(second.score("c1", "brand_enthusiast"), 2.0 / 3.0);
+}
+
+/// A state committed by an older build (format 1: Parquet tables) is read as it is, and the
+/// next commit rewrites it in the current format.
+#[tokio::test]
+async fn a_parquet_state_of_format_1_is_still_read() {
+    let fx = Fixture::new();
+    let day = "2026-11-19";
+    let t = |hour: u32| format!("{day}T{hour:02}:00:00Z");
+    fx.clicks("a.parquet", &[view("v1", "c1", &t(8)), view("v2", "c1", &t(9))]);
+    fx.carts("a.parquet", &[cart_add("a1", "c2", &t(8), 1, Some(2.5))]);
+    fx.run(T).await;
+
+    let state = fx.warehouse_dir().join("_tagflow/state");
+    let pointer: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("CURRENT")).unwrap()).unwrap();
+    let manifest_path = state.join(pointer["manifest"].as_str().unwrap());
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["format"] = 1.into();
+    let tables = manifest["tables"].as_object_mut().unwrap();
+    assert!(!tables.is_empty());
+    for file in tables.values_mut() {
+        let arrow_file = file.as_str().unwrap().to_string();
+        let reader =
+            arrow::ipc::reader::FileReader::try_new(std::fs::File::open(state.join(&arrow_file)).unwrap(), None)
+                .expect("state tables are Arrow IPC files");
+        let schema = reader.schema();
+        let parquet_file = arrow_file.replace(".arrow", ".parquet");
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(state.join(&parquet_file)).unwrap(),
+            schema,
+            None,
+        )
+        .unwrap();
+        for batch in reader {
+            writer.write(&batch.unwrap()).unwrap();
+        }
+        writer.close().unwrap();
+        std::fs::remove_file(state.join(&arrow_file)).unwrap();
+        *file = parquet_file.into();
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+    fx.clicks("b.parquet", &[view("v3", "c1", &t(10))]);
+    fx.carts("b.parquet", &[cart_add("a2", "c2", &t(9), 3, Some(0.5))]);
+    let report = fx.try_run(T, None).await.unwrap();
+    assert_eq!(report.mode, Mode::Incremental, "the Parquet state is read, not rebuilt");
+    let tags = fx.published(None).await;
+    assert_eq!(
+        tags.value("c1", "aipl_stage").as_deref(),
+        Some("interest"),
+        "2 + 1 views"
+    );
+    assert_eq!(tags.score("c2", "cart_abandoner"), Some(4.0), "2.5 + 3 x 0.5");
+    let rewritten: Vec<String> = files_under(&state.join("tables"));
+    assert!(
+        rewritten.iter().any(|f| f.ends_with(".arrow")),
+        "the next commit writes Arrow IPC: {rewritten:?}"
+    );
+}
