@@ -25,7 +25,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{Days, NaiveDate, Utc};
 use tagflow::generate::{generate, GenerateOptions};
-use tagflow::storage::{parquet_bytes, Location};
+use tagflow::storage::Location;
 
 #[path = "../tests/it/s3_server.rs"]
 mod s3_server;
@@ -497,5 +497,9 @@ fn click_file(index: usize, customers: usize) -> Vec<u8> {
         column(&|_, p| format!("device-{}-{}", customer(p), (p >> 32) % 2)),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    parquet_bytes(schema, &[batch]).unwrap().to_vec()
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    bytes
 }
