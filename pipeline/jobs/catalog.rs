@@ -126,6 +126,11 @@ impl MergeRule {
     }
 }
 
+/// `at` as a SQL literal of the event times' type, `Timestamp(µs, "UTC")`.
+pub fn timestamp_literal(at: DateTime<Utc>) -> String {
+    format!("arrow_cast({}, 'Timestamp(µs, \"UTC\")')", at.timestamp_micros())
+}
+
 /// The parameter of a state job with a `day_column`: how many days of rows it keeps.
 pub const RETAIN_DAYS_PARAM: &str = "retain_days";
 
@@ -235,7 +240,7 @@ impl Job {
     /// line numbers in DataFusion's messages match the file.
     pub fn render_sql(&self, as_of: DateTime<Utc>) -> String {
         let body = substitute(&self.body, |name| match name {
-            "as_of" => format!("arrow_cast({}, 'Timestamp(µs, \"UTC\")')", as_of.timestamp_micros()),
+            "as_of" => timestamp_literal(as_of),
             "as_of_day" => as_of.timestamp().div_euclid(86_400).to_string(),
             other => self.params[other].to_sql(),
         });

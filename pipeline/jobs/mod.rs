@@ -35,7 +35,9 @@ mod checks;
 mod exec;
 mod header;
 
-pub use catalog::{Catalog, CatalogError, Job, JobKind, MergeFn, MergeRule, ParamOverrides, ParamValue, StateSpec};
+pub use catalog::{
+    timestamp_literal, Catalog, CatalogError, Job, JobKind, MergeFn, MergeRule, ParamOverrides, ParamValue, StateSpec,
+};
 pub use checks::{
     evaluate as evaluate_checks, value_counts, CheckFailure, Checks, Drift, GateError, GateReport, Segments,
 };

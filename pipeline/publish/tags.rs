@@ -36,6 +36,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 pub use super::TAGS_TABLE;
 use super::{collect, customer_tags_schema, file_count, open_or_new, register, table_url, PublishError, Published};
+use crate::jobs::timestamp_literal;
 use crate::storage::Location;
 
 /// The change feed, under the warehouse.
@@ -193,10 +194,7 @@ pub async fn publish_tags(
         Some(_) => {
             // The changed tags' partitions are replaced whole: cheaper than a row-level merge
             // when, as usual, most of a partition's rows are rewritten anyway.
-            let as_of = format!(
-                "arrow_cast({}, 'Timestamp(µs, \"UTC\")')",
-                update.as_of.timestamp_micros()
-            );
+            let as_of = timestamp_literal(update.as_of);
             let next_rows = collect(
                 &ctx,
                 &table,
