@@ -342,9 +342,22 @@ impl Batch<'_> {
         let (settings, catalog, as_of) = (self.settings, &self.project.catalog, self.as_of);
         let fingerprint = catalog.state_fingerprint();
 
-        if state.is_none() {
-            *state = State::load(self.warehouse).instrument(info_span!("load_state")).await?;
+        // The state and the landing listing are independent reads: side by side.
+        let load = state
+            .is_none()
+            .then(|| State::load(self.warehouse).instrument(info_span!("load_state")));
+        let list = sources::list_files(self.landing, &self.project.schemas).instrument(info_span!("list"));
+        let (loaded, listing) = match load {
+            Some(load) => {
+                let (loaded, listing) = tokio::join!(load, list);
+                (Some(loaded?), listing)
+            }
+            None => (None, list.await),
+        };
+        if let Some(loaded) = loaded {
+            *state = loaded;
         }
+        let listing = listing?;
         let from_version = state.as_ref().map_or(0, |s| s.version);
         let full_because = match state.as_ref() {
             _ if self.full.is_some() => self.full.map(String::from),
@@ -363,9 +376,6 @@ impl Batch<'_> {
         }
         let mark = stage("load_state", started);
 
-        let listing = sources::list_files(self.landing, &self.project.schemas)
-            .instrument(info_span!("list"))
-            .await?;
         let to_read: Vec<LandingFile> = match full_because {
             Some(_) => listing.files,
             None => listing
@@ -384,7 +394,7 @@ impl Batch<'_> {
             .iter()
             .map(|f| state.files.get(&f.relative).copied().unwrap_or(self.started_at))
             .collect();
-        let decoded = sources::read_files(
+        let read = sources::read_files(
             self.landing,
             self.warehouse,
             &self.project.schemas,
@@ -393,8 +403,11 @@ impl Batch<'_> {
             settings.read_concurrency,
             settings.progress,
         )
-        .instrument(info_span!("read"))
-        .await?;
+        .instrument(info_span!("read"));
+        // The last publish (for the drift gates) is read while the new files are.
+        let baseline = snapshots::latest_publish(self.warehouse).instrument(info_span!("baseline"));
+        let (decoded, baseline) = tokio::join!(read, baseline);
+        let (decoded, baseline) = (decoded?, baseline?);
         let seen_ids_loaded = state
             .load_days(self.warehouse, &decoded.days())
             .instrument(info_span!("load_seen"))
@@ -405,9 +418,6 @@ impl Batch<'_> {
         }
         stage("read", mark);
 
-        let baseline = snapshots::latest_publish(self.warehouse)
-            .instrument(info_span!("baseline"))
-            .await?;
         let new_events = std::mem::take(&mut data.events);
         let evaluated = evaluate_at(
             self.project,
@@ -421,17 +431,21 @@ impl Batch<'_> {
         .await?;
         let (output, state_runs, gates) = (evaluated.output, evaluated.state_runs, evaluated.gates);
         let evaluate_stages = evaluated.stages_ms;
-        let mark = Instant::now();
 
         for (file, at) in to_read.iter().zip(ingest_times) {
             state.record_file(&file.relative, at);
         }
         let seen_from_day = (as_of.timestamp().div_euclid(86_400) - i64::from(settings.dedup_days) + 1) as i32;
-        let version = state
-            .commit(self.warehouse, self.run_id, as_of, seen_from_day)
-            .instrument(info_span!("commit_state"))
-            .await?;
-        let mark = stage("commit_state", mark);
+        // The state commit and the publish write different things and run side by side.
+        // Either may land without the other if the run dies: a publish without its state
+        // is re-derived from the same files by the next run, a state without its publish
+        // is published by it; both converge to the uninterrupted result.
+        let version = state.version + 1;
+        let commit = timed(
+            state
+                .commit(self.warehouse, self.run_id, as_of, seen_from_day)
+                .instrument(info_span!("commit_state")),
+        );
 
         let rows = publish::assemble(&output.runs, as_of);
         // A partial run (`--jobs`) replaces only its tags' rows.
@@ -446,11 +460,14 @@ impl Batch<'_> {
             as_of,
             metadata: metadata.as_object().cloned().unwrap_or_default(),
         };
-        let published = publish_tags(self.warehouse, update, &settings.compaction.table_settings())
-            .instrument(info_span!("publish"))
-            .await?;
+        let table_settings = settings.compaction.table_settings();
+        let publish = timed(publish_tags(self.warehouse, update, &table_settings).instrument(info_span!("publish")));
+        let ((committed, commit_ms), (published, publish_ms)) = tokio::join!(commit, publish);
         let published_at = Utc::now();
-        let mark = stage("publish", mark);
+        let committed = committed?;
+        let published = published?;
+        debug_assert_eq!(committed, version, "a commit writes the next version");
+        let mark = Instant::now();
         info!(
             version = published.version,
             rows = published.rows,
@@ -471,6 +488,8 @@ impl Batch<'_> {
         }
 
         stages_ms.extend(evaluate_stages);
+        stages_ms.insert("commit_state".to_string(), commit_ms);
+        stages_ms.insert("publish".to_string(), publish_ms);
         let lags: Vec<u64> = to_read
             .iter()
             .map(|f| (published_at - f.appeared_at).num_milliseconds().max(0) as u64)
@@ -542,6 +561,13 @@ impl Batch<'_> {
             compaction,
         }))
     }
+}
+
+/// `future`'s output and the milliseconds it took.
+async fn timed<T>(future: impl std::future::Future<Output = T>) -> (T, u64) {
+    let started = Instant::now();
+    let output = future.await;
+    (output, started.elapsed().as_millis() as u64)
 }
 
 /// What [`evaluate_at`] produced.
