@@ -296,7 +296,10 @@ impl State {
         let version = self.version + 1;
         // State tables and held events, encoded concurrently (one blocking task per file).
         // The whole state is rewritten by every commit, so its encoding is the cheapest
-        // there is: Arrow IPC, uncompressed.
+        // there is: Arrow IPC, uncompressed on local files (a page-cache copy), zstd on an
+        // object store, where the upload costs more than the compression (measured on S3:
+        // 89 → 29 MB for the bench's state, commit 0.93 → 0.70 s).
+        let compress = !warehouse.is_local();
         let mut to_encode: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
         let mut tables = BTreeMap::new();
         for (name, table) in &self.tables {
@@ -312,7 +315,7 @@ impl State {
         }
         let encoded = to_encode.into_iter().map(|(path, schema, batches)| {
             tokio::task::spawn_blocking(move || {
-                let bytes = arrow_file_bytes(schema, &batches);
+                let bytes = arrow_file_bytes(schema, &batches, compress);
                 (path, bytes)
             })
         });

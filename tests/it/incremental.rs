@@ -496,8 +496,15 @@ async fn a_parquet_state_of_format_1_is_still_read() {
     );
     assert_eq!(tags.score("c2", "cart_abandoner"), Some(4.0), "2.5 + 3 x 0.5");
     let rewritten: Vec<String> = files_under(&state.join("tables"));
+    let arrow_files: Vec<&String> = rewritten.iter().filter(|f| f.ends_with(".arrow")).collect();
     assert!(
-        rewritten.iter().any(|f| f.ends_with(".arrow")),
+        !arrow_files.is_empty(),
         "the next commit writes Arrow IPC: {rewritten:?}"
     );
+    let compression: Vec<_> = arrow_files
+        .iter()
+        .flat_map(|file| ipc_batch_compression(&std::fs::read(state.join("tables").join(file)).unwrap()))
+        .collect();
+    assert!(!compression.is_empty());
+    assert!(compression.iter().all(Option::is_none), "uncompressed on local files");
 }

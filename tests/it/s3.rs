@@ -149,6 +149,30 @@ async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
         );
     }
     assert!(!fx.warehouse_dir().exists(), "nothing was written locally");
+    // On an object store the state tables are zstd-compressed Arrow IPC (read back above).
+    let tables = warehouse
+        .list_under(&warehouse.path("_tagflow/state/tables"))
+        .await
+        .expect("list state tables");
+    let mut compression = Vec::new();
+    for table in tables {
+        let bytes = warehouse
+            .store
+            .get(&table.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        compression.extend(ipc_batch_compression(&bytes));
+    }
+    assert!(!compression.is_empty());
+    assert!(
+        compression
+            .iter()
+            .all(|c| *c == Some(arrow::ipc::CompressionType::ZSTD)),
+        "{compression:?}"
+    );
 
     // Compaction keeps the rows and adds a version.
     let last_as_of = SCHEDULE[7].0;

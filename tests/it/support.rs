@@ -619,3 +619,24 @@ pub const SHIPPED_TAGS: [&str; 12] = [
     "shared_device",
     "marketing_blacklist",
 ];
+
+/// How each record batch of an Arrow IPC file is compressed (`None`: not compressed), read
+/// from the messages the file's footer points at.
+pub fn ipc_batch_compression(file: &[u8]) -> Vec<Option<arrow::ipc::CompressionType>> {
+    let int_at = |at: usize| i32::from_le_bytes(file[at..at + 4].try_into().expect("4 bytes")) as usize;
+    // ... footer, footer length (4 bytes), "ARROW1"
+    let footer_end = file.len() - 10;
+    let footer = arrow::ipc::root_as_footer(&file[footer_end - int_at(footer_end)..footer_end]).expect("IPC footer");
+    footer
+        .recordBatches()
+        .expect("record batches")
+        .iter()
+        .map(|block| {
+            // continuation marker, message length, message
+            let start = block.offset() as usize + 8;
+            let message = arrow::ipc::root_as_message(&file[start..start + int_at(start - 4)]).expect("IPC message");
+            let batch = message.header_as_record_batch().expect("a record batch message");
+            batch.compression().map(|c| c.codec())
+        })
+        .collect()
+}
