@@ -1,12 +1,14 @@
 //! A run, end to end: prepare (schemas, catalog, parameters, planning) → lock → load the
 //! state → read the landing files it has not processed → fold them into the state →
-//! evaluate the tags → commit the state → publish `customer_tags` (the changed tags' partitions,
-//! and the change feed) → compact when the policy says so → report. `follow` repeats
-//! the batch on an interval with the state kept in memory.
+//! evaluate the tags → commit the state and, side by side, publish `customer_tags` (the
+//! changed tags' partitions, and the change feed) → compact when the policy says so →
+//! report. `follow` repeats the batch on an interval with the state kept in memory.
 //!
-//! The state is committed before the publish: a run killed in between leaves state newer
-//! than the table, and the next run (which always publishes) catches up. Re-reading is
-//! never needed, so nothing is counted twice.
+//! The state commit and the publish are independent writes, so a killed run may land one
+//! without the other. A state newer than the table: the next run (which always publishes)
+//! catches up. A table newer than the state: the next run reads the same files again into
+//! the committed state, whose de-duplication memory has not seen their events, so they
+//! count once and the table comes out the same. Either way nothing is counted twice.
 //!
 //! Owns: the order of the stages, the choice between incremental and full, and the run
 //! report's numbers.
