@@ -408,6 +408,45 @@ async fn counts_split_across_runs_add_up() {
     assert_eq!(second.score("c3", "low_credit"), Some(3.0));
 }
 
+/// The state commit and the publish run side by side, so a run can die after its publish
+/// landed and before its state did. The next run reads the same files again into the
+/// older state and publishes the same values: nothing is counted twice.
+#[tokio::test]
+async fn a_publish_whose_state_commit_did_not_land_is_not_counted_twice() {
+    let fx = Fixture::new();
+    let day = "2026-11-19";
+    let t = |hour: u32| format!("{day}T{hour:02}:00:00Z");
+    fx.clicks("a.parquet", &[view("v1", "c1", &t(8))]);
+    fx.carts("a.parquet", &[cart_add("a1", "c2", &t(8), 1, Some(2.5))]);
+    fx.run(T).await;
+    let current = fx.warehouse_dir().join("_tagflow/state/CURRENT");
+    let first_state = std::fs::read(&current).unwrap();
+
+    fx.clicks("b.parquet", &[view("v2", "c1", &t(9)), view("v3", "c1", &t(10))]);
+    fx.carts("b.parquet", &[cart_add("a2", "c2", &t(9), 3, Some(0.5))]);
+    let published = fx.run(T).await;
+    assert_eq!(
+        published.value("c1", "aipl_stage").as_deref(),
+        Some("interest"),
+        "1 + 2 views"
+    );
+    assert_eq!(published.score("c2", "cart_abandoner"), Some(4.0), "2.5 + 3 x 0.5");
+    // As if the second run's state commit had not landed: CURRENT names the first state.
+    std::fs::write(&current, first_state).unwrap();
+
+    let report = fx.try_run(T, None).await.unwrap();
+    assert_eq!(report.mode, Mode::Incremental);
+    assert_eq!(report.streams["clicks"].files, 1, "b.parquet is read again");
+    assert_eq!(
+        report.streams["clicks"].duplicates_dropped, 0,
+        "its events were not remembered"
+    );
+    let again = fx.published(None).await;
+    assert_eq!(again.value("c1", "aipl_stage").as_deref(), Some("interest"));
+    assert_eq!(again.score("c2", "cart_abandoner"), Some(4.0), "not 2.5 + 2 x 1.5");
+    assert_eq!(report.published.changes.map(|c| c.total()), Some(0), "the same table");
+}
+
 /// `order_payments` keeps each order's earliest `paid` event (`first_by`), whether the
 /// repeats of an order come in one batch or in later ones.
 #[tokio::test]
