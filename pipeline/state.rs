@@ -284,7 +284,12 @@ impl State {
         Ok(count)
     }
 
-    /// Write everything that changed as version `self.version + 1` at `as_of` and make it
+    /// The version the next [`State::commit`] writes.
+    pub fn next_version(&self) -> u64 {
+        self.version + 1
+    }
+
+    /// Write everything that changed as version [`State::next_version`] at `as_of` and make it
     /// current. The de-duplication memory keeps days from `seen_from_day` on.
     pub async fn commit(
         &mut self,
@@ -293,7 +298,7 @@ impl State {
         as_of: DateTime<Utc>,
         seen_from_day: i32,
     ) -> Result<u64, StateError> {
-        let version = self.version + 1;
+        let version = self.next_version();
         // State tables and held events, encoded concurrently (one blocking task per file).
         // The whole state is rewritten by every commit, so its encoding is the cheapest
         // there is: Arrow IPC, uncompressed on local files (a page-cache copy), zstd on an
