@@ -72,6 +72,8 @@ pub struct StateTableReport {
     /// Rows the state job derived from this run's events.
     pub new_rows: usize,
     pub rows: usize,
+    /// Rows of the segments rewritten (the rest of the table is kept as it was stored).
+    pub rows_rewritten: usize,
     pub duration_ms: u64,
 }
 

@@ -526,6 +526,7 @@ impl Batch<'_> {
                     .map(|r| {
                         let report = StateTableReport {
                             new_rows: r.new_rows,
+                            rows_rewritten: r.rows_rewritten,
                             rows: r.rows,
                             duration_ms: r.duration.as_millis() as u64,
                         };

@@ -1,7 +1,9 @@
 //! State: the durable memory of incremental runs, under `<warehouse>/_tagflow/state/`.
 //!
 //! A state version is a manifest naming immutable files:
-//! - the state tables (one Arrow IPC file each), folded batch by batch by the state jobs;
+//! - the state tables, folded batch by batch by the state jobs: one Arrow IPC file per
+//!   segment ([`StateTable`]); a version names the segments a fold rewrote and the ones
+//!   it kept from earlier versions, so a commit writes only what the batch touched;
 //! - the events read but after the as-of time, held until an as-of reaches them (Arrow IPC,
 //!   per stream);
 //! - the de-duplication memory: 128-bit hashes of the event ids counted, in segments per
@@ -28,15 +30,15 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use crate::dedup::{Day, DedupMemory};
-use crate::jobs::Table;
+use crate::jobs::{Segment, StateTable, Table};
 use crate::storage::{arrow_file_batches, arrow_file_bytes, parquet_batches, Location};
 
 /// Folder of the state under the warehouse.
 pub const STATE_DIR: &str = "_tagflow/state";
 const CURRENT: &str = "CURRENT";
-/// Format 2 writes state tables and held events as Arrow IPC files (`.arrow`); format 1
-/// wrote Parquet, which this build still reads.
-const FORMAT: u32 = 2;
+/// Format 3 stores a state table as Arrow IPC segments (`.arrow`); format 2 stored it as
+/// one Arrow IPC file and format 1 as one Parquet file, which this build still reads.
+const FORMAT: u32 = 3;
 const FORMATS_READ: std::ops::RangeInclusive<u32> = 1..=FORMAT;
 /// Files written or read at once.
 const IO_CONCURRENCY: usize = 16;
@@ -78,7 +80,7 @@ struct Manifest {
     fingerprint: String,
     run_id: String,
     committed_at: DateTime<Utc>,
-    tables: BTreeMap<String, String>,
+    tables: BTreeMap<String, StoredTable>,
     pending: BTreeMap<String, String>,
     /// stream → event day → id segments.
     seen: BTreeMap<String, BTreeMap<i32, Vec<String>>>,
@@ -86,13 +88,44 @@ struct Manifest {
     files: Vec<String>,
 }
 
+/// A state table's files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredTable {
+    /// Format 3: its segments.
+    Segments(Vec<StoredSegment>),
+    /// Formats 1 and 2: one file.
+    Whole(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSegment {
+    file: String,
+    /// The day of every row (day-segmented tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    day: Option<i64>,
+}
+
+impl StoredTable {
+    fn segments(&self) -> Vec<StoredSegment> {
+        match self {
+            StoredTable::Segments(segments) => segments.clone(),
+            StoredTable::Whole(file) => vec![StoredSegment {
+                file: file.clone(),
+                day: None,
+            }],
+        }
+    }
+}
+
 impl Manifest {
-    fn referenced(&self) -> impl Iterator<Item = &String> {
+    fn referenced(&self) -> impl Iterator<Item = String> + '_ {
         self.tables
             .values()
-            .chain(self.pending.values())
-            .chain(self.seen.values().flat_map(|days| days.values().flatten()))
-            .chain(self.files.iter())
+            .flat_map(|t| t.segments().into_iter().map(|s| s.file))
+            .chain(self.pending.values().cloned())
+            .chain(self.seen.values().flat_map(|days| days.values().flatten()).cloned())
+            .chain(self.files.iter().cloned())
     }
 }
 
@@ -110,7 +143,7 @@ pub struct State {
     /// The as-of time of that version.
     pub as_of: Option<DateTime<Utc>>,
     pub fingerprint: String,
-    pub tables: BTreeMap<String, Table>,
+    pub tables: BTreeMap<String, StateTable>,
     /// Unique events after the as-of time, per stream.
     pub pending: BTreeMap<String, Vec<RecordBatch>>,
     pub seen: DedupMemory,
@@ -190,11 +223,30 @@ impl State {
                 ),
             });
         }
-        let tables = futures::stream::iter(manifest.tables.clone())
-            .map(|(name, file)| async move { Ok::<_, StateError>((name, read_table(warehouse, &file).await?)) })
-            .buffer_unordered(IO_CONCURRENCY)
-            .try_collect::<BTreeMap<_, _>>()
+        let segments = manifest
+            .tables
+            .iter()
+            .flat_map(|(name, table)| table.segments().into_iter().map(move |s| (name.clone(), s)));
+        let segments: Vec<(String, StoredSegment, Table)> = futures::stream::iter(segments)
+            .map(|(name, segment)| async move {
+                let rows = read_table(warehouse, &segment.file).await?;
+                Ok::<_, StateError>((name, segment, rows))
+            })
+            .buffered(IO_CONCURRENCY)
+            .try_collect()
             .await?;
+        let mut tables: BTreeMap<String, StateTable> = BTreeMap::new();
+        for (name, segment, rows) in segments {
+            let table = tables.entry(name).or_insert_with(|| StateTable {
+                schema: rows.schema.clone(),
+                segments: Vec::new(),
+            });
+            table.segments.push(Segment {
+                day: segment.day,
+                batches: rows.batches,
+                stored: Some(segment.file),
+            });
+        }
         let pending =
             futures::stream::iter(manifest.pending.clone())
                 .map(|(stream, file)| async move {
@@ -308,9 +360,20 @@ impl State {
         let mut to_encode: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
         let mut tables = BTreeMap::new();
         for (name, table) in &self.tables {
-            let path = format!("tables/{name}-{version}.arrow");
-            to_encode.push((path.clone(), table.schema.clone(), table.batches.clone()));
-            tables.insert(name.clone(), path);
+            let mut segments = Vec::new();
+            for (i, segment) in table.segments.iter().enumerate() {
+                // A segment kept from an earlier version is referenced again, not rewritten.
+                let file = match &segment.stored {
+                    Some(file) => file.clone(),
+                    None => {
+                        let file = format!("tables/{name}/{version}-{i}.arrow");
+                        to_encode.push((file.clone(), table.schema.clone(), segment.batches.clone()));
+                        file
+                    }
+                };
+                segments.push(StoredSegment { file, day: segment.day });
+            }
+            tables.insert(name.clone(), StoredTable::Segments(segments));
         }
         let mut pending = BTreeMap::new();
         for (stream, batches) in self.pending.iter().filter(|(_, b)| !b.is_empty()) {
@@ -425,6 +488,14 @@ impl State {
         .await?;
         info!(version, files = written, "state committed");
 
+        // The segments written are now stored: the next commit keeps those a fold keeps.
+        for (name, table) in self.tables.iter_mut() {
+            if let Some(StoredTable::Segments(stored)) = manifest.tables.get(name) {
+                for (segment, stored) in table.segments.iter_mut().zip(stored) {
+                    segment.stored = Some(stored.file.clone());
+                }
+            }
+        }
         let rewrote = self.rewrite;
         self.version = version;
         self.as_of = Some(as_of);
@@ -443,7 +514,7 @@ impl State {
         let mut keep: HashSet<String> = HashSet::from([CURRENT.to_string()]);
         for manifest in self.manifest.iter().chain(self.previous.iter()) {
             keep.insert(format!("manifests/{:020}.json", manifest.version));
-            keep.extend(manifest.referenced().cloned());
+            keep.extend(manifest.referenced());
         }
         let root = warehouse.path(STATE_DIR);
         let listed = warehouse

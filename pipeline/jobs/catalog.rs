@@ -18,6 +18,9 @@ use crate::schema::Schemas;
 /// The tables a state job's merge SQL reads: its current rows and the batch's new rows.
 pub const CURRENT_ROWS: &str = "current_rows";
 pub const NEW_ROWS: &str = "new_rows";
+/// Table of [`Job::touched_segments_sql`]: a state table's key columns and the segment of each row.
+pub const CURRENT_KEYS: &str = "current_keys";
+pub const SEGMENT_COLUMN: &str = "tagflow_segment";
 
 /// Built-in placeholders available to every job.
 pub const BUILTIN_PARAMS: [&str; 2] = ["as_of", "as_of_day"];
@@ -283,18 +286,8 @@ impl Job {
             ),
             _ => String::new(),
         };
-        let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
-        let keys = keys.join(", ");
-        // rows `c` of a table joined with keys aliased `alias`
-        let on = |alias: &str| {
-            let equal: Vec<String> = spec
-                .key
-                .iter()
-                .map(|k| format!("c.{0} = {alias}.{0}", quote(k)))
-                .collect();
-            equal.join(" AND ")
-        };
-        let (on_touched, on_repeated) = (on("t"), on("r"));
+        let keys = self.key_list();
+        let (on_touched, on_repeated) = (self.key_match("t"), self.key_match("r"));
         let select = select.join(", ");
         let touched = format!(
             "WITH touched_keys AS (SELECT DISTINCT {keys} FROM {NEW_ROWS}),\n\
@@ -326,6 +319,36 @@ impl Job {
                  SELECT * FROM untouched_rows UNION ALL SELECT * FROM single_rows UNION ALL SELECT * FROM merged_rows\n\
              ) AS kept_rows{retention}"
         )
+    }
+
+    /// The SQL that finds which segments of a state table hold a key of the new rows:
+    /// the distinct [`SEGMENT_COLUMN`] values of [`CURRENT_KEYS`] (the table's key columns
+    /// and the segment of each row) whose key is among [`NEW_ROWS`]' keys.
+    pub fn touched_segments_sql(&self) -> String {
+        let keys = self.key_list();
+        let on = self.key_match("t");
+        format!(
+            "WITH touched_keys AS (SELECT DISTINCT {keys} FROM {NEW_ROWS})\n\
+             SELECT DISTINCT c.{SEGMENT_COLUMN} FROM {CURRENT_KEYS} c LEFT SEMI JOIN touched_keys t ON {on}"
+        )
+    }
+
+    /// The key columns, quoted, comma-separated.
+    fn key_list(&self) -> String {
+        let spec = self.state.as_ref().expect("a state job");
+        let keys: Vec<String> = spec.key.iter().map(|k| quote(k)).collect();
+        keys.join(", ")
+    }
+
+    /// Rows `c` of a table matched on the key with rows aliased `alias`.
+    fn key_match(&self, alias: &str) -> String {
+        let spec = self.state.as_ref().expect("a state job");
+        let equal: Vec<String> = spec
+            .key
+            .iter()
+            .map(|k| format!("c.{0} = {alias}.{0}", quote(k)))
+            .collect();
+        equal.join(" AND ")
     }
 
     /// Check a state job's planned output against its key and merge rules.

@@ -1,13 +1,13 @@
 //! Running the catalog: state jobs fold a batch of new events into the state tables; measure
 //! and tag jobs are evaluated on the state tables.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, StringArray};
-use arrow::compute::cast;
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
@@ -16,7 +16,9 @@ use datafusion::execution::config::SessionConfig;
 use datafusion::prelude::SessionContext;
 use tracing::{info, info_span, Instrument};
 
-use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, CURRENT_ROWS, NEW_ROWS};
+use super::catalog::{
+    check_tag_output, state_schema, Catalog, Job, JobKind, CURRENT_KEYS, CURRENT_ROWS, NEW_ROWS, SEGMENT_COLUMN,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -90,6 +92,64 @@ impl Table {
     }
 }
 
+/// A state table: its rows in segments, the unit the state stores. A fold rewrites only
+/// the segments its batch touches and keeps the others as they are (no copy, no write):
+/// - a table with a `day_column` has one segment per day: a fold rewrites the days its
+///   new rows fall in and drops the days past the retention;
+/// - any other table has a few segments, each key in one of them: a fold rewrites the
+///   segments holding a key the batch touches, with the batch's new keys, as one new
+///   segment, into which the smallest segments are merged when there are more than
+///   [`MAX_KEYED_SEGMENTS`].
+///
+/// A table has at least one segment (maybe empty), so its schema is always stored.
+#[derive(Debug, Clone)]
+pub struct StateTable {
+    pub schema: SchemaRef,
+    pub segments: Vec<Segment>,
+}
+
+impl StateTable {
+    /// Every row, in one table.
+    pub fn table(&self) -> Table {
+        Table {
+            schema: self.schema.clone(),
+            batches: self.segments.iter().flat_map(|s| s.batches.iter().cloned()).collect(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.segments.iter().map(Segment::rows).sum()
+    }
+}
+
+/// Rows of a state table stored together.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// The day of every row of a day-segmented table; `None`: rows of any day (a table
+    /// without a `day_column`, or one stored whole by an older build).
+    pub day: Option<i64>,
+    pub batches: Vec<RecordBatch>,
+    /// Where the state stores the segment; `None` until it is committed.
+    pub stored: Option<String>,
+}
+
+impl Segment {
+    fn new(day: Option<i64>, batches: Vec<RecordBatch>) -> Self {
+        Segment {
+            day,
+            batches,
+            stored: None,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// Segments a table without a `day_column` keeps before a fold merges its smallest ones.
+pub const MAX_KEYED_SEGMENTS: usize = 8;
+
 /// What folding one batch into a state table did.
 #[derive(Debug, Clone)]
 pub struct StateRun {
@@ -98,6 +158,8 @@ pub struct StateRun {
     pub new_rows: usize,
     /// Rows of the table after the merge (and retention).
     pub rows: usize,
+    /// Rows of the segments the fold rewrote (the others are kept as they were).
+    pub rows_rewritten: usize,
     pub duration: Duration,
 }
 
@@ -113,17 +175,18 @@ fn share_of_cores(concurrent: usize) -> usize {
 }
 
 /// Fold a batch of counted events into the state tables: each state job derives rows from
-/// `events` (per stream), which are merged with its current table by the job's key and merge
-/// rules, at `as_of` (rows past the job's retention are dropped). `current` lacks a table
-/// when the state starts empty. Returns the new tables; `current` is left as it was.
+/// `events` (per stream), which are merged with the segments of its current table they
+/// touch by the job's key and merge rules, at `as_of` (rows past the job's retention are
+/// dropped). `current` lacks a table when the state starts empty. Returns the new tables;
+/// `current` is left as it was.
 ///
 /// State jobs read only the streams, so they fold concurrently (one task each).
 pub async fn fold_state(
     catalog: &Catalog,
-    current: &BTreeMap<String, Table>,
+    current: &BTreeMap<String, StateTable>,
     events: &BTreeMap<String, Table>,
     as_of: DateTime<Utc>,
-) -> Result<(BTreeMap<String, Table>, Vec<StateRun>), JobError> {
+) -> Result<(BTreeMap<String, StateTable>, Vec<StateRun>), JobError> {
     let partitions = share_of_cores(catalog.state_jobs().count());
     let streams: Arc<BTreeMap<String, Arc<MemTable>>> = Arc::new(
         events
@@ -155,10 +218,10 @@ pub async fn fold_state(
 async fn fold_one(
     job: Job,
     streams: Arc<BTreeMap<String, Arc<MemTable>>>,
-    current: Option<Table>,
+    current: Option<StateTable>,
     as_of: DateTime<Utc>,
     partitions: usize,
-) -> Result<(Table, StateRun), JobError> {
+) -> Result<(StateTable, StateRun), JobError> {
     let started = Instant::now();
     let derived = run_one(&job, &streams, as_of, partitions)
         .instrument(info_span!("derive"))
@@ -166,31 +229,189 @@ async fn fold_one(
     let schema = Arc::new(state_schema(&derived.schema));
     let new_rows = conform(&job, derived.batches, &schema)?;
     check_keys(&job, &new_rows)?;
-    let current_rows = match current {
-        Some(table) => conform(&job, table.batches, &schema)?,
-        None => Vec::new(),
+    let mut segments = Vec::new();
+    for segment in current.map(|t| t.segments).unwrap_or_default() {
+        segments.push(Segment {
+            batches: conform(&job, segment.batches, &schema)?,
+            ..segment
+        });
+    }
+    let day_column = job.state.as_ref().and_then(|s| s.day_column.clone());
+    let (mut kept, rewritten) = match &day_column {
+        Some(column) => {
+            let oldest_kept =
+                as_of.timestamp().div_euclid(86_400) - job.retain_days().expect("checked by the catalog") + 1;
+            touched_days(segments, &day_values(&job, &new_rows, column)?, oldest_kept)
+        }
+        None => touched_keys(&job, &schema, segments, &new_rows, partitions).await?,
     };
-    let mut inputs = BTreeMap::new();
-    inputs.insert(
-        CURRENT_ROWS.to_string(),
-        mem_table(schema.clone(), current_rows, partitions),
-    );
-    inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
-    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let merged = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions)
-        .instrument(info_span!("merge"))
-        .await?;
-    let table = Table {
-        batches: conform(&job, merged.0, &schema)?,
-        schema,
-    };
+    let rows_rewritten;
+    if !rewritten.is_empty() || !new_rows.is_empty() {
+        let mut inputs = BTreeMap::new();
+        let current_rows = rewritten.into_iter().flat_map(|s| s.batches).collect();
+        inputs.insert(
+            CURRENT_ROWS.to_string(),
+            mem_table(schema.clone(), current_rows, partitions),
+        );
+        inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let merged = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions)
+            .instrument(info_span!("merge"))
+            .await?;
+        let merged = conform(&job, merged.0, &schema)?;
+        rows_rewritten = merged.iter().map(|b| b.num_rows()).sum();
+        match &day_column {
+            Some(column) => {
+                kept.extend(split_by_day(&job, merged, column)?);
+                kept.sort_by_key(|s| s.day);
+            }
+            None if !merged.is_empty() => kept.push(Segment::new(None, merged)),
+            None => {}
+        }
+    } else {
+        rows_rewritten = 0;
+    }
+    if kept.is_empty() {
+        // An empty table still stores its schema.
+        kept.push(Segment::new(None, Vec::new()));
+    }
+    let table = StateTable { schema, segments: kept };
     let run = StateRun {
         job: job.name.clone(),
         new_rows: derived.rows,
         rows: table.rows(),
+        rows_rewritten,
         duration: started.elapsed(),
     };
     Ok((table, run))
+}
+
+/// The day segments to keep and to rewrite: a day with new rows is rewritten, a day before
+/// `oldest_kept` dropped, a segment of any day (stored whole by an older build) rewritten.
+fn touched_days(segments: Vec<Segment>, new_days: &BTreeSet<i64>, oldest_kept: i64) -> (Vec<Segment>, Vec<Segment>) {
+    let (kept, rewritten): (Vec<Segment>, Vec<Segment>) = segments
+        .into_iter()
+        .filter(|s| s.day.is_none_or(|day| day >= oldest_kept))
+        .partition(|s| s.day.is_some_and(|day| !new_days.contains(&day)));
+    (kept, rewritten)
+}
+
+/// The keyed segments to keep and to rewrite: those holding a key of `new_rows` are
+/// rewritten, and so are the smallest others while more than [`MAX_KEYED_SEGMENTS`] would
+/// remain with the new one.
+async fn touched_keys(
+    job: &Job,
+    schema: &SchemaRef,
+    segments: Vec<Segment>,
+    new_rows: &[RecordBatch],
+    partitions: usize,
+) -> Result<(Vec<Segment>, Vec<Segment>), JobError> {
+    if new_rows.is_empty() || segments.iter().all(|s| s.rows() == 0) {
+        // Nothing to match: an empty segment is rewritten (replaced by the new rows).
+        return Ok(segments.into_iter().partition(|s| s.rows() > 0 || new_rows.is_empty()));
+    }
+    let keys = &job.state.as_ref().expect("a state job").key;
+    let key_schema = Arc::new(Schema::new(
+        keys.iter()
+            .map(|k| schema.field_with_name(k).cloned())
+            .chain([Ok(Field::new(SEGMENT_COLUMN, DataType::UInt32, false))])
+            .collect::<Result<Vec<_>, _>>()
+            .expect("key columns checked by the catalog"),
+    ));
+    let mut key_rows = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        for batch in &segment.batches {
+            let mut columns: Vec<ArrayRef> = keys
+                .iter()
+                .map(|k| batch.column_by_name(k).expect("key column").clone())
+                .collect();
+            columns.push(Arc::new(UInt32Array::from_value(i as u32, batch.num_rows())));
+            key_rows.push(RecordBatch::try_new(key_schema.clone(), columns).expect("key columns"));
+        }
+    }
+    let mut inputs = BTreeMap::new();
+    inputs.insert(CURRENT_KEYS.to_string(), mem_table(key_schema, key_rows, partitions));
+    inputs.insert(
+        NEW_ROWS.to_string(),
+        mem_table(schema.clone(), new_rows.to_vec(), partitions),
+    );
+    let (found, _) = execute(job, &inputs, &job.touched_segments_sql(), partitions)
+        .instrument(info_span!("touched"))
+        .await?;
+    let mut touched: BTreeSet<usize> = BTreeSet::new();
+    for batch in &found {
+        let column = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .expect("segment numbers");
+        touched.extend(column.values().iter().map(|&i| i as usize));
+    }
+    let mut untouched: Vec<usize> = (0..segments.len()).filter(|i| !touched.contains(i)).collect();
+    untouched.sort_by_key(|&i| std::cmp::Reverse(segments[i].rows()));
+    while untouched.len() + 1 > MAX_KEYED_SEGMENTS {
+        touched.insert(untouched.pop().expect("more than one left"));
+    }
+    let (rewritten, kept): (Vec<_>, Vec<_>) = segments.into_iter().enumerate().partition(|(i, _)| touched.contains(i));
+    Ok((
+        kept.into_iter().map(|(_, s)| s).collect(),
+        rewritten.into_iter().map(|(_, s)| s).collect(),
+    ))
+}
+
+/// The distinct values of the day column of `batches`.
+fn day_values(job: &Job, batches: &[RecordBatch], column: &str) -> Result<BTreeSet<i64>, JobError> {
+    let mut days = BTreeSet::new();
+    for batch in batches {
+        days.extend(day_column(job, batch, column)?.values().iter().copied());
+    }
+    Ok(days)
+}
+
+/// Rows of `batches` as one segment per day.
+fn split_by_day(job: &Job, batches: Vec<RecordBatch>, column: &str) -> Result<Vec<Segment>, JobError> {
+    let mut days: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
+    for batch in batches {
+        let values = day_column(job, &batch, column)?;
+        let mut rows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (i, day) in values.values().iter().enumerate() {
+            rows.entry(*day).or_default().push(i as u32);
+        }
+        if rows.len() == 1 {
+            days.entry(*rows.keys().next().expect("one day"))
+                .or_default()
+                .push(batch);
+            continue;
+        }
+        for (day, indices) in rows {
+            let taken = take_record_batch(&batch, &UInt32Array::from(indices)).expect("indices in range");
+            days.entry(day).or_default().push(taken);
+        }
+    }
+    Ok(days
+        .into_iter()
+        .map(|(day, batches)| Segment::new(Some(day), batches))
+        .collect())
+}
+
+/// The day column of a state row batch as Int64 (the catalog keeps it a non-null key).
+fn day_column(job: &Job, batch: &RecordBatch, column: &str) -> Result<Int64Array, JobError> {
+    let values = batch.column_by_name(column).expect("the day column is a state column");
+    let bad = |message: String| JobError::Output {
+        job: job.name.clone(),
+        file: job.file.clone(),
+        message: format!("day column '{column}': {message}"),
+    };
+    let values = cast(values, &DataType::Int64).map_err(|e| bad(e.to_string()))?;
+    let values = values
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("cast to Int64")
+        .clone();
+    if values.null_count() > 0 {
+        return Err(bad(format!("null in {} rows", values.null_count())));
+    }
+    Ok(values)
 }
 
 /// Run `tasks` at once, each on its own tokio task; their outputs in order, or the first
@@ -273,7 +494,7 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
 /// can run. The runs come back in catalog order.
 pub async fn run_jobs(
     catalog: &Catalog,
-    state: &BTreeMap<String, Table>,
+    state: &BTreeMap<String, StateTable>,
     as_of: DateTime<Utc>,
 ) -> Result<JobOutput, JobError> {
     // Every table in one partition: most jobs run with one (a share of the cores), and a
@@ -281,7 +502,10 @@ pub async fn run_jobs(
     // jobs' CPU time); the few that get more cores split their input themselves.
     let mut tables: BTreeMap<String, Arc<MemTable>> = state
         .iter()
-        .map(|(name, t)| (name.clone(), mem_table(t.schema.clone(), t.batches.clone(), 1)))
+        .map(|(name, t)| {
+            let table = t.table();
+            (name.clone(), mem_table(table.schema, table.batches, 1))
+        })
         .collect();
     let mut waiting: Vec<&Job> = catalog.jobs.iter().filter(|j| j.kind != JobKind::State).collect();
     let mut running = tokio::task::JoinSet::new();

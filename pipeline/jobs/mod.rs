@@ -25,7 +25,8 @@
 //!   batch of new events is folded into the table by the header's `key` and `[merge]` rules
 //!   (`sum`, `min`, `max`, `{ first_by = [...] }`); a `day_column` with a `retain_days`
 //!   parameter drops rows older than that many days. State is what makes a refresh cost
-//!   what is new rather than the whole history.
+//!   what is new rather than the whole history; a fold also rewrites only the segments of
+//!   the table its rows touch (days, or the segments holding its keys: [`StateTable`]).
 //! - `kind = "measure"`: a shared table computed from state (once per run) and read by tags.
 //! - the default kind, `tag`, reads state and measures and returns `customer_id, value,
 //!   score`.
@@ -41,4 +42,4 @@ pub use catalog::{
 pub use checks::{
     evaluate as evaluate_checks, value_counts, CheckFailure, Checks, Drift, GateError, GateReport, Segments,
 };
-pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, StateRun, Table};
+pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Segment, StateRun, StateTable, Table};

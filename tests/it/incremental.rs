@@ -483,8 +483,8 @@ async fn an_orders_earliest_paid_event_wins_within_and_across_batches() {
     assert_close(second.score("c1", "brand_enthusiast"), 2.0 / 3.0);
 }
 
-/// A state committed by an older build (format 1: Parquet tables) is read as it is, and the
-/// next commit rewrites it in the current format.
+/// A state committed by an older build (format 1: one Parquet file per table) is read as it
+/// is, and the next commit rewrites it in the current format (Arrow IPC segments).
 #[tokio::test]
 async fn a_parquet_state_of_format_1_is_still_read() {
     let fx = Fixture::new();
@@ -501,25 +501,29 @@ async fn a_parquet_state_of_format_1_is_still_read() {
     manifest["format"] = 1.into();
     let tables = manifest["tables"].as_object_mut().unwrap();
     assert!(!tables.is_empty());
-    for file in tables.values_mut() {
-        let arrow_file = file.as_str().unwrap().to_string();
-        let reader =
-            arrow::ipc::reader::FileReader::try_new(std::fs::File::open(state.join(&arrow_file)).unwrap(), None)
-                .expect("state tables are Arrow IPC files");
-        let schema = reader.schema();
-        let parquet_file = arrow_file.replace(".arrow", ".parquet");
-        let mut writer = parquet::arrow::ArrowWriter::try_new(
-            std::fs::File::create(state.join(&parquet_file)).unwrap(),
-            schema,
-            None,
-        )
-        .unwrap();
-        for batch in reader {
-            writer.write(&batch.unwrap()).unwrap();
+    for (name, table) in tables.iter_mut() {
+        // Format 1: the rows of every segment in one Parquet file.
+        let parquet_file = format!("tables/{name}-1.parquet");
+        let mut writer = None;
+        for segment in table.as_array().expect("format 3 lists segments") {
+            let arrow_file = state.join(segment["file"].as_str().unwrap());
+            let reader = arrow::ipc::reader::FileReader::try_new(std::fs::File::open(&arrow_file).unwrap(), None)
+                .expect("state segments are Arrow IPC files");
+            let writer = writer.get_or_insert_with(|| {
+                parquet::arrow::ArrowWriter::try_new(
+                    std::fs::File::create(state.join(&parquet_file)).unwrap(),
+                    reader.schema(),
+                    None,
+                )
+                .unwrap()
+            });
+            for batch in reader {
+                writer.write(&batch.unwrap()).unwrap();
+            }
+            std::fs::remove_file(arrow_file).unwrap();
         }
-        writer.close().unwrap();
-        std::fs::remove_file(state.join(&arrow_file)).unwrap();
-        *file = parquet_file.into();
+        writer.expect("a table has a segment").close().unwrap();
+        *table = parquet_file.into();
     }
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
 

@@ -18,6 +18,7 @@ mod s3;
 mod s3_server;
 mod serve;
 mod sources;
+mod state_segments;
 mod tags_behaviour;
 mod tags_intent;
 mod tags_risk;
