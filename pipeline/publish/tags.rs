@@ -129,8 +129,12 @@ pub async fn publish_tags(
     update: TagsUpdate,
     settings: &TableSettings,
 ) -> Result<Published, PublishError> {
-    let table = open_or_new(warehouse, TAGS_TABLE).await?;
-    catch_up(warehouse, &table, settings).await?;
+    // The two tables are opened side by side (each replays its log).
+    let (table, feed) = tokio::try_join!(
+        open_or_new(warehouse, TAGS_TABLE),
+        open_or_new(warehouse, CHANGES_TABLE)
+    )?;
+    let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
     let from_version = table.version().map(|v| v as u64);
     let ctx = SessionContext::new();
     let new_rows = update.rows;
@@ -226,7 +230,7 @@ pub async fn publish_tags(
         }
     };
     let version = table.version().unwrap_or_default() as u64;
-    append_feed(warehouse, settings, changes, from_version, version, update.as_of)
+    append_feed(warehouse, feed, settings, changes, from_version, version, update.as_of)
         .instrument(info_span!("feed"))
         .await?;
     Ok(Published {
@@ -384,15 +388,17 @@ async fn empty_commit(table: DeltaTable, commit: CommitProperties) -> Result<Del
     Ok(table)
 }
 
-/// Append the changes from `from` to `to` to the feed, marking version `to` as covered.
+/// Append the changes from `from` to `to` to the feed (opened at its latest version),
+/// marking version `to` as covered. Returns the feed at its new version.
 async fn append_feed(
     warehouse: &Location,
+    feed: DeltaTable,
     settings: &TableSettings,
     changes: Vec<RecordBatch>,
     from: Option<u64>,
     to: u64,
     as_of: DateTime<Utc>,
-) -> Result<(), PublishError> {
+) -> Result<DeltaTable, PublishError> {
     let schema = tag_changes_schema();
     let rows: Vec<RecordBatch> = changes
         .iter()
@@ -416,7 +422,6 @@ async fn append_feed(
             RecordBatch::try_new(schema.clone(), columns).expect("feed rows match the feed schema")
         })
         .collect();
-    let feed = open_or_new(warehouse, CHANGES_TABLE).await?;
     let url = table_url(warehouse, CHANGES_TABLE).to_string();
     let commit_error = |source| PublishError::Commit {
         url: url.clone(),
@@ -426,10 +431,8 @@ async fn append_feed(
     let commit = CommitProperties::default()
         .with_metadata(metadata.as_object().cloned().unwrap_or_default())
         .with_application_transaction(Transaction::new(FEED_APP, to as i64));
-    match (feed.version(), rows.is_empty()) {
-        (Some(_), true) => {
-            empty_commit(feed, commit).await.map_err(commit_error)?;
-        }
+    let feed = match (feed.version(), rows.is_empty()) {
+        (Some(_), true) => empty_commit(feed, commit).await.map_err(commit_error)?,
         (exists, _) => {
             let rows = if rows.is_empty() {
                 vec![RecordBatch::new_empty(schema)]
@@ -444,10 +447,10 @@ async fn append_feed(
             if exists.is_none() {
                 write = write.with_configuration(settings.configuration());
             }
-            write.await.map_err(commit_error)?;
+            write.await.map_err(commit_error)?
         }
-    }
-    Ok(())
+    };
+    Ok(feed)
 }
 
 /// Bring the feed up to the latest `customer_tags` version: every version it misses (a
@@ -455,16 +458,24 @@ async fn append_feed(
 /// that cannot change rows (compaction, vacuum) need no feed rows. Returns the versions
 /// caught up.
 pub async fn catch_up_feed(warehouse: &Location, settings: &TableSettings) -> Result<usize, PublishError> {
-    let tags = open_or_new(warehouse, TAGS_TABLE).await?;
-    catch_up(warehouse, &tags, settings).await
+    let (tags, feed) = tokio::try_join!(
+        open_or_new(warehouse, TAGS_TABLE),
+        open_or_new(warehouse, CHANGES_TABLE)
+    )?;
+    Ok(catch_up(warehouse, &tags, feed, settings).await?.1)
 }
 
-/// [`catch_up_feed`] with `customer_tags` already opened at its latest version.
-async fn catch_up(warehouse: &Location, tags: &DeltaTable, settings: &TableSettings) -> Result<usize, PublishError> {
+/// [`catch_up_feed`] with both tables already opened at their latest versions; returns the
+/// feed at its new version.
+async fn catch_up(
+    warehouse: &Location,
+    tags: &DeltaTable,
+    mut feed: DeltaTable,
+    settings: &TableSettings,
+) -> Result<(DeltaTable, usize), PublishError> {
     let Some(latest) = tags.version() else {
-        return Ok(0);
+        return Ok((feed, 0));
     };
-    let feed = open_or_new(warehouse, CHANGES_TABLE).await?;
     let covered = match feed.version() {
         Some(_) => feed
             .snapshot()
@@ -476,7 +487,7 @@ async fn catch_up(warehouse: &Location, tags: &DeltaTable, settings: &TableSetti
     };
     let first = covered.map_or(0, |c| c as u64 + 1);
     if first > latest {
-        return Ok(0);
+        return Ok((feed, 0));
     }
     let infos: Vec<deltalake::kernel::CommitInfo> = tags
         .history(Some((latest - first + 1) as usize))
@@ -513,13 +524,13 @@ async fn catch_up(warehouse: &Location, tags: &DeltaTable, settings: &TableSetti
             None => register_rows(&ctx, "old_rows", customer_tags_schema(), Vec::new())?,
         }
         let changes = collect(&ctx, &new, &diff_sql("old_rows", "new_rows", "")).await?;
-        append_feed(warehouse, settings, changes, from, version as u64, as_of).await?;
+        feed = append_feed(warehouse, feed, settings, changes, from, version as u64, as_of).await?;
         caught_up += 1;
     }
     if caught_up > 0 {
         info!(versions = caught_up, "change feed caught up");
     }
-    Ok(caught_up)
+    Ok((feed, caught_up))
 }
 
 fn open_error(warehouse: &Location, table: &str, source: deltalake::DeltaTableError) -> PublishError {
