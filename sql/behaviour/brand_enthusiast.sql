@@ -11,40 +11,23 @@
 -- [checks.drift]
 -- max_change_pct = 75
 -- min_base = 1000
-WITH window_orders AS (
-    SELECT customer_id, brand
+WITH brand_orders AS (
+    -- paid orders of the window per customer and brand (null: orders without a brand)
+    SELECT customer_id, brand, COUNT(*) AS orders
     FROM paid_orders
     WHERE within_orders_window
+    GROUP BY customer_id, brand
 ),
-orders_per_customer AS (
-    SELECT customer_id, COUNT(*) AS orders_365
-    FROM window_orders
+top_brands AS (
+    -- per customer: every order of the window, and the brand of the most (ties: smallest)
+    SELECT
+        customer_id,
+        SUM(orders) AS orders_365,
+        first_value(brand ORDER BY brand IS NULL, orders DESC, brand) AS brand,
+        MAX(orders) FILTER (WHERE brand IS NOT NULL) AS brand_orders
+    FROM brand_orders
     GROUP BY customer_id
-    HAVING COUNT(*) >= {{min_orders}}
-),
-orders_per_brand AS (
-    SELECT o.customer_id, o.brand, COUNT(*) AS brand_orders
-    FROM window_orders o
-    JOIN orders_per_customer c ON c.customer_id = o.customer_id
-    WHERE o.brand IS NOT NULL
-    GROUP BY o.customer_id, o.brand
-),
-top_brand_orders AS (
-    SELECT customer_id, MAX(brand_orders) AS brand_orders
-    FROM orders_per_brand
-    GROUP BY customer_id
-),
-top_brand AS (
-    -- ties: the smallest brand
-    SELECT b.customer_id, MIN(b.brand) AS brand, t.brand_orders
-    FROM orders_per_brand b
-    JOIN top_brand_orders t ON t.customer_id = b.customer_id AND t.brand_orders = b.brand_orders
-    GROUP BY b.customer_id, t.brand_orders
 )
-SELECT
-    t.customer_id,
-    t.brand AS value,
-    CAST(t.brand_orders AS DOUBLE) / c.orders_365 AS score
-FROM top_brand t
-JOIN orders_per_customer c ON c.customer_id = t.customer_id
-WHERE t.brand_orders >= {{min_share}} * c.orders_365
+SELECT customer_id, brand AS value, CAST(brand_orders AS DOUBLE) / orders_365 AS score
+FROM top_brands
+WHERE orders_365 >= {{min_orders}} AND brand IS NOT NULL AND brand_orders >= {{min_share}} * orders_365

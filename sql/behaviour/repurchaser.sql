@@ -12,12 +12,12 @@
 -- max_change_pct = 75
 -- min_base = 1000
 WITH recent_order_months AS (
-    SELECT customer_id, date_trunc('month', paid_time) AS paid_month
+    SELECT DISTINCT customer_id, date_trunc('month', paid_time) AS paid_month
     FROM paid_orders
     WHERE within_orders_window
 ),
 months_per_customer AS (
-    SELECT customer_id, COUNT(DISTINCT paid_month) AS months
+    SELECT customer_id, COUNT(*) AS months
     FROM recent_order_months
     GROUP BY customer_id
 )

@@ -29,14 +29,12 @@ open_categories AS (
     LEFT JOIN recently_bought b ON b.customer_id = p.customer_id AND b.category = p.category
     WHERE b.customer_id IS NULL
 ),
-ranked_categories AS (
-    SELECT
-        customer_id,
-        category,
-        points,
-        ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY points DESC, category ASC) AS category_rank
+top_categories AS (
+    -- ties: the smallest category
+    SELECT customer_id, first_value(category ORDER BY points DESC, category) AS category, MAX(points) AS points
     FROM open_categories
+    GROUP BY customer_id
 )
 SELECT customer_id, category AS value, CAST(points AS DOUBLE) AS score
-FROM ranked_categories
-WHERE category_rank = 1 AND points >= {{min_points}}
+FROM top_categories
+WHERE points >= {{min_points}}
