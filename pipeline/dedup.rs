@@ -61,20 +61,47 @@ pub struct DedupMemory {
 }
 
 impl DedupMemory {
-    /// Record an event; `false` if its id was seen before (a duplicate).
-    pub fn insert(&mut self, stream: &str, day: i32, id: u128) -> bool {
-        let days = match self.streams.get_mut(stream) {
+    /// Record the events of a batch of one stream, the event with id hash `ids[i]` on day
+    /// `days[i]`; for each, `false` if its id was seen before (a duplicate, within the batch
+    /// too).
+    pub fn insert_all(&mut self, stream: &str, days: &[i32], ids: &[u128]) -> Vec<bool> {
+        assert_eq!(days.len(), ids.len(), "one day per id");
+        let stream_days = match self.streams.get_mut(stream) {
             Some(days) => days,
             None => self.streams.entry(stream.to_string()).or_default(),
         };
-        let entry = days.entry(day).or_insert_with(|| Day {
-            loaded: true, // a day nobody persisted has nothing to load
-            ..Default::default()
-        });
-        debug_assert!(entry.loaded, "day {day} of {stream} inserted before it was loaded");
-        let new = entry.ids.insert(id);
-        if new {
-            entry.added.push(id);
+        // Room for the whole batch first: each day's set grows once, not by doubling.
+        let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
+        for day in days {
+            *counts.entry(*day).or_default() += 1;
+        }
+        for (day, count) in counts {
+            let entry = stream_days.entry(day).or_insert_with(|| Day {
+                loaded: true, // a day nobody persisted has nothing to load
+                ..Default::default()
+            });
+            debug_assert!(entry.loaded, "day {day} of {stream} inserted before it was loaded");
+            entry.ids.reserve(count);
+            entry.added.reserve(count);
+        }
+        // Events come mostly in time order: one day lookup per run of equal days.
+        let mut new = Vec::with_capacity(ids.len());
+        let mut start = 0;
+        while start < days.len() {
+            let day = days[start];
+            let end = days[start..]
+                .iter()
+                .position(|d| *d != day)
+                .map_or(days.len(), |n| start + n);
+            let entry = stream_days.get_mut(&day).expect("made room above");
+            for &id in &ids[start..end] {
+                let first = entry.ids.insert(id);
+                if first {
+                    entry.added.push(id);
+                }
+                new.push(first);
+            }
+            start = end;
         }
         new
     }

@@ -260,12 +260,7 @@ impl Decoded {
         let mut events: BTreeMap<String, Vec<RecordBatch>> = stats.keys().map(|s| (s.clone(), Vec::new())).collect();
         for (stream, rows) in self.good {
             let days = event_days(&rows.batch);
-            let keep: BooleanArray = rows
-                .id_hashes
-                .iter()
-                .zip(days.values())
-                .map(|(id, day)| Some(memory.insert(&stream, *day, *id)))
-                .collect();
+            let keep = BooleanArray::from(memory.insert_all(&stream, days.values(), &rows.id_hashes));
             let kept = filter_record_batch(&rows.batch, &keep).expect("filter with matching length");
             let stream_stats = stats.get_mut(&stream).expect("declared stream");
             stream_stats.duplicates_dropped += rows.batch.num_rows() - kept.num_rows();

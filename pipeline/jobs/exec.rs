@@ -594,7 +594,12 @@ fn normalise_tag_rows(job: &Job, batches: Vec<RecordBatch>) -> Result<Vec<Record
         message,
     };
     let target = tag_rows_schema();
-    let mut seen: HashSet<String> = HashSet::new();
+    let failed = |check, message| JobError::Check {
+        job: job.name.clone(),
+        file: job.file.clone(),
+        check,
+        message,
+    };
     let mut out = Vec::with_capacity(batches.len());
     for batch in batches.into_iter().filter(|b| b.num_rows() > 0) {
         check_tag_output(&batch.schema()).map_err(&bad)?;
@@ -604,25 +609,22 @@ fn normalise_tag_rows(job: &Job, batches: Vec<RecordBatch>) -> Result<Vec<Record
             .map(|f| cast(batch.column_by_name(f.name()).expect("checked"), f.data_type()))
             .collect::<Result<_, _>>()
             .map_err(|e| bad(e.to_string()))?;
-        let failed = |check, message| JobError::Check {
-            job: job.name.clone(),
-            file: job.file.clone(),
-            check,
-            message,
-        };
         for (i, name) in ["customer_id", "value"].iter().enumerate() {
             if columns[i].null_count() > 0 {
                 let message = format!("{name} is null in {} rows", columns[i].null_count());
                 return Err(failed("not_null", message));
             }
         }
-        let ids = columns[0].as_any().downcast_ref::<StringArray>().expect("utf8");
+        out.push(RecordBatch::try_new(target.clone(), columns).map_err(|e| bad(e.to_string()))?);
+    }
+    let mut seen: HashSet<&str> = HashSet::with_capacity(out.iter().map(|b| b.num_rows()).sum());
+    for batch in &out {
+        let ids = batch.column(0).as_any().downcast_ref::<StringArray>().expect("utf8");
         for id in ids.iter().flatten() {
-            if !seen.insert(id.to_string()) {
+            if !seen.insert(id) {
                 return Err(failed("unique", format!("customer '{id}' has more than one row")));
             }
         }
-        out.push(RecordBatch::try_new(target.clone(), columns).map_err(|e| bad(e.to_string()))?);
     }
     Ok(out)
 }
