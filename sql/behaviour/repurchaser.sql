@@ -11,10 +11,17 @@
 -- [checks.drift]
 -- max_change_pct = 75
 -- min_base = 1000
-WITH recent_order_months AS (
-    SELECT DISTINCT customer_id, date_trunc('month', paid_time) AS paid_month
+WITH recent_order_dates AS (
+    -- paid_day is the UTC day of paid_time, as days since 1970-01-01
+    SELECT customer_id, CAST(paid_day AS DATE) AS paid_date
     FROM paid_orders
     WHERE within_orders_window
+),
+recent_order_months AS (
+    -- the UTC calendar month as year * 12 + month: a date's parts cost less than truncating
+    -- a time in its time zone
+    SELECT DISTINCT customer_id, date_part('year', paid_date) * 12 + date_part('month', paid_date) AS paid_month
+    FROM recent_order_dates
 ),
 months_per_customer AS (
     SELECT customer_id, COUNT(*) AS months
