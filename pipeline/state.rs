@@ -223,6 +223,12 @@ impl State {
                 ),
             });
         }
+        if let Some((name, _)) = manifest.tables.iter().find(|(_, t)| t.segments().is_empty()) {
+            return Err(StateError::Corrupt {
+                path: display(warehouse, &pointer.manifest),
+                message: format!("state table '{name}' lists no segment"),
+            });
+        }
         let segments = manifest
             .tables
             .iter()
