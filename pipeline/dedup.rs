@@ -70,10 +70,18 @@ impl DedupMemory {
             Some(days) => days,
             None => self.streams.entry(stream.to_string()).or_default(),
         };
+        // Events come mostly in time order: one day lookup per run of equal days.
+        let mut runs: Vec<(i32, std::ops::Range<usize>)> = Vec::new();
+        for (i, &day) in days.iter().enumerate() {
+            match runs.last_mut() {
+                Some((last, range)) if *last == day => range.end = i + 1,
+                _ => runs.push((day, i..i + 1)),
+            }
+        }
         // Room for the whole batch first: each day's set grows once, not by doubling.
         let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
-        for day in days {
-            *counts.entry(*day).or_default() += 1;
+        for (day, range) in &runs {
+            *counts.entry(*day).or_default() += range.len();
         }
         for (day, count) in counts {
             let entry = stream_days.entry(day).or_insert_with(|| Day {
@@ -84,24 +92,16 @@ impl DedupMemory {
             entry.ids.reserve(count);
             entry.added.reserve(count);
         }
-        // Events come mostly in time order: one day lookup per run of equal days.
         let mut new = Vec::with_capacity(ids.len());
-        let mut start = 0;
-        while start < days.len() {
-            let day = days[start];
-            let end = days[start..]
-                .iter()
-                .position(|d| *d != day)
-                .map_or(days.len(), |n| start + n);
+        for (day, range) in runs {
             let entry = stream_days.get_mut(&day).expect("made room above");
-            for &id in &ids[start..end] {
+            for &id in &ids[range] {
                 let first = entry.ids.insert(id);
                 if first {
                     entry.added.push(id);
                 }
                 new.push(first);
             }
-            start = end;
         }
         new
     }
