@@ -245,7 +245,8 @@ async fn fold_one(
         }
         None => touched_keys(&job, &schema, segments, &new_rows, partitions).await?,
     };
-    let rows_rewritten;
+    // Only the touched segments and the new rows are merged (nothing at all when neither).
+    let mut merged = Vec::new();
     if !rewritten.is_empty() || !new_rows.is_empty() {
         let mut inputs = BTreeMap::new();
         let current_rows = rewritten.into_iter().flat_map(|s| s.batches).collect();
@@ -255,21 +256,19 @@ async fn fold_one(
         );
         inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let merged = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions)
+        let (batches, _) = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions)
             .instrument(info_span!("merge"))
             .await?;
-        let merged = conform(&job, merged.0, &schema)?;
-        rows_rewritten = merged.iter().map(|b| b.num_rows()).sum();
-        match &day_column {
-            Some(column) => {
-                kept.extend(split_by_day(&job, merged, column)?);
-                kept.sort_by_key(|s| s.day);
-            }
-            None if !merged.is_empty() => kept.push(Segment::new(None, merged)),
-            None => {}
+        merged = conform(&job, batches, &schema)?;
+    }
+    let rows_rewritten = merged.iter().map(|b| b.num_rows()).sum();
+    match &day_column {
+        Some(column) => {
+            kept.extend(split_by_day(&job, merged, column)?);
+            kept.sort_by_key(|s| s.day);
         }
-    } else {
-        rows_rewritten = 0;
+        None if !merged.is_empty() => kept.push(Segment::new(None, merged)),
+        None => {}
     }
     if kept.is_empty() {
         // An empty table still stores its schema.
@@ -306,9 +305,12 @@ async fn touched_keys(
     new_rows: &[RecordBatch],
     partitions: usize,
 ) -> Result<(Vec<Segment>, Vec<Segment>), JobError> {
-    if new_rows.is_empty() || segments.iter().all(|s| s.rows() == 0) {
-        // Nothing to match: an empty segment is rewritten (replaced by the new rows).
-        return Ok(segments.into_iter().partition(|s| s.rows() > 0 || new_rows.is_empty()));
+    if new_rows.is_empty() {
+        return Ok((segments, Vec::new()));
+    }
+    if segments.iter().all(|s| s.rows() == 0) {
+        // Only the empty segment of an empty table: the new rows replace it.
+        return Ok((Vec::new(), segments));
     }
     let keys = &job.state.as_ref().expect("a state job").key;
     let key_schema = Arc::new(Schema::new(
