@@ -129,11 +129,7 @@ pub async fn publish_tags(
     update: TagsUpdate,
     settings: &TableSettings,
 ) -> Result<Published, PublishError> {
-    // The two tables are opened side by side (each replays its log).
-    let (table, feed) = tokio::try_join!(
-        open_or_new(warehouse, TAGS_TABLE),
-        open_or_new(warehouse, CHANGES_TABLE)
-    )?;
+    let (table, feed) = open_tags_and_feed(warehouse).await?;
     let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
     let from_version = table.version().map(|v| v as u64);
     let ctx = SessionContext::new();
@@ -458,11 +454,17 @@ async fn append_feed(
 /// that cannot change rows (compaction, vacuum) need no feed rows. Returns the versions
 /// caught up.
 pub async fn catch_up_feed(warehouse: &Location, settings: &TableSettings) -> Result<usize, PublishError> {
-    let (tags, feed) = tokio::try_join!(
+    let (tags, feed) = open_tags_and_feed(warehouse).await?;
+    Ok(catch_up(warehouse, &tags, feed, settings).await?.1)
+}
+
+/// `customer_tags` and `tag_changes` at their latest versions, opened side by side (each
+/// replays its log).
+async fn open_tags_and_feed(warehouse: &Location) -> Result<(DeltaTable, DeltaTable), PublishError> {
+    tokio::try_join!(
         open_or_new(warehouse, TAGS_TABLE),
         open_or_new(warehouse, CHANGES_TABLE)
-    )?;
-    Ok(catch_up(warehouse, &tags, feed, settings).await?.1)
+    )
 }
 
 /// [`catch_up_feed`] with both tables already opened at their latest versions; returns the
