@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tagflow::publish::customer_tags_schema;
-use tagflow::publish::tags::{publish_tags, TableSettings, TagsUpdate};
+use tagflow::publish::tags::{publish_tags, TableSettings, TagsBase, TagsUpdate};
 use tagflow::storage::Location;
 
 use http::{listening_address, Client};
@@ -257,7 +257,11 @@ fn main() {
             checkpoint_interval: 10,
             file_retention: Duration::from_secs(7 * 86_400),
         };
-        publish_tags(&location, update, &settings).await.expect("publish")
+        let base = TagsBase::open(&location, &settings).await.expect("open customer_tags");
+        publish_tags(&location, base, update, &settings)
+            .await
+            .expect("publish")
+            .0
     });
     println!(
         "customer_tags: {customers} customers, {} rows, {} files, published in {:.1} s",

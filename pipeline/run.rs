@@ -35,7 +35,7 @@ use crate::jobs::{
 };
 use crate::lock::RunLock;
 use crate::publish;
-use crate::publish::tags::{catch_up_feed, publish_tags, TagsUpdate};
+use crate::publish::tags::{catch_up_feed, publish_tags, TagsBase, TagsUpdate};
 use crate::quarantine::{EntryKind, Quarantine};
 use crate::report::{
     Freshness, MeasureReport, Mode, QuarantineReport, RunReport, StateReport, StateTableReport, TagReport,
@@ -122,7 +122,7 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
             as_of: settings.as_of,
             full: settings.full.then_some("--full"),
         };
-        let outcome = batch.run(&mut None, false).await;
+        let outcome = batch.run(&mut Session::default(), false).await;
         release(lock).await;
         let mut report = outcome?.expect("a run that may not skip reports");
         report.stages_ms.insert("prepare".into(), prepare_ms);
@@ -225,7 +225,7 @@ pub async fn follow(
         cron.find_next_occurrence(&after, false).ok()
     };
     let mut next_full = next_full_after(Utc::now());
-    let mut state: Option<State> = None;
+    let mut session = Session::default();
     let mut published = 0usize;
     let mut failures = 0u32;
     let outcome = loop {
@@ -252,7 +252,7 @@ pub async fn follow(
         // The first batch, and the first after a failure, always publish: a crash or a failed
         // publish may have left the state newer than the table.
         let may_skip = published > 0 && failures == 0 && batch.full.is_none();
-        let outcome = batch.run(&mut state, may_skip).instrument(span.clone()).await;
+        let outcome = batch.run(&mut session, may_skip).instrument(span.clone()).await;
         match &outcome {
             Ok(None) => metrics.idle(),
             Ok(Some(report)) => {
@@ -271,8 +271,9 @@ pub async fn follow(
             }
             Err(error) => {
                 metrics.failed(error);
-                // Drop the in-memory state: the next batch starts from the committed one.
-                state = None;
+                // Drop what is in memory: the next batch starts from the committed state
+                // and the published table.
+                session = Session::default();
                 failures += 1;
                 warn!(%error, failures, "batch failed");
             }
@@ -316,6 +317,14 @@ fn retryable(error: &Error) -> bool {
     )
 }
 
+/// What a batch leaves in memory for the next one of a `follow` session (a single run
+/// starts with nothing): the state, loaded when `None`, and the base of the next publish.
+#[derive(Default)]
+struct Session {
+    state: Option<State>,
+    published: Option<TagsBase>,
+}
+
 /// One batch: what it needs to know.
 struct Batch<'a> {
     settings: &'a Settings,
@@ -331,10 +340,10 @@ struct Batch<'a> {
 
 impl Batch<'_> {
     /// Read the new landing files, fold them into the state, evaluate the tags, commit the
-    /// state and publish. `state` is the state in memory (loaded when `None`). With
-    /// `may_skip`, a batch with nothing to change (no new file, no held event due, same
-    /// day) publishes nothing and returns `None`.
-    async fn run(&self, state: &mut Option<State>, may_skip: bool) -> Result<Option<RunReport>, Error> {
+    /// state and publish. `session` holds what is in memory already (the rest is loaded).
+    /// With `may_skip`, a batch with nothing to change (no new file, no held event due,
+    /// same day) publishes nothing and returns `None`.
+    async fn run(&self, session: &mut Session, may_skip: bool) -> Result<Option<RunReport>, Error> {
         let started = Instant::now();
         let mut stages_ms = BTreeMap::new();
         let mut stage = |name: &str, since: Instant| {
@@ -344,22 +353,32 @@ impl Batch<'_> {
         let (settings, catalog, as_of) = (self.settings, &self.project.catalog, self.as_of);
         let fingerprint = catalog.state_fingerprint();
 
-        // The state and the landing listing are independent reads: side by side.
-        let load = state
-            .is_none()
-            .then(|| State::load(self.warehouse).instrument(info_span!("load_state")));
-        let list = sources::list_files(self.landing, &self.project.schemas).instrument(info_span!("list"));
-        let (loaded, listing) = match load {
-            Some(load) => {
-                let (loaded, listing) = tokio::join!(load, list);
-                (Some(loaded?), listing)
+        // The state, the landing listing and the published tags are independent reads: side
+        // by side.
+        let table_settings = settings.compaction.table_settings();
+        let state = &mut session.state;
+        let load = async {
+            match state.is_none() {
+                true => State::load(self.warehouse).await.map(Some),
+                false => Ok(None),
             }
-            None => (None, list.await),
         };
-        if let Some(loaded) = loaded {
+        let open_base = async {
+            match session.published.take() {
+                Some(base) => base.refresh(self.warehouse, &table_settings).await,
+                None => TagsBase::open(self.warehouse, &table_settings).await,
+            }
+        };
+        let list = sources::list_files(self.landing, &self.project.schemas).instrument(info_span!("list"));
+        let (loaded, listing, base) = tokio::join!(
+            load.instrument(info_span!("load_state")),
+            list,
+            open_base.instrument(info_span!("open_published"))
+        );
+        if let Some(loaded) = loaded? {
             *state = loaded;
         }
-        let listing = listing?;
+        let (listing, base) = (listing?, base?);
         let from_version = state.as_ref().map_or(0, |s| s.version);
         let full_because = match state.as_ref() {
             _ if self.full.is_some() => self.full.map(String::from),
@@ -407,7 +426,13 @@ impl Batch<'_> {
         )
         .instrument(info_span!("read"));
         // The last publish (for the drift gates) is read while the new files are.
-        let baseline = snapshots::latest_publish(self.warehouse).instrument(info_span!("baseline"));
+        let baseline = async {
+            match base.table() {
+                Some(table) => snapshots::latest_publish_in(table).await,
+                None => Ok(None),
+            }
+        }
+        .instrument(info_span!("baseline"));
         let (decoded, baseline) = tokio::join!(read, baseline);
         let (decoded, baseline) = (decoded?, baseline?);
         let seen_ids_loaded = state
@@ -460,12 +485,13 @@ impl Batch<'_> {
             as_of,
             metadata: metadata.as_object().cloned().unwrap_or_default(),
         };
-        let table_settings = settings.compaction.table_settings();
-        let publish = timed(publish_tags(self.warehouse, update, &table_settings).instrument(info_span!("publish")));
+        let publish =
+            timed(publish_tags(self.warehouse, base, update, &table_settings).instrument(info_span!("publish")));
         let ((committed, commit_ms), (published, publish_ms)) = tokio::join!(commit, publish);
         let published_at = Utc::now();
         committed?;
-        let published = published?;
+        let (published, next_base) = published?;
+        session.published = Some(next_base);
         let mark = Instant::now();
         info!(
             version = published.version,

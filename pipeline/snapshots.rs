@@ -116,13 +116,20 @@ fn snapshot(version: u64, commit: &[u8]) -> Snapshot {
 
 /// The latest publish of `customer_tags` (the snapshot served now), if there is one.
 pub async fn latest_publish(warehouse: &Location) -> Result<Option<Snapshot>, PublishError> {
-    let table = match open_published(warehouse, TAGS_TABLE, None).await {
-        Err(PublishError::NotFound { .. }) => return Ok(None),
-        other => other?,
-    };
+    match open_published(warehouse, TAGS_TABLE, None).await {
+        Err(PublishError::NotFound { .. }) => Ok(None),
+        other => latest_publish_in(&other?).await,
+    }
+}
+
+/// The latest publish of an opened `customer_tags` (none before the first).
+pub async fn latest_publish_in(table: &DeltaTable) -> Result<Option<Snapshot>, PublishError> {
+    if table.version().is_none() {
+        return Ok(None);
+    }
     // A compaction adds a few versions after a publish: look at the newest first.
     for limit in [Some(8), None] {
-        if let Some(found) = history(&table, limit).await?.into_iter().find(Snapshot::is_publish) {
+        if let Some(found) = history(table, limit).await?.into_iter().find(Snapshot::is_publish) {
             return Ok(Some(found));
         }
     }

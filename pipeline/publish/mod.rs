@@ -18,6 +18,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
@@ -118,6 +121,16 @@ pub struct Published {
     /// Rows that entered, exited or changed value or score (customer_tags only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<tags::ChangeCounts>,
+}
+
+/// Parquet settings of the files a publish writes: Snappy (delta-rs' default), and no
+/// dictionary for `customer_id`, whose values hardly repeat within a file (encoding one
+/// first and then falling back to plain costs time and saves nothing).
+pub(crate) fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(ColumnPath::from("customer_id"), false)
+        .build()
 }
 
 /// URL of a table under the warehouse.

@@ -27,15 +27,19 @@ use chrono::{DateTime, Utc};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::Transaction;
+use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use serde_json::{json, Map, Value};
 use tracing::{info, info_span, warn, Instrument};
 
 pub use super::TAGS_TABLE;
-use super::{collect, customer_tags_schema, file_count, open_or_new, register, table_url, PublishError, Published};
+use super::{
+    collect, customer_tags_schema, file_count, open_or_new, register, table_url, writer_properties, PublishError,
+    Published,
+};
 use crate::jobs::timestamp_literal;
 use crate::storage::Location;
 
@@ -122,23 +126,128 @@ pub struct TagsUpdate {
     pub metadata: Map<String, Value>,
 }
 
-/// Merge `update` into `customer_tags` as one new version and append its changes to
-/// `tag_changes`. Catches the feed up first if an earlier publish died between the two.
+/// What a publish starts from: `customer_tags` and `tag_changes` opened at their latest
+/// versions (the feed caught up with the table) and the rows of that `customer_tags`
+/// version in memory. Opening it is independent of a run's other work, so a run opens it
+/// while it reads; a publish returns the base of the next one, so `follow` reads the table
+/// once per session instead of once per batch.
+pub struct TagsBase {
+    /// `None` while a local warehouse has no folder for either table: opening one would
+    /// create it, and nothing is created before a run publishes.
+    tables: Option<(DeltaTable, DeltaTable)>,
+    rows: Vec<RecordBatch>,
+}
+
+impl TagsBase {
+    /// Open both tables and read `customer_tags`' rows (none before the first publish).
+    pub async fn open(warehouse: &Location, settings: &TableSettings) -> Result<Self, PublishError> {
+        if [TAGS_TABLE, CHANGES_TABLE]
+            .iter()
+            .any(|t| warehouse.local_dir_missing(t))
+        {
+            return Ok(Self {
+                tables: None,
+                rows: Vec::new(),
+            });
+        }
+        Self::load(warehouse, settings).await
+    }
+
+    /// Open both tables (creating a missing local folder), catch the feed up and read the rows.
+    async fn load(warehouse: &Location, settings: &TableSettings) -> Result<Self, PublishError> {
+        let (table, feed) = open_tags_and_feed(warehouse).await?;
+        Self::read(warehouse, table, feed, settings).await
+    }
+
+    async fn read(
+        warehouse: &Location,
+        table: DeltaTable,
+        feed: DeltaTable,
+        settings: &TableSettings,
+    ) -> Result<Self, PublishError> {
+        let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
+        let rows = match table.version() {
+            None => Vec::new(),
+            Some(_) => {
+                let ctx = SessionContext::new();
+                register(&ctx, &table, TAGS_TABLE).await?;
+                let all = format!("SELECT customer_id, family, tag, value, score, as_of FROM {TAGS_TABLE}");
+                conform_rows(collect(&ctx, &table, &all).await?)
+            }
+        };
+        Ok(Self {
+            tables: Some((table, feed)),
+            rows,
+        })
+    }
+
+    /// Both tables and the rows; tables not opened yet are opened now.
+    async fn into_parts(
+        self,
+        warehouse: &Location,
+        settings: &TableSettings,
+    ) -> Result<(DeltaTable, DeltaTable, Vec<RecordBatch>), PublishError> {
+        let loaded = match self.tables {
+            Some(_) => self,
+            None => Self::load(warehouse, settings).await?,
+        };
+        let (table, feed) = loaded.tables.expect("a loaded base has its tables");
+        Ok((table, feed, loaded.rows))
+    }
+
+    /// This base if neither table has a newer version, else the base read again. Only a
+    /// holder of the warehouse lock writes them, so between two batches of one `follow`
+    /// session that is a compaction at most (new files, the same rows).
+    pub async fn refresh(self, warehouse: &Location, settings: &TableSettings) -> Result<Self, PublishError> {
+        let Some((mut table, mut feed)) = self.tables else {
+            return Self::open(warehouse, settings).await;
+        };
+        let known = (table.version(), feed.version());
+        if known.0.is_none() || known.1.is_none() {
+            return Self::load(warehouse, settings).await;
+        }
+        tokio::try_join!(
+            async {
+                table
+                    .update_incremental(None)
+                    .await
+                    .map_err(|e| open_error(warehouse, TAGS_TABLE, e))
+            },
+            async {
+                feed.update_incremental(None)
+                    .await
+                    .map_err(|e| open_error(warehouse, CHANGES_TABLE, e))
+            },
+        )?;
+        if (table.version(), feed.version()) == known {
+            return Ok(Self {
+                tables: Some((table, feed)),
+                rows: self.rows,
+            });
+        }
+        Self::read(warehouse, table, feed, settings).await
+    }
+
+    /// `customer_tags` at the base's version, if it has a folder.
+    pub fn table(&self) -> Option<&DeltaTable> {
+        self.tables.as_ref().map(|(table, _)| table)
+    }
+}
+
+/// Merge `update` into `customer_tags` (as `base` holds it) as one new version and append
+/// its changes to `tag_changes`. Returns the publish and the base of the next one.
 pub async fn publish_tags(
     warehouse: &Location,
+    base: TagsBase,
     update: TagsUpdate,
     settings: &TableSettings,
-) -> Result<Published, PublishError> {
-    let (table, feed) = open_tags_and_feed(warehouse).await?;
-    let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
+) -> Result<(Published, TagsBase), PublishError> {
+    let (table, feed, old_rows) = base.into_parts(warehouse, settings).await?;
     let from_version = table.version().map(|v| v as u64);
     let ctx = SessionContext::new();
     let new_rows = update.rows;
     register_rows(&ctx, "new_rows", customer_tags_schema(), new_rows.clone())?;
-    match from_version {
-        Some(_) => register(&ctx, &table, "old_rows").await?,
-        None => register_rows(&ctx, "old_rows", customer_tags_schema(), Vec::new())?,
-    }
+    register_rows(&ctx, "old_rows", customer_tags_schema(), old_rows.clone())?;
     let scope = match &update.scope {
         Some(tags) => format!("WHERE tag IN ({})", sql_list(tags)),
         None => String::new(),
@@ -176,21 +285,37 @@ pub async fn publish_tags(
         source,
     };
 
-    let (table, rows_written) = match from_version {
+    // The feed's files are encoded while the table writes and committed after it: they
+    // name the version the table commit gets, the next one (only the holder of the
+    // warehouse lock writes), or are written again if it got another.
+    let next_version = from_version.map_or(0, |v| v + 1);
+    let appended = feed_rows(&changes, from_version, next_version, update.as_of);
+    let mut staging = tokio::task::JoinSet::new();
+    if feed.version().is_some() && !appended.is_empty() {
+        staging.spawn(stage_feed(feed.clone(), appended.clone()).instrument(info_span!("stage_feed")));
+    }
+    // Each branch gives the table at its new version, the rows it wrote, and every row of
+    // the new version (the next publish's base).
+    let (table, rows_written, rows) = match from_version {
         None => {
             let written = new_rows.iter().map(|b| b.num_rows()).sum();
             let table = table
-                .write(new_rows)
+                .write(new_rows.clone())
                 .with_save_mode(SaveMode::ErrorIfExists)
                 .with_table_name(TAGS_TABLE)
                 .with_partition_columns(["tag"])
                 .with_configuration(settings.configuration())
+                .with_writer_properties(writer_properties())
                 .with_commit_properties(commit)
                 .await
                 .map_err(commit_error)?;
-            (table, written)
+            (table, written, new_rows)
         }
-        Some(_) if counts.total() == 0 => (empty_commit(table, commit).await.map_err(commit_error)?, 0),
+        Some(_) if counts.total() == 0 => (
+            commit_actions(table, Vec::new(), commit).await.map_err(commit_error)?,
+            0,
+            old_rows,
+        ),
         Some(_) => {
             // The changed tags' partitions are replaced whole: cheaper than a row-level merge
             // when, as usual, most of a partition's rows are rewritten anyway.
@@ -213,30 +338,56 @@ pub async fn publish_tags(
                 next_rows.push(RecordBatch::new_empty(customer_tags_schema()));
             }
             let written = next_rows.iter().map(|b| b.num_rows()).sum();
+            let unchanged_tags = format!(
+                "SELECT customer_id, family, tag, value, score, as_of FROM old_rows WHERE tag NOT IN ({})",
+                sql_list(&changed_tags)
+            );
+            let mut rows = conform_rows(collect(&ctx, &table, &unchanged_tags).await?);
+            rows.extend(next_rows.iter().cloned());
             let table = table
                 .write(next_rows)
                 .with_save_mode(SaveMode::Overwrite)
                 .with_replace_where(format!("tag IN ({})", sql_list(&changed_tags)))
+                .with_writer_properties(writer_properties())
                 .with_commit_properties(commit)
                 .into_future()
                 .instrument(info_span!("write"))
                 .await
                 .map_err(commit_error)?;
-            (table, written)
+            (table, written, rows)
         }
     };
     let version = table.version().unwrap_or_default() as u64;
-    append_feed(warehouse, feed, settings, changes, from_version, version, update.as_of)
-        .instrument(info_span!("feed"))
-        .await?;
-    Ok(Published {
+    let staged = match staging.join_next().await {
+        Some(joined) => Some(joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))),
+        None => None,
+    };
+    let feed = match version == next_version {
+        true => append_feed(warehouse, feed, settings, appended, staged, from_version, version),
+        false => {
+            warn!(
+                version,
+                next_version, "customer_tags committed another version than expected; writing the feed again"
+            );
+            let appended = feed_rows(&changes, from_version, version, update.as_of);
+            append_feed(warehouse, feed, settings, appended, None, from_version, version)
+        }
+    }
+    .instrument(info_span!("feed"))
+    .await?;
+    let published = Published {
         table: TAGS_TABLE.to_string(),
         version,
         rows: stats.rows,
         rows_written,
         files: file_count(&table),
         changes: Some(counts),
-    })
+    };
+    let next = TagsBase {
+        tables: Some((table, feed)),
+        rows,
+    };
+    Ok((published, next))
 }
 
 /// The feed's columns without versions and as-of, as [`compare_sql`] names them.
@@ -368,8 +519,13 @@ fn as_of_column(as_of: DateTime<Utc>, rows: usize) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(vec![as_of.timestamp_micros(); rows]).with_timezone("UTC"))
 }
 
-/// A commit that changes no row: the publish still gets its version (and its as-of).
-async fn empty_commit(table: DeltaTable, commit: CommitProperties) -> Result<DeltaTable, deltalake::DeltaTableError> {
+/// Commit `actions` (none: a commit that changes no row, which still gets its version and
+/// its metadata) as an append to `table`; returns the table at its new version.
+async fn commit_actions(
+    table: DeltaTable,
+    actions: Vec<Action>,
+    commit: CommitProperties,
+) -> Result<DeltaTable, deltalake::DeltaTableError> {
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
         partition_by: None,
@@ -377,6 +533,7 @@ async fn empty_commit(table: DeltaTable, commit: CommitProperties) -> Result<Del
     };
     let snapshot = table.snapshot()?;
     CommitBuilder::from(commit)
+        .with_actions(actions)
         .build(Some(snapshot), table.log_store(), operation)
         .await?;
     let mut table = table;
@@ -384,19 +541,11 @@ async fn empty_commit(table: DeltaTable, commit: CommitProperties) -> Result<Del
     Ok(table)
 }
 
-/// Append the changes from `from` to `to` to the feed (opened at its latest version),
-/// marking version `to` as covered. Returns the feed at its new version.
-async fn append_feed(
-    warehouse: &Location,
-    feed: DeltaTable,
-    settings: &TableSettings,
-    changes: Vec<RecordBatch>,
-    from: Option<u64>,
-    to: u64,
-    as_of: DateTime<Utc>,
-) -> Result<DeltaTable, PublishError> {
+/// The feed's rows for `changes` (rows of [`FEED_COLUMNS`]), the move of `customer_tags`
+/// from version `from` to `to`.
+fn feed_rows(changes: &[RecordBatch], from: Option<u64>, to: u64, as_of: DateTime<Utc>) -> Vec<RecordBatch> {
     let schema = tag_changes_schema();
-    let rows: Vec<RecordBatch> = changes
+    changes
         .iter()
         .filter(|b| b.num_rows() > 0)
         .map(|b| {
@@ -417,7 +566,32 @@ async fn append_feed(
             columns.push(as_of_column(as_of, n));
             RecordBatch::try_new(schema.clone(), columns).expect("feed rows match the feed schema")
         })
-        .collect();
+        .collect()
+}
+
+/// Write `rows` as data files of the (existing) feed without committing them: they stay
+/// invisible until [`append_feed`] commits their actions, and a vacuum removes them if it
+/// never does.
+async fn stage_feed(feed: DeltaTable, rows: Vec<RecordBatch>) -> Result<Vec<Action>, deltalake::DeltaTableError> {
+    let mut writer = RecordBatchWriter::for_table(&feed)?.with_writer_properties(writer_properties());
+    for batch in rows {
+        writer.write(batch).await?;
+    }
+    Ok(writer.flush().await?.into_iter().map(Action::Add).collect())
+}
+
+/// Append `rows` (the changes from version `from` to `to`, already written as `staged` or
+/// written now) to the feed, opened at its latest version, marking version `to` as
+/// covered. Returns the feed at its new version.
+async fn append_feed(
+    warehouse: &Location,
+    feed: DeltaTable,
+    settings: &TableSettings,
+    rows: Vec<RecordBatch>,
+    staged: Option<Result<Vec<Action>, deltalake::DeltaTableError>>,
+    from: Option<u64>,
+    to: u64,
+) -> Result<DeltaTable, PublishError> {
     let url = table_url(warehouse, CHANGES_TABLE).to_string();
     let commit_error = |source| PublishError::Commit {
         url: url.clone(),
@@ -427,26 +601,28 @@ async fn append_feed(
     let commit = CommitProperties::default()
         .with_metadata(metadata.as_object().cloned().unwrap_or_default())
         .with_application_transaction(Transaction::new(FEED_APP, to as i64));
-    let feed = match (feed.version(), rows.is_empty()) {
-        (Some(_), true) => empty_commit(feed, commit).await.map_err(commit_error)?,
-        (exists, _) => {
-            let rows = if rows.is_empty() {
-                vec![RecordBatch::new_empty(schema)]
-            } else {
-                rows
-            };
-            let mut write = feed
-                .write(rows)
-                .with_save_mode(SaveMode::Append)
-                .with_table_name(CHANGES_TABLE)
-                .with_commit_properties(commit);
-            if exists.is_none() {
-                write = write.with_configuration(settings.configuration());
-            }
-            write.await.map_err(commit_error)?
-        }
-    };
-    Ok(feed)
+    if feed.version().is_none() {
+        // The first append creates the feed (with its table settings), rows or not.
+        let rows = match rows.is_empty() {
+            true => vec![RecordBatch::new_empty(tag_changes_schema())],
+            false => rows,
+        };
+        return feed
+            .write(rows)
+            .with_save_mode(SaveMode::Append)
+            .with_table_name(CHANGES_TABLE)
+            .with_configuration(settings.configuration())
+            .with_writer_properties(writer_properties())
+            .with_commit_properties(commit)
+            .await
+            .map_err(commit_error);
+    }
+    let actions = match staged {
+        Some(staged) => staged,
+        None => stage_feed(feed.clone(), rows).await,
+    }
+    .map_err(commit_error)?;
+    commit_actions(feed, actions, commit).await.map_err(commit_error)
 }
 
 /// Bring the feed up to the latest `customer_tags` version: every version it misses (a
@@ -526,7 +702,8 @@ async fn catch_up(
             None => register_rows(&ctx, "old_rows", customer_tags_schema(), Vec::new())?,
         }
         let changes = collect(&ctx, &new, &diff_sql("old_rows", "new_rows", "")).await?;
-        feed = append_feed(warehouse, feed, settings, changes, from, version as u64, as_of).await?;
+        let rows = feed_rows(&changes, from, version as u64, as_of);
+        feed = append_feed(warehouse, feed, settings, rows, None, from, version as u64).await?;
         caught_up += 1;
     }
     if caught_up > 0 {

@@ -294,7 +294,9 @@ fn killed_runs_converge() {
 }
 
 /// `tagflow follow` publishes each new file's effect, changes tags when time passes, and
-/// ends cleanly on SIGTERM.
+/// ends cleanly on SIGTERM. The session keeps the published rows in memory between batches;
+/// with a compaction every second version, a batch also meets a table compacted since the
+/// one before, and the change feed still nets to every difference between versions.
 #[test]
 fn follow_publishes_new_files_until_sigterm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -302,9 +304,14 @@ fn follow_publishes_new_files_until_sigterm() {
     let now = Utc::now();
     let at = |minutes_ago: i64| (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
     fx.clicks("dt=today/a.parquet", &[view("k1", "c1", &at(90))]);
+    let config = fx.dir.path().join("tagflow.toml");
+    std::fs::write(&config, "[compaction]\nevery_versions = 2\n").unwrap();
     let log = fx.dir.path().join("follow.log");
     let mut child = tagflow()
-        .args(["follow", "--interval", "200ms", "--landing"])
+        .arg("follow")
+        .arg("--config")
+        .arg(&config)
+        .args(["--interval", "200ms", "--landing"])
         .arg(fx.landing_dir())
         .arg("--warehouse")
         .arg(fx.warehouse_dir())
@@ -344,6 +351,8 @@ fn follow_publishes_new_files_until_sigterm() {
     wait_for("c2's order", &|t| {
         t.value("c2", "cart_abandoner").is_none() && t.value("c2", "aipl_stage").is_some()
     });
+    fx.clicks("dt=today/d.parquet", &[view("k4", "c3", &at(10))]);
+    wait_for("c3", &|t| t.value("c3", "lifecycle").as_deref() == Some("new"));
 
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -366,6 +375,23 @@ fn follow_publishes_new_files_until_sigterm() {
         !fx.warehouse_dir().join("_tagflow/run.lock").exists(),
         "follow releases the lock"
     );
+    let history = runtime
+        .block_on(tagflow::snapshots::list(&location(&fx.warehouse_dir())))
+        .unwrap();
+    let compacted_at = history
+        .iter()
+        .filter(|s| s.operation == "OPTIMIZE")
+        .map(|s| s.version)
+        .min();
+    let last_publish = history.iter().filter(|s| s.is_publish()).map(|s| s.version).max();
+    assert!(
+        compacted_at.is_some_and(|c| Some(c) < last_publish),
+        "a batch published after a compaction: {history:?}"
+    );
+    runtime.block_on(crate::publishing::assert_feed_matches_versions(
+        &fx.warehouse_dir(),
+        "follow",
+    ));
 }
 
 /// Counts of one customer and day that arrive in different runs add up (and a re-sent copy
