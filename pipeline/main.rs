@@ -276,6 +276,7 @@ enum QuarantineCommand {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -294,6 +295,23 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code as u8)
         }
+    }
+}
+
+/// Have glibc's allocator keep freed memory for reuse instead of handing it back to the
+/// kernel. A run frees and allocates large Arrow buffers stage after stage; by default
+/// each of them is a fresh mapping, faulted in and zeroed page by page, and that was a
+/// tenth of the CPU time of an incremental run (7% of its wall time, measured). The cost:
+/// the process keeps its peak memory until it exits (or, in `follow`, for the session).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread.
+    unsafe {
+        // The largest threshold glibc accepts on 64-bit (32 MiB): buffers below it come
+        // from the heap, which is not trimmed below 2 GiB and grows 256 MiB at a time.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
 

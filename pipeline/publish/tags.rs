@@ -290,10 +290,8 @@ pub async fn publish_tags(
     // warehouse lock writes), or are written again if it got another.
     let next_version = from_version.map_or(0, |v| v + 1);
     let appended = feed_rows(&changes, from_version, next_version, update.as_of);
-    let mut staging = tokio::task::JoinSet::new();
-    if feed.version().is_some() && !appended.is_empty() {
-        staging.spawn(stage_feed(feed.clone(), appended.clone()).instrument(info_span!("stage_feed")));
-    }
+    let staging = (feed.version().is_some() && !appended.is_empty())
+        .then(|| Background::spawn(stage_feed(feed.clone(), appended.clone()).instrument(info_span!("stage_feed"))));
     // Each branch gives the table at its new version, the rows it wrote, and every row of
     // the new version (the next publish's base).
     let (table, rows_written, rows) = match from_version {
@@ -358,8 +356,8 @@ pub async fn publish_tags(
         }
     };
     let version = table.version().unwrap_or_default() as u64;
-    let staged = match staging.join_next().await {
-        Some(joined) => Some(joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))),
+    let staged = match staging {
+        Some(staging) => Some(staging.result().await),
         None => None,
     };
     let feed = match version == next_version {
@@ -388,6 +386,25 @@ pub async fn publish_tags(
         rows,
     };
     Ok((published, next))
+}
+
+/// A step of the publish run as its own task, so that it uses the other core while the
+/// publish goes on; aborted if dropped before its result is taken.
+struct Background<T>(tokio::task::JoinSet<T>);
+
+impl<T: Send + 'static> Background<T> {
+    fn spawn(step: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        let mut task = tokio::task::JoinSet::new();
+        task.spawn(step);
+        Self(task)
+    }
+
+    async fn result(mut self) -> T {
+        match self.0.join_next().await.expect("one task") {
+            Ok(output) => output,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
 }
 
 /// The feed's columns without versions and as-of, as [`compare_sql`] names them.
