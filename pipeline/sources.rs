@@ -261,7 +261,10 @@ impl Decoded {
         for (stream, rows) in self.good {
             let days = event_days(&rows.batch);
             let keep = BooleanArray::from(memory.insert_all(&stream, days.values(), &rows.id_hashes));
-            let kept = filter_record_batch(&rows.batch, &keep).expect("filter with matching length");
+            let kept = match keep.true_count() == keep.len() {
+                true => rows.batch.clone(),
+                false => filter_record_batch(&rows.batch, &keep).expect("filter with matching length"),
+            };
             let stream_stats = stats.get_mut(&stream).expect("declared stream");
             stream_stats.duplicates_dropped += rows.batch.num_rows() - kept.num_rows();
             if kept.num_rows() > 0 {
@@ -282,11 +285,18 @@ pub fn split_at(batches: Vec<RecordBatch>, as_of: DateTime<Utc>) -> (Vec<RecordB
     let (mut counted, mut later) = (Vec::new(), Vec::new());
     for batch in batches {
         let due: BooleanArray = event_times(&batch).iter().map(|t| t.map(|t| t <= as_of)).collect();
-        let not_due = arrow::compute::not(&due).expect("same length");
-        for (mask, out) in [(&due, &mut counted), (&not_due, &mut later)] {
-            let part = filter_record_batch(&batch, mask).expect("filter with matching length");
-            if part.num_rows() > 0 {
-                out.push(part);
+        // Usually every event of a batch is due: it is kept as it is, not copied.
+        match due.true_count() {
+            n if n == batch.num_rows() => counted.push(batch),
+            0 => later.push(batch),
+            _ => {
+                let not_due = arrow::compute::not(&due).expect("same length");
+                for (mask, out) in [(&due, &mut counted), (&not_due, &mut later)] {
+                    let part = filter_record_batch(&batch, mask).expect("filter with matching length");
+                    if part.num_rows() > 0 {
+                        out.push(part);
+                    }
+                }
             }
         }
     }
