@@ -408,6 +408,7 @@ impl Batch<'_> {
         let same_day = state.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
         let held_due = state.pending.values().flatten().any(|b| sources::any_due(b, as_of));
         if may_skip && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
+            session.published = Some(base);
             return Ok(None);
         }
         // A file is ingested once: a rebuild judges it against its first ingest time.
