@@ -160,7 +160,7 @@ async fn compact_table(
     deltalake::checkpoints::create_checkpoint(&delta, None)
         .await
         .map_err(failed)?;
-    let checkpoint_version = delta.version().unwrap_or_default() as u64;
+    let checkpoint_version = delta.version().unwrap_or_default();
     let retention = chrono::Duration::from_std(settings.retention).unwrap_or(chrono::Duration::MAX);
     let (delta, vacuumed) = delta
         .vacuum()
@@ -173,8 +173,8 @@ async fn compact_table(
         .map_err(failed)?;
     let done = TableCompaction {
         table: table.to_string(),
-        version_before: version_before as u64,
-        version_after: delta.version().unwrap_or_default() as u64,
+        version_before,
+        version_after: delta.version().unwrap_or_default(),
         files_before,
         files_after: file_count(&delta),
         files_removed: metrics.num_files_removed,

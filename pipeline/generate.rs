@@ -2090,7 +2090,7 @@ impl<'a> Output<'a> {
                 source,
             })?;
         self.objects_written += 1;
-        if self.objects_written % PROGRESS_EVERY_FILES == 0 {
+        if self.objects_written.is_multiple_of(PROGRESS_EVERY_FILES) {
             info!(
                 files = self.objects_written,
                 last = relative,

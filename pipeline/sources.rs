@@ -192,7 +192,7 @@ pub async fn read_files(
         let (file, outcome) = outcome?;
         done += 1;
         progress.inc();
-        if done % 100 == 0 || done == total {
+        if done.is_multiple_of(100) || done == total {
             info!(done, total, "landing files read");
         }
         let stream_stats = decoded.stats.get_mut(&file.stream).expect("declared stream");

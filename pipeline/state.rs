@@ -508,7 +508,7 @@ impl State {
         self.unsaved_files.clear();
         self.rewrite = false;
         self.previous = self.manifest.replace(manifest);
-        if rewrote || version % COLLECT_EVERY == 0 {
+        if rewrote || version.is_multiple_of(COLLECT_EVERY) {
             self.collect_garbage(warehouse).await?;
         }
         Ok(version)
@@ -584,7 +584,7 @@ fn encode_ids<'a>(ids: impl Iterator<Item = &'a u128>) -> Bytes {
 }
 
 fn decode_ids(path: &str, bytes: &[u8]) -> Result<Vec<u128>, StateError> {
-    if bytes.len() % 16 != 0 {
+    if !bytes.len().is_multiple_of(16) {
         return Err(StateError::Corrupt {
             path: path.to_string(),
             message: format!("{} bytes is not a whole number of 16-byte ids", bytes.len()),

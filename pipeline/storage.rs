@@ -295,7 +295,7 @@ impl Location {
     }
 
     /// Path of `path` relative to this location's root, slash-separated.
-    pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
+    pub fn relative(&self, path: &Path) -> Option<String> {
         path.prefix_match(&self.prefix)
             .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
     }

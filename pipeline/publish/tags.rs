@@ -243,7 +243,7 @@ pub async fn publish_tags(
     settings: &TableSettings,
 ) -> Result<(Published, TagsBase), PublishError> {
     let (table, feed, old_rows) = base.into_parts(warehouse, settings).await?;
-    let from_version = table.version().map(|v| v as u64);
+    let from_version = table.version();
     let ctx = SessionContext::new();
     let new_rows = update.rows;
     register_rows(&ctx, "new_rows", customer_tags_schema(), new_rows.clone())?;
@@ -355,7 +355,7 @@ pub async fn publish_tags(
             (table, written, rows)
         }
     };
-    let version = table.version().unwrap_or_default() as u64;
+    let version = table.version().unwrap_or_default();
     let staged = match staging {
         Some(staging) => Some(staging.result().await),
         None => None,
@@ -708,9 +708,9 @@ async fn catch_up(
             .or_else(|| info.timestamp.and_then(DateTime::from_timestamp_millis))
             .unwrap_or_else(Utc::now);
         let ctx = SessionContext::new();
-        let new = super::open_published(warehouse, TAGS_TABLE, Some(version as u64)).await?;
+        let new = super::open_published(warehouse, TAGS_TABLE, Some(version)).await?;
         register(&ctx, &new, "new_rows").await?;
-        let from = version.checked_sub(1).map(|v| v as u64);
+        let from = version.checked_sub(1);
         match from {
             Some(from) => {
                 let old = super::open_published(warehouse, TAGS_TABLE, Some(from)).await?;
@@ -719,8 +719,8 @@ async fn catch_up(
             None => register_rows(&ctx, "old_rows", customer_tags_schema(), Vec::new())?,
         }
         let changes = collect(&ctx, &new, &diff_sql("old_rows", "new_rows", "")).await?;
-        let rows = feed_rows(&changes, from, version as u64, as_of);
-        feed = append_feed(warehouse, feed, settings, rows, None, from, version as u64).await?;
+        let rows = feed_rows(&changes, from, version, as_of);
+        feed = append_feed(warehouse, feed, settings, rows, None, from, version).await?;
         caught_up += 1;
     }
     if caught_up > 0 {

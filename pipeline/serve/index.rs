@@ -112,7 +112,7 @@ impl TagIndex {
 
     /// Index an opened table at its loaded version.
     pub async fn from_table(delta: &DeltaTable) -> Result<Self, PublishError> {
-        let version = delta.version().unwrap_or_default() as u64;
+        let version = delta.version().unwrap_or_default();
         // The as-of of this version: its own publish, or the latest one before a compaction.
         let newest = snapshots::history(delta, Some(1)).await?;
         let committed_at = newest.first().and_then(|s| s.committed_at);

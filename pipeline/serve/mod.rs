@@ -153,7 +153,7 @@ impl AppState {
             }
             None => table.insert(open_published(&self.warehouse, TAGS_TABLE, None).await?),
         };
-        if delta.version().map(|v| v as u64) == served {
+        if delta.version() == served {
             return Ok(false);
         }
         let started = Instant::now();

@@ -561,7 +561,7 @@ fn rfm_tier(f: &Facts) -> TagTable {
     buying.sort_by(f64::total_cmp);
     let n = buying.len();
     // nearest rank: 1-based position ceil(0.8 n), in integers
-    let m80 = (n > 0).then(|| buying[(80 * n + 99) / 100 - 1]);
+    let m80 = (n > 0).then(|| buying[(80 * n).div_ceil(100) - 1]);
     let near_m80 = |m: f64| m80.is_some_and(|t| (m - t).abs() <= 1e-9 * t.abs().max(1.0));
     let ambiguous = buying.iter().filter(|&&m| near_m80(m)).count() > 1;
 

@@ -407,9 +407,7 @@ async fn int96_timestamps_are_accepted() {
         col.close().unwrap();
     }
     let mut col = group.next_column().unwrap().unwrap();
-    col.typed::<Int96Type>()
-        .write_batch(&[t.clone(), t.clone(), t], None, None)
-        .unwrap();
+    col.typed::<Int96Type>().write_batch(&[t, t, t], None, None).unwrap();
     col.close().unwrap();
     let mut col = group.next_column().unwrap().unwrap();
     col.typed::<ByteArrayType>()
