@@ -13,7 +13,12 @@
 //! crash between the two commits the next publish finds the versions the feed misses and
 //! diffs them from the table's own history: the feed always converges to the versions.
 //!
-//! Owns: the diff between two tag tables, the partition write, the feed's rows and its catch-up.
+//! A publish starts from a [`TagsBase`]: both tables opened and the latest version's rows in
+//! memory, read while the run does its other work (and kept by `follow` between batches).
+//! The feed's files are written while the table writes, and committed after it.
+//!
+//! Owns: the base a publish starts from, the diff between two tag tables, the partition
+//! write, the feed's rows and its catch-up.
 //! Must not: compute tags, or change a published version (compaction does not either).
 
 use std::collections::{BTreeMap, HashMap};
