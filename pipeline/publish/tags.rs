@@ -176,7 +176,7 @@ impl TagsBase {
             Some(_) => {
                 let ctx = SessionContext::new();
                 register(&ctx, &table, TAGS_TABLE).await?;
-                let all = format!("SELECT customer_id, family, tag, value, score, as_of FROM {TAGS_TABLE}");
+                let all = format!("SELECT {ROW_COLUMNS} FROM {TAGS_TABLE}");
                 conform_rows(collect(&ctx, &table, &all).await?)
             }
         };
@@ -342,7 +342,7 @@ pub async fn publish_tags(
             }
             let written = next_rows.iter().map(|b| b.num_rows()).sum();
             let unchanged_tags = format!(
-                "SELECT customer_id, family, tag, value, score, as_of FROM old_rows WHERE tag NOT IN ({})",
+                "SELECT {ROW_COLUMNS} FROM old_rows WHERE tag NOT IN ({})",
                 sql_list(&changed_tags)
             );
             let mut rows = conform_rows(collect(&ctx, &table, &unchanged_tags).await?);
@@ -412,6 +412,9 @@ impl<T: Send + 'static> Background<T> {
     }
 }
 
+/// The columns of a `customer_tags` row, in the table's order.
+const ROW_COLUMNS: &str = "customer_id, family, tag, value, score, as_of";
+
 /// The feed's columns without versions and as-of, as [`compare_sql`] names them.
 const FEED_COLUMNS: &str = "customer_id, family, tag, change, old_value, new_value, old_score, new_score";
 
@@ -420,7 +423,7 @@ const FEED_COLUMNS: &str = "customer_id, family, tag, change, old_value, new_val
 /// score and family), `old_as_of` the as-of of the old row.
 fn compare_sql(old: &str, new: &str, scope: &str) -> String {
     format!(
-        "WITH old_tags AS (SELECT customer_id, family, tag, value, score, as_of FROM {old} {scope}),
+        "WITH old_tags AS (SELECT {ROW_COLUMNS} FROM {old} {scope}),
               new_tags AS (SELECT customer_id, family, tag, value, score FROM {new})
          SELECT coalesce(n.customer_id, o.customer_id) AS customer_id,
                 coalesce(n.family, o.family) AS family,
