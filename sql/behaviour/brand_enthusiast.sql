@@ -18,16 +18,23 @@ WITH brand_orders AS (
     WHERE within_orders_window
     GROUP BY customer_id, brand
 ),
-top_brands AS (
-    -- per customer: every order of the window, and the brand of the most (ties: smallest)
+leading_counts AS (
+    -- customers with enough orders: every order of the window, and the most any brand has
     SELECT
         customer_id,
         SUM(orders) AS orders_365,
-        first_value(brand ORDER BY brand IS NULL, orders DESC, brand) AS brand,
         MAX(orders) FILTER (WHERE brand IS NOT NULL) AS brand_orders
     FROM brand_orders
     GROUP BY customer_id
+    HAVING SUM(orders) >= {{min_orders}}
+),
+dominant_brands AS (
+    -- the smallest brand with the most orders, where it holds the required share
+    SELECT l.customer_id, MIN(b.brand) AS brand, l.brand_orders, l.orders_365
+    FROM leading_counts l
+    JOIN brand_orders b ON b.customer_id = l.customer_id AND b.orders = l.brand_orders
+    WHERE b.brand IS NOT NULL AND l.brand_orders >= {{min_share}} * l.orders_365
+    GROUP BY l.customer_id, l.brand_orders, l.orders_365
 )
 SELECT customer_id, brand AS value, CAST(brand_orders AS DOUBLE) / orders_365 AS score
-FROM top_brands
-WHERE orders_365 >= {{min_orders}} AND brand IS NOT NULL AND brand_orders >= {{min_share}} * orders_365
+FROM dominant_brands

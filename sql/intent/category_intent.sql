@@ -29,12 +29,19 @@ open_categories AS (
     LEFT JOIN recently_bought b ON b.customer_id = p.customer_id AND b.category = p.category
     WHERE b.customer_id IS NULL
 ),
-top_categories AS (
-    -- ties: the smallest category
-    SELECT customer_id, first_value(category ORDER BY points DESC, category) AS category, MAX(points) AS points
+top_points AS (
+    -- per customer: the most points any open category has, where it is enough
+    SELECT customer_id, MAX(points) AS points
     FROM open_categories
     GROUP BY customer_id
+    HAVING MAX(points) >= {{min_points}}
+),
+top_categories AS (
+    -- the category with the most points (ties: the smallest)
+    SELECT t.customer_id, MIN(o.category) AS category, t.points
+    FROM top_points t
+    JOIN open_categories o ON o.customer_id = t.customer_id AND o.points = t.points
+    GROUP BY t.customer_id, t.points
 )
 SELECT customer_id, category AS value, CAST(points AS DOUBLE) AS score
 FROM top_categories
-WHERE points >= {{min_points}}
