@@ -276,6 +276,7 @@ fn run(landing: &str, warehouse: &str, config: Option<&Path>, as_of: &str, extra
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
+    #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
     let mut child = command
         .args([
             "run",
@@ -365,6 +366,7 @@ fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) 
     // `--force`: the history ends weeks before today and the feed (product views of random
     // customers) makes nearly everyone "interested" within seconds, so segments move far
     // more than the drift gates allow; the gates are still evaluated in every batch.
+    #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
     let mut child = tagflow()
         .args(["follow", "--json", "--force", "--interval", "1s", "--landing"])
         .arg(landing)

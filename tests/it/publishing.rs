@@ -34,7 +34,9 @@ fn tag_map(tags: &Tags) -> TagMap {
 }
 
 /// One change: (customer, tag) → (change, old (value, score), new (value, score)).
-type Change = (String, Option<(String, Option<f64>)>, Option<(String, Option<f64>)>);
+/// A tag's value and score for one customer, or nothing when the customer lacks the tag.
+type Side = Option<(String, Option<f64>)>;
+type Change = (String, Side, Side);
 type Changes = BTreeMap<(String, String), Change>;
 
 /// What changed from `old` to `new`, worked out from the two tables.
@@ -59,8 +61,8 @@ fn difference(old: &TagMap, new: &TagMap) -> Changes {
 struct FeedRow {
     key: (String, String),
     change: String,
-    old: Option<(String, Option<f64>)>,
-    new: Option<(String, Option<f64>)>,
+    old: Side,
+    new: Side,
     from: Option<i64>,
     to: i64,
     as_of: i64,
@@ -121,8 +123,8 @@ async fn read_feed(warehouse: &Path) -> Vec<FeedRow> {
 
 /// Net changes of the feed rows with `from < to_version <= to`, per customer and tag.
 fn net_feed(feed: &[FeedRow], from: i64, to: i64) -> Changes {
-    let mut first_old: BTreeMap<(String, String), Option<(String, Option<f64>)>> = BTreeMap::new();
-    let mut last_new: BTreeMap<(String, String), Option<(String, Option<f64>)>> = BTreeMap::new();
+    let mut first_old: BTreeMap<(String, String), Side> = BTreeMap::new();
+    let mut last_new: BTreeMap<(String, String), Side> = BTreeMap::new();
     for row in feed.iter().filter(|r| r.to > from && r.to <= to) {
         first_old.entry(row.key.clone()).or_insert(row.old.clone());
         last_new.insert(row.key.clone(), row.new.clone());

@@ -291,7 +291,6 @@ async fn two_publishers_on_one_s3_warehouse_lose_nothing() {
     let writer = |name: &'static str| {
         // Each publisher has its own client, as two processes would.
         let location = s3.location(&warehouse);
-        let row = row;
         async move {
             let mut versions = Vec::new();
             for seq in 0..COMMITS {

@@ -329,7 +329,7 @@ async fn lookups_segments_and_history_match_the_published_versions() {
     // Changes: the customer's rows of the feed, newest first, up to the version read.
     let customer = expected
         .keys()
-        .find(|c| first.get(*c).is_some() && first.get(*c) != expected.get(*c))
+        .find(|c| first.contains_key(*c) && first.get(*c) != expected.get(*c))
         .expect("a customer who changed");
     let feed = query_published(
         &location(&warehouse),

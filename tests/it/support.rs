@@ -390,7 +390,7 @@ impl Fixture {
     }
 
     /// Settings for this fixture, with an optional config file body (e.g. param overrides).
-    pub fn settings(&self, as_of: &str, config: Option<&str>) -> Result<Settings, tagflow::Error> {
+    pub fn settings(&self, as_of: &str, config: Option<&str>) -> Result<Settings, tagflow::config::ConfigError> {
         std::fs::create_dir_all(self.landing_dir()).expect("landing dir");
         let config_path = config.map(|body| {
             let path = self.dir.path().join("tagflow.toml");
@@ -398,7 +398,7 @@ impl Fixture {
             path
         });
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        Ok(Settings::resolve(&CliSettings {
+        Settings::resolve(&CliSettings {
             config: config_path,
             landing: Some(self.landing_dir().to_string_lossy().into_owned()),
             warehouse: Some(self.warehouse_dir().to_string_lossy().into_owned()),
@@ -406,7 +406,7 @@ impl Fixture {
             sql_dir: Some(root.join("sql")),
             schemas_dir: Some(root.join("schemas")),
             ..Default::default()
-        })?)
+        })
     }
 
     /// Run the pipeline as of `as_of` with `config` and return the report.
