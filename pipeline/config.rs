@@ -34,8 +34,9 @@ pub enum ConfigError {
         flag: &'static str,
         env: &'static str,
     },
-    #[error("invalid --as-of '{value}': expected an RFC 3339 time such as 2026-11-20T00:00:00Z")]
-    AsOf { value: String },
+    /// A time given on the command line (`option` names it: `--as-of`, `--at`, `--since`).
+    #[error("invalid {option} '{value}': expected an RFC 3339 time such as 2026-11-20T00:00:00Z")]
+    Time { option: &'static str, value: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
     #[error(transparent)]
@@ -218,7 +219,10 @@ impl Settings {
         let as_of = match &cli.as_of {
             None => Utc::now(),
             Some(value) => DateTime::parse_from_rfc3339(value)
-                .map_err(|_| ConfigError::AsOf { value: value.clone() })?
+                .map_err(|_| ConfigError::Time {
+                    option: "--as-of",
+                    value: value.clone(),
+                })?
                 .with_timezone(&Utc),
         };
         let sql_dir = cli

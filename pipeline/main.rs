@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tagflow::config::{CliSettings, Settings};
+use tagflow::config::{CliSettings, ConfigError, Settings};
 use tagflow::error::{exit, Error};
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::history::RUNS_TABLE;
@@ -344,15 +344,13 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
     Ok(duration)
 }
 
-/// An RFC 3339 time given on the command line.
-fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, Error> {
+/// An RFC 3339 time given on the command line with `option`.
+fn parse_time(option: &'static str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, ConfigError> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|_| {
-            tagflow::config::ConfigError::AsOf {
-                value: text.to_string(),
-            }
-            .into()
+        .map_err(|_| ConfigError::Time {
+            option,
+            value: text.to_string(),
         })
 }
 
@@ -366,8 +364,8 @@ async fn shutdown_signal() {
     }
 }
 
-fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String>) -> Result<Settings, Error> {
-    Ok(Settings::resolve(&CliSettings {
+fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String>) -> Result<Settings, ConfigError> {
+    Settings::resolve(&CliSettings {
         config: config.clone(),
         landing: locations.landing,
         warehouse: locations.warehouse,
@@ -375,7 +373,7 @@ fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String
         sql_dir: locations.sql_dir,
         schemas_dir: locations.schemas_dir,
         ..Default::default()
-    })?)
+    })
 }
 
 async fn execute(cli: Cli) -> Result<(), Error> {
@@ -586,7 +584,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             let settings = settings(&cli.config, locations, None)?;
             let warehouse = settings.warehouse()?;
             let version = match at {
-                Some(at) => Some(snapshots::version_at(warehouse, parse_time(&at)?).await?),
+                Some(at) => Some(snapshots::version_at(warehouse, parse_time("--at", &at)?).await?),
                 None => version,
             };
             let sql = format!(
@@ -667,7 +665,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             json,
         } => {
             let settings = settings(&cli.config, locations, None)?;
-            let since = since.as_deref().map(parse_time).transpose()?;
+            let since = since.as_deref().map(|since| parse_time("--since", since)).transpose()?;
             let rows: Vec<snapshots::SegmentFlow> = snapshots::segments(settings.warehouse()?, since)
                 .await?
                 .into_iter()

@@ -284,6 +284,15 @@ fn cli_errors_say_what_and_where_and_exit_non_zero() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --as-of 'yesterday'"));
+    // The other time options name themselves.
+    for (args, option) in [
+        (&["tags", "c1", "--at", "noon"][..], "--at"),
+        (&["segments", "--since", "noon"][..], "--since"),
+    ] {
+        let out = tagflow().args(args).arg("--warehouse").arg("w").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("invalid {option} 'noon'")));
+    }
 
     let out = tagflow()
         .args(["tags", "c1", "--warehouse"])
