@@ -148,7 +148,7 @@ pub async fn backfill(
         summary
     });
     let as_of = end_of(range.to);
-    record(warehouse, &run_id, as_of, started_at, summary)
+    record(warehouse, &run_id, as_of, started_at, summary, None)
         .instrument(span)
         .await;
     outcome

@@ -10,6 +10,7 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMicro
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
+use deltalake::DeltaTable;
 use serde_json::json;
 
 use crate::error::{exit, Error};
@@ -118,18 +119,24 @@ pub fn failed_checks(job: &str, failures: &[CheckFailure]) -> Vec<serde_json::Va
         .collect()
 }
 
-/// Append one row for a finished run.
-pub async fn record(warehouse: &Location, run: &RunRecord<'_>) -> Result<(), PublishError> {
-    let batch = row(run);
+/// Open `job_runs` (a new table if there is none yet). A run opens it while it works, so
+/// that recording it at the end is only the append.
+pub async fn open(warehouse: &Location) -> Result<DeltaTable, PublishError> {
+    publish::open_or_new(warehouse, RUNS_TABLE).await
+}
+
+/// Append one row for a finished run to `job_runs`, opened by [`open`] or, if `opened` is
+/// `None`, now.
+pub async fn record(warehouse: &Location, run: &RunRecord<'_>, opened: Option<DeltaTable>) -> Result<(), PublishError> {
+    let table = match opened {
+        Some(table) => table,
+        None => open(warehouse).await?,
+    };
     let metadata = json!({ "tagflow.run_id": run.run_id });
-    publish::append(
-        warehouse,
-        RUNS_TABLE,
-        vec![batch],
-        metadata.as_object().cloned().unwrap_or_default(),
-    )
-    .await
-    .map(|_| ())
+    let metadata = metadata.as_object().cloned().unwrap_or_default();
+    publish::append_to(warehouse, RUNS_TABLE, table, vec![row(run)], metadata)
+        .await
+        .map(|_| ())
 }
 
 fn row(run: &RunRecord<'_>) -> RecordBatch {

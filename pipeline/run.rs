@@ -20,6 +20,7 @@ use std::time::Instant;
 use arrow::array::{Array, StringArray};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
+use deltalake::DeltaTable;
 use serde_json::json;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -129,14 +130,16 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }
-    .instrument(span.clone())
-    .await;
+    .instrument(span.clone());
+    // `job_runs` opens while the run works; if it cannot, recording tries again and warns.
+    let (outcome, runs_table) = tokio::join!(outcome, history::open(warehouse).instrument(span.clone()));
     record(
         warehouse,
         &run_id,
         settings.as_of,
         started_at,
         outcome.as_ref().map(Summary::from),
+        runs_table.ok(),
     )
     .instrument(span)
     .await;
@@ -188,6 +191,7 @@ pub(crate) async fn record(
     as_of: DateTime<Utc>,
     started_at: DateTime<Utc>,
     outcome: Result<Summary, &Error>,
+    opened: Option<DeltaTable>,
 ) {
     let record = RunRecord {
         run_id,
@@ -195,7 +199,7 @@ pub(crate) async fn record(
         started_at,
         outcome,
     };
-    if let Err(error) = history::record(warehouse, &record).await {
+    if let Err(error) = history::record(warehouse, &record, opened).await {
         warn!(%error, "cannot record the run in {}", history::RUNS_TABLE);
     }
 }
@@ -285,6 +289,7 @@ pub async fn follow(
                 started_at,
                 started_at,
                 outcome.as_ref().map(|r| Summary::from(r.as_ref().expect("some"))),
+                None,
             )
             .instrument(span)
             .await;
@@ -353,98 +358,120 @@ impl Batch<'_> {
         let (settings, catalog, as_of) = (self.settings, &self.project.catalog, self.as_of);
         let fingerprint = catalog.state_fingerprint();
 
-        // The state, the landing listing and the published tags are independent reads: side
-        // by side.
+        // Two independent lines of work run side by side: the state's head and the landing
+        // listing, then the new files and the state's tables (the files to read depend only
+        // on the head); and the published tags with their last publish (for the drift gates).
         let table_settings = settings.compaction.table_settings();
+        let published = session.published.take();
+        let published = async {
+            let base = match published {
+                Some(base) => base.refresh(self.warehouse, &table_settings).await?,
+                None => TagsBase::open(self.warehouse, &table_settings).await?,
+            };
+            let baseline = match base.table() {
+                Some(table) => {
+                    snapshots::latest_publish_in(table)
+                        .instrument(info_span!("baseline"))
+                        .await?
+                }
+                None => None,
+            };
+            Ok::<_, Error>((base, baseline))
+        }
+        .instrument(info_span!("open_published"));
         let state = &mut session.state;
-        let load = async {
-            match state.is_none() {
-                true => State::load(self.warehouse).await.map(Some),
-                false => Ok(None),
+        let read = async {
+            let load = async {
+                match state.is_none() {
+                    true => State::load_head(self.warehouse).await.map(|s| s.map(|s| (s, true))),
+                    false => Ok(None),
+                }
+            };
+            let list = sources::list_files(self.landing, &self.project.schemas).instrument(info_span!("list"));
+            let (loaded, listing) = tokio::join!(load.instrument(info_span!("load_state")), list);
+            let mut tables_to_load = false;
+            if let Some((loaded, from_storage)) = loaded? {
+                *state = Some(loaded);
+                tables_to_load = from_storage;
             }
-        };
-        let open_base = async {
-            match session.published.take() {
-                Some(base) => base.refresh(self.warehouse, &table_settings).await,
-                None => TagsBase::open(self.warehouse, &table_settings).await,
+            let listing = listing?;
+            let full_because = match state.as_ref() {
+                _ if self.full.is_some() => self.full.map(String::from),
+                None => Some("no state yet".to_string()),
+                Some(s) if s.fingerprint != fingerprint => {
+                    Some("the state jobs or their parameters changed".to_string())
+                }
+                Some(s) if s.as_of.is_some_and(|t| as_of < t) => Some(format!(
+                    "as-of is before the state's as-of {}",
+                    s.as_of.expect("checked").to_rfc3339()
+                )),
+                Some(_) => None,
+            };
+            let state = state.get_or_insert_with(|| State::empty(&fingerprint));
+            if let Some(why) = &full_because {
+                info!(because = %why, "full run: every landing file is read");
+                state.reset(&fingerprint);
+                tables_to_load = false;
             }
+            let to_read: Vec<LandingFile> = match full_because {
+                Some(_) => listing.files,
+                None => listing
+                    .files
+                    .into_iter()
+                    .filter(|f| !state.files.contains_key(&f.relative))
+                    .collect(),
+            };
+            let same_day = state.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
+            let held_due = state.pending.values().flatten().any(|b| sources::any_due(b, as_of));
+            if may_skip && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
+                return Ok(None);
+            }
+            // A file is ingested once: a rebuild judges it against its first ingest time.
+            let ingest_times: Vec<DateTime<Utc>> = to_read
+                .iter()
+                .map(|f| state.files.get(&f.relative).copied().unwrap_or(self.started_at))
+                .collect();
+            let read = sources::read_files(
+                self.landing,
+                self.warehouse,
+                &self.project.schemas,
+                &to_read,
+                &ingest_times,
+                settings.read_concurrency,
+                settings.progress,
+            )
+            .instrument(info_span!("read"));
+            let tables = async {
+                match tables_to_load {
+                    true => state.load_tables(self.warehouse).await.map(Some),
+                    false => Ok(None),
+                }
+            }
+            .instrument(info_span!("load_tables"));
+            let (decoded, tables) = tokio::join!(read, tables);
+            let decoded = decoded?;
+            if let Some(tables) = tables? {
+                state.tables = tables;
+            }
+            let seen_ids_loaded = state
+                .load_days(self.warehouse, &decoded.days())
+                .instrument(info_span!("load_seen"))
+                .await?;
+            let mut data = decoded.deduplicate(&mut state.seen);
+            for (stream, ignored) in listing.ignored {
+                data.stats.entry(stream).or_default().files_ignored = ignored;
+            }
+            Ok::<_, Error>(Some((full_because, to_read, ingest_times, seen_ids_loaded, data)))
         };
-        let list = sources::list_files(self.landing, &self.project.schemas).instrument(info_span!("list"));
-        let (loaded, listing, base) = tokio::join!(
-            load.instrument(info_span!("load_state")),
-            list,
-            open_base.instrument(info_span!("open_published"))
-        );
-        if let Some(loaded) = loaded? {
-            *state = loaded;
-        }
-        let (listing, base) = (listing?, base?);
-        let from_version = state.as_ref().map_or(0, |s| s.version);
-        let full_because = match state.as_ref() {
-            _ if self.full.is_some() => self.full.map(String::from),
-            None => Some("no state yet".to_string()),
-            Some(s) if s.fingerprint != fingerprint => Some("the state jobs or their parameters changed".to_string()),
-            Some(s) if s.as_of.is_some_and(|t| as_of < t) => Some(format!(
-                "as-of is before the state's as-of {}",
-                s.as_of.expect("checked").to_rfc3339()
-            )),
-            Some(_) => None,
-        };
-        let state = state.get_or_insert_with(|| State::empty(&fingerprint));
-        if let Some(why) = &full_because {
-            info!(because = %why, "full run: every landing file is read");
-            state.reset(&fingerprint);
-        }
-        let mark = stage("load_state", started);
-
-        let to_read: Vec<LandingFile> = match full_because {
-            Some(_) => listing.files,
-            None => listing
-                .files
-                .into_iter()
-                .filter(|f| !state.files.contains_key(&f.relative))
-                .collect(),
-        };
-        let same_day = state.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
-        let held_due = state.pending.values().flatten().any(|b| sources::any_due(b, as_of));
-        if may_skip && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
+        let (read, published) = tokio::join!(read, published);
+        let (base, baseline) = published?;
+        let Some((full_because, to_read, ingest_times, seen_ids_loaded, mut data)) = read? else {
             session.published = Some(base);
             return Ok(None);
-        }
-        // A file is ingested once: a rebuild judges it against its first ingest time.
-        let ingest_times: Vec<DateTime<Utc>> = to_read
-            .iter()
-            .map(|f| state.files.get(&f.relative).copied().unwrap_or(self.started_at))
-            .collect();
-        let read = sources::read_files(
-            self.landing,
-            self.warehouse,
-            &self.project.schemas,
-            &to_read,
-            &ingest_times,
-            settings.read_concurrency,
-            settings.progress,
-        )
-        .instrument(info_span!("read"));
-        // The last publish (for the drift gates) is read while the new files are.
-        let baseline = async {
-            match base.table() {
-                Some(table) => snapshots::latest_publish_in(table).await,
-                None => Ok(None),
-            }
-        }
-        .instrument(info_span!("baseline"));
-        let (decoded, baseline) = tokio::join!(read, baseline);
-        let (decoded, baseline) = (decoded?, baseline?);
-        let seen_ids_loaded = state
-            .load_days(self.warehouse, &decoded.days())
-            .instrument(info_span!("load_seen"))
-            .await?;
-        let mut data = decoded.deduplicate(&mut state.seen);
-        for (stream, ignored) in listing.ignored {
-            data.stats.entry(stream).or_default().files_ignored = ignored;
-        }
-        stage("read", mark);
+        };
+        let state = session.state.as_mut().expect("the read sets the state");
+        let from_version = state.version;
+        stage("read", started);
 
         let new_events = std::mem::take(&mut data.events);
         let evaluated = evaluate_at(
@@ -488,7 +515,19 @@ impl Batch<'_> {
         };
         let publish =
             timed(publish_tags(self.warehouse, base, update, &table_settings).instrument(info_span!("publish")));
-        let ((committed, commit_ms), (published, publish_ms)) = tokio::join!(commit, publish);
+        // The report's per-tag figures are counted meanwhile, off the runtime's threads.
+        let tag_runs: Vec<JobRun> = output
+            .runs
+            .iter()
+            .filter(|r| r.job.kind == JobKind::Tag)
+            .cloned()
+            .collect();
+        let tag_figures = tokio::task::spawn_blocking(move || {
+            let reports: Vec<TagReport> = tag_runs.iter().map(tag_report).collect();
+            (tagged_customers(&tag_runs), reports)
+        });
+        let ((committed, commit_ms), (published, publish_ms), tag_figures) = tokio::join!(commit, publish, tag_figures);
+        let (customers, tags) = tag_figures.expect("counting tag figures does not panic");
         let published_at = Utc::now();
         committed?;
         let (published, next_base) = published?;
@@ -565,13 +604,8 @@ impl Batch<'_> {
             },
             freshness: Freshness::of(lags),
             quarantine,
-            customers: tagged_customers(&output.runs),
-            tags: output
-                .runs
-                .iter()
-                .filter(|r| r.job.kind == JobKind::Tag)
-                .map(tag_report)
-                .collect(),
+            customers,
+            tags,
             measures: output
                 .runs
                 .iter()
@@ -686,6 +720,7 @@ fn tag_report(run: &JobRun) -> TagReport {
     }
 }
 
+/// Distinct customers in the rows of the tag runs among `runs`.
 fn tagged_customers(runs: &[JobRun]) -> usize {
     let mut customers: HashSet<&str> = HashSet::new();
     for run in runs.iter().filter(|r| r.job.kind == JobKind::Tag) {

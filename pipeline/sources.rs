@@ -114,12 +114,19 @@ pub struct Listing {
 pub async fn list_files(landing: &Location, schemas: &Schemas) -> Result<Listing, SourceError> {
     let mut files = Vec::new();
     let mut ignored = BTreeMap::new();
-    for stream in schemas.streams.keys() {
+    // The streams' folders are listed side by side.
+    let listings = futures::future::try_join_all(schemas.streams.keys().map(|stream| async move {
         let prefix = landing.path(stream);
-        let listed = landing.list_under(&prefix).await.map_err(|source| SourceError::List {
-            url: landing.display(&prefix),
-            source,
-        })?;
+        match landing.list_under(&prefix).await {
+            Ok(listed) => Ok((stream, listed)),
+            Err(source) => Err(SourceError::List {
+                url: landing.display(&prefix),
+                source,
+            }),
+        }
+    }))
+    .await?;
+    for (stream, listed) in listings {
         for meta in listed {
             let relative = landing
                 .relative(&meta.location)

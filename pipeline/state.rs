@@ -197,9 +197,20 @@ impl State {
         self.pending.values().flatten().map(|b| b.num_rows()).sum()
     }
 
-    /// Load the committed state of `warehouse`, if any. The de-duplication memory is loaded
-    /// lazily, day by day ([`State::load_days`]).
+    /// Load the committed state of `warehouse`, if any, tables included.
     pub async fn load(warehouse: &Location) -> Result<Option<State>, StateError> {
+        let Some(mut state) = State::load_head(warehouse).await? else {
+            return Ok(None);
+        };
+        state.tables = state.load_tables(warehouse).await?;
+        Ok(Some(state))
+    }
+
+    /// Load the committed state of `warehouse`, if any, without its tables: what a run needs
+    /// to choose the files it reads, so that it reads them while the tables load
+    /// ([`State::load_tables`]). The de-duplication memory is loaded lazily, day by day
+    /// ([`State::load_days`]).
+    pub async fn load_head(warehouse: &Location) -> Result<Option<State>, StateError> {
         let Some(pointer) = get(warehouse, CURRENT).await? else {
             return Ok(None);
         };
@@ -227,30 +238,6 @@ impl State {
             return Err(StateError::Corrupt {
                 path: display(warehouse, &pointer.manifest),
                 message: format!("state table '{name}' lists no segment"),
-            });
-        }
-        let segments = manifest
-            .tables
-            .iter()
-            .flat_map(|(name, table)| table.segments().into_iter().map(move |s| (name.clone(), s)));
-        let segments: Vec<(String, StoredSegment, Table)> = futures::stream::iter(segments)
-            .map(|(name, segment)| async move {
-                let rows = read_table(warehouse, &segment.file).await?;
-                Ok::<_, StateError>((name, segment, rows))
-            })
-            .buffered(IO_CONCURRENCY)
-            .try_collect()
-            .await?;
-        let mut tables: BTreeMap<String, StateTable> = BTreeMap::new();
-        for (name, segment, rows) in segments {
-            let table = tables.entry(name).or_insert_with(|| StateTable {
-                schema: rows.schema.clone(),
-                segments: Vec::new(),
-            });
-            table.segments.push(Segment {
-                day: segment.day,
-                batches: rows.batches,
-                stored: Some(segment.file),
             });
         }
         let pending =
@@ -290,7 +277,7 @@ impl State {
             version: manifest.version,
             as_of: Some(manifest.as_of),
             fingerprint: manifest.fingerprint.clone(),
-            tables,
+            tables: BTreeMap::new(),
             pending,
             seen,
             files,
@@ -299,6 +286,39 @@ impl State {
             previous: None,
             rewrite: false,
         }))
+    }
+
+    /// The tables of the committed version this state was loaded from (none for a state
+    /// not committed yet).
+    pub async fn load_tables(&self, warehouse: &Location) -> Result<BTreeMap<String, StateTable>, StateError> {
+        let Some(manifest) = &self.manifest else {
+            return Ok(BTreeMap::new());
+        };
+        let segments = manifest
+            .tables
+            .iter()
+            .flat_map(|(name, table)| table.segments().into_iter().map(move |s| (name.clone(), s)));
+        let segments: Vec<(String, StoredSegment, Table)> = futures::stream::iter(segments)
+            .map(|(name, segment)| async move {
+                let rows = read_table(warehouse, &segment.file).await?;
+                Ok::<_, StateError>((name, segment, rows))
+            })
+            .buffered(IO_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut tables: BTreeMap<String, StateTable> = BTreeMap::new();
+        for (name, segment, rows) in segments {
+            let table = tables.entry(name).or_insert_with(|| StateTable {
+                schema: rows.schema.clone(),
+                segments: Vec::new(),
+            });
+            table.segments.push(Segment {
+                day: segment.day,
+                batches: rows.batches,
+                stored: Some(segment.file),
+            });
+        }
+        Ok(tables)
     }
 
     /// Read the persisted ids of the (stream, day) pairs in `wanted` that are not in memory

@@ -48,6 +48,7 @@ pub enum JobError {
 }
 
 /// The rows and timing of one job.
+#[derive(Clone)]
 pub struct JobRun {
     pub job: Job,
     pub duration: Duration,

@@ -181,9 +181,31 @@ async fn write(
     mode: SaveMode,
     metadata: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Published, PublishError> {
+    let delta = open_or_new(warehouse, table).await?;
+    write_to(warehouse, table, delta, batches, mode, metadata).await
+}
+
+/// Append `batches` to `delta`, the table `table` opened earlier ([`open_or_new`]).
+pub(crate) async fn append_to(
+    warehouse: &Location,
+    table: &str,
+    delta: DeltaTable,
+    batches: Vec<RecordBatch>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<Published, PublishError> {
+    write_to(warehouse, table, delta, batches, SaveMode::Append, metadata).await
+}
+
+async fn write_to(
+    warehouse: &Location,
+    table: &str,
+    delta: DeltaTable,
+    batches: Vec<RecordBatch>,
+    mode: SaveMode,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<Published, PublishError> {
     let url = table_url(warehouse, table).to_string();
     let rows = batches.iter().map(|b| b.num_rows()).sum();
-    let delta = open_or_new(warehouse, table).await?;
     let commit = CommitProperties::default().with_metadata(metadata);
     let delta = delta
         .write(batches)

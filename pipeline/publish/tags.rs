@@ -259,9 +259,13 @@ pub async fn publish_tags(
     };
     // One comparison of the old and new rows serves the feed (the changed rows) and the
     // write (every new row of a changed tag, keeping the as-of of rows that did not change).
-    let compared = collect(&ctx, &table, &compare_sql("old_rows", "new_rows", &scope))
-        .instrument(info_span!("diff"))
-        .await?;
+    // The next version's figures do not depend on the comparison: both run side by side.
+    let compare_sql = compare_sql("old_rows", "new_rows", &scope);
+    let (compared, stats) = tokio::join!(
+        collect(&ctx, &table, &compare_sql).instrument(info_span!("diff")),
+        next_stats(&ctx, &table, &update.scope).instrument(info_span!("stats"))
+    );
+    let (compared, stats) = (compared?, stats?);
     // No rows on either side: nothing changed (and no write reads `compared`).
     let changes = match compared.first().map(|b| b.schema()) {
         None => Vec::new(),
@@ -272,9 +276,6 @@ pub async fn publish_tags(
         }
     };
     let counts = count_changes(&changes);
-    let stats = next_stats(&ctx, &table, &update.scope)
-        .instrument(info_span!("stats"))
-        .await?;
     let changed_tags = changed_tags(&changes);
 
     let mut metadata = update.metadata;
