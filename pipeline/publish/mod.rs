@@ -7,6 +7,7 @@
 //! live: the Delta commit is the single atomic step, data files written before it are
 //! invisible to readers until it succeeds.
 
+mod diff;
 pub mod history;
 pub mod tags;
 

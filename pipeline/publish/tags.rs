@@ -40,12 +40,12 @@ use futures::TryStreamExt;
 use serde_json::{json, Map, Value};
 use tracing::{info, info_span, warn, Instrument};
 
+use super::diff::{self, Diff};
 pub use super::TAGS_TABLE;
 use super::{
     collect, customer_tags_schema, file_count, open_or_new, register, table_url, writer_properties, PublishError,
     Published,
 };
-use crate::jobs::timestamp_literal;
 use crate::storage::Location;
 
 /// The change feed, under the warehouse.
@@ -173,12 +173,7 @@ impl TagsBase {
         let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
         let rows = match table.version() {
             None => Vec::new(),
-            Some(_) => {
-                let ctx = SessionContext::new();
-                register(&ctx, &table, TAGS_TABLE).await?;
-                let all = format!("SELECT {ROW_COLUMNS} FROM {TAGS_TABLE}");
-                conform_rows(collect(&ctx, &table, &all).await?)
-            }
+            Some(_) => all_rows(&table).await?,
         };
         Ok(Self {
             tables: Some((table, feed)),
@@ -253,30 +248,24 @@ pub async fn publish_tags(
     let new_rows = update.rows;
     register_rows(&ctx, "new_rows", customer_tags_schema(), new_rows.clone())?;
     register_rows(&ctx, "old_rows", customer_tags_schema(), old_rows.clone())?;
-    let scope = match &update.scope {
-        Some(tags) => format!("WHERE tag IN ({})", sql_list(tags)),
-        None => String::new(),
+    // The comparison of the old and new rows (off the runtime's threads) serves the feed (the
+    // changed rows) and the write (every new row of a changed tag); the next version's
+    // figures do not depend on it and are counted meanwhile.
+    let compare = {
+        let (old, new, scope) = (old_rows.clone(), new_rows.clone(), update.scope.clone());
+        blocking(move || diff::diff(&old, &new, scope.as_deref()))
     };
-    // One comparison of the old and new rows serves the feed (the changed rows) and the
-    // write (every new row of a changed tag, keeping the as-of of rows that did not change).
-    // The next version's figures do not depend on the comparison: both run side by side.
-    let compare_sql = compare_sql("old_rows", "new_rows", &scope);
     let (compared, stats) = tokio::join!(
-        collect(&ctx, &table, &compare_sql).instrument(info_span!("diff")),
+        compare.instrument(info_span!("diff")),
         next_stats(&ctx, &table, &update.scope).instrument(info_span!("stats"))
     );
-    let (compared, stats) = (compared?, stats?);
-    // No rows on either side: nothing changed (and no write reads `compared`).
-    let changes = match compared.first().map(|b| b.schema()) {
-        None => Vec::new(),
-        Some(schema) => {
-            register_rows(&ctx, "compared", schema, compared)?;
-            let changed_rows = format!("SELECT {FEED_COLUMNS} FROM compared WHERE change IS NOT NULL");
-            collect(&ctx, &table, &changed_rows).await?
-        }
-    };
-    let counts = count_changes(&changes);
-    let changed_tags = changed_tags(&changes);
+    let stats = stats?;
+    let Diff {
+        changes,
+        counts,
+        changed_tags,
+        next_rows,
+    } = compared;
 
     let mut metadata = update.metadata;
     metadata.insert(META_AS_OF.into(), json!(update.as_of.to_rfc3339()));
@@ -323,30 +312,13 @@ pub async fn publish_tags(
         Some(_) => {
             // The changed tags' partitions are replaced whole: cheaper than a row-level merge
             // when, as usual, most of a partition's rows are rewritten anyway.
-            let as_of = timestamp_literal(update.as_of);
-            let next_rows = collect(
-                &ctx,
-                &table,
-                &format!(
-                    "SELECT customer_id, family, tag, new_value AS value, new_score AS score,
-                            CASE WHEN change IS NULL THEN old_as_of ELSE {as_of} END AS as_of
-                     FROM compared
-                     WHERE new_value IS NOT NULL AND tag IN ({})",
-                    sql_list(&changed_tags)
-                ),
-            )
-            .await?;
-            let mut next_rows = conform_rows(next_rows);
+            let mut next_rows = next_rows;
             if next_rows.is_empty() {
                 // Every row of the changed tags exited: the partitions are replaced by nothing.
                 next_rows.push(RecordBatch::new_empty(customer_tags_schema()));
             }
             let written = next_rows.iter().map(|b| b.num_rows()).sum();
-            let unchanged_tags = format!(
-                "SELECT {ROW_COLUMNS} FROM old_rows WHERE tag NOT IN ({})",
-                sql_list(&changed_tags)
-            );
-            let mut rows = conform_rows(collect(&ctx, &table, &unchanged_tags).await?);
+            let mut rows = diff::without_tags(&old_rows, &changed_tags);
             rows.extend(next_rows.iter().cloned());
             let table = table
                 .write(next_rows)
@@ -413,50 +385,17 @@ impl<T: Send + 'static> Background<T> {
     }
 }
 
+/// Run the CPU-bound `work` on the blocking pool, off the runtime's threads (a panic there
+/// is resumed here).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(output) => output,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
 /// The columns of a `customer_tags` row, in the table's order.
 const ROW_COLUMNS: &str = "customer_id, family, tag, value, score, as_of";
-
-/// The feed's columns without versions and as-of, as [`compare_sql`] names them.
-const FEED_COLUMNS: &str = "customer_id, family, tag, change, old_value, new_value, old_score, new_score";
-
-/// Every customer and tag of `old` (restricted by `scope`, a WHERE clause or empty) or
-/// `new`, side by side: `change` is `entered`, `exited`, `changed` or null (the same value,
-/// score and family), `old_as_of` the as-of of the old row.
-fn compare_sql(old: &str, new: &str, scope: &str) -> String {
-    format!(
-        "WITH old_tags AS (SELECT {ROW_COLUMNS} FROM {old} {scope}),
-              new_tags AS (SELECT customer_id, family, tag, value, score FROM {new})
-         SELECT coalesce(n.customer_id, o.customer_id) AS customer_id,
-                coalesce(n.family, o.family) AS family,
-                coalesce(n.tag, o.tag) AS tag,
-                CASE WHEN o.customer_id IS NULL THEN 'entered'
-                     WHEN n.customer_id IS NULL THEN 'exited'
-                     WHEN o.value <> n.value OR (o.score IS DISTINCT FROM n.score) OR o.family <> n.family
-                     THEN 'changed' END AS change,
-                o.value AS old_value, n.value AS new_value,
-                o.score AS old_score, n.score AS new_score,
-                o.as_of AS old_as_of
-         FROM old_tags o FULL OUTER JOIN new_tags n
-           ON o.customer_id = n.customer_id AND o.tag = n.tag"
-    )
-}
-
-/// Rows per customer and tag that differ between `old` and `new` (see [`compare_sql`]).
-fn diff_sql(old: &str, new: &str, scope: &str) -> String {
-    format!(
-        "SELECT {FEED_COLUMNS} FROM ({}) AS compared WHERE change IS NOT NULL",
-        compare_sql(old, new, scope)
-    )
-}
-
-/// The tags with at least one changed row, sorted.
-fn changed_tags(changes: &[RecordBatch]) -> Vec<String> {
-    let mut tags = std::collections::BTreeSet::new();
-    for batch in changes {
-        tags.extend(string_column(batch, "tag").iter().flatten().map(str::to_string));
-    }
-    tags.into_iter().collect()
-}
 
 /// Rows with `customer_tags`' schema (the comparison's columns are nullable).
 fn conform_rows(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
@@ -525,20 +464,6 @@ async fn next_stats(
         }
     }
     Ok(stats)
-}
-
-fn count_changes(changes: &[RecordBatch]) -> ChangeCounts {
-    let mut counts = ChangeCounts::default();
-    for batch in changes {
-        for change in string_column(batch, "change").iter().flatten() {
-            match change {
-                "entered" => counts.entered += 1,
-                "exited" => counts.exited += 1,
-                _ => counts.changed += 1,
-            }
-        }
-    }
-    counts
 }
 
 fn as_of_column(as_of: DateTime<Utc>, rows: usize) -> ArrayRef {
@@ -716,18 +641,13 @@ async fn catch_up(
             .map(|t| t.with_timezone(&Utc))
             .or_else(|| info.timestamp.and_then(DateTime::from_timestamp_millis))
             .unwrap_or_else(Utc::now);
-        let ctx = SessionContext::new();
-        let new = super::open_published(warehouse, TAGS_TABLE, Some(version)).await?;
-        register(&ctx, &new, "new_rows").await?;
         let from = version.checked_sub(1);
-        match from {
-            Some(from) => {
-                let old = super::open_published(warehouse, TAGS_TABLE, Some(from)).await?;
-                register(&ctx, &old, "old_rows").await?;
-            }
-            None => register_rows(&ctx, "old_rows", customer_tags_schema(), Vec::new())?,
-        }
-        let changes = collect(&ctx, &new, &diff_sql("old_rows", "new_rows", "")).await?;
+        let new = rows_at(warehouse, version).await?;
+        let old = match from {
+            Some(from) => rows_at(warehouse, from).await?,
+            None => Vec::new(),
+        };
+        let changes = blocking(move || diff::diff(&old, &new, None).changes).await;
         let rows = feed_rows(&changes, from, version, as_of);
         feed = append_feed(warehouse, feed, settings, rows, None, from, version).await?;
         caught_up += 1;
@@ -736,6 +656,19 @@ async fn catch_up(
         info!(versions = caught_up, "change feed caught up");
     }
     Ok((feed, caught_up))
+}
+
+/// Every row of `customer_tags` at `version`.
+async fn rows_at(warehouse: &Location, version: u64) -> Result<Vec<RecordBatch>, PublishError> {
+    all_rows(&super::open_published(warehouse, TAGS_TABLE, Some(version)).await?).await
+}
+
+/// Every row of `table` (`customer_tags` at the version it is loaded at).
+async fn all_rows(table: &DeltaTable) -> Result<Vec<RecordBatch>, PublishError> {
+    let ctx = SessionContext::new();
+    register(&ctx, table, TAGS_TABLE).await?;
+    let all = format!("SELECT {ROW_COLUMNS} FROM {TAGS_TABLE}");
+    Ok(conform_rows(collect(&ctx, table, &all).await?))
 }
 
 fn open_error(warehouse: &Location, table: &str, source: deltalake::DeltaTableError) -> PublishError {
