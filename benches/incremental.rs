@@ -32,8 +32,10 @@ mod s3_server;
 use s3_server::S3;
 
 const DAYS: u32 = 365;
-/// The generator writes about this many events per customer and day.
-const EVENTS_PER_CUSTOMER_DAY: f64 = 0.25;
+/// The generator writes about this many events per customer and day (measured: 9.82M
+/// events for 109,590 customers over 365 days), so the history is close to the 10M events
+/// asked for.
+const EVENTS_PER_CUSTOMER_DAY: f64 = 0.2455;
 const FOLLOW_FILE_EVENTS: usize = 50_000;
 
 fn main() {
