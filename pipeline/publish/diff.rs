@@ -7,7 +7,7 @@
 //!
 //! Owns: the rule of what changed and the as-of a row keeps. Must not: do I/O.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -186,6 +186,45 @@ pub fn diff(old: &[RecordBatch], new: &[RecordBatch], scope: Option<&[String]>) 
         counts,
         changed_tags,
         next_rows,
+    }
+}
+
+/// The figures of a table version: its rows, its distinct customers, and its rows per tag
+/// and value (the segments).
+pub struct Figures {
+    pub rows: usize,
+    pub customers: usize,
+    pub segments: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// The figures of the version that `new` makes of `old`: `new`'s rows and, when `scope`
+/// names the tags `new` replaces, the rows of `old`'s other tags.
+pub fn figures(old: &[RecordBatch], new: &[RecordBatch], scope: Option<&[String]>) -> Figures {
+    let (o, n) = (Side::of(old), Side::of(new));
+    let kept = match scope {
+        Some(tags) => o.rows_by_tag(|tag| !tags.iter().any(|t| t == tag)),
+        None => BTreeMap::new(),
+    };
+    let rows = new.iter().map(|b| b.num_rows()).sum::<usize>() + kept.values().map(Vec::len).sum::<usize>();
+    let mut customers: HashSet<&str, RandomState> = HashSet::with_capacity_and_hasher(rows, RandomState::default());
+    let mut segments: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (side, by_tag) in [(&n, n.rows_by_tag(|_| true)), (&o, kept)] {
+        for (tag, tag_rows) in by_tag {
+            let mut values: HashMap<&str, u64, RandomState> = HashMap::default();
+            for &(b, i) in &tag_rows {
+                customers.insert(side.ids[b].value(i));
+                *values.entry(side.values[b].value(i)).or_default() += 1;
+            }
+            let segment = segments.entry(tag.to_string()).or_default();
+            for (value, count) in values {
+                *segment.entry(value.to_string()).or_default() += count;
+            }
+        }
+    }
+    Figures {
+        rows,
+        customers: customers.len(),
+        segments,
     }
 }
 
@@ -486,5 +525,37 @@ mod tests {
         assert_eq!(changes(&whole), vec![change("a", "t2", "exited", Some("v"), None)]);
         assert_eq!(next(&whole), Vec::new(), "t2 has no new rows");
         assert_eq!(diff(&[], &[], None).counts.total(), 0);
+    }
+
+    #[test]
+    fn figures_count_the_next_version_with_the_tags_a_scope_keeps() {
+        let old = rows(&[
+            ("a", "f", "t1", "v", None, 1),
+            ("b", "f", "t1", "v", None, 1),
+            ("c", "f", "t2", "x", None, 1),
+        ]);
+        let new = rows(&[
+            ("a", "f", "t1", "v", None, 5),
+            ("a", "f", "t3", "y", None, 5),
+            ("d", "f", "t3", "y", None, 5),
+        ]);
+        let segment = |pairs: &[(&str, &str, u64)]| -> BTreeMap<String, BTreeMap<String, u64>> {
+            let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            for (tag, value, n) in pairs {
+                out.entry(tag.to_string()).or_default().insert(value.to_string(), *n);
+            }
+            out
+        };
+        // The whole table replaced: only the new rows count.
+        let whole = figures(&old, &new, None);
+        assert_eq!((whole.rows, whole.customers), (3, 2));
+        assert_eq!(whole.segments, segment(&[("t1", "v", 1), ("t3", "y", 2)]));
+        // t1 and t3 replaced: t2's row stays and counts.
+        let scoped = figures(&old, &new, Some(&["t1".to_string(), "t3".to_string()]));
+        assert_eq!((scoped.rows, scoped.customers), (4, 3));
+        assert_eq!(
+            scoped.segments,
+            segment(&[("t1", "v", 1), ("t2", "x", 1), ("t3", "y", 2)])
+        );
     }
 }

@@ -21,15 +21,14 @@
 //! write, the feed's rows and its catch-up.
 //! Must not: compute tags, or change a published version (compaction does not either).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
-use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Transaction};
@@ -244,22 +243,22 @@ pub async fn publish_tags(
 ) -> Result<(Published, TagsBase), PublishError> {
     let (table, feed, old_rows) = base.into_parts(warehouse, settings).await?;
     let from_version = table.version();
-    let ctx = SessionContext::new();
     let new_rows = update.rows;
-    register_rows(&ctx, "new_rows", customer_tags_schema(), new_rows.clone())?;
-    register_rows(&ctx, "old_rows", customer_tags_schema(), old_rows.clone())?;
-    // The comparison of the old and new rows (off the runtime's threads) serves the feed (the
-    // changed rows) and the write (every new row of a changed tag); the next version's
-    // figures do not depend on it and are counted meanwhile.
+    // The comparison of the old and new rows serves the feed (the changed rows) and the
+    // write (every new row of a changed tag); the next version's figures are counted beside
+    // it. Both off the runtime's threads.
     let compare = {
         let (old, new, scope) = (old_rows.clone(), new_rows.clone(), update.scope.clone());
         blocking(move || diff::diff(&old, &new, scope.as_deref()))
     };
+    let count = {
+        let (old, new, scope) = (old_rows.clone(), new_rows.clone(), update.scope.clone());
+        blocking(move || diff::figures(&old, &new, scope.as_deref()))
+    };
     let (compared, stats) = tokio::join!(
         compare.instrument(info_span!("diff")),
-        next_stats(&ctx, &table, &update.scope).instrument(info_span!("stats"))
+        count.instrument(info_span!("stats"))
     );
-    let stats = stats?;
     let Diff {
         changes,
         counts,
@@ -404,66 +403,6 @@ fn conform_rows(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
         .into_iter()
         .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).expect("customer_tags columns"))
         .collect()
-}
-
-/// Size of the table after the publish: rows, customers, and rows per tag and value.
-struct NextStats {
-    rows: usize,
-    customers: usize,
-    segments: BTreeMap<String, BTreeMap<String, u64>>,
-}
-
-async fn next_stats(
-    ctx: &SessionContext,
-    table: &DeltaTable,
-    scope: &Option<Vec<String>>,
-) -> Result<NextStats, PublishError> {
-    // Rows the publish keeps as they are (other tags of a partial run) plus the new ones.
-    let kept = match scope {
-        Some(tags) => format!(
-            "SELECT customer_id, tag, value FROM old_rows WHERE tag NOT IN ({}) UNION ALL ",
-            sql_list(tags)
-        ),
-        None => String::new(),
-    };
-    let next = format!("{kept}SELECT customer_id, tag, value FROM new_rows");
-    let segments = collect(
-        ctx,
-        table,
-        &format!("SELECT tag, value, count(*) AS n FROM ({next}) GROUP BY tag, value"),
-    )
-    .await?;
-    let customers = collect(
-        ctx,
-        table,
-        &format!("SELECT count(DISTINCT customer_id) AS n FROM ({next})"),
-    )
-    .await?;
-    let mut stats = NextStats {
-        rows: 0,
-        customers: customers
-            .first()
-            .map(|b| int_column(b, "n").value(0) as usize)
-            .unwrap_or_default(),
-        segments: BTreeMap::new(),
-    };
-    for batch in &segments {
-        let (tags, values, counts) = (
-            string_column(batch, "tag"),
-            string_column(batch, "value"),
-            int_column(batch, "n"),
-        );
-        for i in 0..batch.num_rows() {
-            let n = counts.value(i) as u64;
-            stats.rows += n as usize;
-            stats
-                .segments
-                .entry(tags.value(i).to_string())
-                .or_default()
-                .insert(values.value(i).to_string(), n);
-        }
-    }
-    Ok(stats)
 }
 
 fn as_of_column(as_of: DateTime<Utc>, rows: usize) -> ArrayRef {
@@ -678,21 +617,6 @@ fn open_error(warehouse: &Location, table: &str, source: deltalake::DeltaTableEr
     }
 }
 
-fn register_rows(
-    ctx: &SessionContext,
-    name: &str,
-    schema: SchemaRef,
-    rows: Vec<RecordBatch>,
-) -> Result<(), PublishError> {
-    let read = |source| PublishError::Read {
-        url: format!("in-memory table {name}"),
-        source,
-    };
-    let table = MemTable::try_new(schema, vec![rows]).map_err(read)?;
-    ctx.register_table(name, Arc::new(table)).map_err(read)?;
-    Ok(())
-}
-
 /// `'a', 'b'`: tag names as a SQL list.
 fn sql_list(names: &[String]) -> String {
     let quoted: Vec<String> = names.iter().map(|t| format!("'{}'", t.replace('\'', "''"))).collect();
@@ -700,18 +624,4 @@ fn sql_list(names: &[String]) -> String {
         true => "NULL".to_string(),
         false => quoted.join(", "),
     }
-}
-
-fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .expect("a Utf8 column")
-}
-
-fn int_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a Int64Array {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-        .expect("an Int64 column")
 }
