@@ -1,8 +1,9 @@
 //! A run, end to end: prepare (schemas, catalog, parameters, planning) → lock → load the
-//! state → read the landing files it has not processed → fold them into the state →
-//! evaluate the tags → commit the state and, side by side, publish `customer_tags` (the
-//! changed tags' partitions, and the change feed) → compact when the policy says so →
-//! report. `follow` repeats the batch on an interval with the state kept in memory.
+//! state → read the landing files it has not processed (while the state's tables load) →
+//! fold them into the state → evaluate the tags → commit the state and, side by side,
+//! publish `customer_tags` (the changed tags' partitions, and the change feed) → compact
+//! when the policy says so → report. `follow` repeats the batch on an interval with the
+//! state kept in memory.
 //!
 //! The state commit and the publish are independent writes, so a killed run may land one
 //! without the other. A state newer than the table: the next run (which always publishes)

@@ -1,6 +1,7 @@
 //! Publish: every write to the warehouse's Delta tables. [`tags`] publishes a run's tag rows
-//! into `<warehouse>/customer_tags` and appends what changed to `<warehouse>/tag_changes`;
-//! this module holds what all tables share (open, write, query a version).
+//! into `<warehouse>/customer_tags` and appends what changed (`diff`) to
+//! `<warehouse>/tag_changes`; this module holds what all tables share (open, write, query a
+//! version).
 //!
 //! Owns: the published tables' schemas and every Delta commit that changes their content.
 //! Must not: read landing files or run tag SQL. A failed publish leaves the previous version

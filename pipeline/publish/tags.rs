@@ -17,8 +17,8 @@
 //! memory, read while the run does its other work (and kept by `follow` between batches).
 //! The feed's files are written while the table writes, and committed after it.
 //!
-//! Owns: the base a publish starts from, the diff between two tag tables, the partition
-//! write, the feed's rows and its catch-up.
+//! Owns: the base a publish starts from, the partition write, the feed's rows and its
+//! catch-up (what changed is the `diff` module's).
 //! Must not: compute tags, or change a published version (compaction does not either).
 
 use std::collections::HashMap;
@@ -58,18 +58,14 @@ pub const META_ROWS: &str = "tagflow.rows";
 pub const META_CUSTOMERS: &str = "tagflow.customers";
 pub const META_CHANGES: &str = "tagflow.changes";
 
-/// Schema of `tag_changes`.
+/// Schema of `tag_changes`: a diff's columns, then the versions and the as-of.
 pub fn tag_changes_schema() -> SchemaRef {
-    let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
-    Arc::new(Schema::new(vec![
-        text("customer_id", false),
-        text("family", false),
-        text("tag", false),
-        text("change", false),
-        text("old_value", true),
-        text("new_value", true),
-        Field::new("old_score", DataType::Float64, true),
-        Field::new("new_score", DataType::Float64, true),
+    let mut fields: Vec<Field> = diff::tag_diff_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend([
         Field::new("from_version", DataType::Int64, true),
         Field::new("to_version", DataType::Int64, false),
         Field::new(
@@ -77,7 +73,8 @@ pub fn tag_changes_schema() -> SchemaRef {
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             false,
         ),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }
 
 /// How many rows entered, exited or changed in one publish.
