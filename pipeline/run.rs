@@ -380,23 +380,25 @@ impl Batch<'_> {
             Ok::<_, Error>((base, baseline))
         }
         .instrument(info_span!("open_published"));
-        let state = &mut session.state;
+        let slot = &mut session.state;
         let read = async {
             let load = async {
-                match state.is_none() {
-                    true => State::load_head(self.warehouse).await.map(|s| s.map(|s| (s, true))),
+                match slot.is_none() {
+                    true => State::load_head(self.warehouse).await,
                     false => Ok(None),
                 }
             };
             let list = sources::list_files(self.landing, &self.project.schemas).instrument(info_span!("list"));
             let (loaded, listing) = tokio::join!(load.instrument(info_span!("load_state")), list);
+            let (loaded, listing) = (loaded?, listing?);
             let mut tables_to_load = false;
-            if let Some((loaded, from_storage)) = loaded? {
-                *state = Some(loaded);
-                tables_to_load = from_storage;
+            // Until its tables are loaded too, a state loaded here is only its head: a
+            // batch that fails or skips before then must not leave it in the session.
+            if let Some(loaded) = loaded {
+                *slot = Some(loaded);
+                tables_to_load = true;
             }
-            let listing = listing?;
-            let full_because = match state.as_ref() {
+            let full_because = match slot.as_ref() {
                 _ if self.full.is_some() => self.full.map(String::from),
                 None => Some("no state yet".to_string()),
                 Some(s) if s.fingerprint != fingerprint => {
@@ -408,7 +410,7 @@ impl Batch<'_> {
                 )),
                 Some(_) => None,
             };
-            let state = state.get_or_insert_with(|| State::empty(&fingerprint));
+            let state = slot.get_or_insert_with(|| State::empty(&fingerprint));
             if let Some(why) = &full_because {
                 info!(because = %why, "full run: every landing file is read");
                 state.reset(&fingerprint);
@@ -424,7 +426,7 @@ impl Batch<'_> {
             };
             let same_day = state.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
             let held_due = state.pending.values().flatten().any(|b| sources::any_due(b, as_of));
-            if may_skip && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
+            if may_skip && !tables_to_load && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
                 return Ok(None);
             }
             // A file is ingested once: a rebuild judges it against its first ingest time.
@@ -450,8 +452,12 @@ impl Batch<'_> {
             }
             .instrument(info_span!("load_tables"));
             let (decoded, tables) = tokio::join!(read, tables);
-            let decoded = decoded?;
-            if let Some(tables) = tables? {
+            let (decoded, tables) = match (decoded, tables) {
+                (Ok(decoded), Ok(tables)) => (decoded, tables),
+                (Err(error), _) => return Err(drop_head(slot, tables_to_load, error.into())),
+                (_, Err(error)) => return Err(drop_head(slot, tables_to_load, error.into())),
+            };
+            if let Some(tables) = tables {
                 state.tables = tables;
             }
             let seen_ids_loaded = state
@@ -623,6 +629,14 @@ impl Batch<'_> {
             compaction,
         }))
     }
+}
+
+/// `error`, after emptying `slot` if it holds a state whose tables were never loaded.
+fn drop_head(slot: &mut Option<State>, tables_to_load: bool, error: Error) -> Error {
+    if tables_to_load {
+        *slot = None;
+    }
+    error
 }
 
 /// `future`'s output and the milliseconds it took.
