@@ -22,6 +22,8 @@ category_points AS (
     FROM customer_category_days
     WHERE event_day > {{as_of_day}} - {{window_days}}
     GROUP BY customer_id, category
+    -- a category below the threshold is no customer's answer: leave it out early
+    HAVING SUM(product_views + {{cart_add_points}} * cart_adds) >= {{min_points}}
 ),
 open_categories AS (
     SELECT p.customer_id, p.category, p.points
@@ -30,11 +32,10 @@ open_categories AS (
     WHERE b.customer_id IS NULL
 ),
 top_points AS (
-    -- per customer: the most points any open category has, where it is enough
+    -- per customer: the most points any open category has
     SELECT customer_id, MAX(points) AS points
     FROM open_categories
     GROUP BY customer_id
-    HAVING MAX(points) >= {{min_points}}
 ),
 top_categories AS (
     -- the category with the most points (ties: the smallest)

@@ -12,18 +12,23 @@
 -- [checks.drift]
 -- max_change_pct = 75
 -- min_base = 1000
-WITH device_customers AS (
-    SELECT DISTINCT device_id, customer_id
+WITH recent_use AS (
+    SELECT device_id, customer_id
     FROM device_days
     WHERE event_day > {{as_of_day}} - {{window_days}}
 ),
-customers_per_device AS (
+device_customers AS (
+    SELECT DISTINCT device_id, customer_id
+    FROM recent_use
+),
+shared_devices AS (
     SELECT device_id, COUNT(*) AS customers
     FROM device_customers
     GROUP BY device_id
+    HAVING COUNT(*) >= {{min_customers}}
 )
-SELECT d.customer_id, 'true' AS value, CAST(MAX(n.customers) AS DOUBLE) AS score
-FROM device_customers d
-JOIN customers_per_device n ON n.device_id = d.device_id
-WHERE n.customers >= {{min_customers}}
-GROUP BY d.customer_id
+-- the few shared devices first: they are the join's hash table, the days of use probe it
+SELECT r.customer_id, 'true' AS value, CAST(MAX(s.customers) AS DOUBLE) AS score
+FROM shared_devices s
+JOIN recent_use r ON r.device_id = s.device_id
+GROUP BY r.customer_id
