@@ -27,7 +27,7 @@ use tracing::{info, info_span, Instrument};
 use crate::config::{ConfigError, Settings};
 use crate::error::Error;
 use crate::history::Summary;
-use crate::jobs::{value_counts, GateReport, JobKind, Segments};
+use crate::jobs::{GateReport, JobKind, Segments};
 use crate::progress::Progress;
 use crate::publish;
 use crate::publish::history::{replace_day, HISTORY_TABLE};
@@ -214,7 +214,7 @@ async fn run_days(
             .runs
             .iter()
             .filter(|r| r.job.kind == JobKind::Tag)
-            .map(|r| (r.job.name.clone(), value_counts(r)))
+            .map(|r| (r.job.name.clone(), r.values.clone()))
             .collect();
         let metadata = json!({
             "tagflow.run_id": run_id,

@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::follow_metrics::FollowMetrics;
 use crate::history::{self, RunRecord, Summary};
 use crate::jobs::{
-    evaluate_checks, fold_state, run_jobs, value_counts, Catalog, GateError, GateReport, JobKind, JobOutput, JobRun,
+    evaluate_checks, fold_state, run_jobs, Catalog, GateError, GateReport, JobKind, JobOutput, JobRun,
     Segments, StateRun, Table,
 };
 use crate::lock::RunLock;
@@ -529,15 +529,19 @@ impl Batch<'_> {
             .filter(|r| r.job.kind == JobKind::Tag)
             .cloned()
             .collect();
+        // A whole-catalog publish counts the customers of its new version, which are the
+        // tagged ones; a partial one keeps other tags' rows, so they are counted here.
+        let partial = !settings.jobs.is_empty();
         let tag_figures = tokio::task::spawn_blocking(move || {
             let reports: Vec<TagReport> = tag_runs.iter().map(tag_report).collect();
-            (tagged_customers(&tag_runs), reports)
+            (partial.then(|| tagged_customers(&tag_runs)), reports)
         });
         let ((committed, commit_ms), (published, publish_ms), tag_figures) = tokio::join!(commit, publish, tag_figures);
         let (customers, tags) = tag_figures.expect("counting tag figures does not panic");
         let published_at = Utc::now();
         committed?;
         let (published, next_base) = published?;
+        let customers = customers.or(published.customers).expect("a publish of customer_tags counts its customers");
         session.published = Some(next_base);
         let mark = Instant::now();
         info!(
@@ -730,7 +734,7 @@ fn tag_report(run: &JobRun) -> TagReport {
         tag: run.job.name.clone(),
         family: run.job.family.clone().unwrap_or_default(),
         rows: run.rows,
-        values: value_counts(run),
+        values: run.values.clone(),
         duration_ms: run.duration.as_millis() as u64,
     }
 }

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, StringArray};
+use arrow::array::Array;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Job, JobKind};
@@ -164,7 +164,7 @@ pub fn evaluate<'a>(runs: impl IntoIterator<Item = &'a JobRun>, baseline: Option
                 detail,
             })
         };
-        let counts = value_counts(run);
+        let counts = &run.values;
         let rows = run.rows as u64;
         let mut checked = 0;
         if !checks.not_null.is_empty() {
@@ -235,27 +235,6 @@ impl Drift {
             _ => None,
         }
     }
-}
-
-/// Customers per value in a tag's rows.
-pub fn value_counts(run: &JobRun) -> BTreeMap<String, u64> {
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for batch in &run.batches {
-        let values = batch
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("normalised value");
-        for value in values.iter().flatten() {
-            match counts.get_mut(value) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(value.to_string(), 1);
-                }
-            }
-        }
-    }
-    counts
 }
 
 #[cfg(test)]

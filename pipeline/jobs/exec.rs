@@ -1,7 +1,7 @@
 //! Running the catalog: state jobs fold a batch of new events into the state tables; measure
 //! and tag jobs are evaluated on the state tables.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use datafusion::catalog::MemTable;
 use datafusion::execution::config::SessionConfig;
 use datafusion::prelude::SessionContext;
+use foldhash::fast::RandomState;
 use tracing::{info, info_span, Instrument};
 
 use super::catalog::{
@@ -57,6 +58,9 @@ pub struct JobRun {
     /// Schema of `batches` (known even when there are no rows).
     pub schema: SchemaRef,
     pub rows: usize,
+    /// For tags: customers per value, counted once for the gates, the report and the
+    /// backfill's baselines. Empty for measures.
+    pub values: BTreeMap<String, u64>,
 }
 
 /// Everything the jobs produced, in catalog order.
@@ -549,9 +553,13 @@ async fn run_one(
     let started = Instant::now();
     let reads: BTreeMap<String, Arc<MemTable>> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
     let (batches, planned) = execute(job, &reads, &job.render_sql(as_of), partitions).await?;
-    let (batches, schema) = match job.kind {
-        JobKind::Measure | JobKind::State => (batches, planned),
-        JobKind::Tag => (normalise_tag_rows(job, batches)?, tag_rows_schema()),
+    let (batches, schema, values) = match job.kind {
+        JobKind::Measure | JobKind::State => (batches, planned, BTreeMap::new()),
+        JobKind::Tag => {
+            let batches = normalise_tag_rows(job, batches)?;
+            let values = value_counts(&batches);
+            (batches, tag_rows_schema(), values)
+        }
     };
     let rows = batches.iter().map(|b| b.num_rows()).sum();
     let duration = started.elapsed();
@@ -562,7 +570,20 @@ async fn run_one(
         batches,
         schema,
         rows,
+        values,
     })
+}
+
+/// Customers per value in a tag's normalised rows.
+fn value_counts(batches: &[RecordBatch]) -> BTreeMap<String, u64> {
+    let mut counts: HashMap<&str, u64, RandomState> = HashMap::default();
+    for batch in batches {
+        let values = batch.column(1).as_any().downcast_ref::<StringArray>().expect("normalised value");
+        for value in values.iter().flatten() {
+            *counts.entry(value).or_default() += 1;
+        }
+    }
+    counts.into_iter().map(|(value, n)| (value.to_string(), n)).collect()
 }
 
 /// Run `sql` for `job` in a session that holds only `tables`.
@@ -620,7 +641,8 @@ fn normalise_tag_rows(job: &Job, batches: Vec<RecordBatch>) -> Result<Vec<Record
         }
         out.push(RecordBatch::try_new(target.clone(), columns).map_err(|e| bad(e.to_string()))?);
     }
-    let mut seen: HashSet<&str> = HashSet::with_capacity(out.iter().map(|b| b.num_rows()).sum());
+    let rows = out.iter().map(|b| b.num_rows()).sum();
+    let mut seen: HashSet<&str, RandomState> = HashSet::with_capacity_and_hasher(rows, RandomState::default());
     for batch in &out {
         let ids = batch.column(0).as_any().downcast_ref::<StringArray>().expect("utf8");
         for id in ids.iter().flatten() {

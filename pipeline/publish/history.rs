@@ -81,5 +81,6 @@ pub async fn replace_day(
         rows_written: written,
         files: file_count(&table),
         changes: None,
+        customers: None,
     })
 }

@@ -123,6 +123,9 @@ pub struct Published {
     /// Rows that entered, exited or changed value or score (customer_tags only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<tags::ChangeCounts>,
+    /// Distinct customers in the table at this version (customer_tags only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customers: Option<usize>,
 }
 
 /// Parquet settings of the files a publish writes: Snappy (delta-rs' default), and no
@@ -223,6 +226,7 @@ async fn write_to(
         rows_written: rows,
         files: file_count(&delta),
         changes: None,
+        customers: None,
     })
 }
 

@@ -354,6 +354,7 @@ pub async fn publish_tags(
         rows_written,
         files: file_count(&table),
         changes: Some(counts),
+        customers: Some(stats.customers),
     };
     let next = TagsBase {
         tables: Some((table, feed)),
