@@ -359,9 +359,9 @@ impl Batch<'_> {
         let (settings, catalog, as_of) = (self.settings, &self.project.catalog, self.as_of);
         let fingerprint = catalog.state_fingerprint();
 
-        // Two independent lines of work run side by side: the state's head and the landing
-        // listing, then the new files and the state's tables (the files to read depend only
-        // on the head); and the published tags with their last publish (for the drift gates).
+        // Two independent lines of work run side by side: the state's head, then its tables
+        // beside the landing listing and the new files (which files are new depends only on
+        // the head); and the published tags with their last publish (for the drift gates).
         let table_settings = settings.compaction.table_settings();
         let published = session.published.take();
         let published = async {
@@ -382,21 +382,14 @@ impl Batch<'_> {
         .instrument(info_span!("open_published"));
         let slot = &mut session.state;
         let read = async {
-            let load = async {
-                match slot.is_none() {
-                    true => State::load_head(self.warehouse).await,
-                    false => Ok(None),
-                }
-            };
-            let list = sources::list_files(self.landing, &self.project.schemas).instrument(info_span!("list"));
-            let (loaded, listing) = tokio::join!(load.instrument(info_span!("load_state")), list);
-            let (loaded, listing) = (loaded?, listing?);
-            let mut tables_to_load = false;
             // Until its tables are loaded too, a state loaded here is only its head: a
             // batch that fails or skips before then must not leave it in the session.
-            if let Some(loaded) = loaded {
-                *slot = Some(loaded);
-                tables_to_load = true;
+            let mut tables_to_load = false;
+            if slot.is_none() {
+                *slot = State::load_head(self.warehouse)
+                    .instrument(info_span!("load_state"))
+                    .await?;
+                tables_to_load = slot.is_some();
             }
             let full_because = match slot.as_ref() {
                 _ if self.full.is_some() => self.full.map(String::from),
@@ -416,47 +409,62 @@ impl Batch<'_> {
                 state.reset(&fingerprint);
                 tables_to_load = false;
             }
-            let to_read: Vec<LandingFile> = match full_because {
-                Some(_) => listing.files,
-                None => listing
-                    .files
-                    .into_iter()
-                    .filter(|f| !state.files.contains_key(&f.relative))
-                    .collect(),
+            // The state's tables load while the landing zone is listed and the new files
+            // are read (which files are new depends only on the head).
+            let head: &State = state;
+            let new_files = async {
+                let listing = sources::list_files(self.landing, &self.project.schemas)
+                    .instrument(info_span!("list"))
+                    .await?;
+                let to_read: Vec<LandingFile> = match full_because {
+                    Some(_) => listing.files,
+                    None => listing
+                        .files
+                        .into_iter()
+                        .filter(|f| !head.files.contains_key(&f.relative))
+                        .collect(),
+                };
+                let same_day = head.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
+                let held_due = head.pending.values().flatten().any(|b| sources::any_due(b, as_of));
+                if may_skip && !tables_to_load && full_because.is_none() && to_read.is_empty() && same_day && !held_due
+                {
+                    return Ok::<_, Error>(None);
+                }
+                // A file is ingested once: a rebuild judges it against its first ingest time.
+                let ingest_times: Vec<DateTime<Utc>> = to_read
+                    .iter()
+                    .map(|f| head.files.get(&f.relative).copied().unwrap_or(self.started_at))
+                    .collect();
+                let decoded = sources::read_files(
+                    self.landing,
+                    self.warehouse,
+                    &self.project.schemas,
+                    &to_read,
+                    &ingest_times,
+                    settings.read_concurrency,
+                    settings.progress,
+                )
+                .instrument(info_span!("read"))
+                .await?;
+                Ok(Some((listing.ignored, to_read, ingest_times, decoded)))
             };
-            let same_day = state.as_of.is_some_and(|t| t.date_naive() == as_of.date_naive());
-            let held_due = state.pending.values().flatten().any(|b| sources::any_due(b, as_of));
-            if may_skip && !tables_to_load && full_because.is_none() && to_read.is_empty() && same_day && !held_due {
-                return Ok(None);
-            }
-            // A file is ingested once: a rebuild judges it against its first ingest time.
-            let ingest_times: Vec<DateTime<Utc>> = to_read
-                .iter()
-                .map(|f| state.files.get(&f.relative).copied().unwrap_or(self.started_at))
-                .collect();
-            let read = sources::read_files(
-                self.landing,
-                self.warehouse,
-                &self.project.schemas,
-                &to_read,
-                &ingest_times,
-                settings.read_concurrency,
-                settings.progress,
-            )
-            .instrument(info_span!("read"));
             let tables = async {
                 match tables_to_load {
-                    true => state.load_tables(self.warehouse).await.map(Some),
+                    true => head.load_tables(self.warehouse).await.map(Some),
                     false => Ok(None),
                 }
             }
             .instrument(info_span!("load_tables"));
-            let (decoded, tables) = tokio::join!(read, tables);
-            let (decoded, tables) = match (decoded, tables) {
-                (Ok(decoded), Ok(tables)) => (decoded, tables),
-                (Err(error), _) => return Err(drop_head(slot, tables_to_load, error.into())),
+            let (new_files, tables) = tokio::join!(new_files, tables);
+            let (new_files, tables) = match (new_files, tables) {
+                (Ok(new_files), Ok(tables)) => (new_files, tables),
+                (Err(error), _) => return Err(drop_head(slot, tables_to_load, error)),
                 (_, Err(error)) => return Err(drop_head(slot, tables_to_load, error.into())),
             };
+            let Some((ignored, to_read, ingest_times, decoded)) = new_files else {
+                return Ok(None);
+            };
+            let state = slot.as_mut().expect("set above");
             if let Some(tables) = tables {
                 state.tables = tables;
             }
@@ -465,7 +473,7 @@ impl Batch<'_> {
                 .instrument(info_span!("load_seen"))
                 .await?;
             let mut data = decoded.deduplicate(&mut state.seen);
-            for (stream, ignored) in listing.ignored {
+            for (stream, ignored) in ignored {
                 data.stats.entry(stream).or_default().files_ignored = ignored;
             }
             Ok::<_, Error>(Some((full_because, to_read, ingest_times, seen_ids_loaded, data)))

@@ -78,11 +78,16 @@ impl<'a> Side<'a> {
     fn rows_by_tag(&self, keep: impl Fn(&str) -> bool) -> BTreeMap<&'a str, Vec<Row>> {
         let mut by_tag: BTreeMap<&'a str, Vec<Row>> = BTreeMap::new();
         for (b, tags) in self.tags.iter().enumerate() {
-            for i in 0..tags.len() {
+            // Rows come in runs of one tag (a job's batch, a partition's file): each run is
+            // looked up once.
+            let mut i = 0;
+            while i < tags.len() {
                 let tag = tags.value(i);
+                let end = (i + 1..tags.len()).find(|&j| tags.value(j) != tag).unwrap_or(tags.len());
                 if keep(tag) {
-                    by_tag.entry(tag).or_default().push((b, i));
+                    by_tag.entry(tag).or_default().extend((i..end).map(|k| (b, k)));
                 }
+                i = end;
             }
         }
         by_tag
