@@ -267,17 +267,28 @@ pub async fn query_published(
     collect(&ctx, &delta, sql).await
 }
 
-/// Register an opened table (at its loaded version) in `ctx` under `name`.
+/// Register an opened table (at its loaded version) in `ctx` under `name`. Its strings are
+/// scanned as `Utf8`, which every caller wants, rather than as views cast back afterwards.
 pub(crate) async fn register(
     ctx: &datafusion::prelude::SessionContext,
     delta: &DeltaTable,
     name: &str,
 ) -> Result<(), PublishError> {
     let read = |source| read_error(delta, source);
-    delta
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| read(e.into()))?;
-    let provider = delta.table_provider().await.map_err(read)?;
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    let session = ctx.state();
+    delta.update_datafusion_session(&session).map_err(|e| read(e.into()))?;
+    let provider = delta
+        .table_provider()
+        .with_session(Arc::new(session))
+        .await
+        .map_err(read)?;
     ctx.register_table(name, provider).map_err(read)?;
     Ok(())
 }
