@@ -31,7 +31,7 @@ use tracing::{debug, info};
 
 use crate::dedup::{Day, DedupMemory};
 use crate::jobs::{Segment, StateTable, Table};
-use crate::storage::{arrow_file_batches, arrow_file_bytes, parquet_batches, Location};
+use crate::storage::{arrow_file_batches, arrow_file_bytes, immutable_object_bytes, parquet_batches, Location};
 
 /// Folder of the state under the warehouse.
 pub const STATE_DIR: &str = "_tagflow/state";
@@ -634,7 +634,7 @@ async fn get(warehouse: &Location, relative: &str) -> Result<Option<Bytes>, Stat
         source,
     };
     match warehouse.store.get(&path).await {
-        Ok(result) => Ok(Some(result.bytes().await.map_err(failed)?)),
+        Ok(result) => Ok(Some(immutable_object_bytes(result).await.map_err(failed)?)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(source) => Err(failed(source)),
     }
