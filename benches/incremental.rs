@@ -1,6 +1,6 @@
 //! Incremental-refresh benchmark, on generated data and local files:
 //!
-//! 1. a full run on a 10M-event history (365 days);
+//! 1. a full run on a 10M-event history (365 days), twice (the faster is compared with);
 //! 2. an incremental run of 1M new events (the following days, whole days until a tenth of
 //!    the history) on top of it, and for comparison a full run over the same 11M events;
 //! 3. a `tagflow follow --interval 1s` session fed one 50k-event file per second for a
@@ -86,6 +86,13 @@ fn main() {
     let as_of = |day: NaiveDate| format!("{day}T23:59:59Z");
     let full = target.run("warehouse", &as_of(end), &[]);
     full.print("full run, history");
+    // The same full run again, into a scratch warehouse: on this VM the first full run
+    // after generating is seconds slower than the same run repeated (11.4 s against 7.8 s,
+    // the difference in reading; its system time varies by seconds with the machine's
+    // memory and page cache state). The faster of the two is the one compared with.
+    let full_again = target.run("warehouse-again", &as_of(end), &[]);
+    full_again.print("full run, history, again");
+    let full_best = full.wall.min(full_again.wall);
 
     match &target {
         Target::Local { .. } => move_tree(&staged, &local_landing),
@@ -101,9 +108,12 @@ fn main() {
     let full_after = target.run("warehouse-full", &as_of(increment_end), &["--full"]);
     full_after.print("full run, history + increment");
     println!(
-        "incremental / full   {:.1}% of the full run over the same events ({:.1}% of the history's full run)",
+        "incremental / full   {:.1}% of the history's full run (the faster of {:.2} s and {:.2} s), {:.1}% of the \
+         full run over the same events",
+        100.0 * incremental.wall / full_best,
+        full.wall,
+        full_again.wall,
         100.0 * incremental.wall / full_after.wall,
-        100.0 * incremental.wall / full.wall
     );
 
     match &target {

@@ -32,8 +32,8 @@ use crate::error::Error;
 use crate::follow_metrics::FollowMetrics;
 use crate::history::{self, RunRecord, Summary};
 use crate::jobs::{
-    evaluate_checks, fold_state, run_jobs, Catalog, GateError, GateReport, JobKind, JobOutput, JobRun,
-    Segments, StateRun, Table,
+    evaluate_checks, fold_state, run_jobs, Catalog, GateError, GateReport, JobKind, JobOutput, JobRun, Segments,
+    StateRun, Table,
 };
 use crate::lock::RunLock;
 use crate::publish;
@@ -549,7 +549,9 @@ impl Batch<'_> {
         let published_at = Utc::now();
         committed?;
         let (published, next_base) = published?;
-        let customers = customers.or(published.customers).expect("a publish of customer_tags counts its customers");
+        let customers = customers
+            .or(published.customers)
+            .expect("a publish of customer_tags counts its customers");
         session.published = Some(next_base);
         let mark = Instant::now();
         info!(

@@ -7,13 +7,13 @@
 //! Also the Parquet encode/decode helpers shared by the stages that keep their own files.
 //! Must not: interpret any data; stages above decide what to read or write.
 
+use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
-use arrow::buffer::Buffer;
 use arrow::ipc::convert::fb_to_schema;
 use arrow::ipc::reader::{read_footer_length, FileDecoder};
-use arrow::ipc::{root_as_footer, Block};
 use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+use arrow::ipc::{root_as_footer, Block};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -503,7 +503,9 @@ pub fn arrow_file_batches(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>),
     let mut decoder = FileDecoder::new(schema.clone(), footer.version());
     let block_data = |block: &Block| {
         let start = usize::try_from(block.offset()).ok();
-        let len = usize::try_from(block.bodyLength()).ok().zip(usize::try_from(block.metaDataLength()).ok());
+        let len = usize::try_from(block.bodyLength())
+            .ok()
+            .zip(usize::try_from(block.metaDataLength()).ok());
         match start.zip(len.map(|(body, meta)| body + meta)) {
             Some((start, len)) if start.checked_add(len).is_some_and(|end| end <= footer_start) => {
                 Ok(buffer.slice_with_length(start, len))
@@ -544,7 +546,11 @@ mod tests {
             Field::new("customer_id", DataType::Utf8, false),
             Field::new("n", DataType::Int64, true),
             Field::new("amount", DataType::Decimal128(38, 9), true),
-            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
         ]));
         let batch = |ids: &[&str], first: i64| {
             let n = ids.len() as i64;
@@ -552,7 +558,9 @@ mod tests {
                 schema.clone(),
                 vec![
                     Arc::new(StringArray::from_iter_values(ids.iter())),
-                    Arc::new(Int64Array::from_iter((first..first + n).map(|i| (i % 3 != 0).then_some(i)))),
+                    Arc::new(Int64Array::from_iter(
+                        (first..first + n).map(|i| (i % 3 != 0).then_some(i)),
+                    )),
                     Arc::new(
                         Decimal128Array::from_iter_values((first..first + n).map(|i| i as i128 * 1_000_000_001))
                             .with_precision_and_scale(38, 9)

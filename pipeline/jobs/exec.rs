@@ -578,7 +578,11 @@ async fn run_one(
 fn value_counts(batches: &[RecordBatch]) -> BTreeMap<String, u64> {
     let mut counts: HashMap<&str, u64, RandomState> = HashMap::default();
     for batch in batches {
-        let values = batch.column(1).as_any().downcast_ref::<StringArray>().expect("normalised value");
+        let values = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("normalised value");
         for value in values.iter().flatten() {
             *counts.entry(value).or_default() += 1;
         }

@@ -39,7 +39,5 @@ mod header;
 pub use catalog::{
     timestamp_literal, Catalog, CatalogError, Job, JobKind, MergeFn, MergeRule, ParamOverrides, ParamValue, StateSpec,
 };
-pub use checks::{
-    evaluate as evaluate_checks, CheckFailure, Checks, Drift, GateError, GateReport, Segments,
-};
+pub use checks::{evaluate as evaluate_checks, CheckFailure, Checks, Drift, GateError, GateReport, Segments};
 pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Segment, StateRun, StateTable, Table};

@@ -83,7 +83,9 @@ impl<'a> Side<'a> {
             let mut i = 0;
             while i < tags.len() {
                 let tag = tags.value(i);
-                let end = (i + 1..tags.len()).find(|&j| tags.value(j) != tag).unwrap_or(tags.len());
+                let end = (i + 1..tags.len())
+                    .find(|&j| tags.value(j) != tag)
+                    .unwrap_or(tags.len());
                 if keep(tag) {
                     by_tag.entry(tag).or_default().extend((i..end).map(|k| (b, k)));
                 }
