@@ -2,7 +2,8 @@
 //!
 //! 1. a full run on a 10M-event history (365 days), twice (the faster is compared with);
 //! 2. an incremental run of 1M new events (the following days, whole days until a tenth of
-//!    the history) on top of it, and for comparison a full run over the same 11M events;
+//!    the history) on top of it, twice on local files (the second on a copy of the same
+//!    warehouse; the faster is compared with), and a full run over the same 11M events;
 //! 3. a `tagflow follow --interval 1s` session fed one 50k-event file per second for a
 //!    minute: freshness (file appears → publish that includes it) p50/p95/max.
 //!
@@ -101,19 +102,33 @@ fn main() {
     // `--force`: the synthetic increment moves lifecycle and risk segments by far more than
     // the default drift gates allow (no customer is new in it, every one is active); the
     // gates are still evaluated and timed.
+    // On local files the incremental run runs twice as well, the second time on a copy of
+    // the same warehouse taken before the first, and the faster is compared with.
+    if let Target::Local { root } = &target {
+        copy_tree(&root.join("warehouse"), &root.join("warehouse-copy"));
+    }
     let incremental = target.run("warehouse", &as_of(increment_end), &["--force"]);
     incremental.print("incremental run, increment on history");
     assert_eq!(incremental.report["mode"], "incremental");
+    let incremental_best = match &target {
+        Target::Local { .. } => {
+            let again = target.run("warehouse-copy", &as_of(increment_end), &["--force"]);
+            again.print("incremental run, again (on a copy of the history's warehouse)");
+            assert_eq!(again.report["mode"], "incremental");
+            incremental.wall.min(again.wall)
+        }
+        Target::S3 { .. } => incremental.wall,
+    };
 
     let full_after = target.run("warehouse-full", &as_of(increment_end), &["--full"]);
     full_after.print("full run, history + increment");
     println!(
-        "incremental / full   {:.1}% of the history's full run (the faster of {:.2} s and {:.2} s), {:.1}% of the \
-         full run over the same events",
-        100.0 * incremental.wall / full_best,
-        full.wall,
-        full_again.wall,
-        100.0 * incremental.wall / full_after.wall,
+        "incremental / full   {:.1}% of the history's full run (the faster incremental run, {:.2} s, against the \
+         faster full run, {:.2} s), {:.1}% of the full run over the same events",
+        100.0 * incremental_best / full_best,
+        incremental_best,
+        full_best,
+        100.0 * incremental_best / full_after.wall,
     );
 
     match &target {
@@ -357,6 +372,20 @@ fn keep_first_days(landing: &Path, events: usize) -> (NaiveDate, usize, usize) {
 }
 
 /// Move every file under `from` to the same relative path under `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        match path.is_dir() {
+            true => copy_tree(&path, &target),
+            false => {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+}
+
 fn move_tree(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();
