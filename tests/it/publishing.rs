@@ -197,6 +197,24 @@ fn partitions_written(warehouse: &Path, version: u64) -> BTreeSet<String> {
         .collect()
 }
 
+#[tokio::test]
+async fn a_partial_run_reports_the_customers_its_tags_tagged_and_the_publish_all_of_the_version() {
+    let fx = Fixture::new();
+    generate_into(&fx.landing_dir(), 250, 120, 5).await;
+    let whole = fx.try_run("2026-11-19T12:00:00Z", None).await.expect("run");
+    let mut settings = fx.settings("2026-11-20T08:00:00Z", None).unwrap();
+    settings.jobs = vec!["repurchaser".into()];
+    let partial = tagflow::run::run(&settings).await.expect("partial run");
+
+    let tags = fx.published(None).await;
+    let everyone: BTreeSet<String> = tags.rows.iter().map(|r| r.customer_id.clone()).collect();
+    let repurchasers = tags.customers("repurchaser");
+    assert!(!repurchasers.is_empty() && repurchasers.len() < everyone.len());
+    assert_eq!(whole.customers, whole.published.customers.expect("counted"));
+    assert_eq!(partial.customers, repurchasers.len());
+    assert_eq!(partial.published.customers, Some(everyone.len()));
+}
+
 const AS_OFS: [&str; 5] = [
     "2026-11-19T12:00:00Z",
     "2026-11-20T08:00:00Z",
@@ -244,6 +262,11 @@ async fn publishes_rewrite_only_changed_tags_and_the_feed_nets_to_every_differen
         assert_eq!(partitions_written(&warehouse, v), expected, "version {v}");
         let rows_of_changed = tables[&v].keys().filter(|(_, tag)| changed_tags.contains(tag)).count();
         assert_eq!(report.published.rows_written, rows_of_changed, "version {v}");
+    }
+    // The publish counts every customer of its new version.
+    for (v, report) in reports.iter().enumerate() {
+        let in_table: BTreeSet<&String> = tables[&(v as u64)].keys().map(|(customer, _)| customer).collect();
+        assert_eq!(report.published.customers, Some(in_table.len()), "version {v}");
     }
     // The same-day publish with no new event changed nothing and wrote nothing.
     assert_eq!(reports[2].published.changes.unwrap().total(), 0);
