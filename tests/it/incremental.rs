@@ -72,12 +72,17 @@ pub(crate) struct Arrivals {
 
 impl Arrivals {
     pub(crate) async fn generate(fx: &Fixture, seed: u64, customers: usize, days: u32) -> Self {
+        Self::generate_until(fx, seed, customers, days, end()).await
+    }
+
+    /// [`Arrivals::generate`] with a history of `days` days that ends on `end`.
+    pub(crate) async fn generate_until(fx: &Fixture, seed: u64, customers: usize, days: u32, end: NaiveDate) -> Self {
         let source = fx.dir.path().join("source");
         let options = GenerateOptions {
             customers,
             days,
             seed,
-            end: end(),
+            end,
             bad_input: true,
         };
         generate(&location(&source), &options).await.expect("generate");
@@ -112,6 +117,27 @@ impl Arrivals {
 
     pub(crate) fn upto(&self, share: usize) -> usize {
         self.order.len() * share / 100
+    }
+
+    /// Random cut points through the arrivals, each chunk holding at least one event file
+    /// (so that landing it makes the next `follow` batch publish); the last is the end.
+    fn chunk_ends(&self, rng: &mut ChaCha8Rng, max_event_files: usize) -> Vec<usize> {
+        let mut ends = Vec::new();
+        let (mut event_files, mut want) = (0, rng.random_range(1..=max_event_files));
+        for (i, file) in self.order.iter().enumerate() {
+            if !is_hidden(file) {
+                event_files += 1;
+            }
+            if event_files == want {
+                ends.push(i + 1);
+                (event_files, want) = (0, rng.random_range(1..=max_event_files));
+            }
+        }
+        match ends.last_mut() {
+            Some(last) if event_files == 0 => *last = self.order.len(),
+            _ => ends.push(self.order.len()),
+        }
+        ends
     }
 }
 
@@ -181,6 +207,95 @@ async fn incremental_equals_full_seed_2() {
 #[tokio::test]
 async fn incremental_equals_full_seed_3() {
     incremental_equals_full(3).await;
+}
+
+/// Seeds of the randomised tests below: `TAGFLOW_TEST_SEEDS` (`7` or `1-200`) for a longer
+/// soak, else `default`.
+fn test_seeds(default: std::ops::RangeInclusive<u64>) -> std::ops::RangeInclusive<u64> {
+    let Ok(spec) = std::env::var("TAGFLOW_TEST_SEEDS") else {
+        return default;
+    };
+    let bound = |s: &str| s.trim().parse::<u64>().expect("TAGFLOW_TEST_SEEDS: `N` or `FROM-TO`");
+    match spec.split_once('-') {
+        Some((from, to)) => bound(from)..=bound(to),
+        None => bound(&spec)..=bound(&spec),
+    }
+}
+
+/// One step of a random schedule: run at `as_of` with the first `share`% of the arrivals
+/// landed, incrementally or (`full`) recomputing in the same warehouse.
+struct Step {
+    as_of: String,
+    share: usize,
+    full: bool,
+}
+
+/// A random schedule over the history that [`Arrivals::generate`] makes (100 days ending
+/// on [`end`]): as-of times that never go back, at random moments, midnights and the last
+/// microsecond of a day; steps of hours to weeks, some with no new files, some past the
+/// history; now and then a `--full` run in between.
+fn random_schedule(rng: &mut ChaCha8Rng) -> Vec<Step> {
+    let first_day = end() - chrono::Days::new(99);
+    let mut at = first_day.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+        + chrono::Duration::hours(rng.random_range(15 * 24..80 * 24));
+    let mut share = 0;
+    let mut steps = Vec::new();
+    for _ in 0..rng.random_range(4..=9) {
+        share = match rng.random_range(0..4) {
+            // nothing new (a first run with no files at all is an error, tested elsewhere)
+            0 if share > 0 => share,
+            _ => (share + rng.random_range(1..=35)).min(100),
+        };
+        let before = at;
+        at += match rng.random_range(0..5) {
+            0 => chrono::Duration::minutes(rng.random_range(0..180)),
+            1 | 2 => chrono::Duration::hours(rng.random_range(1..72)),
+            _ => chrono::Duration::days(rng.random_range(3..25)),
+        };
+        let day = at.date_naive().and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+        at = match rng.random_range(0..4) {
+            0 => day,
+            1 => day + chrono::Duration::days(1) - chrono::Duration::microseconds(1),
+            _ => at,
+        }
+        .max(before);
+        steps.push(Step {
+            as_of: at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            share,
+            full: rng.random_ratio(1, 8),
+        });
+    }
+    steps
+}
+
+/// Like [`incremental_equals_full`], on a random schedule per seed: after every run the
+/// table equals `--full` at that as-of time (in a warehouse of its own).
+#[tokio::test]
+async fn incremental_equals_full_on_random_schedules() {
+    for seed in test_seeds(1..=2) {
+        let fx = Fixture::new();
+        let arrivals = Arrivals::generate(&fx, seed, 150, 100).await;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        let schedule = random_schedule(&mut rng);
+        let mut landed = 0;
+        let mut published = false;
+        for (i, step) in schedule.iter().enumerate() {
+            let upto = arrivals.upto(step.share);
+            arrivals.land(&fx, landed, upto);
+            landed = upto;
+            let context = format!("seed {seed}, step {i} of {}, as of {}", schedule.len(), step.as_of);
+            let mut settings = fx.settings(&step.as_of, None).expect("settings");
+            settings.full = step.full;
+            let report = tagflow::run::run(&settings).await.expect("run");
+            let expected = match (step.full, published) {
+                (true, _) | (false, false) => Mode::Full,
+                (false, true) => Mode::Incremental,
+            };
+            assert_eq!(report.mode, expected, "{context}: {:?}", report.full_because);
+            published = true;
+            assert_same(&fx.published(None).await, &full_tags(&fx, &step.as_of).await, &context);
+        }
+    }
 }
 
 /// A second run with nothing new reads nothing, and a late file of old events updates the
@@ -392,6 +507,76 @@ fn follow_publishes_new_files_until_sigterm() {
         &fx.warehouse_dir(),
         "follow",
     ));
+}
+
+/// `follow` keeps the state and the published rows in memory from batch to batch (a run
+/// loads them): every version it publishes equals a full recomputation at that batch's
+/// as-of time over the files landed before the batch. Files land between batches in random
+/// chunks and order, re-sent and bad ones included; the history runs to today, so some
+/// events are after a batch's as-of time and held until a later batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_follow_batch_equals_a_full_run() {
+    for seed in test_seeds(41..=41) {
+        let fx = Fixture::new();
+        let today = Utc::now().date_naive();
+        let arrivals = Arrivals::generate_until(&fx, seed, 150, 40, today).await;
+        let ends = arrivals.chunk_ends(&mut ChaCha8Rng::seed_from_u64(seed), 12);
+        assert!(ends.len() >= 4, "seed {seed}: several batches: {ends:?}");
+        arrivals.land(&fx, 0, ends[0]);
+
+        let mut settings = fx.settings("2026-01-01T00:00:00Z", None).expect("settings");
+        // The drift gates judge partial, random data; what is tested here is exactness.
+        settings.force = true;
+        // (version, as-of, arrivals landed) of every batch that published
+        let mut batches: Vec<(u64, String, usize)> = Vec::new();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut stop_tx = Some(stop_tx);
+        let metrics = tagflow::follow_metrics::FollowMetrics::default();
+        let (mut landed, mut next_chunk, mut held_events) = (ends[0], 1, 0);
+        let on_batch = |report: &tagflow::report::RunReport| {
+            let as_of = report.as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            batches.push((report.published.version, as_of, landed));
+            held_events = held_events.max(report.state.held_events);
+            if let Some(&end) = ends.get(next_chunk) {
+                arrivals.land(&fx, landed, end);
+                (landed, next_chunk) = (end, next_chunk + 1);
+            } else if let Some(tx) = stop_tx.take() {
+                tx.send(()).expect("the session is waiting");
+            }
+        };
+        let stop = async {
+            stop_rx.await.ok();
+        };
+        let published = tokio::time::timeout(
+            Duration::from_secs(300),
+            tagflow::run::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch),
+        )
+        .await
+        .expect("follow published every chunk within 5 minutes")
+        .expect("follow");
+        // A batch may also publish with nothing new, when a held event falls due.
+        assert!(
+            published >= ends.len(),
+            "seed {seed}: {published} batches for {} chunks",
+            ends.len()
+        );
+        assert!(
+            held_events > 0,
+            "seed {seed}: some events were after a batch's as-of time"
+        );
+
+        let reference = Fixture::new();
+        let mut landed = 0;
+        for (version, as_of, upto) in batches {
+            arrivals.land(&reference, landed, upto);
+            landed = upto;
+            assert_same(
+                &fx.published(Some(version)).await,
+                &full_tags(&reference, &as_of).await,
+                &format!("seed {seed}: follow's version {version}, as of {as_of}, {upto} arrivals landed"),
+            );
+        }
+    }
 }
 
 /// Counts of one customer and day that arrive in different runs add up (and a re-sent copy
