@@ -421,7 +421,15 @@ async fn execute(cli: Cli) -> Result<(), Error> {
                 }
                 None => None,
             };
-            let outcome = run::follow(&settings, interval, shutdown_signal(), &metrics, print).await;
+            let outcome = run::follow(
+                &settings,
+                interval,
+                shutdown_signal(),
+                &metrics,
+                print,
+                chrono::Utc::now,
+            )
+            .await;
             if let Some(task) = endpoint {
                 task.abort();
             }

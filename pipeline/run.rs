@@ -209,13 +209,16 @@ pub(crate) async fn record(
 /// files, folds them into the state and publishes. The lock is held for the whole session
 /// and the state stays in memory between batches. `stop` ends the session after the
 /// current batch. Every batch is counted in `metrics`; `on_batch` sees the report of
-/// every batch that published. Returns the number of batches that published.
+/// every batch that published. `clock` gives each batch its as-of time (`tagflow follow`:
+/// the wall clock; freshness is always measured on the wall clock). Returns the number of
+/// batches that published.
 pub async fn follow(
     settings: &Settings,
     interval: std::time::Duration,
     stop: impl std::future::Future<Output = ()>,
     metrics: &FollowMetrics,
     mut on_batch: impl FnMut(&RunReport),
+    clock: impl Fn() -> DateTime<Utc>,
 ) -> Result<usize, Error> {
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
@@ -229,14 +232,18 @@ pub async fn follow(
         let cron = settings.full_cron.as_ref()?;
         cron.find_next_occurrence(&after, false).ok()
     };
-    let mut next_full = next_full_after(Utc::now());
+    // The first scheduled full recompute: the cron's next time after the first batch's.
+    let (mut next_full, mut first_batch) = (None, true);
     let mut session = Session::default();
     let mut published = 0usize;
     let mut failures = 0u32;
     let outcome = loop {
         let tick = Instant::now();
         let run_id = uuid::Uuid::new_v4().to_string();
-        let started_at = Utc::now();
+        let started_at = clock();
+        if std::mem::take(&mut first_batch) {
+            next_full = next_full_after(started_at);
+        }
         let span = info_span!("batch", run_id = %run_id, as_of = %started_at.to_rfc3339());
         // A batch at or after the next scheduled time recomputes from every landing file.
         let full = next_full.filter(|t| started_at >= *t).map(|_| {

@@ -549,7 +549,7 @@ async fn every_follow_batch_equals_a_full_run() {
         };
         let published = tokio::time::timeout(
             Duration::from_secs(300),
-            tagflow::run::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch),
+            tagflow::run::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, Utc::now),
         )
         .await
         .expect("follow published every chunk within 5 minutes")
@@ -576,6 +576,71 @@ async fn every_follow_batch_equals_a_full_run() {
                 &format!("seed {seed}: follow's version {version}, as of {as_of}, {upto} arrivals landed"),
             );
         }
+    }
+}
+
+/// In `follow`, tags that change only because time passes change without any new file, at
+/// the first batch after the UTC day changes, while a batch with nothing new on the same day
+/// publishes nothing. The batches' as-of times come from a simulated clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_publishes_when_the_utc_day_changes_without_new_files() {
+    let fx = Fixture::new();
+    fx.clicks("a.parquet", &[view("k1", "c1", "2026-11-10T09:00:00Z")]);
+    fx.carts(
+        "b.parquet",
+        &[cart_add("k2", "c2", "2026-11-17T09:00:00Z", 1, Some(30.0))],
+    );
+    let batch_times = [
+        "2026-11-19T10:00:00Z",        // the first batch publishes
+        "2026-11-19T16:00:00Z",        // nothing new, same day: nothing to publish
+        "2026-11-19T23:59:59.999999Z", // nor at the day's last microsecond
+        "2026-11-20T00:00:01Z",        // a new UTC day
+        "2026-11-20T08:00:00Z",        // nothing new again
+    ];
+    let batches_started = std::sync::atomic::AtomicUsize::new(0);
+    let last_batch = tokio::sync::Notify::new();
+    let clock = || {
+        let k = batches_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if k + 1 >= batch_times.len() {
+            last_batch.notify_one(); // stop after this batch
+        }
+        let time = batch_times[k.min(batch_times.len() - 1)];
+        chrono::DateTime::parse_from_rfc3339(time).expect("time").to_utc()
+    };
+    let mut published = Vec::new();
+    let on_batch = |report: &tagflow::report::RunReport| published.push((report.as_of, report.published.version));
+    let settings = fx.settings(batch_times[0], None).expect("settings");
+    let metrics = tagflow::follow_metrics::FollowMetrics::default();
+    let batches = tokio::time::timeout(
+        Duration::from_secs(120),
+        tagflow::run::follow(
+            &settings,
+            Duration::from_millis(10),
+            last_batch.notified(),
+            &metrics,
+            on_batch,
+            clock,
+        ),
+    )
+    .await
+    .expect("the session ends after its last batch")
+    .expect("follow");
+    assert_eq!(batches, 2);
+    let as_ofs: Vec<String> = published.iter().map(|(t, _)| t.to_rfc3339()).collect();
+    assert_eq!(as_ofs, ["2026-11-19T10:00:00+00:00", "2026-11-20T00:00:01+00:00"]);
+
+    let (day_one, day_two) = (
+        fx.published(Some(published[0].1)).await,
+        fx.published(Some(published[1].1)).await,
+    );
+    // c1 was last seen on the 10th: 9, then 10 whole days ago.
+    assert_eq!(day_one.score("c1", "lifecycle"), Some(9.0));
+    assert_eq!(day_two.score("c1", "lifecycle"), Some(10.0));
+    // c2's cart add of the 17th is within the last 3 days on the 19th (17, 18, 19), not on the 20th.
+    assert_eq!(day_one.score("c2", "cart_abandoner"), Some(30.0));
+    assert_eq!(day_two.value("c2", "cart_abandoner"), None);
+    for ((as_of, _), tags) in published.iter().zip([&day_one, &day_two]) {
+        assert_same(tags, &full_tags(&fx, &as_of.to_rfc3339()).await, &as_of.to_rfc3339());
     }
 }
 
