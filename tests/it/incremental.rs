@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
@@ -512,8 +513,12 @@ fn follow_publishes_new_files_until_sigterm() {
 /// `follow` keeps the state and the published rows in memory from batch to batch (a run
 /// loads them): every version it publishes equals a full recomputation at that batch's
 /// as-of time over the files landed before the batch. Files land between batches in random
-/// chunks and order, re-sent and bad ones included; the history runs to today, so some
-/// events are after a batch's as-of time and held until a later batch.
+/// chunks and order, re-sent and bad ones included. The batches' as-of times come from a
+/// simulated clock that starts at today's midnight, where the history ends: it moves in
+/// minutes until a batch holds events (after its as-of time), then minutes to days a
+/// batch, so held events fall due and windows move across UTC days. (From midnight on, no
+/// event is more than 24 h after a file's ingest time, simulated in `follow` and real in
+/// the full runs, so both judge rows alike.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_follow_batch_equals_a_full_run() {
     for seed in test_seeds(41..=41) {
@@ -524,7 +529,9 @@ async fn every_follow_batch_equals_a_full_run() {
         assert!(ends.len() >= 4, "seed {seed}: several batches: {ends:?}");
         arrivals.land(&fx, 0, ends[0]);
 
-        let mut settings = fx.settings("2026-01-01T00:00:00Z", None).expect("settings");
+        // Compactions between batches too (the batch after one reads the table again).
+        let config = "[compaction]\nevery_versions = 4\n";
+        let mut settings = fx.settings("2026-01-01T00:00:00Z", Some(config)).expect("settings");
         // The drift gates judge partial, random data; what is tested here is exactness.
         settings.force = true;
         // (version, as-of, arrivals landed) of every batch that published
@@ -532,11 +539,14 @@ async fn every_follow_batch_equals_a_full_run() {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut stop_tx = Some(stop_tx);
         let metrics = tagflow::follow_metrics::FollowMetrics::default();
-        let (mut landed, mut next_chunk, mut held_events) = (ends[0], 1, 0);
+        let (mut landed, mut next_chunk, mut held_events, mut compactions) = (ends[0], 1, 0, 0);
+        let held = std::sync::atomic::AtomicBool::new(false);
         let on_batch = |report: &tagflow::report::RunReport| {
             let as_of = report.as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             batches.push((report.published.version, as_of, landed));
             held_events = held_events.max(report.state.held_events);
+            held.fetch_or(report.state.held_events > 0, SeqCst);
+            compactions += usize::from(report.compaction.is_some());
             if let Some(&end) = ends.get(next_chunk) {
                 arrivals.land(&fx, landed, end);
                 (landed, next_chunk) = (end, next_chunk + 1);
@@ -547,14 +557,28 @@ async fn every_follow_batch_equals_a_full_run() {
         let stop = async {
             stop_rx.await.ok();
         };
+        let midnight = today.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+        let clock_state = std::sync::Mutex::new((ChaCha8Rng::seed_from_u64(seed ^ 0xc10c), midnight));
+        // Within today, in steps of minutes, until a batch holds events; then up to days.
+        let clock = || {
+            let mut guard = clock_state.lock().expect("clock");
+            let (rng, now) = &mut *guard;
+            *now += match (held.load(SeqCst), rng.random_range(0..6)) {
+                (false, _) => chrono::Duration::minutes(rng.random_range(0..30)),
+                (true, 0) => chrono::Duration::days(rng.random_range(1..4)),
+                (true, _) => chrono::Duration::minutes(rng.random_range(0..240)),
+            };
+            *now
+        };
         let published = tokio::time::timeout(
             Duration::from_secs(300),
-            tagflow::run::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, Utc::now),
+            tagflow::run::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock),
         )
         .await
         .expect("follow published every chunk within 5 minutes")
         .expect("follow");
-        // A batch may also publish with nothing new, when a held event falls due.
+        // A batch may also publish with nothing new, when a held event falls due or the day
+        // changes.
         assert!(
             published >= ends.len(),
             "seed {seed}: {published} batches for {} chunks",
@@ -564,6 +588,7 @@ async fn every_follow_batch_equals_a_full_run() {
             held_events > 0,
             "seed {seed}: some events were after a batch's as-of time"
         );
+        assert!(compactions > 0, "seed {seed}: the policy compacted during the session");
 
         let reference = Fixture::new();
         let mut landed = 0;
@@ -600,7 +625,7 @@ async fn follow_publishes_when_the_utc_day_changes_without_new_files() {
     let batches_started = std::sync::atomic::AtomicUsize::new(0);
     let last_batch = tokio::sync::Notify::new();
     let clock = || {
-        let k = batches_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let k = batches_started.fetch_add(1, SeqCst);
         if k + 1 >= batch_times.len() {
             last_batch.notify_one(); // stop after this batch
         }
