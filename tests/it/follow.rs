@@ -1,6 +1,6 @@
-//! `tagflow follow --metrics-listen`: the Prometheus endpoint counts what the batches did,
-//! including quality-gate failures, which end the session with the gate's exit code after
-//! the consecutive-failure limit.
+//! `tagflow follow`: the Prometheus endpoint (`--metrics-listen`) counts what the batches
+//! did, including quality-gate failures, which end the session with the gate's exit code
+//! after the consecutive-failure limit; a cron schedule of full recomputes; Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -161,4 +161,52 @@ fn a_cron_schedule_runs_full_recomputes_inside_follow() {
         reasons[1..].iter().all(|r| r == "scheduled by [follow] full_cron"),
         "{reasons:?}"
     );
+}
+
+/// Ctrl-C (SIGINT) ends a session as SIGTERM does: after the current batch, with exit code
+/// 0, the lock released and what was published kept.
+#[test]
+fn follow_stops_cleanly_on_sigint() {
+    let fx = Fixture::new();
+    let five_minutes_ago = (Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    fx.clicks("a.parquet", &[view("k1", "c1", &five_minutes_ago)]);
+    let log = fx.dir.path().join("follow.log");
+    let mut child = fx
+        .command(&["follow", "--interval", "200ms"])
+        .env("TAGFLOW_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = Instant::now();
+    while !log_text().contains("batch published") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no batch published:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "follow did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "follow exits 0 on SIGINT: {status}\n{}", log_text());
+    assert!(log_text().contains("SIGINT"), "{}", log_text());
+    assert!(
+        !fx.warehouse_dir().join("_tagflow/run.lock").exists(),
+        "the lock is released"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(runtime.block_on(fx.published(None)).customers("lifecycle"), ["c1"]);
 }
