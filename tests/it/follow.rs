@@ -154,8 +154,7 @@ fn a_cron_schedule_runs_full_recomputes_inside_follow() {
         assert_eq!(report["mode"], "full");
         reasons.push(report["full_because"].as_str().unwrap().to_string());
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(stop_with(&mut child, libc::SIGTERM, Duration::from_secs(30)).success());
     assert_eq!(reasons[0], "no state yet");
     assert!(
         reasons[1..].iter().all(|r| r == "scheduled by [follow] full_cron"),
@@ -188,19 +187,7 @@ fn follow_stops_cleanly_on_sigint() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "follow did not stop on SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stop_with(&mut child, libc::SIGINT, Duration::from_secs(30));
     assert!(status.success(), "follow exits 0 on SIGINT: {status}\n{}", log_text());
     assert!(log_text().contains("SIGINT"), "{}", log_text());
     assert!(

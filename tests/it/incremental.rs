@@ -470,20 +470,7 @@ fn follow_publishes_new_files_until_sigterm() {
     fx.clicks("dt=today/d.parquet", &[view("k4", "c3", &at(10))]);
     wait_for("c3", &|t| t.value("c3", "lifecycle").as_deref() == Some("new"));
 
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "follow did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stop_with(&mut child, libc::SIGTERM, Duration::from_secs(30));
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "follow exits 0 on SIGTERM: {status}\n{log}");
     assert!(log.contains("SIGTERM"), "{log}");

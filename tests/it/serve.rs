@@ -732,7 +732,6 @@ fn serve_cli_starts_reports_its_address_and_stops_on_sigterm() {
         false
     });
     assert!(ready, "the CLI server became ready");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = stop_with(&mut child, libc::SIGTERM, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
 }

@@ -640,3 +640,25 @@ pub fn ipc_batch_compression(file: &[u8]) -> Vec<Option<arrow::ipc::CompressionT
         })
         .collect()
 }
+
+/// Send `signal` (e.g. `libc::SIGTERM`) to `child` and wait for it to exit, at most
+/// `within`.
+pub fn stop_with(
+    child: &mut std::process::Child,
+    signal: i32,
+    within: std::time::Duration,
+) -> std::process::ExitStatus {
+    // SAFETY: a plain kill(2) of a child process this test spawned and has not reaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < within,
+            "the process did not stop on signal {signal}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
