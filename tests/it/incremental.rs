@@ -279,7 +279,6 @@ async fn incremental_equals_full_on_random_schedules() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
         let schedule = random_schedule(&mut rng);
         let mut landed = 0;
-        let mut published = false;
         for (i, step) in schedule.iter().enumerate() {
             let upto = arrivals.upto(step.share);
             arrivals.land(&fx, landed, upto);
@@ -288,12 +287,12 @@ async fn incremental_equals_full_on_random_schedules() {
             let mut settings = fx.settings(&step.as_of, None).expect("settings");
             settings.full = step.full;
             let report = tagflow::run::run(&settings).await.expect("run");
-            let expected = match (step.full, published) {
-                (true, _) | (false, false) => Mode::Full,
-                (false, true) => Mode::Incremental,
+            // The first run has no state yet.
+            let expected = match step.full || i == 0 {
+                true => Mode::Full,
+                false => Mode::Incremental,
             };
             assert_eq!(report.mode, expected, "{context}: {:?}", report.full_because);
-            published = true;
             assert_same(&fx.published(None).await, &full_tags(&fx, &step.as_of).await, &context);
         }
     }
