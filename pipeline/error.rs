@@ -67,6 +67,9 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The SIGINT/SIGTERM handlers could not be registered.
+    #[error("cannot catch SIGINT and SIGTERM: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 impl Error {
@@ -101,7 +104,7 @@ impl Error {
             Error::Preview(PreviewError::NoState { .. }) => exit::INPUT,
             Error::Preview(_) => exit::CONFIG,
             Error::Serve(ServeError::Bind { .. }) => exit::CONFIG,
-            Error::Serve(_) => exit::INTERNAL,
+            Error::Serve(_) | Error::Signals(_) => exit::INTERNAL,
         }
     }
 }

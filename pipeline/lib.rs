@@ -15,6 +15,7 @@ pub mod error;
 pub mod follow_metrics;
 pub mod generate;
 pub mod history;
+pub mod hold;
 pub mod jobs;
 pub mod lock;
 pub mod preview;

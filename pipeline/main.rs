@@ -354,13 +354,32 @@ fn parse_time(option: &'static str, text: &str) -> Result<chrono::DateTime<chron
         })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping once the work in progress is done"),
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping once the work in progress is done"),
+/// SIGINT and SIGTERM, caught from the moment [`StopSignals::install`] returns: a signal
+/// that arrives while the command is still preparing or in its first batch is kept and ends
+/// the command at its next stopping point, instead of killing the process by the signal's
+/// default action. Only commands that stop cleanly install it (`follow`, `serve`); the
+/// others keep the default action, which their crash safety covers.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Register both handlers now (not when first awaited). Needs the Tokio runtime.
+    fn install() -> Result<Self, Error> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).map_err(Error::Signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(Error::Signals)?,
+        })
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM, received before or after this call.
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!("SIGINT: stopping once the work in progress is done"),
+            _ = self.terminate.recv() => tracing::info!("SIGTERM: stopping once the work in progress is done"),
+        }
     }
 }
 
@@ -405,6 +424,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             metrics_listen,
             force,
         } => {
+            let stop = StopSignals::install()?;
             let mut settings = settings(&cli.config, locations, None)?;
             settings.force = force;
             let print = |report: &tagflow::report::RunReport| {
@@ -424,7 +444,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             let outcome = run::follow(
                 &settings,
                 interval,
-                shutdown_signal(),
+                stop.received(),
                 &metrics,
                 print,
                 chrono::Utc::now,
@@ -606,6 +626,7 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             print_rows(&batches, json);
         }
         Command::Serve { locations, listen } => {
+            let stop = StopSignals::install()?;
             let settings = Settings::resolve(&CliSettings {
                 config: cli.config.clone(),
                 warehouse: locations.warehouse,
@@ -615,7 +636,8 @@ async fn execute(cli: Cli) -> Result<(), Error> {
             })?;
             let warehouse = settings.warehouse()?.clone();
             run::check_locations(&[&warehouse]).await?;
-            let server = tagflow::serve::start(warehouse, settings.serve, shutdown_signal()).await?;
+            tagflow::hold::point("serve").await;
+            let server = tagflow::serve::start(warehouse, settings.serve, stop.received()).await?;
             // Scripts and tests read the bound address (useful with port 0) from this line.
             println!("listening on http://{}", server.addr);
             server.wait().await?;

@@ -357,6 +357,7 @@ impl Batch<'_> {
     /// With `may_skip`, a batch with nothing to change (no new file, no held event due,
     /// same day) publishes nothing and returns `None`.
     async fn run(&self, session: &mut Session, may_skip: bool) -> Result<Option<RunReport>, Error> {
+        crate::hold::point("batch").await;
         let started = Instant::now();
         let mut stages_ms = BTreeMap::new();
         let mut stage = |name: &str, since: Instant| {

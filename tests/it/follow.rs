@@ -163,33 +163,33 @@ fn a_cron_schedule_runs_full_recomputes_inside_follow() {
 }
 
 /// Ctrl-C (SIGINT) ends a session as SIGTERM does: after the current batch, with exit code
-/// 0, the lock released and what was published kept.
+/// 0, the lock released and what was published kept. The signal arrives while the first
+/// batch is held at its start (a test hold point, so no timing decides the outcome): it must
+/// be caught from the start of the command, not from the first wait between batches.
 #[test]
-fn follow_stops_cleanly_on_sigint() {
+fn follow_stops_cleanly_on_sigint_during_its_first_batch() {
     let fx = Fixture::new();
     let five_minutes_ago = (Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
     fx.clicks("a.parquet", &[view("k1", "c1", &five_minutes_ago)]);
     let log = fx.dir.path().join("follow.log");
+    let hold = Hold::new(fx.dir.path(), "batch");
+    let (hold_var, hold_value) = hold.env();
     let mut child = fx
         .command(&["follow", "--interval", "200ms"])
         .env("TAGFLOW_LOG", "info")
+        .env(hold_var, hold_value)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    let started = Instant::now();
-    while !log_text().contains("batch published") {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no batch published:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = stop_with(&mut child, libc::SIGINT, Duration::from_secs(30));
+    hold.reached(&log);
+    send_signal(&child, libc::SIGINT);
+    hold.release();
+    let status = wait_within(&mut child, Duration::from_secs(60));
     assert!(status.success(), "follow exits 0 on SIGINT: {status}\n{}", log_text());
     assert!(log_text().contains("SIGINT"), "{}", log_text());
+    assert!(log_text().contains("batch published"), "the held batch finished: {}", log_text());
     assert!(
         !fx.warehouse_dir().join("_tagflow/run.lock").exists(),
         "the lock is released"

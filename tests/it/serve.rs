@@ -735,3 +735,32 @@ fn serve_cli_starts_reports_its_address_and_stops_on_sigterm() {
     let status = stop_with(&mut child, libc::SIGTERM, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
 }
+
+/// SIGTERM that arrives before the server listens (held at the `serve` hold point, so no
+/// timing decides) is caught, not fatal: the server stops cleanly with exit code 0.
+#[test]
+fn serve_stops_cleanly_on_sigterm_before_it_listens() {
+    let fx = Fixture::new();
+    fx.clicks("a.parquet", &[view("k1", "c1", "2026-11-20T10:00:00Z")]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(fx.run(T));
+    let log = fx.dir.path().join("serve.log");
+    let hold = Hold::new(fx.dir.path(), "serve");
+    let (hold_var, hold_value) = hold.env();
+    let mut child = tagflow()
+        .args(["serve", "--listen", "127.0.0.1:0", "--warehouse"])
+        .arg(fx.warehouse_dir())
+        .env("TAGFLOW_LOG", "info")
+        .env(hold_var, hold_value)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    hold.reached(&log);
+    send_signal(&child, libc::SIGTERM);
+    hold.release();
+    let status = wait_within(&mut child, Duration::from_secs(30));
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM: {status}\n{log_text}");
+    assert!(log_text.contains("SIGTERM"), "{log_text}");
+}

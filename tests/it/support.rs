@@ -648,17 +648,66 @@ pub fn stop_with(
     signal: i32,
     within: std::time::Duration,
 ) -> std::process::ExitStatus {
+    send_signal(child, signal);
+    wait_within(child, within)
+}
+
+/// Send `signal` to `child`. The signal is pending in the child when this returns.
+pub fn send_signal(child: &std::process::Child, signal: i32) {
     // SAFETY: a plain kill(2) of a child process this test spawned and has not reaped.
-    unsafe { libc::kill(child.id() as i32, signal) };
+    let sent = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(sent, 0, "kill({}, {signal})", child.id());
+}
+
+/// Wait for `child` to exit, at most `within`.
+pub fn wait_within(child: &mut std::process::Child, within: std::time::Duration) -> std::process::ExitStatus {
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait for the child") {
             return status;
         }
-        assert!(
-            started.elapsed() < within,
-            "the process did not stop on signal {signal}"
-        );
+        assert!(started.elapsed() < within, "the process did not exit within {within:?}");
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A test hold point (`tagflow::hold`): while it is held, a process that reaches `point`
+/// waits there. [`Hold::env`] is the variable to give the process; [`Hold::reached`] waits
+/// until the process's log says it is waiting; [`Hold::release`] lets it go on.
+pub struct Hold {
+    point: &'static str,
+    file: PathBuf,
+}
+
+impl Hold {
+    pub fn new(dir: &Path, point: &'static str) -> Self {
+        let file = dir.join(format!("hold-{point}"));
+        std::fs::write(&file, b"").expect("create the hold file");
+        Hold { point, file }
+    }
+
+    pub fn env(&self) -> (&'static str, String) {
+        (tagflow::hold::HOLD_VAR, format!("{}:{}", self.point, self.file.display()))
+    }
+
+    /// Wait until `log` (the process's stderr, written to a file) shows the process held.
+    pub fn reached(&self, log: &Path) {
+        let started = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("held at a test hold point") && text.contains(self.point) {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "the process never reached hold point {}:\n{text}",
+                self.point
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn release(&self) {
+        std::fs::remove_file(&self.file).expect("remove the hold file");
     }
 }
