@@ -1,4 +1,5 @@
-//! Parsing of a job file: its TOML header and its SQL template.
+//! Parsing of a job file: its TOML header and its SQL template, with the header defaults
+//! of its folder (`defaults.toml`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -48,7 +49,77 @@ pub(super) struct ParsedFile {
     pub body: String,
 }
 
-pub(super) fn parse(file: &Path, text: &str) -> Result<ParsedFile, CatalogError> {
+/// Header keys that a folder gives every job under it, per job kind: a `defaults.toml` holds
+/// tables `[tag]`, `[measure]` and `[state]`, each part of a header. A job's own header wins
+/// key by key (tables merge). The catalog's folder and each folder down to the job's may
+/// have one; a deeper one wins.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Defaults(toml::Table);
+
+/// The file name of a folder's header defaults.
+pub(super) const DEFAULTS_FILE: &str = "defaults.toml";
+
+impl Defaults {
+    /// The defaults for jobs in `folder`, a folder under (or equal to) the catalog's `root`.
+    pub(super) fn for_folder(root: &Path, folder: &Path) -> Result<Self, CatalogError> {
+        let mut chain: Vec<&Path> = folder.ancestors().take_while(|p| p.starts_with(root)).collect();
+        chain.reverse();
+        let mut merged = toml::Table::new();
+        for dir in chain {
+            let file = dir.join(DEFAULTS_FILE);
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let invalid = |line: usize, message: String| CatalogError::Header {
+                file: file.clone(),
+                line,
+                message,
+            };
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                invalid(
+                    e.span().map(|s| line_of(&text, s.start)).unwrap_or(1),
+                    e.message().into(),
+                )
+            })?;
+            for (kind, value) in table {
+                if !matches!(kind.as_str(), "tag" | "measure" | "state") || !value.is_table() {
+                    let message =
+                        format!("unknown table `{kind}`: defaults are given per job kind, [tag], [measure] or [state]");
+                    return Err(invalid(header_line_mentioning(&text, &kind), message));
+                }
+                let mut value = value;
+                if let Some(deeper) = merged.remove(&kind) {
+                    // The deeper file wins: fill it with what the outer ones say.
+                    fill_missing(&mut value, &deeper);
+                }
+                merged.insert(kind, value);
+            }
+        }
+        Ok(Defaults(merged))
+    }
+
+    /// The defaults for a job of `kind` (its header's `kind`, `tag` when absent).
+    fn of_kind(&self, kind: &str) -> Option<&toml::Value> {
+        self.0.get(kind)
+    }
+}
+
+/// Copy into `target` every key of `defaults` it lacks; tables present in both merge.
+fn fill_missing(target: &mut toml::Value, defaults: &toml::Value) {
+    let (Some(target), Some(defaults)) = (target.as_table_mut(), defaults.as_table()) else {
+        return;
+    };
+    for (key, value) in defaults {
+        match target.get_mut(key) {
+            Some(existing) => fill_missing(existing, value),
+            None => {
+                target.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+pub(super) fn parse(file: &Path, text: &str, defaults: &Defaults) -> Result<ParsedFile, CatalogError> {
     let mut header_text = String::new();
     let mut header_lines = 0;
     for line in text.lines() {
@@ -66,11 +137,31 @@ pub(super) fn parse(file: &Path, text: &str) -> Result<ParsedFile, CatalogError>
             message: "missing header: a job file starts with `-- name = \"...\"` comment lines".into(),
         });
     }
-    let header: Header = toml::from_str(&header_text).map_err(|e| CatalogError::Header {
+    let header_error = |e: toml::de::Error| CatalogError::Header {
         file: file.to_path_buf(),
         line: e.span().map(|s| line_of(&header_text, s.start)).unwrap_or(1),
         message: e.message().to_string(),
+    };
+    // The header alone must be valid (errors point at its lines); then the folder's
+    // defaults fill what it leaves out.
+    let header: Header = toml::from_str(&header_text).map_err(header_error)?;
+    let kind = toml::Value::try_from(header.kind).map_err(|e| CatalogError::Header {
+        file: file.to_path_buf(),
+        line: 1,
+        message: e.to_string(),
     })?;
+    let header = match kind.as_str().and_then(|kind| defaults.of_kind(kind)) {
+        None => header,
+        Some(kind_defaults) => {
+            let mut value: toml::Value = toml::from_str(&header_text).map_err(header_error)?;
+            fill_missing(&mut value, kind_defaults);
+            value.try_into().map_err(|e: toml::de::Error| CatalogError::Header {
+                file: file.to_path_buf(),
+                line: 1,
+                message: format!("with the defaults of {DEFAULTS_FILE}: {}", e.message()),
+            })?
+        }
+    };
     let body = text.lines().skip(header_lines).collect::<Vec<_>>().join("\n");
     Ok(ParsedFile {
         header,
@@ -151,7 +242,9 @@ mod tests {
     #[test]
     fn header_error_points_at_the_line() {
         let text = "-- name = \"x\"\n-- description = \"d\"\n-- inputs = [\"a\",\nSELECT 1";
-        let err = parse(Path::new("x.sql"), text).err().expect("bad header");
+        let err = parse(Path::new("x.sql"), text, &Defaults::default())
+            .err()
+            .expect("bad header");
         match err {
             CatalogError::Header { line, .. } => assert_eq!(line, 3),
             other => panic!("unexpected {other}"),

@@ -8,10 +8,6 @@
 -- interest_cart_adds = 1
 -- [checks]
 -- accepted_values = ["awareness", "interest", "purchase", "loyalty"]
--- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
--- [checks.drift]
--- max_change_pct = 75
--- min_base = 1000
 SELECT
     customer_id,
     CASE

@@ -7,10 +7,6 @@
 -- min_share = 0.6
 -- [checks]
 -- not_null = ["score"]
--- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
--- [checks.drift]
--- max_change_pct = 75
--- min_base = 1000
 WITH brand_orders AS (
     -- paid orders of the window per customer and brand (null: orders without a brand)
     SELECT customer_id, brand, COUNT(*) AS orders

@@ -7,10 +7,6 @@
 -- [checks]
 -- not_null = ["score"]
 -- accepted_values = ["true"]
--- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
--- [checks.drift]
--- max_change_pct = 75
--- min_base = 1000
 WITH recent_order_dates AS (
     -- paid_day is the UTC day of paid_time, as days since 1970-01-01
     SELECT customer_id, CAST(paid_day AS DATE) AS paid_date

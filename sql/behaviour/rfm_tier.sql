@@ -10,10 +10,6 @@
 -- [checks]
 -- not_null = ["score"]
 -- accepted_values = ["champion", "devoted", "big_spender", "casual", "prospect"]
--- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
--- [checks.drift]
--- max_change_pct = 75
--- min_base = 1000
 WITH buyers_by_spend AS (
     SELECT
         monetary_365,

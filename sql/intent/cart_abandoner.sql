@@ -7,10 +7,6 @@
 -- [checks]
 -- not_null = ["score"]
 -- accepted_values = ["true"]
--- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
--- [checks.drift]
--- max_change_pct = 75
--- min_base = 1000
 WITH abandoned_carts AS (
     -- the latest cart add is recent and no order was placed or paid at or after it
     SELECT customer_id

@@ -8,10 +8,6 @@
 -- min_points = 5
 -- [checks]
 -- not_null = ["score"]
--- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
--- [checks.drift]
--- max_change_pct = 75
--- min_base = 1000
 WITH recently_bought AS (
     SELECT DISTINCT customer_id, category
     FROM paid_orders

@@ -4,10 +4,6 @@
 -- depends_on = ["refund_risk", "low_credit", "shared_device"]
 -- [checks]
 -- accepted_values = ["true"]
--- # a value of 1000+ customers moving by more than 75% between snapshots is a broken job, not a trend
--- [checks.drift]
--- max_change_pct = 75
--- min_base = 1000
 WITH flagged_customers AS (
     SELECT customer_id FROM refund_risk
     UNION ALL
