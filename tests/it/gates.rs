@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use arrow::array::{Array, Int32Array, StringArray};
 use serde_json::Value;
-use tagflow::error::{exit, Error};
-use tagflow::history::RUNS_TABLE;
+use tagflow::app::error::{exit, Error};
 use tagflow::publish::query_published;
-use tagflow::{serve, snapshots};
+use tagflow::publish::snapshots;
+use tagflow::publish::tables::RUNS_TABLE;
+use tagflow::serve;
 
 use crate::support::*;
 
@@ -101,7 +102,7 @@ async fn a_drift_gate_stops_a_broken_job_and_the_previous_version_stays_served()
     let rfm = sql.join("behaviour/rfm_tier.sql");
     // The shipped rule (a value may move by at most 75%), applied to this data set's
     // segment sizes (the shipped floor of 1000 customers is above them).
-    edit(&rfm, "min_base = 1000", "min_base = 100");
+    edit(&sql.join("defaults.toml"), "min_base = 1000", "min_base = 100");
     let first = report(&cli_run(&fx, &sql, &[]));
     let good_version = first["published"]["version"].as_u64().unwrap();
     let before = fx.published(None).await;
@@ -184,7 +185,7 @@ async fn declared_checks_fail_with_their_numbers_and_publish_nothing() {
     let (fx, sql) = generated(300, 4).await;
     let mut settings = fx.settings(AS_OF, None).unwrap();
     settings.sql_dir = sql.clone();
-    let good = tagflow::run::run(&settings).await.expect("first run");
+    let good = tagflow::app::run::run(&settings).await.expect("first run");
     let rows = |tag: &str| good.tags.iter().find(|t| t.tag == tag).unwrap().rows;
     let prospects = good.tags.iter().find(|t| t.tag == "rfm_tier").unwrap().values["prospect"];
     assert!(prospects > 0 && rows("lifecycle") > 10 && rows("aipl_stage") > 0);
@@ -206,7 +207,7 @@ async fn declared_checks_fail_with_their_numbers_and_publish_nothing() {
         "-- [checks]\n",
         &format!("-- [checks]\n-- min_rows = {min}\n"),
     );
-    let err = tagflow::run::run(&settings).await.expect_err("gates fail");
+    let err = tagflow::app::run::run(&settings).await.expect_err("gates fail");
     assert_eq!(err.exit_code(), exit::GATE);
     let Error::Gate(gate) = &err else { panic!("{err}") };
     let got: BTreeSet<(String, String, Option<String>, String)> = gate
@@ -308,12 +309,6 @@ fn check_headers_are_validated_before_anything_runs() {
             "-- engagement_window_days = 30\n-- [checks]\n-- min_rows = 1\n",
             "[checks] apply to tag jobs only",
         ),
-        (
-            "risk/low_credit.sql",
-            "max_change_pct = 75\n-- min_base = 1000\n",
-            "min_base = 1000\n",
-            "needs max_change_pct or max_change_customers",
-        ),
     ];
     for (file, from, to, message) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -331,5 +326,69 @@ fn check_headers_are_validated_before_anything_runs() {
             stderr.contains(&format!("{file}:")),
             "{file}: the file is named: {stderr}"
         );
+    }
+}
+
+/// The drift rule every shipped tag shares comes from `sql/defaults.toml`, and a tag's own
+/// header wins key by key. A broken defaults file stops the catalog with the file named.
+#[test]
+fn folder_defaults_fill_headers_and_a_header_wins() {
+    let show = |dir: &std::path::Path| {
+        let out = tagflow()
+            .args(["jobs", "show", "rfm_tier", "--sql-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let json_end = text.find("\n}\n").expect("the job as JSON") + 2;
+        serde_json::from_str::<serde_json::Value>(&text[..json_end]).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped_sql(), dir.path());
+    let drift = &show(dir.path())["checks"]["drift"];
+    assert_eq!(
+        (drift["max_change_pct"].as_f64(), drift["min_base"].as_u64()),
+        (Some(75.0), Some(1000))
+    );
+
+    let rfm = dir.path().join("behaviour/rfm_tier.sql");
+    edit(
+        &rfm,
+        "-- [checks]\n",
+        "-- [checks.drift]\n-- min_base = 5\n-- [checks]\n",
+    );
+    let drift = &show(dir.path())["checks"]["drift"];
+    assert_eq!(
+        (drift["max_change_pct"].as_f64(), drift["min_base"].as_u64()),
+        (Some(75.0), Some(5))
+    );
+
+    for (from, to, message, named) in [
+        (
+            "max_change_pct = 75\n",
+            "",
+            "needs max_change_pct or max_change_customers",
+            "behaviour/aipl_stage.sql:",
+        ),
+        (
+            "[tag.checks.drift]",
+            "[tags.checks.drift]",
+            "unknown table `tags`",
+            "defaults.toml:",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&shipped_sql(), dir.path());
+        edit(&dir.path().join("defaults.toml"), from, to);
+        let out = tagflow()
+            .args(["jobs", "validate", "--sql-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit::CONFIG), "{stderr}");
+        assert!(stderr.contains(message), "expected {message:?} in {stderr}");
+        assert!(stderr.contains(named), "expected {named:?} in {stderr}");
     }
 }
