@@ -66,7 +66,7 @@ fn main() {
     })
     .expect("settings");
     settings.force = true;
-    let first = runtime.block_on(tagflow::run::run(&settings)).expect("first run");
+    let first = runtime.block_on(tagflow::app::run::run(&settings)).expect("first run");
     println!(
         "\n== publishing: {customers} customers, {} history files, then {BATCHES} micro-batches of one file each",
         history.len()
@@ -94,7 +94,7 @@ fn main() {
     let mut compactions = 0;
     for (i, file) in arrivals.iter().enumerate() {
         copy(&source.join(file), &landing.join(file));
-        let report = runtime.block_on(tagflow::run::run(&settings)).expect("batch");
+        let report = runtime.block_on(tagflow::app::run::run(&settings)).expect("batch");
         publish_ms.push(report.stages_ms.get("publish").copied().unwrap_or_default());
         written.push(report.published.rows_written);
         compactions += usize::from(report.compaction.is_some());
@@ -138,7 +138,7 @@ fn main() {
     println!(
         "{compactions} compactions by policy; table {} rows",
         runtime
-            .block_on(tagflow::run::run(&settings))
+            .block_on(tagflow::app::run::run(&settings))
             .expect("last")
             .published
             .rows

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::compact::CompactionSettings;
 use crate::jobs::ParamOverrides;
+use crate::publish::compact::CompactionSettings;
 use crate::serve::query::QueryLimits;
 use crate::serve::ServeSettings;
+use crate::storage::units::parse_duration;
 use crate::storage::{Location, StorageError, StoreOptions};
 
 /// The default config file, read when present in the working directory.
@@ -431,24 +432,6 @@ fn serve_settings(config: &ServeConfig, cli: &CliSettings) -> Result<ServeSettin
                 * 1024,
         },
     })
-}
-
-/// A duration as a number and a unit: `500ms`, `10s`, `30m`, `12h`, `7d` (zero allowed).
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration like 500ms, 10s, 30m, 12h or 7d"))?;
-    let seconds = |n: u64| std::time::Duration::from_secs(number.saturating_mul(n));
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(number)),
-        "s" => Ok(seconds(1)),
-        "m" => Ok(seconds(60)),
-        "h" => Ok(seconds(3600)),
-        "d" => Ok(seconds(86_400)),
-        _ => Err(format!("'{text}': the unit must be ms, s, m, h or d")),
-    }
 }
 
 /// Read the config file: the explicit one (which must exist) or `./tagflow.toml` if present.

@@ -1,34 +1,39 @@
 //! tagflow: near-real-time customer tagging.
 //!
-//! Stages, one module each: [`sources`] read the landing zone, [`jobs`] plan and run the
-//! SQL tag jobs, [`publish`] writes Delta tables, [`compact`] keeps them
-//! small and fast to open, [`snapshots`] reads their versions, [`serve`] answers lookups over HTTP from the
-//! latest published snapshot. [`run`] chains the batch stages and [`backfill`] replays them over past days; [`config`] resolves
-//! settings; [`error`] maps failures to exit codes.
+//! Layers, bottom to top; a module imports only from its own layer and those below it
+//! (`tests/it/layers.rs` checks this on every test run):
+//!
+//! 1. [`storage`]: object-store locations, state files, the warehouse lock and small units.
+//! 2. [`sources`]: the landing zone: listing, schemas, normalising, quarantine.
+//! 3. [`state`]: the incremental state (segments and their manifest).
+//! 4. [`jobs`]: the catalog of SQL jobs, their execution and quality checks.
+//! 5. [`publish`]: writers and readers of the Delta tables (table names in
+//!    [`publish::tables`]), snapshots and compaction.
+//! 6. [`serve`]: the lookup API over the latest published snapshot.
+//! 7. [`config`]: composes each stage's settings from `tagflow.toml`, environment and flags.
+//! 8. [`app`]: the application: prepare, run, follow, backfill, preview, demo, reports,
+//!    errors and exit codes.
+//!
+//! The command line (`main.rs` and `cli/`) sits on top, in the binary. The data generator
+//! ([`generate`]) stands beside the layers: it depends on [`storage`] only, and only the
+//! application and the CLI use it.
 
-pub mod backfill;
-pub mod compact;
-pub mod config;
-pub mod dedup;
-pub mod demo;
-pub mod error;
-pub mod follow_metrics;
-pub mod generate;
-pub mod history;
-pub mod hold;
-pub mod jobs;
-pub mod lock;
-pub mod preview;
-pub mod progress;
-pub mod publish;
-pub mod quarantine;
-pub mod report;
-pub mod run;
-pub mod schema;
-pub mod serve;
-pub mod snapshots;
-pub mod sources;
-pub mod state;
 pub mod storage;
 
-pub use error::Error;
+pub mod sources;
+
+pub mod state;
+
+pub mod jobs;
+
+pub mod publish;
+
+pub mod serve;
+
+pub mod config;
+
+pub mod app;
+
+pub mod generate;
+
+pub use app::error::Error;

@@ -24,16 +24,19 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{info, info_span, Instrument};
 
+use crate::app::batch::evaluate_at;
+use crate::app::error::Error;
+use crate::app::prepare::{check_locations, prepare};
+use crate::app::run::record;
 use crate::config::{ConfigError, Settings};
-use crate::error::Error;
-use crate::history::Summary;
 use crate::jobs::{GateReport, JobKind, Segments};
-use crate::progress::Progress;
 use crate::publish;
-use crate::publish::history::{replace_day, HISTORY_TABLE};
-use crate::run::{check_locations, evaluate_at, prepare, record};
+use crate::publish::history::replace_day;
+use crate::publish::runs::Summary;
+use crate::publish::tables::HISTORY_TABLE;
 use crate::sources::{self, StreamStats};
 use crate::state::State;
+use crate::storage::progress::Progress;
 
 /// Which days to backfill.
 #[derive(Debug, Clone, Copy)]

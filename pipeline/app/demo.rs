@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use arrow::array::{Array, Int64Array, StringArray};
 use chrono::{Duration, Utc};
 
+use crate::app::error::Error;
+use crate::app::report::RunReport;
 use crate::config::Settings;
-use crate::error::Error;
 use crate::generate::{self, GenerateOptions, GenerateSummary};
 use crate::publish::{query_published, TAGS_TABLE};
-use crate::report::RunReport;
 use crate::storage::Location;
 
 pub struct DemoOptions {
@@ -51,7 +51,7 @@ pub async fn demo(options: &DemoOptions, mut settings: Settings) -> Result<DemoR
     settings.landing = Some(landing);
     settings.warehouse = Some(warehouse.clone());
     settings.as_of = Utc::now();
-    let report = crate::run::run(&settings).await?;
+    let report = crate::app::run::run(&settings).await?;
     let batches = query_published(
         &warehouse,
         TAGS_TABLE,

@@ -1,17 +1,18 @@
 //! The top-level error of a tagflow command and its process exit code: the one place where
 //! layer errors become exit codes (documented in the README).
 
+use crate::app::preview::PreviewError;
 use crate::config::ConfigError;
 use crate::generate::GenerateError;
 use crate::jobs::{CatalogError, GateError, JobError};
-use crate::lock::LockError;
-use crate::preview::PreviewError;
+use crate::publish::runs::Failure;
 use crate::publish::PublishError;
-use crate::quarantine::QuarantineError;
-use crate::schema::SchemaError;
 use crate::serve::ServeError;
+use crate::sources::quarantine::QuarantineError;
+use crate::sources::schema::SchemaError;
 use crate::sources::SourceError;
 use crate::state::StateError;
+use crate::storage::lock::LockError;
 use crate::storage::{self, Fault, StorageError};
 
 /// Process exit codes.
@@ -105,6 +106,21 @@ impl Error {
             Error::Preview(_) => exit::CONFIG,
             Error::Serve(ServeError::Bind { .. }) => exit::CONFIG,
             Error::Serve(_) | Error::Signals(_) => exit::INTERNAL,
+        }
+    }
+}
+
+impl Error {
+    /// What `job_runs` records of a run that failed with this error.
+    pub fn run_failure(&self) -> Failure<'_> {
+        Failure {
+            gate: self.exit_code() == exit::GATE,
+            exit_code: self.exit_code(),
+            message: self.to_string(),
+            failed_checks: match self {
+                Error::Gate(gate) => Some(&gate.report.failures),
+                _ => None,
+            },
         }
     }
 }

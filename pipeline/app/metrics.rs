@@ -16,8 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::error::{exit, Error};
-use crate::report::RunReport;
+use crate::app::error::{exit, Error};
+use crate::app::report::RunReport;
 use crate::serve::metrics::openmetrics;
 use crate::serve::ServeError;
 

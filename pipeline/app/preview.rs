@@ -20,12 +20,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tracing::{info_span, Instrument};
 
+use crate::app::error::Error;
+use crate::app::prepare::{check_locations, prepare_with};
 use crate::config::Settings;
-use crate::error::Error;
 use crate::jobs::{evaluate_checks, run_jobs, CatalogError, GateReport, JobKind, JobRun};
+use crate::publish::snapshots;
 use crate::publish::{query_published, PublishError, TAGS_TABLE};
-use crate::run::{check_locations, prepare_with};
-use crate::snapshots;
 use crate::state::State;
 
 /// Why a preview cannot be made.

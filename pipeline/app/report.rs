@@ -8,11 +8,12 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 
-use crate::compact::CompactReport;
 use crate::jobs::GateReport;
-use crate::publish::Published;
-use crate::quarantine::Entry;
+use crate::publish::compact::CompactReport;
+use crate::publish::{runs, Published};
+use crate::sources::quarantine::Entry;
 use crate::sources::StreamStats;
 
 #[derive(Debug, Clone, Serialize)]
@@ -237,5 +238,32 @@ impl RunReport {
         let stages: Vec<String> = self.stages_ms.iter().map(|(k, v)| format!("{k} {v} ms")).collect();
         let _ = writeln!(w, "\n  stages: {}", stages.join(", "));
         out
+    }
+}
+
+/// What `job_runs` records of a run that published.
+impl From<&RunReport> for runs::Summary {
+    fn from(r: &RunReport) -> Self {
+        let tags = r.tags.iter().map(|t| {
+            let mut entry = json!({ "job": t.tag, "rows": t.rows, "ms": t.duration_ms });
+            let failed = runs::failed_checks(&t.tag, &r.gates.failures);
+            if !failed.is_empty() {
+                entry["failed_checks"] = failed.into();
+            }
+            entry
+        });
+        let measures = r
+            .measures
+            .iter()
+            .map(|m| json!({ "job": m.measure, "rows": m.rows, "ms": m.duration_ms }));
+        let mut summary = runs::Summary {
+            customers: r.customers,
+            published_version: r.published.version,
+            jobs: tags.chain(measures).collect(),
+            forced: r.gates.forced,
+            ..Default::default()
+        };
+        summary.count_streams(r.streams.values());
+        summary
     }
 }

@@ -12,8 +12,8 @@ use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use super::checks::Checks;
-use super::header::{self, header_line_mentioning, placeholders, substitute};
-use crate::schema::Schemas;
+use super::header::{self, header_line_mentioning, placeholders, substitute, Defaults};
+use crate::sources::schema::Schemas;
 
 /// The tables a state job's merge SQL reads: its current rows and the batch's new rows.
 pub const CURRENT_ROWS: &str = "current_rows";
@@ -435,7 +435,8 @@ impl Catalog {
                 dir: file.clone(),
                 source,
             })?;
-            let job = parse_job(&file, &text)?;
+            let defaults = Defaults::for_folder(dir, file.parent().unwrap_or(dir))?;
+            let job = parse_job(&file, &text, &defaults)?;
             if let Some(existing) = jobs.get(&job.name) {
                 return Err(CatalogError::Duplicate {
                     name: job.name.clone(),
@@ -450,7 +451,11 @@ impl Catalog {
                 dir: file.to_path_buf(),
                 source,
             })?;
-            let job = parse_job(file, &text)?;
+            // The header defaults of the job it replaces, or of the catalog's folder.
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let folder = jobs.get(stem).and_then(|j| j.file.parent()).unwrap_or(dir);
+            let defaults = Defaults::for_folder(dir, folder)?;
+            let job = parse_job(file, &text, &defaults)?;
             jobs.insert(job.name.clone(), job);
         }
         for job in jobs.values() {
@@ -685,8 +690,8 @@ fn collect_sql_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CatalogEr
     Ok(())
 }
 
-fn parse_job(file: &Path, text: &str) -> Result<Job, CatalogError> {
-    let parsed = header::parse(file, text)?;
+fn parse_job(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, CatalogError> {
+    let parsed = header::parse(file, text, defaults)?;
     let h = parsed.header;
     let mut job = Job {
         name: h.name,

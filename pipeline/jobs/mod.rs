@@ -40,4 +40,4 @@ pub use catalog::{
     timestamp_literal, Catalog, CatalogError, Job, JobKind, MergeFn, MergeRule, ParamOverrides, ParamValue, StateSpec,
 };
 pub use checks::{evaluate as evaluate_checks, CheckFailure, Checks, Drift, GateError, GateReport, Segments};
-pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Segment, StateRun, StateTable, Table};
+pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, StateRun};

@@ -17,8 +17,7 @@ use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use tracing::{info, info_span, Instrument};
 
-use crate::history::RUNS_TABLE;
-use crate::publish::tags::{CHANGES_TABLE, TAGS_TABLE};
+use crate::publish::tables::{CHANGES_TABLE, RUNS_TABLE, TAGS_TABLE};
 use crate::publish::{file_count, open_or_new, table_url, PublishError};
 use crate::storage::Location;
 

@@ -16,12 +16,10 @@ use chrono::NaiveDate;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 
+use super::tables::HISTORY_TABLE;
 use super::tags::TableSettings;
 use super::{customer_tags_schema, file_count, open_or_new, table_url, PublishError, Published};
 use crate::storage::Location;
-
-/// The table of past snapshots, under the warehouse.
-pub const HISTORY_TABLE: &str = "customer_tags_history";
 
 /// `snapshot_date` (the day whose end the tags were evaluated at), then `customer_tags`'s
 /// columns.

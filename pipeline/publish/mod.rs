@@ -8,9 +8,15 @@
 //! live: the Delta commit is the single atomic step, data files written before it are
 //! invisible to readers until it succeeds.
 
+pub mod compact;
 mod diff;
 pub mod history;
+pub mod runs;
+pub mod snapshots;
+pub mod tables;
 pub mod tags;
+
+pub use tables::{CHANGES_TABLE, HISTORY_TABLE, RUNS_TABLE, TAGS_TABLE};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,9 +35,6 @@ use url::Url;
 
 use crate::jobs::{JobKind, JobRun};
 use crate::storage::Location;
-
-/// The published tag table, under the warehouse.
-pub const TAGS_TABLE: &str = "customer_tags";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -1,8 +1,10 @@
-//! Run history: one row per `tagflow run`, succeeded or failed, appended to the Delta table
-//! `<warehouse>/job_runs` so that operators and schedulers can see what ran.
+//! Run history: one row per `tagflow run`, follow batch or backfill, succeeded or failed,
+//! appended to the Delta table `<warehouse>/job_runs` so that operators and schedulers can
+//! see what ran.
 //!
-//! Owns: the `job_runs` schema and the rows recorded. Must not: decide a run's outcome;
-//! failing to record history never fails a run (it is logged).
+//! Owns: the `job_runs` schema and the rows recorded. Must not: decide a run's outcome (the
+//! application hands it a [`Summary`] or a [`Failure`]); failing to record history never
+//! fails a run (the caller logs it).
 
 use std::sync::Arc;
 
@@ -13,15 +15,11 @@ use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
 use serde_json::json;
 
-use crate::error::{exit, Error};
 use crate::jobs::CheckFailure;
+use crate::publish::tables::RUNS_TABLE;
 use crate::publish::{self, PublishError};
-use crate::report::RunReport;
 use crate::sources::StreamStats;
 use crate::storage::Location;
-
-/// The run history table, under the warehouse.
-pub const RUNS_TABLE: &str = "job_runs";
 
 /// Schema of `job_runs`. `status` is `succeeded`, `forced` (published although checks
 /// failed), `gate_failed` or `failed`. `jobs` is JSON (`[{"job", "rows", "ms",
@@ -52,7 +50,18 @@ pub struct RunRecord<'a> {
     pub run_id: &'a str,
     pub as_of: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
-    pub outcome: Result<Summary, &'a Error>,
+    pub outcome: Result<Summary, Failure<'a>>,
+}
+
+/// Why a run did not publish, as `job_runs` records it. The application fills it from its
+/// error: this table knows exit codes as numbers, not what they mean.
+pub struct Failure<'a> {
+    /// A quality gate stopped the run (status `gate_failed` rather than `failed`).
+    pub gate: bool,
+    pub exit_code: i32,
+    pub message: String,
+    /// The checks that failed, when the gate reported them (the `jobs` column lists them).
+    pub failed_checks: Option<&'a [CheckFailure]>,
 }
 
 /// The numbers of a run that published (a run, a follow batch or a backfill).
@@ -81,32 +90,6 @@ impl Summary {
             self.files_quarantined += s.files_quarantined;
             self.rows_quarantined += s.rows_quarantined;
         }
-    }
-}
-
-impl From<&RunReport> for Summary {
-    fn from(r: &RunReport) -> Self {
-        let tags = r.tags.iter().map(|t| {
-            let mut entry = json!({ "job": t.tag, "rows": t.rows, "ms": t.duration_ms });
-            let failed = failed_checks(&t.tag, &r.gates.failures);
-            if !failed.is_empty() {
-                entry["failed_checks"] = failed.into();
-            }
-            entry
-        });
-        let measures = r
-            .measures
-            .iter()
-            .map(|m| json!({ "job": m.measure, "rows": m.rows, "ms": m.duration_ms }));
-        let mut summary = Summary {
-            customers: r.customers,
-            published_version: r.published.version,
-            jobs: tags.chain(measures).collect(),
-            forced: r.gates.forced,
-            ..Default::default()
-        };
-        summary.count_streams(r.streams.values());
-        summary
     }
 }
 
@@ -147,20 +130,26 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
     let count =
         |f: fn(&Summary) -> usize| -> ArrayRef { Arc::new(Int64Array::from(vec![summary.map(|s| f(s) as i64)])) };
     let (status, exit_code, error) = match &run.outcome {
-        Ok(s) if s.forced => ("forced", exit::OK, None),
-        Ok(_) => ("succeeded", exit::OK, None),
-        Err(e) if e.exit_code() == exit::GATE => ("gate_failed", exit::GATE, Some(e.to_string())),
-        Err(e) => ("failed", e.exit_code(), Some(e.to_string())),
+        Ok(s) if s.forced => ("forced", 0, None),
+        Ok(_) => ("succeeded", 0, None),
+        Err(f) => (
+            if f.gate { "gate_failed" } else { "failed" },
+            f.exit_code,
+            Some(f.message.clone()),
+        ),
     };
     // Per job: rows and duration, and the checks that failed (with their numbers) when a
     // gate stopped the run or was forced.
     let jobs = match &run.outcome {
         Ok(s) => Some(serde_json::Value::Array(s.jobs.clone()).to_string()),
-        Err(Error::Gate(gate)) => {
-            let jobs: std::collections::BTreeSet<&str> = gate.report.failures.iter().map(|f| f.job.as_str()).collect();
+        Err(Failure {
+            failed_checks: Some(failures),
+            ..
+        }) => {
+            let jobs: std::collections::BTreeSet<&str> = failures.iter().map(|f| f.job.as_str()).collect();
             let entries = jobs
                 .into_iter()
-                .map(|job| json!({ "job": job, "failed_checks": failed_checks(job, &gate.report.failures) }));
+                .map(|job| json!({ "job": job, "failed_checks": failed_checks(job, failures) }));
             Some(serde_json::Value::Array(entries.collect()).to_string())
         }
         Err(_) => None,
@@ -183,4 +172,14 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
         Arc::new(StringArray::from(vec![jobs])),
     ];
     RecordBatch::try_new(job_runs_schema(), columns).expect("job_runs row matches its schema")
+}
+
+/// The latest `limit` runs, newest first, with the columns `tagflow runs` shows.
+pub async fn latest(warehouse: &Location, limit: usize) -> Result<Vec<RecordBatch>, PublishError> {
+    let sql = format!(
+        "SELECT run_id, status, exit_code, as_of, started_at, finished_at, files_read, events, \
+         files_quarantined, rows_quarantined, published_version, error, jobs \
+         FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT {limit}"
+    );
+    publish::query_published(warehouse, RUNS_TABLE, None, &sql).await
 }

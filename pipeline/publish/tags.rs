@@ -40,15 +40,14 @@ use serde_json::{json, Map, Value};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::diff::{self, Diff};
-pub use super::TAGS_TABLE;
+use super::tables::CHANGES_TABLE;
+pub use super::tables::TAGS_TABLE;
 use super::{
     collect, customer_tags_schema, file_count, open_or_new, register, table_url, writer_properties, PublishError,
     Published,
 };
 use crate::storage::Location;
 
-/// The change feed, under the warehouse.
-pub const CHANGES_TABLE: &str = "tag_changes";
 /// Application id of the feed's transactions: the `customer_tags` version covered so far.
 const FEED_APP: &str = "tagflow.tag_changes";
 /// Commit metadata keys of a tag publish.
@@ -622,4 +621,18 @@ fn sql_list(names: &[String]) -> String {
         true => "NULL".to_string(),
         false => quoted.join(", "),
     }
+}
+
+/// One customer's rows of `customer_tags` at `version` (the latest if `None`), by family
+/// and tag: `family, tag, value, score, as_of`.
+pub async fn customer_rows(
+    warehouse: &Location,
+    customer_id: &str,
+    version: Option<u64>,
+) -> Result<Vec<RecordBatch>, PublishError> {
+    let sql = format!(
+        "SELECT family, tag, value, score, as_of FROM {TAGS_TABLE} WHERE customer_id = '{}' ORDER BY family, tag",
+        customer_id.replace('\'', "''")
+    );
+    super::query_published(warehouse, TAGS_TABLE, version, &sql).await
 }

@@ -23,9 +23,10 @@ use super::error::{ApiError, ErrorBody};
 use super::index::{SharedIndex, TagView};
 use super::query::{self, QueryResult};
 use super::AppState;
-use crate::publish::tags::{ChangeCounts, CHANGES_TABLE};
+use crate::publish::snapshots::{self, Snapshot};
+use crate::publish::tables::CHANGES_TABLE;
+use crate::publish::tags::ChangeCounts;
 use crate::publish::{query_published, PublishError};
-use crate::snapshots::{self, Snapshot};
 
 /// Longest customer id accepted.
 const MAX_ID_BYTES: usize = 256;

@@ -12,8 +12,8 @@ use arrow::array::{Array, Float64Array, StringArray, StringBuilder, TimestampMic
 use chrono::{DateTime, SecondsFormat, Utc};
 use deltalake::DeltaTable;
 
+use crate::publish::snapshots;
 use crate::publish::{collect, open_published, register, PublishError, TAGS_TABLE};
-use crate::snapshots;
 use crate::storage::Location;
 
 /// One tag row of a customer, with its strings interned in the index's symbol table.

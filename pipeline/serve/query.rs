@@ -16,7 +16,7 @@ use datafusion::prelude::{col, lit, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 
 use super::error::ApiError;
-use crate::publish::tags::CHANGES_TABLE;
+use crate::publish::tables::CHANGES_TABLE;
 use crate::publish::{open_published, plain_strings, PublishError, TAGS_TABLE};
 use crate::storage::Location;
 

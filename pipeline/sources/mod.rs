@@ -25,10 +25,13 @@ use parquet::arrow::ProjectionMask;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::dedup::{event_id_hashes, DedupMemory};
-use crate::progress::Progress;
-use crate::quarantine::{Entry, Quarantine, QuarantineError};
-use crate::schema::{Schemas, StreamSchema, EVENT_DAY};
+pub mod quarantine;
+pub mod schema;
+
+use crate::storage::dedup::{event_id_hashes, DedupMemory};
+use quarantine::{Entry, Quarantine, QuarantineError};
+use schema::{Schemas, StreamSchema, EVENT_DAY};
+use crate::storage::progress::Progress;
 use crate::storage::Location;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;

@@ -29,9 +29,11 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use crate::dedup::{Day, DedupMemory};
-use crate::jobs::{Segment, StateTable, Table};
+pub mod tables;
+
+use crate::storage::dedup::{Day, DedupMemory};
 use crate::storage::{arrow_file_batches, arrow_file_bytes, immutable_object_bytes, parquet_batches, Location};
+use tables::{Segment, StateTable, Table};
 
 /// Folder of the state under the warehouse.
 pub const STATE_DIR: &str = "_tagflow/state";
@@ -76,7 +78,7 @@ struct Manifest {
     format: u32,
     version: u64,
     as_of: DateTime<Utc>,
-    /// [`crate::jobs::Catalog::state_fingerprint`] of the jobs that built the tables.
+    /// `jobs::Catalog::state_fingerprint` of the jobs that built the tables.
     fingerprint: String,
     run_id: String,
     committed_at: DateTime<Utc>,

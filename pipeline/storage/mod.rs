@@ -28,6 +28,12 @@ use object_store::{GetResult, GetResultPayload, ObjectStore};
 use serde::Deserialize;
 use url::Url;
 
+pub mod dedup;
+pub mod hold;
+pub mod lock;
+pub mod progress;
+pub mod units;
+
 /// Retries of a failed object-store request, unless `max_retries` says otherwise.
 pub const DEFAULT_MAX_RETRIES: usize = 6;
 /// Time after which a request stops being retried, unless `retry_timeout` says otherwise.
@@ -113,9 +119,8 @@ impl std::fmt::Debug for StoreOptions {
 impl StoreOptions {
     /// The options in the form object_store and delta-rs read (`aws_endpoint`, ...).
     fn to_map(&self) -> Result<BTreeMap<String, String>, String> {
-        let retry_timeout =
-            crate::config::parse_duration(self.retry_timeout.as_deref().unwrap_or(DEFAULT_RETRY_TIMEOUT))
-                .map_err(|message| format!("retry_timeout: {message}"))?;
+        let retry_timeout = units::parse_duration(self.retry_timeout.as_deref().unwrap_or(DEFAULT_RETRY_TIMEOUT))
+            .map_err(|message| format!("retry_timeout: {message}"))?;
         let mut map = BTreeMap::new();
         let mut put = |key: &str, value: Option<String>| {
             if let Some(value) = value {

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use arrow::array::{Array, Date32Array, Int64Array};
 use chrono::NaiveDate;
-use tagflow::backfill::{backfill, end_of, Range};
-use tagflow::error::exit;
-use tagflow::publish::history::HISTORY_TABLE;
+use tagflow::app::backfill::{backfill, end_of, Range};
+use tagflow::app::error::exit;
 use tagflow::publish::query_published;
+use tagflow::publish::tables::HISTORY_TABLE;
 
 use crate::incremental::{assert_same, full_tags};
 use crate::support::*;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use tagflow::jobs::{Catalog, CatalogError, JobKind};
-use tagflow::schema::Schemas;
+use tagflow::sources::schema::Schemas;
 
 use crate::support::*;
 
@@ -200,8 +200,8 @@ async fn a_broken_catalog_fails_the_run_before_reading_and_keeps_the_published_t
     .unwrap();
     let mut settings = fx.settings("2026-11-21T00:00:00Z", None).unwrap();
     settings.sql_dir = dir.path().to_path_buf();
-    let err = tagflow::run::run(&settings).await.expect_err("broken catalog");
-    assert_eq!(err.exit_code(), tagflow::error::exit::CONFIG);
+    let err = tagflow::app::run::run(&settings).await.expect_err("broken catalog");
+    assert_eq!(err.exit_code(), tagflow::app::error::exit::CONFIG);
     let warehouse =
         tagflow::storage::Location::parse(&fx.warehouse_dir().to_string_lossy(), &Default::default()).unwrap();
     let table = tagflow::publish::open_published(&warehouse, "customer_tags", None)
@@ -225,7 +225,7 @@ async fn parameter_overrides_are_validated() {
             .await
             .expect_err(config);
         assert!(err.to_string().contains(expected), "{config}: {err}");
-        assert_eq!(err.exit_code(), tagflow::error::exit::CONFIG);
+        assert_eq!(err.exit_code(), tagflow::app::error::exit::CONFIG);
     }
     // an integer may replace a float default
     fx.try_run(
@@ -261,7 +261,7 @@ async fn a_new_sql_file_is_a_new_published_tag() {
     .unwrap();
     let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
     settings.sql_dir = dir.path().to_path_buf();
-    let report = tagflow::run::run(&settings).await.unwrap();
+    let report = tagflow::app::run::run(&settings).await.unwrap();
     assert!(report.tags.iter().any(|t| t.tag == "searcher" && t.rows == 1));
     let tags = fx.published(None).await;
     assert_eq!(tags.customers("searcher"), vec!["c1"]);
@@ -287,7 +287,7 @@ async fn the_as_of_placeholder_is_a_utc_timestamp() {
     .unwrap();
     let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
     settings.sql_dir = dir.path().to_path_buf();
-    tagflow::run::run(&settings).await.unwrap();
+    tagflow::app::run::run(&settings).await.unwrap();
     assert_eq!(fx.published(None).await.customers("last_hour"), vec!["c1"]);
 }
 
@@ -309,7 +309,7 @@ async fn a_partial_run_replaces_only_the_jobs_it_ran() {
     fx.orders("b.parquet", &[failed("o3", "2026-11-17T10:00:00Z")]);
     let mut settings = fx.settings("2026-11-20T00:00:00Z", None).unwrap();
     settings.jobs = vec!["marketing_blacklist".into()];
-    let report = tagflow::run::run(&settings).await.unwrap();
+    let report = tagflow::app::run::run(&settings).await.unwrap();
     let ran: Vec<&str> = report.tags.iter().map(|t| t.tag.as_str()).collect();
     assert_eq!(ran.len(), 4, "the blacklist and the three risk tags it reads: {ran:?}");
 
@@ -322,7 +322,7 @@ async fn a_partial_run_replaces_only_the_jobs_it_ran() {
     assert_close(after.score("c1", "lifecycle"), 4.0);
 
     settings.jobs = vec!["nope".into()];
-    let err = tagflow::run::run(&settings).await.expect_err("unknown job");
+    let err = tagflow::app::run::run(&settings).await.expect_err("unknown job");
     assert!(err.to_string().contains("no job named 'nope'"));
 }
 

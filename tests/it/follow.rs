@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tagflow::error::exit;
+use tagflow::app::error::exit;
 
 use crate::http::Client;
 use crate::support::*;
@@ -189,7 +189,11 @@ fn follow_stops_cleanly_on_sigint_during_its_first_batch() {
     let status = wait_within(&mut child, Duration::from_secs(60));
     assert!(status.success(), "follow exits 0 on SIGINT: {status}\n{}", log_text());
     assert!(log_text().contains("SIGINT"), "{}", log_text());
-    assert!(log_text().contains("batch published"), "the held batch finished: {}", log_text());
+    assert!(
+        log_text().contains("batch published"),
+        "the held batch finished: {}",
+        log_text()
+    );
     assert!(
         !fx.warehouse_dir().join("_tagflow/run.lock").exists(),
         "the lock is released"

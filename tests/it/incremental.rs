@@ -12,8 +12,8 @@ use chrono::{NaiveDate, Utc};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tagflow::app::report::Mode;
 use tagflow::generate::{generate, GenerateOptions};
-use tagflow::report::Mode;
 
 use crate::support::*;
 
@@ -148,7 +148,7 @@ pub(crate) async fn full_tags(fx: &Fixture, as_of: &str) -> Tags {
     let mut settings = fx.settings(as_of, None).expect("settings");
     settings.warehouse = Some(location(&warehouse));
     settings.full = true;
-    let report = tagflow::run::run(&settings).await.expect("full run");
+    let report = tagflow::app::run::run(&settings).await.expect("full run");
     assert_eq!(report.mode, Mode::Full);
     read_tags(&warehouse, None).await
 }
@@ -286,7 +286,7 @@ async fn incremental_equals_full_on_random_schedules() {
             let context = format!("seed {seed}, step {i} of {}, as of {}", schedule.len(), step.as_of);
             let mut settings = fx.settings(&step.as_of, None).expect("settings");
             settings.full = step.full;
-            let report = tagflow::run::run(&settings).await.expect("run");
+            let report = tagflow::app::run::run(&settings).await.expect("run");
             // The first run has no state yet.
             let expected = match step.full || i == 0 {
                 true => Mode::Full,
@@ -478,7 +478,7 @@ fn follow_publishes_new_files_until_sigterm() {
         "follow releases the lock"
     );
     let history = runtime
-        .block_on(tagflow::snapshots::list(&location(&fx.warehouse_dir())))
+        .block_on(tagflow::publish::snapshots::list(&location(&fx.warehouse_dir())))
         .unwrap();
     let compacted_at = history
         .iter()
@@ -524,11 +524,11 @@ async fn every_follow_batch_equals_a_full_run() {
         let mut batches: Vec<(u64, String, usize)> = Vec::new();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut stop_tx = Some(stop_tx);
-        let metrics = tagflow::follow_metrics::FollowMetrics::default();
+        let metrics = tagflow::app::metrics::FollowMetrics::default();
         let (mut landed, mut next_chunk, mut compactions) = (ends[0], 1, 0);
         // Whether a batch has held events (after its as-of time) yet.
         let held = std::sync::atomic::AtomicBool::new(false);
-        let on_batch = |report: &tagflow::report::RunReport| {
+        let on_batch = |report: &tagflow::app::report::RunReport| {
             let as_of = report.as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             batches.push((report.published.version, as_of, landed));
             held.fetch_or(report.state.held_events > 0, SeqCst);
@@ -558,7 +558,7 @@ async fn every_follow_batch_equals_a_full_run() {
         };
         let published = tokio::time::timeout(
             Duration::from_secs(300),
-            tagflow::run::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock),
+            tagflow::app::follow::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock),
         )
         .await
         .expect("follow published every chunk within 5 minutes")
@@ -619,12 +619,12 @@ async fn follow_publishes_when_the_utc_day_changes_without_new_files() {
         chrono::DateTime::parse_from_rfc3339(time).expect("time").to_utc()
     };
     let mut published = Vec::new();
-    let on_batch = |report: &tagflow::report::RunReport| published.push((report.as_of, report.published.version));
+    let on_batch = |report: &tagflow::app::report::RunReport| published.push((report.as_of, report.published.version));
     let settings = fx.settings(batch_times[0], None).expect("settings");
-    let metrics = tagflow::follow_metrics::FollowMetrics::default();
+    let metrics = tagflow::app::metrics::FollowMetrics::default();
     let batches = tokio::time::timeout(
         Duration::from_secs(120),
-        tagflow::run::follow(
+        tagflow::app::follow::follow(
             &settings,
             Duration::from_millis(10),
             last_batch.notified(),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use object_store::{ObjectStoreExt, PutPayload};
-use tagflow::lock::{lock_path, LockError, LockInfo, RunLock};
+use tagflow::storage::lock::{lock_path, LockError, LockInfo, RunLock};
 use tagflow::storage::Location;
 
 use crate::support::*;
@@ -65,7 +65,7 @@ async fn a_held_lock_stops_a_second_run_with_its_own_exit_code() {
     assert!(err.to_string().contains("another run holds the warehouse lock"));
 
     let err = fx.try_run("2026-11-21T00:00:00Z", None).await.expect_err("locked");
-    assert_eq!(err.exit_code(), tagflow::error::exit::LOCKED);
+    assert_eq!(err.exit_code(), tagflow::app::error::exit::LOCKED);
     assert_eq!(
         fx.published(None).await.rows,
         fx.published(Some(0)).await.rows,

@@ -10,6 +10,7 @@ mod gates;
 mod history;
 mod http;
 mod incremental;
+mod layers;
 mod lock;
 mod preview;
 mod publishing;

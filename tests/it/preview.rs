@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use tagflow::error::exit;
-use tagflow::preview::{preview, ValueFlow};
+use tagflow::app::error::exit;
+use tagflow::app::preview::{preview, ValueFlow};
 
 use crate::support::*;
 
@@ -102,7 +102,7 @@ async fn an_edited_tag_is_compared_with_the_live_rows_and_nothing_is_written() {
         .settings(AS_OF, Some("[params.rfm_tier]\nhigh_frequency_orders = 2\n"))
         .unwrap();
     with_override.warehouse = Some(location(&other));
-    tagflow::run::run(&with_override).await.expect("override run");
+    tagflow::app::run::run(&with_override).await.expect("override run");
     let after = read_tags(&other, None).await;
 
     // rfm_tier is read by no other tag: it is the only one shown.

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tagflow::publish::query_published;
-use tagflow::snapshots;
+use tagflow::publish::snapshots;
 
 use crate::incremental::{assert_same, full_tags, Arrivals, SCHEDULE};
 use crate::support::*;
@@ -204,7 +204,7 @@ async fn a_partial_run_reports_the_customers_its_tags_tagged_and_the_publish_all
     let whole = fx.try_run("2026-11-19T12:00:00Z", None).await.expect("run");
     let mut settings = fx.settings("2026-11-20T08:00:00Z", None).unwrap();
     settings.jobs = vec!["repurchaser".into()];
-    let partial = tagflow::run::run(&settings).await.expect("partial run");
+    let partial = tagflow::app::run::run(&settings).await.expect("partial run");
 
     let tags = fx.published(None).await;
     let everyone: BTreeSet<String> = tags.rows.iter().map(|r| r.customer_id.clone()).collect();
@@ -234,7 +234,7 @@ async fn publishes_rewrite_only_changed_tags_and_the_feed_nets_to_every_differen
     // A partial run changes one tag only, and leaves every other row as it was.
     let mut settings = fx.settings("2027-03-01T00:00:00Z", None).unwrap();
     settings.jobs = vec!["lifecycle".into()];
-    reports.push(tagflow::run::run(&settings).await.expect("partial run"));
+    reports.push(tagflow::app::run::run(&settings).await.expect("partial run"));
 
     let warehouse = fx.warehouse_dir();
     let tables = versions(&warehouse, 0).await;

@@ -16,7 +16,7 @@ use arrow::array::{Array, Float64Array, Int32Array, StringArray, TimestampMicros
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use tagflow::generate::{generate, GenerateOptions};
-use tagflow::schema::Schemas;
+use tagflow::sources::schema::Schemas;
 use tagflow::sources::{read_landing, LandingData};
 use tagflow::storage::Location;
 

@@ -14,8 +14,8 @@ use arrow::array::{Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use object_store::ObjectStoreExt;
+use tagflow::app::report::Mode;
 use tagflow::publish::{append, query_published, TAGS_TABLE};
-use tagflow::report::Mode;
 use tagflow::serve;
 use tagflow::storage::{Location, StoreOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -132,7 +132,7 @@ async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
         let upto = arrivals.upto(share);
         let new_files = land_both(&arrivals, &fx, &landing, landed, upto).await;
         landed = upto;
-        let report = tagflow::run::run(&settings_on(&fx, as_of, &landing, &warehouse))
+        let report = tagflow::app::run::run(&settings_on(&fx, as_of, &landing, &warehouse))
             .await
             .expect("run on S3");
         let context = format!("step {step}, as of {as_of}");
@@ -177,7 +177,7 @@ async fn s3_end_to_end_incremental_runs_compaction_and_serve() {
     // Compaction keeps the rows and adds a version.
     let last_as_of = SCHEDULE[7].0;
     let before = read_tags_at(&warehouse, None).await;
-    let report = tagflow::run::compact(&settings_on(&fx, last_as_of, &landing, &warehouse))
+    let report = tagflow::app::run::compact(&settings_on(&fx, last_as_of, &landing, &warehouse))
         .await
         .expect("compact on S3");
     let tags = report
@@ -552,7 +552,7 @@ async fn an_endpoint_lost_mid_run_keeps_the_last_good_version() {
     assert!(first.status.success(), "{}", stderr(&first));
     let first_bytes = proxy.forwarded.load(Ordering::SeqCst);
     let good = read_tags_at(&warehouse, None).await;
-    let good_version = tagflow::snapshots::list(&warehouse)
+    let good_version = tagflow::publish::snapshots::list(&warehouse)
         .await
         .expect("snapshots")
         .last()
@@ -580,7 +580,7 @@ async fn an_endpoint_lost_mid_run_keeps_the_last_good_version() {
         let text = stderr(&output);
         assert_eq!(output.status.code(), Some(5), "cut at {share}%: {text}");
         assert!(text.contains("s3://"), "the error names the location: {text}");
-        let latest = tagflow::snapshots::list(&warehouse).await.expect("snapshots");
+        let latest = tagflow::publish::snapshots::list(&warehouse).await.expect("snapshots");
         assert_eq!(
             latest.last().expect("a version").version,
             good_version,
@@ -638,7 +638,7 @@ fn storage_options_are_typed_and_checked() {
         .map_err(tagflow::Error::from)
         .expect_err(&body);
         assert!(error.to_string().contains(expected), "{body}: {error}");
-        assert_eq!(error.exit_code(), tagflow::error::exit::CONFIG, "{body}");
+        assert_eq!(error.exit_code(), tagflow::app::error::exit::CONFIG, "{body}");
     }
     let secret = "very-secret-value-123";
     let options = StoreOptions {

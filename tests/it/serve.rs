@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tagflow::publish::query_published;
+use tagflow::publish::snapshots;
 use tagflow::serve::{self, Server};
-use tagflow::snapshots;
 
 use crate::http::{listening_address, Client};
 use crate::incremental::Arrivals;

@@ -9,7 +9,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use tagflow::quarantine::{EntryKind, Quarantine};
+use tagflow::sources::quarantine::{EntryKind, Quarantine};
 use tagflow::storage::Location;
 
 use crate::support::*;

@@ -25,7 +25,7 @@ fn day(date: &str) -> i64 {
 }
 
 /// (rows rewritten, rows) of a state table in a run's report.
-fn folded(report: &tagflow::report::RunReport, table: &str) -> (usize, usize) {
+fn folded(report: &tagflow::app::report::RunReport, table: &str) -> (usize, usize) {
     let t = &report.state.tables[table];
     (t.rows_rewritten, t.rows)
 }

@@ -10,9 +10,9 @@ use arrow::array::{ArrayRef, Float64Array, Int32Array, StringArray, TimestampMic
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use tagflow::app::report::RunReport;
 use tagflow::config::{CliSettings, Settings};
 use tagflow::publish::{query_published, TAGS_TABLE};
-use tagflow::report::RunReport;
 use tempfile::TempDir;
 
 /// Microseconds since the epoch of an RFC 3339 time.
@@ -412,7 +412,7 @@ impl Fixture {
     /// Run the pipeline as of `as_of` with `config` and return the report.
     pub async fn try_run(&self, as_of: &str, config: Option<&str>) -> Result<RunReport, tagflow::Error> {
         let settings = self.settings(as_of, config)?;
-        tagflow::run::run(&settings).await
+        tagflow::app::run::run(&settings).await
     }
 
     /// Run with the shipped defaults and read the published tags back from Delta.
@@ -671,7 +671,7 @@ pub fn wait_within(child: &mut std::process::Child, within: std::time::Duration)
     }
 }
 
-/// A test hold point (`tagflow::hold`): while it is held, a process that reaches `point`
+/// A test hold point (`tagflow::storage::hold`): while it is held, a process that reaches `point`
 /// waits there. [`Hold::env`] is the variable to give the process; [`Hold::reached`] waits
 /// until the process's log says it is waiting; [`Hold::release`] lets it go on.
 pub struct Hold {
@@ -687,7 +687,10 @@ impl Hold {
     }
 
     pub fn env(&self) -> (&'static str, String) {
-        (tagflow::hold::HOLD_VAR, format!("{}:{}", self.point, self.file.display()))
+        (
+            tagflow::storage::hold::HOLD_VAR,
+            format!("{}:{}", self.point, self.file.display()),
+        )
     }
 
     /// Wait until `log` (the process's stderr, written to a file) shows the process held.

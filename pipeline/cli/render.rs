@@ -1,0 +1,153 @@
+//! Human output of the commands: tables of text for a terminal, and JSON for scripts.
+//!
+//! Owns: the text layout of `jobs list`, `quarantine list`, `snapshots`, `segments`, and of
+//! query rows. Must not: compute anything; it lays out what the library returned.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tagflow::jobs::Catalog;
+use tagflow::publish::snapshots::{SegmentFlow, Snapshot};
+use tagflow::sources::quarantine::Entry;
+
+/// `value` as pretty JSON with `--json`, else the text `render` makes.
+pub fn report<T: serde::Serialize>(value: &T, json: bool, render: impl FnOnce() -> String) {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(value).expect("output serialises")),
+        false => print!("{}", render()),
+    }
+}
+
+/// `tagflow jobs list`: jobs in run order.
+pub fn jobs(catalog: &Catalog) -> String {
+    let mut out = format!(
+        "{:<20} {:<8} {:<10} {:<40} description\n",
+        "job", "kind", "family", "reads"
+    );
+    for job in &catalog.jobs {
+        let reads: Vec<&str> = job.reads().map(String::as_str).collect();
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<10} {:<40} {}",
+            job.name,
+            format!("{:?}", job.kind).to_lowercase(),
+            job.family.as_deref().unwrap_or("-"),
+            reads.join(","),
+            job.description
+        );
+    }
+    out
+}
+
+/// `tagflow quarantine list`: each quarantined file or rows with its reason.
+pub fn quarantine(entries: &[Entry], url: &str) -> String {
+    if entries.is_empty() {
+        return format!("quarantine is empty ({url})\n");
+    }
+    let mut out = String::new();
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{:<7} {:<5} rows={:<6} {}\n        reason: {}\n        kept at: {}",
+            e.stream,
+            format!("{:?}", e.kind).to_lowercase(),
+            e.rows,
+            e.source,
+            e.reason,
+            e.data
+        );
+    }
+    out
+}
+
+/// `tagflow snapshots`: one line per version of `customer_tags`.
+pub fn snapshots(list: &[Snapshot]) -> String {
+    let mut out = format!(
+        "{:>7}  {:<25} {:<13} {:<25} {:>9} {:>9} {:>8} {:>8} {:>8}  rows per tag\n",
+        "version", "committed", "operation", "as_of", "rows", "customers", "entered", "exited", "changed"
+    );
+    for s in list {
+        let time = |t: Option<DateTime<Utc>>| {
+            t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                .unwrap_or_else(|| "-".into())
+        };
+        let count = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        let changes = s.changes.unwrap_or_default();
+        let per_tag: Vec<String> = s
+            .segments
+            .iter()
+            .map(|(tag, values)| format!("{tag}={}", values.values().sum::<u64>()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:>7}  {:<25} {:<13} {:<25} {:>9} {:>9} {:>8} {:>8} {:>8}  {}",
+            s.version,
+            time(s.committed_at),
+            s.operation,
+            time(s.as_of),
+            count(s.rows),
+            count(s.customers),
+            count(s.changes.map(|_| changes.entered as u64)),
+            count(s.changes.map(|_| changes.exited as u64)),
+            count(s.changes.map(|_| changes.changed as u64)),
+            per_tag.join(" ")
+        );
+    }
+    out
+}
+
+/// `tagflow segments`: size, inflow and outflow per version, tag and value.
+pub fn segments(rows: &[SegmentFlow]) -> String {
+    let mut out = format!(
+        "{:>7}  {:<25} {:<20} {:<20} {:>9} {:>8} {:>8}\n",
+        "version", "as_of", "tag", "value", "size", "inflow", "outflow"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:>7}  {:<25} {:<20} {:<20} {:>9} {:>8} {:>8}",
+            r.version,
+            r.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
+            r.tag,
+            r.value,
+            r.size,
+            r.inflow,
+            r.outflow
+        );
+    }
+    out
+}
+
+/// Rows as tab-separated text with a header, or as a JSON array.
+pub fn rows(batches: &[arrow::record_batch::RecordBatch], json: bool) {
+    if json {
+        let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+        let batches: Vec<&arrow::record_batch::RecordBatch> = batches.iter().collect();
+        writer.write_batches(&batches).expect("rows serialise");
+        writer.finish().expect("rows serialise");
+        let out = writer.into_inner();
+        println!(
+            "{}",
+            if out.is_empty() {
+                "[]"
+            } else {
+                std::str::from_utf8(&out).expect("utf8")
+            }
+        );
+        return;
+    }
+    if let Some(first) = batches.first() {
+        let names: Vec<&str> = first.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        println!("{}", names.join("\t"));
+    }
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            let cells: Vec<String> = batch
+                .columns()
+                .iter()
+                .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
+                .collect();
+            println!("{}", cells.join("\t"));
+        }
+    }
+}
