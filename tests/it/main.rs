@@ -19,6 +19,7 @@ mod s3_server;
 mod serve;
 mod sources;
 mod state_segments;
+mod tag_cases;
 mod tags_behaviour;
 mod tags_intent;
 mod tags_risk;
