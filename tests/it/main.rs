@@ -20,6 +20,4 @@ mod serve;
 mod sources;
 mod state_segments;
 mod tag_cases;
-mod tags_behaviour;
-mod tags_intent;
-mod tags_risk;
+mod tags_family;
