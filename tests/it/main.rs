@@ -20,6 +20,5 @@ mod s3_server;
 mod serve;
 mod sources;
 mod state_segments;
-mod tags_behaviour;
-mod tags_intent;
-mod tags_risk;
+mod tag_cases;
+mod tags_family;

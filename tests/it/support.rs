@@ -546,62 +546,14 @@ pub fn tagflow() -> std::process::Command {
     cmd
 }
 
-// ---- shared by the tag tests (tags_behaviour, tags_intent, tags_risk) ----
+// ---- shared by the tag tests (tags_family, state_segments) ----
 
-/// The as-of time of every run in the tag tests.
+/// The as-of time of the hand-made tag fixtures (the tag case files use the same one).
 pub const T: &str = "2026-11-20T12:00:00Z";
-/// One microsecond after T, still on day D: never counted.
-pub const AFTER_T: &str = "2026-11-20T12:00:00.000001Z";
-/// First instant of the 365-day window, and the last instant before it.
-pub const FIRST_365: &str = "2025-11-21T00:00:00Z";
-pub const BEFORE_365: &str = "2025-11-20T23:59:59.999999Z";
-/// First instant of the 90-day window, and the last instant before it.
-pub const FIRST_90: &str = "2026-08-23T00:00:00Z";
-pub const BEFORE_90: &str = "2026-08-22T23:59:59.999999Z";
-/// First instant of the 30-day window, and the last instant before it.
-pub const FIRST_30: &str = "2026-10-22T00:00:00Z";
-pub const BEFORE_30: &str = "2026-10-21T23:59:59.999999Z";
-/// First instant of the 7-day window, and the last instant before it.
-pub const FIRST_7: &str = "2026-11-14T00:00:00Z";
-pub const BEFORE_7: &str = "2026-11-13T23:59:59.999999Z";
-/// First instant of the 3-day window, and the last instant before it.
-pub const FIRST_3: &str = "2026-11-18T00:00:00Z";
-pub const BEFORE_3: &str = "2026-11-17T23:59:59.999999Z";
 
 /// A `paid` order event.
 pub fn paid(id: &str, customer: &str, time: &str, order_id: &str, amount: f64) -> Order {
     order(id, customer, time, order_id, "paid", amount)
-}
-
-/// `customer` carries `tag` with exactly `value` and `score` (`None`: a null score). Scores are
-/// compared with the same tolerance as `assert_close`, but the message names the row.
-#[track_caller]
-pub fn assert_tag(tags: &Tags, customer: &str, tag: &str, value: &str, score: Option<f64>) {
-    let row = tags.get(customer, tag);
-    let same = match (&row, score) {
-        (Some((v, Some(s))), Some(e)) => v == value && (s - e).abs() <= 1e-9 * e.abs().max(1.0),
-        (Some((v, None)), None) => v == value,
-        _ => false,
-    };
-    assert!(
-        same,
-        "{tag} of {customer}: got {row:?}, expected {:?}",
-        Some((value, score))
-    );
-}
-
-/// `customer` does not carry `tag`.
-#[track_caller]
-pub fn assert_no_tag(tags: &Tags, customer: &str, tag: &str) {
-    let row = tags.get(customer, tag);
-    assert!(row.is_none(), "{customer} should not carry {tag}, got {row:?}");
-}
-
-/// Names in the order of `Tags::customers` (sorted by bytes).
-pub fn sorted(names: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    names.sort();
-    names
 }
 
 /// The 12 tags of the shipped catalog (shared/spec/tags.md).
