@@ -23,6 +23,10 @@ use super::render;
 use super::signals::StopSignals;
 
 /// Run one parsed command. `config` is the global `--config`.
+///
+/// One arm per subcommand, in the order `--help` lists them; each only resolves settings,
+/// calls the application and renders, so this match is the CLI's table of contents. Arms
+/// with more to do call a function of their own (`follow`, `jobs`).
 pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Error> {
     let config = &config;
     match command {

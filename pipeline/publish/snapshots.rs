@@ -13,10 +13,8 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
-use crate::publish::tags::{
-    ChangeCounts, META_AS_OF, META_CHANGES, META_CUSTOMERS, META_ROWS, META_SEGMENTS,
-};
 use crate::publish::tables::{CHANGES_TABLE, TAGS_TABLE};
+use crate::publish::tags::{ChangeCounts, META_AS_OF, META_CHANGES, META_CUSTOMERS, META_ROWS, META_SEGMENTS};
 use crate::publish::{open_published, query_published, PublishError};
 use crate::storage::Location;
 use deltalake::DeltaTable;

@@ -231,6 +231,11 @@ impl TagsBase {
 
 /// Merge `update` into `customer_tags` (as `base` holds it) as one new version and append
 /// its changes to `tag_changes`. Returns the publish and the base of the next one.
+///
+/// Long on purpose: diff, figures, data files, the two commits and the next base form one
+/// sequence whose order is the crash-safety argument (data files first, then the table's
+/// commit, then the feed's, which a later publish catches up); kept in one place so it reads
+/// in that order.
 pub async fn publish_tags(
     warehouse: &Location,
     base: TagsBase,

@@ -241,6 +241,9 @@ impl TagIndex {
 }
 
 /// Lay rows out by customer: ids sorted once, rows placed by a counting sort.
+///
+/// Long on purpose: one pass per phase (tag names, symbols, customer order, placement) over
+/// columns held as locals; split into functions, each would take or return most of them.
 fn build(batches: &[arrow::record_batch::RecordBatch]) -> TagIndex {
     let text = |b: &arrow::record_batch::RecordBatch, i: usize| -> StringArray {
         b.column(i)

@@ -29,10 +29,10 @@ pub mod quarantine;
 pub mod schema;
 
 use crate::storage::dedup::{event_id_hashes, DedupMemory};
-use quarantine::{Entry, Quarantine, QuarantineError};
-use schema::{Schemas, StreamSchema, EVENT_DAY};
 use crate::storage::progress::Progress;
 use crate::storage::Location;
+use quarantine::{Entry, Quarantine, QuarantineError};
+use schema::{Schemas, StreamSchema, EVENT_DAY};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
@@ -477,6 +477,10 @@ fn check_columns(file_schema: &Schema, schema: &StreamSchema) -> Result<(), Stri
 
 /// Normalise one batch to the stream schema and split it into good rows and bad rows.
 /// Bad rows carry `_reason`, `_source_file` and `_row_number` (0-based row in the file).
+///
+/// Long on purpose: every rule of the input contract flags rows in one shared `reasons`
+/// vector, in the contract's order (the first reason a row meets is the one quarantined), so
+/// the rules read top to bottom as `shared/spec/events.md` lists them.
 pub fn normalise_batch(
     batch: &RecordBatch,
     schema: &StreamSchema,

@@ -379,107 +379,9 @@ impl State {
         seen_from_day: i32,
     ) -> Result<u64, StateError> {
         let version = self.next_version();
-        // State tables and held events, encoded concurrently (one blocking task per file).
-        // The whole state is rewritten by every commit, so its encoding is the cheapest
-        // there is: Arrow IPC, uncompressed on local files (a page-cache copy), zstd on an
-        // object store, where the upload costs more than the compression (measured on S3:
-        // 89 → 29 MB for the bench's state, commit 0.93 → 0.70 s).
-        let compress = !warehouse.is_local();
-        let mut to_encode: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
-        let mut tables = BTreeMap::new();
-        for (name, table) in &self.tables {
-            let mut segments = Vec::new();
-            for (i, segment) in table.segments.iter().enumerate() {
-                // A segment kept from an earlier version is referenced again, not rewritten.
-                let file = match &segment.stored {
-                    Some(file) => file.clone(),
-                    None => {
-                        let file = format!("tables/{name}/{version}-{i}.arrow");
-                        to_encode.push((file.clone(), table.schema.clone(), segment.batches.clone()));
-                        file
-                    }
-                };
-                segments.push(StoredSegment { file, day: segment.day });
-            }
-            tables.insert(name.clone(), StoredTable::Segments(segments));
-        }
-        let mut pending = BTreeMap::new();
-        for (stream, batches) in self.pending.iter().filter(|(_, b)| !b.is_empty()) {
-            let path = format!("pending/{stream}-{version}.arrow");
-            to_encode.push((path.clone(), batches[0].schema(), batches.clone()));
-            pending.insert(stream.clone(), path);
-        }
-        let encoded = to_encode.into_iter().map(|(path, schema, batches)| {
-            tokio::task::spawn_blocking(move || {
-                let bytes = arrow_file_bytes(schema, &batches, compress);
-                (path, bytes)
-            })
-        });
-        let mut writes: Vec<(String, Bytes)> = Vec::new();
-        for (path, bytes) in futures::future::try_join_all(encoded)
-            .await
-            .expect("an encoding task panicked")
-        {
-            let bytes = bytes.map_err(|e| StateError::Corrupt {
-                path: display(warehouse, &path),
-                message: format!("cannot encode: {e}"),
-            })?;
-            writes.push((path, bytes));
-        }
-
-        self.seen.forget_before(seen_from_day);
-        let mut seen: BTreeMap<String, BTreeMap<i32, Vec<String>>> = BTreeMap::new();
-        for (stream, days) in self.seen.streams.iter_mut() {
-            for (day, entry) in days.iter_mut() {
-                if entry.loaded && (entry.segments.len() >= MAX_DAY_SEGMENTS || (self.rewrite && !entry.ids.is_empty()))
-                {
-                    let path = format!("seen/{stream}/{day}/{version}-all.bin");
-                    writes.push((path.clone(), encode_ids(entry.ids.iter())));
-                    entry.segments = vec![path];
-                } else if !entry.added.is_empty() {
-                    let path = format!("seen/{stream}/{day}/{version}.bin");
-                    writes.push((path.clone(), encode_ids(entry.added.iter())));
-                    entry.segments.push(path);
-                }
-                entry.added.clear();
-                if !entry.segments.is_empty() {
-                    seen.entry(stream.clone())
-                        .or_default()
-                        .insert(*day, entry.segments.clone());
-                }
-            }
-        }
-
-        let mut files = self.manifest.as_ref().map(|m| m.files.clone()).unwrap_or_default();
-        let all = self.rewrite || files.len() >= MAX_FILE_SEGMENTS;
-        if all || !self.unsaved_files.is_empty() {
-            let listed: Vec<ProcessedFile> = if all {
-                self.files
-                    .iter()
-                    .map(|(path, at)| ProcessedFile {
-                        path: path.clone(),
-                        ingested_at: *at,
-                    })
-                    .collect()
-            } else {
-                self.unsaved_files
-                    .iter()
-                    .map(|path| ProcessedFile {
-                        path: path.clone(),
-                        ingested_at: self.files[path],
-                    })
-                    .collect()
-            };
-            let path = format!("files/{version}{}.json", if all { "-all" } else { "" });
-            writes.push((
-                path.clone(),
-                Bytes::from(serde_json::to_vec(&listed).expect("serialisable")),
-            ));
-            if all {
-                files.clear();
-            }
-            files.push(path);
-        }
+        let (mut writes, tables, pending) = self.encode_tables(warehouse, version).await?;
+        let seen = self.seen_writes(version, seen_from_day, &mut writes);
+        let files = self.files_writes(version, &mut writes);
 
         let written = writes.len();
         futures::stream::iter(writes)
@@ -534,6 +436,140 @@ impl State {
             self.collect_garbage(warehouse).await?;
         }
         Ok(version)
+    }
+
+    /// Encode the state tables and the held events of `version` (one blocking task per file):
+    /// the files to write, and where the manifest finds each table's segments and each
+    /// stream's held events. A segment kept from an earlier version is referenced again, not
+    /// rewritten. The encoding is the cheapest there is: Arrow IPC, uncompressed on local
+    /// files (a page-cache copy), zstd on an object store, where the upload costs more than
+    /// the compression (measured on S3: 89 → 29 MB for the bench's state, commit 0.93 → 0.70 s).
+    async fn encode_tables(
+        &self,
+        warehouse: &Location,
+        version: u64,
+    ) -> Result<
+        (
+            Vec<(String, Bytes)>,
+            BTreeMap<String, StoredTable>,
+            BTreeMap<String, String>,
+        ),
+        StateError,
+    > {
+        let compress = !warehouse.is_local();
+        let mut to_encode: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
+        let mut tables = BTreeMap::new();
+        for (name, table) in &self.tables {
+            let mut segments = Vec::new();
+            for (i, segment) in table.segments.iter().enumerate() {
+                let file = match &segment.stored {
+                    Some(file) => file.clone(),
+                    None => {
+                        let file = format!("tables/{name}/{version}-{i}.arrow");
+                        to_encode.push((file.clone(), table.schema.clone(), segment.batches.clone()));
+                        file
+                    }
+                };
+                segments.push(StoredSegment { file, day: segment.day });
+            }
+            tables.insert(name.clone(), StoredTable::Segments(segments));
+        }
+        let mut pending = BTreeMap::new();
+        for (stream, batches) in self.pending.iter().filter(|(_, b)| !b.is_empty()) {
+            let path = format!("pending/{stream}-{version}.arrow");
+            to_encode.push((path.clone(), batches[0].schema(), batches.clone()));
+            pending.insert(stream.clone(), path);
+        }
+        let encoded = to_encode.into_iter().map(|(path, schema, batches)| {
+            tokio::task::spawn_blocking(move || {
+                let bytes = arrow_file_bytes(schema, &batches, compress);
+                (path, bytes)
+            })
+        });
+        let mut writes: Vec<(String, Bytes)> = Vec::new();
+        for (path, bytes) in futures::future::try_join_all(encoded)
+            .await
+            .expect("an encoding task panicked")
+        {
+            let bytes = bytes.map_err(|e| StateError::Corrupt {
+                path: display(warehouse, &path),
+                message: format!("cannot encode: {e}"),
+            })?;
+            writes.push((path, bytes));
+        }
+        Ok((writes, tables, pending))
+    }
+
+    /// Add to `writes` the de-duplication ids new in `version` (a day's ids rewritten whole
+    /// when it has too many segments, or on a rewrite), after forgetting the days before
+    /// `seen_from_day`. Returns each kept day's segments, for the manifest.
+    fn seen_writes(
+        &mut self,
+        version: u64,
+        seen_from_day: i32,
+        writes: &mut Vec<(String, Bytes)>,
+    ) -> BTreeMap<String, BTreeMap<i32, Vec<String>>> {
+        self.seen.forget_before(seen_from_day);
+        let mut seen: BTreeMap<String, BTreeMap<i32, Vec<String>>> = BTreeMap::new();
+        for (stream, days) in self.seen.streams.iter_mut() {
+            for (day, entry) in days.iter_mut() {
+                if entry.loaded && (entry.segments.len() >= MAX_DAY_SEGMENTS || (self.rewrite && !entry.ids.is_empty()))
+                {
+                    let path = format!("seen/{stream}/{day}/{version}-all.bin");
+                    writes.push((path.clone(), encode_ids(entry.ids.iter())));
+                    entry.segments = vec![path];
+                } else if !entry.added.is_empty() {
+                    let path = format!("seen/{stream}/{day}/{version}.bin");
+                    writes.push((path.clone(), encode_ids(entry.added.iter())));
+                    entry.segments.push(path);
+                }
+                entry.added.clear();
+                if !entry.segments.is_empty() {
+                    seen.entry(stream.clone())
+                        .or_default()
+                        .insert(*day, entry.segments.clone());
+                }
+            }
+        }
+        seen
+    }
+
+    /// Add to `writes` the landing files processed since the last commit (the whole list
+    /// when it has too many parts, or on a rewrite). Returns the manifest's list of parts.
+    fn files_writes(&self, version: u64, writes: &mut Vec<(String, Bytes)>) -> Vec<String> {
+        let mut files = self.manifest.as_ref().map(|m| m.files.clone()).unwrap_or_default();
+        let all = self.rewrite || files.len() >= MAX_FILE_SEGMENTS;
+        if !all && self.unsaved_files.is_empty() {
+            return files;
+        }
+        let listed: Vec<ProcessedFile> = match all {
+            true => self
+                .files
+                .iter()
+                .map(|(path, at)| ProcessedFile {
+                    path: path.clone(),
+                    ingested_at: *at,
+                })
+                .collect(),
+            false => self
+                .unsaved_files
+                .iter()
+                .map(|path| ProcessedFile {
+                    path: path.clone(),
+                    ingested_at: self.files[path],
+                })
+                .collect(),
+        };
+        let path = format!("files/{version}{}.json", if all { "-all" } else { "" });
+        writes.push((
+            path.clone(),
+            Bytes::from(serde_json::to_vec(&listed).expect("serialisable")),
+        ));
+        if all {
+            files.clear();
+        }
+        files.push(path);
+        files
     }
 
     /// Delete state files that neither the current nor the previous version references:

@@ -27,7 +27,7 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tagflow::jobs::{Catalog, ParamOverrides};
-use tagflow::schema::{ColumnType, Schemas, StreamSchema};
+use tagflow::sources::schema::{ColumnType, Schemas, StreamSchema};
 
 use crate::support::{write_parquet, Fixture, TagRow};
 
