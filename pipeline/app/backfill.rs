@@ -29,7 +29,7 @@ use crate::app::error::Error;
 use crate::app::prepare::{check_locations, prepare};
 use crate::app::run::record;
 use crate::config::{ConfigError, Settings};
-use crate::jobs::{GateReport, JobKind, Segments};
+use crate::jobs::{Baseline, GateReport, JobKind, Segments};
 use crate::publish;
 use crate::publish::history::replace_day;
 use crate::publish::runs::Summary;
@@ -193,6 +193,7 @@ async fn run_days(
     );
 
     let mut events = std::mem::take(&mut data.events);
+    let definitions = project.catalog.definitions();
     let mut previous: Option<(u64, Segments)> = None;
     let mut written = Vec::with_capacity(days.len());
     let progress = Progress::bar(settings.progress, "days", days.len());
@@ -206,7 +207,12 @@ async fn run_days(
             std::mem::take(&mut events),
             &mut data.stats,
             as_of,
-            previous.as_ref().map(|(v, s)| (*v, s)),
+            // One definition for every day of a backfill: drift between days is the data's.
+            previous.as_ref().map(|(version, segments)| Baseline {
+                version: *version,
+                segments,
+                definitions: &definitions,
+            }),
             settings.force,
         )
         .instrument(span.clone())

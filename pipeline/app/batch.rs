@@ -29,11 +29,12 @@ use crate::app::report::{
 };
 use crate::config::Settings;
 use crate::jobs::{
-    evaluate_checks, fold_state, run_jobs, GateError, GateReport, JobKind, JobOutput, JobRun, Segments, StateRun,
+    evaluate_checks, fold_state, run_jobs, Baseline, Definitions, GateError, GateReport, JobKind, JobOutput, JobRun,
+    StateRun,
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
-use crate::publish::tags::{publish_tags, TagsBase, TagsUpdate};
+use crate::publish::tags::{publish_tags, TagsBase, TagsUpdate, META_DEFINITIONS};
 use crate::publish::{self, Published};
 use crate::sources::quarantine::{EntryKind, Quarantine};
 use crate::sources::{self, Decoded, LandingData, LandingFile, StreamStats};
@@ -134,14 +135,21 @@ impl Batch<'_> {
             std::mem::take(&mut input.data.events),
             &mut input.data.stats,
             self.as_of,
-            baseline.as_ref().map(|s| (s.version, &s.segments)),
+            baseline.as_ref().map(|s| Baseline {
+                version: s.version,
+                segments: &s.segments,
+                definitions: &s.definitions,
+            }),
             self.settings.force,
         )
         .await?;
         for (file, at) in input.files.iter().zip(&input.ingest_times) {
             state.record_file(&file.relative, *at);
         }
-        let (landed, next_base) = self.commit_and_publish(state, &evaluated.output, base).await?;
+        let previous = baseline.map(|s| s.definitions).unwrap_or_default();
+        let (landed, next_base) = self
+            .commit_and_publish(state, &evaluated.output, base, previous)
+            .await?;
         session.published = Some(next_base);
         let compaction = self.compact_if_due(&landed.published, &mut stages_ms).await?;
         stages_ms.extend(evaluated.stages_ms.clone());
@@ -297,6 +305,7 @@ impl Batch<'_> {
         state: &mut State,
         output: &JobOutput,
         base: TagsBase,
+        previous: Definitions,
     ) -> Result<(Landed, TagsBase), Error> {
         let (settings, as_of) = (self.settings, self.as_of);
         let seen_from_day = (as_of.timestamp().div_euclid(86_400) - i64::from(settings.dedup_days) + 1) as i32;
@@ -310,9 +319,14 @@ impl Batch<'_> {
         // A partial run (`--jobs`) replaces only its tags' rows.
         let partial = !settings.jobs.is_empty();
         let scope = partial.then(|| self.project.catalog.tags().map(|j| j.name.clone()).collect());
+        // The definitions of the rows this version holds: the evaluated tags' own, and the
+        // kept ones' from the version before (a partial run keeps other tags' rows).
+        let mut definitions = previous;
+        definitions.extend(self.project.catalog.definitions());
         let metadata = json!({
             "tagflow.run_id": self.run_id,
             "tagflow.state_version": state_version,
+            META_DEFINITIONS: definitions,
         });
         let update = TagsUpdate {
             rows: publish::assemble(&output.runs, as_of),
@@ -484,7 +498,7 @@ pub(crate) struct Evaluated {
 /// Evaluate the tags at `as_of`: the events that count now (`new_events` and held ones
 /// whose time has come; later ones are held in `state.pending`) are folded into the state
 /// tables, the measure and tag jobs run, and the quality gates are checked against
-/// `baseline` (the previous snapshot's version and segments). A failed gate is an error
+/// `baseline` (see [`Baseline`]). A failed gate is an error
 /// unless `force`; the state in memory is then already folded, so a caller that stops
 /// must drop it (nothing of it is committed).
 pub(crate) async fn evaluate_at(
@@ -493,7 +507,7 @@ pub(crate) async fn evaluate_at(
     mut new_events: BTreeMap<String, Vec<RecordBatch>>,
     stats: &mut BTreeMap<String, StreamStats>,
     as_of: DateTime<Utc>,
-    baseline: Option<(u64, &Segments)>,
+    baseline: Option<Baseline<'_>>,
     force: bool,
 ) -> Result<Evaluated, Error> {
     let mut counted = BTreeMap::new();
@@ -532,7 +546,11 @@ pub(crate) async fn evaluate_at(
     stage("jobs");
     // Quality gates: a failure publishes nothing and commits no state (the next run reads
     // the same files again), unless forced.
-    let mut gates = info_span!("gates").in_scope(|| evaluate_checks(&output.runs, baseline));
+    let definitions = catalog.definitions();
+    let mut gates = info_span!("gates").in_scope(|| evaluate_checks(&output.runs, baseline, &definitions));
+    for observed in &gates.observed {
+        warn!(%observed, "the data moved a tag beyond its drift rule (definition unchanged): published, reported");
+    }
     stage("gates");
     if !gates.passed() {
         if !force {

@@ -55,6 +55,7 @@ pub struct FollowMetrics {
     pub batch_seconds: Histogram,
     pub job_seconds: Family<JobLabels, Histogram, fn() -> Histogram>,
     pub gate_failures: Family<CheckLabels, Counter>,
+    pub drift_observed: Family<JobLabels, Counter>,
     pub published_version: Gauge,
 }
 
@@ -72,6 +73,7 @@ impl Default for FollowMetrics {
             batch_seconds: seconds_histogram(),
             job_seconds: Family::new_with_constructor(seconds_histogram),
             gate_failures: Family::default(),
+            drift_observed: Family::default(),
             published_version: Gauge::default(),
             registry: Registry::default(),
         };
@@ -114,6 +116,11 @@ impl Default for FollowMetrics {
             metrics.gate_failures.clone(),
         );
         registry.register(
+            "drift_observed",
+            "Values the data moved beyond a tag's drift rule, definition unchanged (published)",
+            metrics.drift_observed.clone(),
+        );
+        registry.register(
             "published_version",
             "Last customer_tags version published",
             metrics.published_version.clone(),
@@ -151,6 +158,13 @@ impl FollowMetrics {
         }
         for failure in &report.gates.failures {
             self.gate_failure(&failure.job, &failure.check);
+        }
+        for observed in &report.gates.observed {
+            self.drift_observed
+                .get_or_create(&JobLabels {
+                    job: observed.job.clone(),
+                })
+                .inc();
         }
         self.published_version.set(report.published.version as i64);
     }

@@ -23,7 +23,7 @@ use tracing::{info_span, Instrument};
 use crate::app::error::Error;
 use crate::app::prepare::{check_locations, prepare_with};
 use crate::config::Settings;
-use crate::jobs::{evaluate_checks, run_jobs, CatalogError, GateReport, JobKind, JobRun};
+use crate::jobs::{evaluate_checks, run_jobs, Baseline, CatalogError, GateReport, JobKind, JobRun};
 use crate::publish::snapshots;
 use crate::publish::{query_published, PublishError, TAGS_TABLE};
 use crate::state::State;
@@ -139,7 +139,14 @@ pub async fn preview(settings: &Settings, file: &Path, sample: usize) -> Result<
             .iter()
             .map(|run| compare(run, before.get(&run.job.name).unwrap_or(&empty), sample))
             .collect();
-        let gates = evaluate_checks(tags.iter().copied(), live.as_ref().map(|s| (s.version, &s.segments)));
+        // A changed definition is judged against the live one; a tag whose definition is
+        // the live one's only reports how the data moved it, as a run would.
+        let baseline = live.as_ref().map(|s| Baseline {
+            version: s.version,
+            segments: &s.segments,
+            definitions: &s.definitions,
+        });
+        let gates = evaluate_checks(tags.iter().copied(), baseline, &catalog.definitions());
         Ok(Preview {
             file: file.display().to_string(),
             job: job.name,

@@ -173,6 +173,12 @@ impl RunReport {
         for failure in &gates.failures {
             let _ = writeln!(w, "            {failure}");
         }
+        for observed in &gates.observed {
+            let _ = writeln!(
+                w,
+                "            observed (the data moved, definition unchanged): {observed}"
+            );
+        }
         let changes = self.published.changes.unwrap_or_default();
         let _ = writeln!(
             w,
@@ -249,6 +255,10 @@ impl From<&RunReport> for runs::Summary {
             let failed = runs::failed_checks(&t.tag, &r.gates.failures);
             if !failed.is_empty() {
                 entry["failed_checks"] = failed.into();
+            }
+            let observed = runs::failed_checks(&t.tag, &r.gates.observed);
+            if !observed.is_empty() {
+                entry["observed_drift"] = observed.into();
             }
             entry
         });

@@ -207,6 +207,9 @@ fn is_default(checks: &Checks) -> bool {
     *checks == Checks::default()
 }
 
+/// Per tag, the fingerprint of its definition ([`Catalog::definitions`]).
+pub type Definitions = BTreeMap<String, String>;
+
 /// One job of the catalog.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
@@ -505,6 +508,39 @@ impl Catalog {
             std::hash::Hash::hash(&described.to_string(), &mut hasher);
         }
         format!("{:032x}", siphasher::sip128::Hasher128::finish128(&hasher).as_u128())
+    }
+
+    /// What each tag means, as a fingerprint per tag: its SQL, kind, inputs and parameters,
+    /// and the fingerprints of every job it reads, directly or not (a changed measure or
+    /// state job changes the tags that read it). Checks are not part of it. Two runs with the
+    /// same fingerprint for a tag compute it the same way; its rows then move with the data
+    /// alone.
+    pub fn definitions(&self) -> Definitions {
+        let mut of_job: BTreeMap<&str, String> = BTreeMap::new();
+        // Jobs are in dependency order: whatever a job reads is fingerprinted before it.
+        for job in &self.jobs {
+            let upstream: Vec<&str> = job
+                .reads()
+                .filter_map(|r| of_job.get(r.as_str()).map(String::as_str))
+                .collect();
+            let described = serde_json::json!([
+                job.name,
+                job.kind,
+                job.inputs,
+                job.depends_on,
+                job.params,
+                job.state,
+                job.body,
+                upstream
+            ]);
+            let mut hasher = siphasher::sip128::SipHasher13::new();
+            std::hash::Hash::hash(&described.to_string(), &mut hasher);
+            let fingerprint = format!("{:032x}", siphasher::sip128::Hasher128::finish128(&hasher).as_u128());
+            of_job.insert(&job.name, fingerprint);
+        }
+        self.tags()
+            .map(|j| (j.name.clone(), of_job[j.name.as_str()].clone()))
+            .collect()
     }
 
     /// Keep only `names`, every job they read, directly or not, and every state job: state

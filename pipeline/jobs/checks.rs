@@ -13,6 +13,13 @@
 //! max_change_customers = 50_000             # and by at most 50k customers, whatever its size
 //! ```
 //!
+//! Drift tells a broken definition from moving data. It is judged (a failure stops the
+//! publish) when the tag's definition changed since the baseline (its SQL, parameters or
+//! anything it reads: [`Catalog::definitions`](super::Catalog::definitions)), or when the
+//! baseline does not say which definition it was made with. With the same definition, the
+//! rows moved with the data alone: the move is an observation (reported, counted, recorded)
+//! and the publish goes on, unless the rule says `on_data = "stop"`.
+//!
 //! One row per customer and non-null `customer_id` and `value` are built in: every tag is
 //! held to them (see `exec`), and `--force` cannot override them because `customer_tags`
 //! holds one row per customer and tag.
@@ -22,7 +29,7 @@ use std::collections::BTreeMap;
 use arrow::array::Array;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{Job, JobKind};
+use super::catalog::{Definitions, Job, JobKind};
 use super::exec::JobRun;
 
 /// Rows per tag and value of a published snapshot.
@@ -58,6 +65,35 @@ pub struct Drift {
     pub min_base: u64,
     /// At most this many customers, up or down, whatever the size.
     pub max_change_customers: Option<u64>,
+    /// What a move beyond the limits does when the definition is unchanged (the data moved).
+    #[serde(default, skip_serializing_if = "OnData::is_report")]
+    pub on_data: OnData,
+}
+
+/// What a drift rule does with a move of the data alone (the definition unchanged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnData {
+    /// Report it (run report, metrics, `job_runs`) and publish.
+    #[default]
+    Report,
+    /// Stop the publish, as for a changed definition.
+    Stop,
+}
+
+impl OnData {
+    fn is_report(&self) -> bool {
+        *self == OnData::Report
+    }
+}
+
+/// What drift is measured against: the previous snapshot's version, its segment sizes, and
+/// the definitions its tags were made with (empty when it does not say).
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline<'a> {
+    pub version: u64,
+    pub segments: &'a Segments,
+    pub definitions: &'a Definitions,
 }
 
 impl Checks {
@@ -124,6 +160,10 @@ pub struct GateReport {
     /// Checks evaluated (a drift check counts once per value).
     pub checks: usize,
     pub failures: Vec<CheckFailure>,
+    /// Drift beyond a rule's limits with the tag's definition unchanged: the data moved.
+    /// Reported, not a failure (unless the rule says `on_data = "stop"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<CheckFailure>,
     /// The snapshot drift was measured against (none: no drift check ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_version: Option<u64>,
@@ -146,16 +186,22 @@ pub struct GateError {
     pub report: GateReport,
 }
 
-/// Evaluate every tag's checks on its rows. `baseline` is the previous snapshot's version
-/// and segment sizes (`None`: nothing published yet, drift is not checked).
-pub fn evaluate<'a>(runs: impl IntoIterator<Item = &'a JobRun>, baseline: Option<(u64, &Segments)>) -> GateReport {
+/// Evaluate every tag's checks on its rows. `baseline` is what drift is measured against
+/// (`None`: nothing published yet, drift is not checked); `definitions` are the current
+/// definitions of the tags evaluated.
+pub fn evaluate<'a>(
+    runs: impl IntoIterator<Item = &'a JobRun>,
+    baseline: Option<Baseline<'_>>,
+    definitions: &Definitions,
+) -> GateReport {
     let mut report = GateReport {
-        baseline_version: baseline.map(|(v, _)| v),
+        baseline_version: baseline.map(|b| b.version),
         ..Default::default()
     };
     for run in runs.into_iter().filter(|r| r.job.kind == JobKind::Tag) {
         let job = &run.job;
         let checks = &job.checks;
+        let mut observed = Vec::new();
         let mut fail = |check: &str, value: Option<&str>, detail: String| {
             report.failures.push(CheckFailure {
                 job: job.name.clone(),
@@ -196,24 +242,37 @@ pub fn evaluate<'a>(runs: impl IntoIterator<Item = &'a JobRun>, baseline: Option
                 fail("max_rows", None, format!("{rows} rows, at most {max} expected"));
             }
         }
-        if let (Some(drift), Some((version, segments))) = (&checks.drift, baseline) {
+        if let (Some(drift), Some(baseline)) = (&checks.drift, baseline) {
+            let version = baseline.version;
+            let same_definition = baseline
+                .definitions
+                .get(&job.name)
+                .is_some_and(|d| definitions.get(&job.name) == Some(d));
+            let judged = !same_definition || drift.on_data == OnData::Stop;
             let empty = BTreeMap::new();
-            let before = segments.get(&job.name).unwrap_or(&empty);
+            let before = baseline.segments.get(&job.name).unwrap_or(&empty);
             let values: std::collections::BTreeSet<&String> = before.keys().chain(counts.keys()).collect();
             for value in values {
                 checked += 1;
                 let old = before.get(value).copied().unwrap_or(0);
                 let new = counts.get(value).copied().unwrap_or(0);
-                if let Some(detail) = drift.exceeded(old, new) {
-                    fail(
-                        "drift",
-                        Some(value),
-                        format!("{detail} (version {version}: {old}, now: {new})"),
-                    );
+                let Some(detail) = drift.exceeded(old, new) else {
+                    continue;
+                };
+                let detail = format!("{detail} (version {version}: {old}, now: {new})");
+                match judged {
+                    true => fail("drift", Some(value), detail),
+                    false => observed.push(CheckFailure {
+                        job: job.name.clone(),
+                        check: "drift".into(),
+                        value: Some(value.clone()),
+                        detail,
+                    }),
                 }
             }
         }
         report.checks += checked;
+        report.observed.extend(observed);
     }
     report
 }
@@ -247,6 +306,7 @@ mod tests {
             max_change_pct: Some(50.0),
             min_base: 100,
             max_change_customers: None,
+            on_data: OnData::Report,
         };
         assert_eq!(pct.exceeded(100, 150), None, "exactly 50% is allowed");
         assert!(pct.exceeded(100, 151).is_some());
@@ -260,6 +320,7 @@ mod tests {
             max_change_pct: None,
             min_base: 0,
             max_change_customers: Some(10),
+            on_data: OnData::Report,
         };
         assert_eq!(abs.exceeded(0, 10), None);
         assert!(abs.exceeded(0, 11).unwrap().contains("11 customers"));

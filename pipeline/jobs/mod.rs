@@ -37,7 +37,10 @@ mod exec;
 mod header;
 
 pub use catalog::{
-    timestamp_literal, Catalog, CatalogError, Job, JobKind, MergeFn, MergeRule, ParamOverrides, ParamValue, StateSpec,
+    timestamp_literal, Catalog, CatalogError, Definitions, Job, JobKind, MergeFn, MergeRule, ParamOverrides,
+    ParamValue, StateSpec,
 };
-pub use checks::{evaluate as evaluate_checks, CheckFailure, Checks, Drift, GateError, GateReport, Segments};
+pub use checks::{
+    evaluate as evaluate_checks, Baseline, CheckFailure, Checks, Drift, GateError, GateReport, OnData, Segments,
+};
 pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, StateRun};

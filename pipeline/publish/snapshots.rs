@@ -13,8 +13,11 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
+use crate::jobs::Definitions;
 use crate::publish::tables::{CHANGES_TABLE, TAGS_TABLE};
-use crate::publish::tags::{ChangeCounts, META_AS_OF, META_CHANGES, META_CUSTOMERS, META_ROWS, META_SEGMENTS};
+use crate::publish::tags::{
+    ChangeCounts, META_AS_OF, META_CHANGES, META_CUSTOMERS, META_DEFINITIONS, META_ROWS, META_SEGMENTS,
+};
 use crate::publish::{open_published, query_published, PublishError};
 use crate::storage::Location;
 use deltalake::DeltaTable;
@@ -34,6 +37,10 @@ pub struct Snapshot {
     pub changes: Option<ChangeCounts>,
     /// Rows per tag and value.
     pub segments: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per tag, a fingerprint of the definition its rows were made with (none on publishes
+    /// that predate it, or on other operations).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub definitions: Definitions,
 }
 
 impl Snapshot {
@@ -108,6 +115,9 @@ fn snapshot(version: u64, commit: &[u8]) -> Snapshot {
         customers: meta(META_CUSTOMERS).as_ref().and_then(Value::as_u64),
         changes: meta(META_CHANGES).and_then(|v| serde_json::from_value(v).ok()),
         segments: meta(META_SEGMENTS)
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        definitions: meta(META_DEFINITIONS)
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default(),
     }

@@ -56,6 +56,8 @@ pub const META_SEGMENTS: &str = "tagflow.segments";
 pub const META_ROWS: &str = "tagflow.rows";
 pub const META_CUSTOMERS: &str = "tagflow.customers";
 pub const META_CHANGES: &str = "tagflow.changes";
+/// Commit metadata: per tag, the fingerprint of the definition its rows were made with.
+pub const META_DEFINITIONS: &str = "tagflow.definitions";
 
 /// Schema of `tag_changes`: a diff's columns, then the versions and the as-of.
 pub fn tag_changes_schema() -> SchemaRef {

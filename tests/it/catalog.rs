@@ -413,3 +413,57 @@ async fn dedup_days_must_cover_summing_state() {
         "{message}"
     );
 }
+
+/// A tag's definition fingerprint changes with its own SQL or parameters and with anything
+/// it reads, directly or not, and with nothing else (not its checks, not other tags).
+#[test]
+fn a_definition_changes_with_what_the_tag_reads_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped_sql(), dir.path());
+    let definitions = || Catalog::load(dir.path(), &streams()).unwrap().definitions();
+    let shipped = definitions();
+    assert_eq!(shipped.len(), SHIPPED_TAGS.len());
+    let changed = |before: &tagflow::jobs::Definitions, after: &tagflow::jobs::Definitions| -> Vec<String> {
+        after
+            .iter()
+            .filter(|(tag, d)| before.get(*tag) != Some(*d))
+            .map(|(tag, _)| tag.clone())
+            .collect()
+    };
+
+    // A check is not the definition.
+    edit(
+        &dir.path().join("risk/low_credit.sql"),
+        "-- [checks]\n",
+        "-- [checks]\n-- min_rows = 0\n",
+    );
+    assert_eq!(changed(&shipped, &definitions()), Vec::<String>::new());
+    // A tag's own parameter: that tag, and the tag that reads it.
+    edit(
+        &dir.path().join("risk/low_credit.sql"),
+        "min_events = 3",
+        "min_events = 4",
+    );
+    let after_low_credit = definitions();
+    assert_eq!(
+        changed(&shipped, &after_low_credit),
+        ["low_credit", "marketing_blacklist"]
+    );
+    // A measure's parameter: every tag that reads the measure, directly or through a tag.
+    edit(
+        &dir.path().join("measures/customer_measures.sql"),
+        "engagement_window_days = 30",
+        "engagement_window_days = 31",
+    );
+    assert_eq!(
+        changed(&after_low_credit, &definitions()),
+        [
+            "aipl_stage",
+            "lifecycle",
+            "marketing_blacklist",
+            "promo_sensitive",
+            "refund_risk",
+            "rfm_tier"
+        ]
+    );
+}

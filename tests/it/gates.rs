@@ -392,3 +392,114 @@ fn folder_defaults_fill_headers_and_a_header_wins() {
         assert!(stderr.contains(named), "expected {named:?} in {stderr}");
     }
 }
+
+/// Move the landing files of days after `cutoff` (`<stream>/dt=YYYY-MM-DD/...`) into
+/// `aside`, keeping their paths; returns how many folders moved.
+fn hold_back_days_after(landing: &Path, aside: &Path, cutoff: &str) -> usize {
+    let mut moved = 0;
+    for stream in std::fs::read_dir(landing).unwrap() {
+        let stream = stream.unwrap().path();
+        for day in std::fs::read_dir(&stream).unwrap() {
+            let day = day.unwrap().path();
+            let name = day.file_name().unwrap().to_string_lossy().to_string();
+            if name.strip_prefix("dt=").is_some_and(|d| d > cutoff) {
+                let to = aside.join(stream.file_name().unwrap()).join(&name);
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::rename(&day, &to).unwrap();
+                moved += 1;
+            }
+        }
+    }
+    moved
+}
+
+/// Put back what [`hold_back_days_after`] moved.
+fn land_held_back(landing: &Path, aside: &Path) {
+    for stream in std::fs::read_dir(aside).unwrap() {
+        let stream = stream.unwrap().path();
+        for day in std::fs::read_dir(&stream).unwrap() {
+            let day = day.unwrap().path();
+            std::fs::rename(
+                &day,
+                landing.join(stream.file_name().unwrap()).join(day.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// A month of late files landing at once moves segments far beyond the drift rule, with
+/// every definition unchanged: the data moved, nothing is broken. The run publishes and
+/// reports the moves (run report, job_runs); a rule with `on_data = "stop"` stops it.
+#[tokio::test]
+async fn a_month_of_late_files_publishes_and_its_drift_is_reported() {
+    let (fx, sql) = generated(1200, 23).await;
+    // A tighter rule than the shipped one, for this small data set's segment sizes.
+    let defaults = sql.join("defaults.toml");
+    edit(&defaults, "max_change_pct = 75", "max_change_pct = 50");
+    edit(&defaults, "min_base = 1000", "min_base = 100");
+    let aside = fx.dir.path().join("aside");
+    assert!(hold_back_days_after(&fx.landing_dir(), &aside, "2026-10-19") > 0);
+    let first = report(&cli_run(&fx, &sql, &[]));
+    land_held_back(&fx.landing_dir(), &aside);
+
+    // With on_data = "stop", the same data stops the run: the moves are real.
+    edit(&defaults, "min_base = 100\n", "min_base = 100\non_data = \"stop\"\n");
+    let stopped = cli_run(&fx, &sql, &[]);
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(exit::GATE), "{stderr}");
+    assert!(stderr.contains(": drift ["), "{stderr}");
+
+    // The shipped behaviour: published, the moves reported, none of them a failure.
+    edit(&defaults, "on_data = \"stop\"\n", "");
+    let late = report(&cli_run(&fx, &sql, &[]));
+    assert_eq!(
+        late["published"]["version"].as_u64(),
+        Some(first["published"]["version"].as_u64().unwrap() + 1)
+    );
+    assert_eq!(late["gates"]["failures"].as_array().map(Vec::len), Some(0));
+    assert_eq!(late["gates"]["forced"], false);
+    let observed = late["gates"]["observed"].as_array().expect("observed drift").clone();
+    assert!(!observed.is_empty());
+    // Exactly the values that moved by more than 50% of a size of at least 100.
+    let mut expected = BTreeSet::new();
+    for tag in late["tags"].as_array().unwrap() {
+        let name = tag["tag"].as_str().unwrap();
+        let (old, new) = (values(&first, name), values(&late, name));
+        for value in old.keys().chain(new.keys()) {
+            let (o, n) = (
+                old.get(value).copied().unwrap_or(0),
+                new.get(value).copied().unwrap_or(0),
+            );
+            if o >= 100 && o.abs_diff(n) as f64 > 0.5 * o as f64 {
+                expected.insert((name.to_string(), value.clone()));
+            }
+        }
+    }
+    let reported: BTreeSet<(String, String)> = observed
+        .iter()
+        .map(|o| {
+            (
+                o["job"].as_str().unwrap().to_string(),
+                o["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(reported, expected);
+    let (status, code, jobs) = last_run(&fx).await;
+    assert_eq!((status.as_str(), code), ("succeeded", exit::OK));
+    let recorded: BTreeSet<(String, String)> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|j| {
+            let job = j["job"].as_str().unwrap().to_string();
+            j["observed_drift"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |o| (job.clone(), o["value"].as_str().unwrap().to_string()))
+        })
+        .collect();
+    assert_eq!(recorded, expected, "job_runs records the observed drift");
+}
