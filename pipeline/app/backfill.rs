@@ -214,6 +214,7 @@ async fn run_days(
                 definitions: &definitions,
             }),
             settings.force,
+            None,
         )
         .instrument(span.clone())
         .await?;

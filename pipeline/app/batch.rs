@@ -29,8 +29,8 @@ use crate::app::report::{
 };
 use crate::config::Settings;
 use crate::jobs::{
-    evaluate_checks, fold_state, run_jobs, Baseline, Definitions, GateError, GateReport, JobKind, JobOutput, JobRun,
-    StateRun,
+    evaluate_checks, fold_state, run_jobs, Baseline, Customers, Definitions, GateError, GateReport, JobKind, JobOutput,
+    JobRun, Reuse, StateRun,
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
@@ -43,11 +43,21 @@ use crate::state::State;
 use crate::storage::{hold, Location};
 
 /// What a batch leaves in memory for the next one of a `follow` session (a single run
-/// starts with nothing): the state, loaded when `None`, and the base of the next publish.
+/// starts with nothing): the state, loaded when `None`, the base of the next publish, and
+/// the last evaluation.
 #[derive(Default)]
 pub(super) struct Session {
     pub state: Option<State>,
     pub published: Option<TagsBase>,
+    pub evaluated: Option<LastEvaluation>,
+}
+
+/// The tag and measure outputs of the last batch that published, and its as-of day: a
+/// batch at the same day (whose tags read nothing else that moves) evaluates them only for
+/// the customers whose inputs changed.
+pub(super) struct LastEvaluation {
+    day: i64,
+    runs: BTreeMap<String, JobRun>,
 }
 
 /// One batch: what it needs to know.
@@ -127,6 +137,12 @@ impl Batch<'_> {
             return Ok(None);
         };
         let state = session.state.as_mut().expect("the read sets the state");
+        // The last evaluation serves an incremental batch of the whole catalog at its day.
+        let day = self.as_of.timestamp().div_euclid(86_400);
+        let last = session
+            .evaluated
+            .take()
+            .filter(|last| last.day == day && input.full_because.is_none() && self.settings.jobs.is_empty());
         let mut stages_ms = BTreeMap::from([("read".to_string(), started.elapsed().as_millis() as u64)]);
 
         let evaluated = evaluate_at(
@@ -141,6 +157,7 @@ impl Batch<'_> {
                 definitions: &s.definitions,
             }),
             self.settings.force,
+            last.as_ref().map(|l| &l.runs),
         )
         .await?;
         for (file, at) in input.files.iter().zip(&input.ingest_times) {
@@ -151,6 +168,15 @@ impl Batch<'_> {
             .commit_and_publish(state, &evaluated.output, base, previous)
             .await?;
         session.published = Some(next_base);
+        session.evaluated = Some(LastEvaluation {
+            day,
+            runs: evaluated
+                .output
+                .runs
+                .iter()
+                .map(|r| (r.job.name.clone(), r.clone()))
+                .collect(),
+        });
         let compaction = self.compact_if_due(&landed.published, &mut stages_ms).await?;
         stages_ms.extend(evaluated.stages_ms.clone());
         stages_ms.insert("commit_state".to_string(), landed.commit_ms);
@@ -461,6 +487,7 @@ impl Batch<'_> {
                     measure: r.job.name.clone(),
                     rows: r.rows,
                     duration_ms: r.duration.as_millis() as u64,
+                    evaluated_customers: r.evaluated_for.as_ref().map(|c| c.len()),
                 })
                 .collect(),
             stages_ms,
@@ -498,7 +525,9 @@ pub(crate) struct Evaluated {
 /// Evaluate the tags at `as_of`: the events that count now (`new_events` and held ones
 /// whose time has come; later ones are held in `state.pending`) are folded into the state
 /// tables, the measure and tag jobs run, and the quality gates are checked against
-/// `baseline` (see [`Baseline`]). A failed gate is an error
+/// `baseline` (see [`Baseline`]). With `previous` (the last evaluation's outputs, made at
+/// the same as-of day from the state before this fold), jobs are evaluated for the
+/// customers whose state rows the fold changed where they can be. A failed gate is an error
 /// unless `force`; the state in memory is then already folded, so a caller that stops
 /// must drop it (nothing of it is committed).
 pub(crate) async fn evaluate_at(
@@ -509,6 +538,7 @@ pub(crate) async fn evaluate_at(
     as_of: DateTime<Utc>,
     baseline: Option<Baseline<'_>>,
     force: bool,
+    previous: Option<&BTreeMap<String, JobRun>>,
 ) -> Result<Evaluated, Error> {
     let mut counted = BTreeMap::new();
     for (name, schema) in &project.schemas.streams {
@@ -540,7 +570,16 @@ pub(crate) async fn evaluate_at(
     drop(counted);
     state.tables = tables;
     stage("fold_state");
-    let output = run_jobs(catalog, &state.tables, as_of)
+    // Every state table must say whose rows it changed for any reuse to be exact.
+    let changed: Option<Customers> = state_runs.iter().try_fold(Customers::default(), |mut all, run| {
+        all.extend(run.changed_customers.as_ref()?.iter().cloned());
+        Some(all)
+    });
+    let reuse = match (previous, &changed) {
+        (Some(previous), Some(changed)) => Some(Reuse { previous, changed }),
+        _ => None,
+    };
+    let output = run_jobs(catalog, &state.tables, as_of, reuse)
         .instrument(info_span!("jobs"))
         .await?;
     stage("jobs");
@@ -576,6 +615,7 @@ fn tag_report(run: &JobRun) -> TagReport {
         rows: run.rows,
         values: run.values.clone(),
         duration_ms: run.duration.as_millis() as u64,
+        evaluated_customers: run.evaluated_for.as_ref().map(|c| c.len()),
     }
 }
 

@@ -126,6 +126,10 @@ pub struct TagReport {
     /// Customers per value.
     pub values: BTreeMap<String, u64>,
     pub duration_ms: u64,
+    /// Evaluated for this many customers only (those whose inputs changed), everyone
+    /// else's rows kept; absent when evaluated for everyone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluated_customers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,6 +137,9 @@ pub struct MeasureReport {
     pub measure: String,
     pub rows: usize,
     pub duration_ms: u64,
+    /// As for a tag: the customers it was evaluated for, if not everyone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluated_customers: Option<usize>,
 }
 
 impl RunReport {

@@ -207,6 +207,21 @@ fn is_default(checks: &Checks) -> bool {
     *checks == Checks::default()
 }
 
+/// What a customer's output rows of a tag or measure job depend on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Anything in its inputs (a percentile over every customer, customers sharing a
+    /// device): the job is evaluated for everyone whenever anything changed. The default,
+    /// so a job that declares nothing is always exact.
+    #[default]
+    All,
+    /// Only the customer's own rows of its inputs (joins and groups by `customer_id`): a
+    /// batch evaluates it for the customers whose inputs changed and keeps everyone
+    /// else's rows. Every input and the output must have a `customer_id` column.
+    Customer,
+}
+
 /// Per tag, the fingerprint of its definition ([`Catalog::definitions`]).
 pub type Definitions = BTreeMap<String, String>;
 
@@ -227,6 +242,8 @@ pub struct Job {
     /// Quality gates on a tag's output.
     #[serde(skip_serializing_if = "is_default")]
     pub checks: Checks,
+    /// What a customer's rows depend on (tag and measure jobs).
+    pub scope: Scope,
     pub file: PathBuf,
     #[serde(skip)]
     header_lines: usize,
@@ -240,6 +257,12 @@ impl Job {
     /// Tables this job reads: its inputs, then the jobs it depends on.
     pub fn reads(&self) -> impl Iterator<Item = &String> {
         self.inputs.iter().chain(self.depends_on.iter())
+    }
+
+    /// Whether this job's output can change within a UTC day without its inputs changing:
+    /// it reads the as-of time itself (`{{as_of}}`), not only the day.
+    pub fn reads_time_of_day(&self) -> bool {
+        placeholders(&self.body).iter().any(|(name, _)| name == "as_of")
     }
 
     /// The SQL to run at `as_of`: placeholders replaced, header lines kept blank so that
@@ -739,6 +762,7 @@ fn parse_job(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, Catalo
         params: BTreeMap::new(),
         state: None,
         checks: h.checks,
+        scope: h.scope,
         file: file.to_path_buf(),
         header_lines: parsed.header_lines,
         header_text: parsed.header_text,
@@ -760,6 +784,12 @@ fn parse_job(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, Catalo
     }
     if let Some((key, message)) = job.checks.problem(&job) {
         return Err(job.invalid(key, message));
+    }
+    if job.kind == JobKind::State && job.scope != Scope::All {
+        return Err(job.invalid(
+            "scope",
+            "`scope` applies to tag and measure jobs (a state job is folded by its key)".into(),
+        ));
     }
     let stateful = !h.key.is_empty() || !h.merge.is_empty() || h.day_column.is_some();
     if job.kind == JobKind::State {

@@ -20,7 +20,7 @@ use tracing::{info, info_span, Instrument};
 use crate::state::tables::{Segment, StateTable, Table};
 
 use super::catalog::{
-    check_tag_output, state_schema, Catalog, Job, JobKind, CURRENT_KEYS, CURRENT_ROWS, NEW_ROWS, SEGMENT_COLUMN,
+    check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_KEYS, CURRENT_ROWS, NEW_ROWS, SEGMENT_COLUMN,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,9 @@ pub struct JobRun {
     /// For tags: customers per value, counted once for the gates, the report and the
     /// backfill's baselines. Empty for measures.
     pub values: BTreeMap<String, u64>,
+    /// The customers it was evaluated for, the previous rows kept for everyone else
+    /// (`None`: evaluated for everyone).
+    pub evaluated_for: Option<Arc<Customers>>,
 }
 
 /// Everything the jobs produced, in catalog order.
@@ -92,8 +95,15 @@ pub struct StateRun {
     pub rows: usize,
     /// Rows of the segments the fold rewrote (the others are kept as they were).
     pub rows_rewritten: usize,
+    /// The customers whose rows of the table the fold may have changed (see
+    /// [`changed_customers`]); `None` when it cannot say (no `customer_id` column, or rows
+    /// dropped by retention).
+    pub changed_customers: Option<Customers>,
     pub duration: Duration,
 }
+
+/// A set of customer ids.
+pub type Customers = HashSet<String, RandomState>;
 
 fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
@@ -162,6 +172,7 @@ async fn fold_one(
     let new_rows = conform(&job, derived.batches, &schema)?;
     check_keys(&job, &new_rows)?;
     let mut segments = Vec::new();
+    let stored_segments = current.as_ref().map_or(0, |t| t.segments.len());
     for segment in current.map(|t| t.segments).unwrap_or_default() {
         segments.push(Segment {
             batches: conform(&job, segment.batches, &schema)?,
@@ -176,6 +187,11 @@ async fn fold_one(
             touched_days(segments, &day_values(&job, &new_rows, column)?, oldest_kept)
         }
         None => touched_keys(&job, &schema, segments, &new_rows, partitions).await?,
+    };
+    let dropped = stored_segments > kept.len() + rewritten.len();
+    let changed_customers = match dropped {
+        true => None,
+        false => changed_customers(&job, &new_rows, &rewritten),
     };
     // Only the touched segments and the new rows are merged (nothing at all when neither).
     let mut merged = Vec::new();
@@ -212,10 +228,59 @@ async fn fold_one(
         new_rows: derived.rows,
         rows: table.rows(),
         rows_rewritten,
+        changed_customers,
         duration: started.elapsed(),
     };
     Ok((table, run))
 }
+
+/// The customers whose rows a fold of `new_rows` into the `rewritten` segments may change:
+/// those of the new rows and, where the key does not hold the customer (an order's row
+/// names the customer of its earliest event), those of the old rows with a key of a new
+/// row. Rows of other keys come out of the merge as they went in. `None` without a
+/// `customer_id` column.
+fn changed_customers(job: &Job, new_rows: &[RecordBatch], rewritten: &[Segment]) -> Option<Customers> {
+    let mut customers = Customers::default();
+    for batch in new_rows {
+        customers.extend(customer_ids(batch)?.iter().flatten().map(String::from));
+    }
+    let keys = &job.state.as_ref().expect("a state job").key;
+    if keys.iter().any(|k| k == CUSTOMER_ID) {
+        return Some(customers);
+    }
+    let key_of = |batch: &RecordBatch, row: usize| -> String {
+        keys.iter()
+            .map(|k| {
+                let column = batch.column_by_name(k).expect("key column");
+                arrow::util::display::array_value_to_string(column, row).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\u{1f}")
+    };
+    let new_keys: HashSet<String, RandomState> = new_rows
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).map(move |row| key_of(b, row)))
+        .collect();
+    for batch in rewritten.iter().flat_map(|s| &s.batches) {
+        let ids = customer_ids(batch)?;
+        for row in 0..batch.num_rows() {
+            if ids.is_valid(row) && new_keys.contains(&key_of(batch, row)) {
+                customers.insert(ids.value(row).to_string());
+            }
+        }
+    }
+    Some(customers)
+}
+
+/// The `customer_id` column of `batch` as text, if it has one.
+pub fn customer_ids(batch: &RecordBatch) -> Option<StringArray> {
+    let column = batch.column_by_name(CUSTOMER_ID)?;
+    let text = cast(column, &DataType::Utf8).ok()?;
+    text.as_any().downcast_ref::<StringArray>().cloned()
+}
+
+/// The column that names a row's customer.
+pub const CUSTOMER_ID: &str = "customer_id";
 
 /// The day segments to keep and to rewrite: a day with new rows is rewritten, a day before
 /// `oldest_kept` dropped, a segment of any day (stored whole by an older build) rewritten.
@@ -423,23 +488,47 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
         .collect()
 }
 
-/// Evaluate the measure and tag jobs of `catalog` on the state tables. A job starts as soon
-/// as every table it reads is there (state tables, jobs done), alongside the others that
-/// can run. The runs come back in catalog order.
+/// What a batch may reuse from the batch before it at the same as-of day: every tag's and
+/// measure's output then (made from the state before this batch's fold), and the
+/// customers whose state rows this batch's fold may have changed.
+pub struct Reuse<'a> {
+    pub previous: &'a BTreeMap<String, JobRun>,
+    pub changed: &'a Customers,
+}
+
+/// How one job is evaluated in a batch.
+enum Plan {
+    /// For every customer, from its whole inputs.
+    Everyone,
+    /// For these customers only (their rows of the inputs), the previous rows kept for
+    /// everyone else: a [`Scope::Customer`] job whose inputs changed for them alone.
+    Customers { dirty: Arc<Customers>, previous: JobRun },
+}
+
+/// Run every measure and tag job on the state tables (each job once its inputs are ready;
+/// independent jobs run concurrently). With `reuse`, a job of [`Scope::Customer`] is
+/// evaluated only for the customers whose inputs changed (see [`plan`]); every job's output
+/// is still whole: the same rows as evaluating everyone.
 pub async fn run_jobs(
     catalog: &Catalog,
     state: &BTreeMap<String, StateTable>,
     as_of: DateTime<Utc>,
+    reuse: Option<Reuse<'_>>,
 ) -> Result<JobOutput, JobError> {
     // Every table in one partition: most jobs run with one (a share of the cores), and a
     // table split wider would be merged back by each of them (measured: a fifth of the
     // jobs' CPU time); the few that get more cores split their input themselves.
-    let mut tables: BTreeMap<String, Arc<MemTable>> = state
+    let mut tables: BTreeMap<String, Table> = state.iter().map(|(name, t)| (name.clone(), t.table())).collect();
+    // Per table read so far: the customers whose rows may differ from the previous batch's
+    // (`None`: unknown, anyone's).
+    let state_changed = reuse.as_ref().map(|r| Arc::new(r.changed.clone()));
+    let mut changed: BTreeMap<String, Option<Arc<Customers>>> =
+        state.keys().map(|name| (name.clone(), state_changed.clone())).collect();
+    let read_by_others: HashSet<&str> = catalog
+        .jobs
         .iter()
-        .map(|(name, t)| {
-            let table = t.table();
-            (name.clone(), mem_table(table.schema, table.batches, 1))
-        })
+        .flat_map(|j| j.reads())
+        .map(String::as_str)
         .collect();
     let mut waiting: Vec<&Job> = catalog.jobs.iter().filter(|j| j.kind != JobKind::State).collect();
     let mut running = tokio::task::JoinSet::new();
@@ -452,23 +541,172 @@ pub async fn run_jobs(
         let partitions = share_of_cores(running.len() + ready.len());
         for job in ready {
             let span = info_span!("job", job = %job.name, kind = ?job.kind);
-            let reads: BTreeMap<String, Arc<MemTable>> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
+            let reads: BTreeMap<String, Table> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
+            let plan = plan(job, &reads, &changed, reuse.as_ref());
+            let previous = reuse.as_ref().and_then(|r| r.previous.get(&job.name).cloned());
+            let diff_needed = read_by_others.contains(job.name.as_str());
             let job = job.clone();
-            running.spawn(async move { run_one(&job, &reads, as_of, partitions).await }.instrument(span));
+            running.spawn(
+                async move {
+                    let run = evaluate_job(&job, reads, plan, as_of, partitions).await?;
+                    let changed = match (&run.evaluated_for, previous) {
+                        (Some(dirty), _) => Some(dirty.clone()),
+                        (None, Some(previous)) if diff_needed => {
+                            Some(Arc::new(customers_with_other_rows(&previous, &run)))
+                        }
+                        (None, _) => None,
+                    };
+                    Ok::<_, JobError>((run, changed))
+                }
+                .instrument(span),
+            );
         }
         let Some(finished) = running.join_next().await else {
             break;
         };
-        let run = task_output(finished)?;
+        let (run, run_changed) = task_output(finished)?;
         tables.insert(
             run.job.name.clone(),
-            mem_table(run.schema.clone(), run.batches.clone(), 1),
+            Table {
+                schema: run.schema.clone(),
+                batches: run.batches.clone(),
+            },
         );
+        changed.insert(run.job.name.clone(), run_changed);
         done.insert(run.job.name.clone(), run);
     }
     assert!(waiting.is_empty(), "the catalog checks that every job's inputs exist");
     let runs = catalog.jobs.iter().filter_map(|j| done.remove(&j.name)).collect();
     Ok(JobOutput { runs })
+}
+
+/// How to evaluate `job` in this batch: for the customers whose inputs changed when it is
+/// of [`Scope::Customer`], has a previous output at this as-of day, reads the day only, and
+/// every table it reads names its customers and says whose rows changed; else for everyone.
+fn plan(
+    job: &Job,
+    reads: &BTreeMap<String, Table>,
+    changed: &BTreeMap<String, Option<Arc<Customers>>>,
+    reuse: Option<&Reuse<'_>>,
+) -> Plan {
+    let Some(previous) = reuse.and_then(|r| r.previous.get(&job.name)) else {
+        return Plan::Everyone;
+    };
+    if job.scope != Scope::Customer || job.reads_time_of_day() {
+        return Plan::Everyone;
+    }
+    let mut dirty = Customers::default();
+    for (name, table) in reads {
+        let (Some(Some(customers)), true) = (changed.get(name), table.schema.column_with_name(CUSTOMER_ID).is_some())
+        else {
+            return Plan::Everyone;
+        };
+        dirty.extend(customers.iter().cloned());
+    }
+    Plan::Customers {
+        dirty: Arc::new(dirty),
+        previous: previous.clone(),
+    }
+}
+
+/// Evaluate one job as `plan` says.
+async fn evaluate_job(
+    job: &Job,
+    reads: BTreeMap<String, Table>,
+    plan: Plan,
+    as_of: DateTime<Utc>,
+    partitions: usize,
+) -> Result<JobRun, JobError> {
+    let tables = |only: Option<&Customers>| -> BTreeMap<String, Arc<MemTable>> {
+        reads
+            .iter()
+            .map(|(name, t)| {
+                let batches = match only {
+                    Some(customers) => rows_of(&t.batches, customers, true),
+                    None => t.batches.clone(),
+                };
+                (name.clone(), mem_table(t.schema.clone(), batches, 1))
+            })
+            .collect()
+    };
+    match plan {
+        Plan::Everyone => run_one(job, &tables(None), as_of, partitions).await,
+        Plan::Customers { dirty, previous } => {
+            let started = Instant::now();
+            let fresh = match dirty.is_empty() {
+                true => Vec::new(),
+                false => run_one(job, &tables(Some(&dirty)), as_of, partitions).await?.batches,
+            };
+            let mut batches = rows_of(&previous.batches, &dirty, false);
+            batches.extend(fresh);
+            let values = match job.kind {
+                JobKind::Tag => value_counts(&batches),
+                _ => BTreeMap::new(),
+            };
+            info!(
+                customers = dirty.len(),
+                "evaluated for the customers whose inputs changed"
+            );
+            Ok(JobRun {
+                job: job.clone(),
+                duration: started.elapsed(),
+                rows: batches.iter().map(|b| b.num_rows()).sum(),
+                batches,
+                schema: previous.schema,
+                values,
+                evaluated_for: Some(dirty),
+            })
+        }
+    }
+}
+
+/// The rows of `batches` whose customer is (`inside`) or is not in `customers`.
+fn rows_of(batches: &[RecordBatch], customers: &Customers, inside: bool) -> Vec<RecordBatch> {
+    if customers.is_empty() {
+        return if inside { Vec::new() } else { batches.to_vec() };
+    }
+    batches
+        .iter()
+        .map(|batch| {
+            let ids = customer_ids(batch).expect("checked: the table names its customers");
+            let keep: arrow::array::BooleanArray = ids
+                .iter()
+                .map(|id| Some(id.is_some_and(|id| customers.contains(id)) == inside))
+                .collect();
+            arrow::compute::filter_record_batch(batch, &keep).expect("a mask of the batch's length")
+        })
+        .filter(|b| b.num_rows() > 0)
+        .collect()
+}
+
+/// The customers whose rows differ between two outputs of one job (as sets of rows).
+fn customers_with_other_rows(before: &JobRun, after: &JobRun) -> Customers {
+    let rows_by_customer = |run: &JobRun| -> HashMap<String, Vec<String>, RandomState> {
+        let mut rows: HashMap<String, Vec<String>, RandomState> = HashMap::default();
+        for batch in &run.batches {
+            let Some(ids) = customer_ids(batch) else { continue };
+            for row in 0..batch.num_rows() {
+                let text: Vec<String> = batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
+                    .collect();
+                rows.entry(ids.value(row).to_string())
+                    .or_default()
+                    .push(text.join("\u{1f}"));
+            }
+        }
+        rows.values_mut().for_each(|r| r.sort());
+        rows
+    };
+    let (old, new) = (rows_by_customer(before), rows_by_customer(after));
+    let mut changed: Customers = old
+        .iter()
+        .filter(|(c, r)| new.get(*c) != Some(*r))
+        .map(|(c, _)| c.clone())
+        .collect();
+    changed.extend(new.keys().filter(|c| !old.contains_key(*c)).cloned());
+    changed
 }
 
 async fn run_one(
@@ -498,6 +736,7 @@ async fn run_one(
         schema,
         rows,
         values,
+        evaluated_for: None,
     })
 }
 

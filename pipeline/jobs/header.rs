@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::catalog::{CatalogError, JobKind, MergeRule};
+use super::catalog::{CatalogError, JobKind, MergeRule, Scope};
 use super::checks::Checks;
 
 /// The header as written in the file.
@@ -36,6 +36,9 @@ pub(super) struct Header {
     /// Tag jobs: quality gates on the output.
     #[serde(default)]
     pub checks: Checks,
+    /// Tag and measure jobs: what a customer's rows depend on.
+    #[serde(default)]
+    pub scope: Scope,
 }
 
 /// A parsed job file.

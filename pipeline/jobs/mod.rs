@@ -38,9 +38,9 @@ mod header;
 
 pub use catalog::{
     timestamp_literal, Catalog, CatalogError, Definitions, Job, JobKind, MergeFn, MergeRule, ParamOverrides,
-    ParamValue, StateSpec,
+    ParamValue, Scope, StateSpec,
 };
 pub use checks::{
     evaluate as evaluate_checks, Baseline, CheckFailure, Checks, Drift, GateError, GateReport, OnData, Segments,
 };
-pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, StateRun};
+pub use exec::{fold_state, run_jobs, Customers, JobError, JobOutput, JobRun, Reuse, StateRun};

@@ -2,6 +2,7 @@
 -- family = "behaviour"
 -- description = "Funnel stage: loyalty (2+ paid orders in 365 days), purchase (1), interest (3+ product views or a cart add in 30 days) or awareness."
 -- inputs = ["customer_measures"]
+-- scope = "customer"
 -- [params]
 -- loyalty_orders = 2
 -- interest_product_views = 3

@@ -2,6 +2,7 @@
 -- family = "behaviour"
 -- description = "With 3+ paid orders in 365 days, the brand of the most of them (ties: smallest brand) if it has at least 60% of them. Value: the brand. Score: its share."
 -- inputs = ["paid_orders"]
+-- scope = "customer"
 -- [params]
 -- min_orders = 3
 -- min_share = 0.6

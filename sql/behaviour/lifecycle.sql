@@ -2,6 +2,7 @@
 -- family = "behaviour"
 -- description = "new (first seen in the last 30 days), active (seen in the last 30 days), dormant (last 90 days) or churned. Score: whole days since the day last seen."
 -- inputs = ["customer_measures"]
+-- scope = "customer"
 -- [params]
 -- new_window_days = 30
 -- active_window_days = 30

@@ -2,6 +2,7 @@
 -- family = "behaviour"
 -- description = "Paid orders of the last 365 days fall in at least 3 distinct UTC calendar months. Score: the number of months."
 -- inputs = ["paid_orders"]
+-- scope = "customer"
 -- [params]
 -- min_months = 3
 -- [checks]

@@ -2,6 +2,7 @@
 -- family = "intent"
 -- description = "The latest cart add is in the last 3 days and no order was placed or paid since. Score: value of the cart adds of the last 3 days (quantity x unit_price, null price counts 0)."
 -- inputs = ["customer_activity", "customer_days"]
+-- scope = "customer"
 -- [params]
 -- window_days = 3
 -- [checks]

@@ -2,6 +2,7 @@
 -- family = "intent"
 -- description = "The category a customer is circling: product views + 3 x cart adds per category in the last 7 days, leaving out categories bought (paid) in those days. Value: the top category (ties: smallest) if its points reach 5. Score: the points."
 -- inputs = ["customer_category_days", "paid_orders"]
+-- scope = "customer"
 -- [params]
 -- window_days = 7
 -- cart_add_points = 3

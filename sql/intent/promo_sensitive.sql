@@ -2,6 +2,7 @@
 -- family = "intent"
 -- description = "2+ paid orders in 365 days and at least half of them discounted (discount_amount > 0). Score: the discounted share."
 -- inputs = ["paid_orders", "customer_measures"]
+-- scope = "customer"
 -- [params]
 -- min_orders = 2
 -- min_share = 0.5

@@ -2,6 +2,7 @@
 -- kind = "measure"
 -- description = "One row per customer of the universe (anyone with a counted event): first/last seen, orders_all, orders_365, monetary_365 (exact decimal sum), product_views_30, cart_adds_30."
 -- inputs = ["customer_activity", "customer_days", "paid_orders"]
+-- scope = "customer"
 -- [params]
 -- engagement_window_days = 30
 WITH purchases AS (

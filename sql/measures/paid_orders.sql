@@ -2,6 +2,7 @@
 -- kind = "measure"
 -- description = "One row per paid order (from the order_payments state). `within_orders_window` marks orders paid in the last `orders_window_days` days (the 365-day window of orders_365)."
 -- inputs = ["order_payments"]
+-- scope = "customer"
 -- [params]
 -- orders_window_days = 365
 SELECT

@@ -2,6 +2,7 @@
 -- family = "risk"
 -- description = "At least 3 order events of status cancelled or payment_failed in the last 30 days. Score: their number."
 -- inputs = ["customer_days"]
+-- scope = "customer"
 -- [params]
 -- window_days = 30
 -- min_events = 3

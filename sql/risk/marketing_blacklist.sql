@@ -2,6 +2,7 @@
 -- family = "risk"
 -- description = "Excluded from marketing: the customer has refund_risk, low_credit or shared_device. Computed from those tags, not from events."
 -- depends_on = ["refund_risk", "low_credit", "shared_device"]
+-- scope = "customer"
 -- [checks]
 -- accepted_values = ["true"]
 WITH flagged_customers AS (

@@ -2,6 +2,7 @@
 -- family = "risk"
 -- description = "2+ orders refunded in the last 365 days (refund time: the order's earliest refunded event) and refunds / max(orders_365, 1) >= 0.3. Score: that ratio."
 -- inputs = ["order_refunds", "customer_measures"]
+-- scope = "customer"
 -- [params]
 -- window_days = 365
 -- min_refunds = 2

@@ -528,9 +528,12 @@ async fn every_follow_batch_equals_a_full_run() {
         let (mut landed, mut next_chunk, mut compactions) = (ends[0], 1, 0);
         // Whether a batch has held events (after its as-of time) yet.
         let held = std::sync::atomic::AtomicBool::new(false);
+        // Batches that evaluated some tags for the customers whose inputs changed only.
+        let mut partial_evaluations = 0;
         let on_batch = |report: &tagflow::app::report::RunReport| {
             let as_of = report.as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             batches.push((report.published.version, as_of, landed));
+            partial_evaluations += usize::from(report.tags.iter().any(|t| t.evaluated_customers.is_some()));
             held.fetch_or(report.state.held_events > 0, SeqCst);
             compactions += usize::from(report.compaction.is_some());
             if let Some(&end) = ends.get(next_chunk) {
@@ -575,6 +578,10 @@ async fn every_follow_batch_equals_a_full_run() {
             "seed {seed}: some events were after a batch's as-of time"
         );
         assert!(compactions > 0, "seed {seed}: the policy compacted during the session");
+        assert!(
+            partial_evaluations > 0,
+            "seed {seed}: some batches evaluated tags for the changed customers only"
+        );
 
         let reference = Fixture::new();
         let mut landed = 0;
@@ -837,4 +844,104 @@ async fn a_parquet_state_of_format_1_is_still_read() {
         .collect();
     assert!(!compression.is_empty());
     assert!(compression.iter().all(Option::is_none), "uncompressed on local files");
+}
+
+/// A micro-batch within a UTC day evaluates the tags of `scope = "customer"` for the
+/// customers whose state rows changed, and keeps everyone else's rows, and the table still
+/// equals a full run: here a batch touches a handful of customers among 60, and reaches
+/// untouched ones through a cross-customer dependency (a fifth customer on a device makes it
+/// shared: `shared_device`, evaluated for everyone, and `marketing_blacklist`, which reads
+/// it, change for the four who sent nothing) and through an order whose earliest paid event
+/// now names another customer (the first payer loses the order without a new event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_micro_batch_evaluates_what_changed_and_equals_a_full_run() {
+    let fx = Fixture::new();
+    let mut first: Vec<Click> = (0..60)
+        .map(|i| view(&format!("k{i}"), &format!("c{i}"), "2026-11-15T10:00:00Z").category("shoes"))
+        .collect();
+    first.extend((1..=4).map(|i| view(&format!("kd{i}"), &format!("s{i}"), "2026-11-16T10:00:00Z").device("d1")));
+    fx.clicks("dt=2026-11-16/a.parquet", &first);
+    fx.orders(
+        "dt=2026-11-16/a.parquet",
+        &[
+            paid("o1", "p1", "2026-11-10T10:00:00Z", "order-1", 40.0),
+            paid("o2", "p1", "2026-11-12T10:00:00Z", "order-2", 60.0),
+        ],
+    );
+    let settings = fx.settings("2026-01-01T00:00:00Z", None).expect("settings");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_tx = Some(stop_tx);
+    let mut reports: Vec<tagflow::app::report::RunReport> = Vec::new();
+    let on_batch = |report: &tagflow::app::report::RunReport| {
+        reports.push(report.clone());
+        if reports.len() == 1 {
+            // The batch: a fifth customer on d1, an earlier paid event of order-1 by p2,
+            // and one more view by c7.
+            fx.clicks(
+                "dt=2026-11-20/b.parquet",
+                &[
+                    view("kd5", "s5", "2026-11-20T09:00:00Z").device("d1"),
+                    view("k-c7", "c7", "2026-11-20T09:30:00Z"),
+                ],
+            );
+            fx.orders(
+                "dt=2026-11-20/b.parquet",
+                &[paid("o3", "p2", "2026-11-09T10:00:00Z", "order-1", 45.0)],
+            );
+        } else if let Some(tx) = stop_tx.take() {
+            tx.send(()).expect("the session is waiting");
+        }
+    };
+    let times = std::sync::Mutex::new(vec!["2026-11-20T11:00:00Z", "2026-11-20T10:00:00Z"]);
+    let clock = || {
+        let next = times.lock().unwrap().pop().unwrap_or("2026-11-20T12:00:00Z");
+        chrono::DateTime::parse_from_rfc3339(next).unwrap().with_timezone(&Utc)
+    };
+    let metrics = tagflow::app::metrics::FollowMetrics::default();
+    let stop = async {
+        stop_rx.await.ok();
+    };
+    tagflow::app::follow::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock)
+        .await
+        .expect("follow");
+    assert_eq!(reports.len(), 2, "two batches published");
+    let batch = &reports[1];
+
+    let tags = fx.published(Some(batch.published.version)).await;
+    assert_same(
+        &tags,
+        &full_tags(&fx, "2026-11-20T11:00:00Z").await,
+        "after the micro-batch",
+    );
+    assert_eq!(
+        tags.customers("marketing_blacklist"),
+        ["s1", "s2", "s3", "s4", "s5"],
+        "reached through the shared device"
+    );
+
+    let evaluated = |tag: &str| {
+        batch
+            .tags
+            .iter()
+            .find(|t| t.tag == tag)
+            .unwrap_or_else(|| panic!("{tag} in the report"))
+            .evaluated_customers
+    };
+    // The state rows of s5, c7, p2 and p1 (who lost order-1) changed; device_days also names
+    // s5 only. Everything of scope "customer" is evaluated for those four.
+    assert_eq!(evaluated("lifecycle"), Some(4));
+    assert_eq!(evaluated("repurchaser"), Some(4));
+    // ... plus, for the blacklist, s1 to s4, whose shared_device rows changed.
+    assert_eq!(evaluated("marketing_blacklist"), Some(8));
+    // A percentile over every buyer, and customers sharing devices: evaluated for everyone.
+    assert_eq!(evaluated("rfm_tier"), None);
+    assert_eq!(evaluated("shared_device"), None);
+    assert_eq!(
+        reports[0]
+            .tags
+            .iter()
+            .filter(|t| t.evaluated_customers.is_some())
+            .count(),
+        0
+    );
 }
