@@ -15,21 +15,16 @@
 //! `TAGFLOW_TEST_S3_*` variables (`.ci/seaweedfs start DIR && source DIR/env`) instead of
 //! local files: the same full and incremental runs (the follow session stays local).
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use arrow::record_batch::RecordBatch;
-use chrono::{Days, NaiveDate, Utc};
-use tagflow::generate::{generate, GenerateOptions};
+use chrono::{Days, NaiveDate};
 use tagflow::storage::Location;
 
+mod common;
 #[path = "../tests/it/s3_server.rs"]
 mod s3_server;
+use common::*;
 use s3_server::S3;
 
 const DAYS: u32 = 365;
@@ -37,7 +32,6 @@ const DAYS: u32 = 365;
 /// events for 109,590 customers over 365 days), so the history is close to the 10M events
 /// asked for.
 const EVENTS_PER_CUSTOMER_DAY: f64 = 0.2455;
-const FOLLOW_FILE_EVENTS: usize = 50_000;
 
 fn main() {
     let history: usize = std::env::var("TAGFLOW_BENCH_EVENTS")
@@ -132,12 +126,14 @@ fn main() {
     );
 
     match &target {
-        Target::Local { root } => follow(
-            &local_landing,
-            &root.join("warehouse"),
-            customers,
-            Duration::from_secs(follow_secs),
-        ),
+        Target::Local { root } => {
+            follow(
+                &local_landing,
+                &root.join("warehouse"),
+                customers,
+                Duration::from_secs(follow_secs),
+            );
+        }
         Target::S3 { .. } => println!("\n(the follow session runs on local files only)"),
     }
 }
@@ -226,121 +222,6 @@ async fn upload_tree(from: &Path, to: &Location) {
         .await;
 }
 
-struct Measured {
-    wall: f64,
-    peak_rss_mib: f64,
-    report: serde_json::Value,
-}
-
-impl Measured {
-    fn print(&self, title: &str) {
-        let r = &self.report;
-        let files: u64 = r["streams"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|s| s["files"].as_u64().unwrap())
-            .sum();
-        let events: u64 = r["streams"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|s| s["events"].as_u64().unwrap())
-            .sum();
-        let stages: Vec<String> = r["stages_ms"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| format!("{k} {:.2}s", v.as_f64().unwrap() / 1000.0))
-            .collect();
-        let state_rows: u64 = r["state"]["tables"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|t| t["rows"].as_u64().unwrap())
-            .sum();
-        println!("\n-- {title} ({} mode)", r["mode"].as_str().unwrap());
-        println!("files read         {files}");
-        println!("events counted     {events}");
-        println!("wall time          {:.2} s (process, including start-up)", self.wall);
-        println!("throughput         {:.0} events/s", events as f64 / self.wall);
-        println!("stages             {}", stages.join(", "));
-        println!(
-            "state rows         {state_rows} in {} tables",
-            r["state"]["tables"].as_object().unwrap().len()
-        );
-        println!("seen ids loaded    {}", r["state"]["seen_ids_loaded"]);
-        println!("rows published     {}", r["published"]["rows"]);
-        println!("peak memory (RSS)  {:.0} MiB", self.peak_rss_mib);
-    }
-}
-
-async fn generate_into(dir: &Path, customers: usize, days: u32, seed: u64, end: NaiveDate) -> (usize, usize) {
-    let location = Location::parse(&dir.to_string_lossy(), &Default::default()).unwrap();
-    let options = GenerateOptions {
-        customers,
-        days,
-        seed,
-        end,
-        bad_input: false,
-    };
-    let summary = generate(&location, &options).await.expect("generate");
-    (summary.events.values().sum(), summary.files.values().sum())
-}
-
-fn tagflow() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagflow"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("TAGFLOW_CONFIG")
-        .env("TAGFLOW_LOG", "warn");
-    cmd
-}
-
-/// `tagflow run --json` as a child; wall time and the child's own peak RSS (wait4).
-fn run(landing: &str, warehouse: &str, config: Option<&Path>, as_of: &str, extra: &[&str]) -> Measured {
-    let started = Instant::now();
-    let mut command = tagflow();
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
-    let mut child = command
-        .args([
-            "run",
-            "--json",
-            "--as-of",
-            as_of,
-            "--landing",
-            landing,
-            "--warehouse",
-            warehouse,
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start tagflow");
-    let mut stdout = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    let (status, peak_rss_mib) = wait_with_rusage(child.id());
-    let wall = started.elapsed().as_secs_f64();
-    assert!(status == 0, "tagflow run failed with status {status}");
-    Measured {
-        wall,
-        peak_rss_mib,
-        report: serde_json::from_str(&stdout).expect("JSON report"),
-    }
-}
-
-/// Reap child `pid`; its exit status and peak RSS in MiB.
-fn wait_with_rusage(pid: u32) -> (i32, f64) {
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 writes only into the two values we own.
-    let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
-    assert_eq!(rc, pid as i32, "wait4");
-    (status, usage.ru_maxrss as f64 / 1024.0)
-}
-
 /// Delete the `dt=` folders of `landing` (all streams) after the first days whose events
 /// add up to at least `events`; the last day kept, and the events and files kept.
 fn keep_first_days(landing: &Path, events: usize) -> (NaiveDate, usize, usize) {
@@ -397,154 +278,4 @@ fn move_tree(from: &Path, to: &Path) {
             std::fs::rename(&path, &target).unwrap();
         }
     }
-}
-
-/// A `follow` session fed one file of 50k product views per second; freshness per file.
-fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) {
-    let files = length.as_secs() as usize;
-    let folder = landing.join("clicks/follow");
-    std::fs::create_dir_all(&folder).unwrap();
-    // `--force`: the history ends weeks before today and the feed (product views of random
-    // customers) makes nearly everyone "interested" within seconds, so segments move far
-    // more than the drift gates allow; the gates are still evaluated in every batch.
-    #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
-    let mut child = tagflow()
-        .args(["follow", "--json", "--force", "--interval", "1s", "--landing"])
-        .arg(landing)
-        .arg("--warehouse")
-        .arg(warehouse)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start tagflow follow");
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        std::io::BufReader::new(stdout).read_to_string(&mut text).unwrap();
-        text
-    });
-    std::thread::sleep(Duration::from_secs(2)); // the first batch catches up
-    let started = Instant::now();
-    for i in 0..files {
-        let bytes = click_file(i, customers);
-        // Written under a hidden name, then renamed: the file appears whole, its mtime now.
-        let hidden = folder.join(format!(".part-{i:05}.tmp"));
-        std::fs::write(&hidden, &bytes).unwrap();
-        std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
-        let next = started + Duration::from_secs(i as u64 + 1);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    std::thread::sleep(Duration::from_secs(6)); // let the last files publish
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let text = reader.join().unwrap();
-    let (status, peak_rss_mib) = wait_with_rusage(child.id());
-    assert_eq!(status, 0, "follow exits 0 on SIGTERM");
-
-    // One file per batch (the interval matches the feed): a batch's max lag is its file's.
-    let mut lags = Vec::new();
-    let mut durations = Vec::new();
-    let mut stages = std::collections::BTreeMap::new();
-    for line in text.lines() {
-        let report: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-        let Some(freshness) = report.get("freshness") else {
-            continue;
-        };
-        let files = freshness["files"].as_u64().unwrap() as usize;
-        lags.extend(std::iter::repeat_n(freshness["max_ms"].as_u64().unwrap(), files));
-        durations.push(report["duration_ms"].as_u64().unwrap());
-        for (stage, ms) in report["stages_ms"].as_object().unwrap() {
-            stages
-                .entry(stage.clone())
-                .or_insert_with(Vec::new)
-                .push(ms.as_u64().unwrap());
-        }
-    }
-    lags.sort_unstable();
-    durations.sort_unstable();
-    let pct = |v: &[u64], p: usize| v[(v.len() * p).div_ceil(100).max(1) - 1];
-    println!("\n-- follow: {files} files of {FOLLOW_FILE_EVENTS} events, one per second, interval 1s");
-    println!(
-        "files published    {} (each file counted at its batch's max lag)",
-        lags.len()
-    );
-    println!(
-        "freshness          p50 {} ms, p95 {} ms, max {} ms",
-        pct(&lags, 50),
-        pct(&lags, 95),
-        lags.last().unwrap()
-    );
-    println!(
-        "batch duration     p50 {} ms, p95 {} ms, max {} ms ({} batches)",
-        pct(&durations, 50),
-        pct(&durations, 95),
-        durations.last().unwrap(),
-        durations.len()
-    );
-    let stages: Vec<String> = stages
-        .iter_mut()
-        .map(|(stage, ms)| {
-            ms.sort_unstable();
-            format!("{stage} {}", pct(ms, 50))
-        })
-        .collect();
-    println!("stages, p50 (ms)   {}", stages.join(", "));
-    println!("peak memory (RSS)  {peak_rss_mib:.0} MiB");
-}
-
-/// 50k product views of random customers, in the last minute.
-fn click_file(index: usize, customers: usize) -> Vec<u8> {
-    let now = Utc::now().timestamp_micros();
-    let rows = FOLLOW_FILE_EVENTS;
-    let mut state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut next = move || {
-        // xorshift64*: cheap, deterministic per file
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
-    let picks: Vec<u64> = (0..rows).map(|_| next()).collect();
-    let customer = |p: u64| p as usize % customers + 1;
-    let column = |f: &dyn Fn(usize, u64) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(
-            picks.iter().enumerate().map(|(i, p)| f(i, *p)),
-        ))
-    };
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("page_type", DataType::Utf8, false),
-        Field::new("category", DataType::Utf8, true),
-        Field::new("price", DataType::Float64, true),
-        Field::new("device_id", DataType::Utf8, true),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        column(&|i, _| format!("follow-{index}-{i}")),
-        column(&|_, p| format!("cust-{:06}", customer(p))),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(picks.iter().map(|p| now - (p % 60_000_000) as i64))
-                .with_timezone("UTC"),
-        ),
-        column(&|_, _| "product".to_string()),
-        // Each customer circles three of 40 categories and uses one or two own devices, as
-        // the generator's customers do (a random device per event would make every
-        // customer share devices with everyone).
-        column(&|_, p| format!("category-{}", (customer(p) * 7 + (p >> 20) as usize % 3) % 40)),
-        Arc::new(Float64Array::from_iter_values(
-            picks.iter().map(|p| ((p >> 8) % 50_000) as f64 / 100.0),
-        )),
-        column(&|_, p| format!("device-{}-{}", customer(p), (p >> 32) % 2)),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut bytes = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    bytes
 }

@@ -345,9 +345,9 @@ impl Batch<'_> {
         // A partial run (`--jobs`) replaces only its tags' rows.
         let partial = !settings.jobs.is_empty();
         let scope = partial.then(|| self.project.catalog.tags().map(|j| j.name.clone()).collect());
-        // The definitions of the rows this version holds: the evaluated tags' own, and the
-        // kept ones' from the version before (a partial run keeps other tags' rows).
-        let mut definitions = previous;
+        // The definitions of the rows this version holds: the evaluated tags' own, and, in
+        // a partial run, which keeps other tags' rows, theirs from the version before.
+        let mut definitions = if partial { previous } else { Definitions::new() };
         definitions.extend(self.project.catalog.definitions());
         let metadata = json!({
             "tagflow.run_id": self.run_id,

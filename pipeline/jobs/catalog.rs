@@ -260,9 +260,13 @@ impl Job {
     }
 
     /// Whether this job's output can change within a UTC day without its inputs changing:
-    /// it reads the as-of time itself (`{{as_of}}`), not only the day.
+    /// it reads the as-of time itself (`{{as_of}}`), not only the day, or the clock.
     pub fn reads_time_of_day(&self) -> bool {
+        let body = self.body.to_lowercase();
         placeholders(&self.body).iter().any(|(name, _)| name == "as_of")
+            || ["now()", "current_timestamp", "current_date", "current_time"]
+                .iter()
+                .any(|clock| body.contains(clock))
     }
 
     /// The SQL to run at `as_of`: placeholders replaced, header lines kept blank so that
@@ -533,7 +537,8 @@ impl Catalog {
         format!("{:032x}", siphasher::sip128::Hasher128::finish128(&hasher).as_u128())
     }
 
-    /// What each tag means, as a fingerprint per tag: its SQL, kind, inputs and parameters,
+    /// What each tag means, as a fingerprint per tag: its SQL, kind, inputs, parameters and
+    /// scope (which decides how a micro-batch computes it),
     /// and the fingerprints of every job it reads, directly or not (a changed measure or
     /// state job changes the tags that read it). Checks are not part of it. Two runs with the
     /// same fingerprint for a tag compute it the same way; its rows then move with the data
@@ -553,6 +558,7 @@ impl Catalog {
                 job.depends_on,
                 job.params,
                 job.state,
+                job.scope,
                 job.body,
                 upstream
             ]);

@@ -10,6 +10,7 @@ use arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32Array};
 use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use chrono::{DateTime, Utc};
 use datafusion::catalog::MemTable;
 use datafusion::execution::config::SessionConfig;
@@ -238,38 +239,49 @@ async fn fold_one(
 /// those of the new rows and, where the key does not hold the customer (an order's row
 /// names the customer of its earliest event), those of the old rows with a key of a new
 /// row. Rows of other keys come out of the merge as they went in. `None` without a
-/// `customer_id` column.
+/// `customer_id` column, or when a row names no customer.
 fn changed_customers(job: &Job, new_rows: &[RecordBatch], rewritten: &[Segment]) -> Option<Customers> {
     let mut customers = Customers::default();
     for batch in new_rows {
-        customers.extend(customer_ids(batch)?.iter().flatten().map(String::from));
+        let ids = customer_ids(batch)?;
+        if ids.null_count() > 0 {
+            return None;
+        }
+        customers.extend(ids.iter().flatten().map(String::from));
     }
     let keys = &job.state.as_ref().expect("a state job").key;
     if keys.iter().any(|k| k == CUSTOMER_ID) {
         return Some(customers);
     }
-    let key_of = |batch: &RecordBatch, row: usize| -> String {
-        keys.iter()
-            .map(|k| {
-                let column = batch.column_by_name(k).expect("key column");
-                arrow::util::display::array_value_to_string(column, row).unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join("\u{1f}")
+    let keys_of = |batch: &RecordBatch| -> Vec<Vec<u8>> {
+        let columns: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| batch.column_by_name(k).expect("key column").clone())
+            .collect();
+        row_bytes(&columns)
     };
-    let new_keys: HashSet<String, RandomState> = new_rows
-        .iter()
-        .flat_map(|b| (0..b.num_rows()).map(move |row| key_of(b, row)))
-        .collect();
+    let new_keys: HashSet<Vec<u8>, RandomState> = new_rows.iter().flat_map(keys_of).collect();
     for batch in rewritten.iter().flat_map(|s| &s.batches) {
         let ids = customer_ids(batch)?;
-        for row in 0..batch.num_rows() {
-            if ids.is_valid(row) && new_keys.contains(&key_of(batch, row)) {
+        if ids.null_count() > 0 {
+            return None;
+        }
+        for (row, key) in keys_of(batch).iter().enumerate() {
+            if new_keys.contains(key) {
                 customers.insert(ids.value(row).to_string());
             }
         }
     }
     Some(customers)
+}
+
+/// Each row of `columns` as bytes that are equal exactly when the rows' values are
+/// (nulls, types and separators included: Arrow's row format), to compare rows or keys by.
+fn row_bytes(columns: &[ArrayRef]) -> Vec<Vec<u8>> {
+    let fields = columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+    let converter = RowConverter::new(fields).expect("row format supports state and job columns");
+    let rows = converter.convert_columns(columns).expect("columns of one batch");
+    rows.iter().map(|row| row.as_ref().to_vec()).collect()
 }
 
 /// The `customer_id` column of `batch` as text, if it has one.
@@ -592,13 +604,13 @@ fn plan(
     let Some(previous) = reuse.and_then(|r| r.previous.get(&job.name)) else {
         return Plan::Everyone;
     };
-    if job.scope != Scope::Customer || job.reads_time_of_day() {
+    let names_customers = |schema: &SchemaRef| schema.column_with_name(CUSTOMER_ID).is_some();
+    if job.scope != Scope::Customer || job.reads_time_of_day() || !names_customers(&previous.schema) {
         return Plan::Everyone;
     }
     let mut dirty = Customers::default();
     for (name, table) in reads {
-        let (Some(Some(customers)), true) = (changed.get(name), table.schema.column_with_name(CUSTOMER_ID).is_some())
-        else {
+        let (Some(Some(customers)), true) = (changed.get(name), names_customers(&table.schema)) else {
             return Plan::Everyone;
         };
         dirty.extend(customers.iter().cloned());
@@ -637,6 +649,26 @@ async fn evaluate_job(
                 true => Vec::new(),
                 false => run_one(job, &tables(Some(&dirty)), as_of, partitions).await?.batches,
             };
+            // A job of scope "customer" answers for the customers it was given only; a row
+            // for anyone else means it reads across customers, and splicing would be wrong.
+            if let Some(stray) = fresh.iter().find_map(|b| {
+                let ids = customer_ids(b)?;
+                ids.iter()
+                    .find(|id| !id.is_some_and(|id| dirty.contains(id)))
+                    .map(|id| id.map(String::from))
+            }) {
+                return Err(JobError::Check {
+                    job: job.name.clone(),
+                    file: job.file.clone(),
+                    check: "scope",
+                    message: format!(
+                        "declared scope = \"customer\" but, evaluated for {} customers, returned a row for {} outside them: \
+                         it reads other customers' rows; remove the scope",
+                        dirty.len(),
+                        stray.map_or("a null customer_id".to_string(), |id| format!("customer '{id}'"))
+                    ),
+                });
+            }
             let mut batches = rows_of(&previous.batches, &dirty, false);
             batches.extend(fresh);
             let values = match job.kind {
@@ -681,19 +713,12 @@ fn rows_of(batches: &[RecordBatch], customers: &Customers, inside: bool) -> Vec<
 
 /// The customers whose rows differ between two outputs of one job (as sets of rows).
 fn customers_with_other_rows(before: &JobRun, after: &JobRun) -> Customers {
-    let rows_by_customer = |run: &JobRun| -> HashMap<String, Vec<String>, RandomState> {
-        let mut rows: HashMap<String, Vec<String>, RandomState> = HashMap::default();
+    let rows_by_customer = |run: &JobRun| -> HashMap<String, Vec<Vec<u8>>, RandomState> {
+        let mut rows: HashMap<String, Vec<Vec<u8>>, RandomState> = HashMap::default();
         for batch in &run.batches {
             let Some(ids) = customer_ids(batch) else { continue };
-            for row in 0..batch.num_rows() {
-                let text: Vec<String> = batch
-                    .columns()
-                    .iter()
-                    .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
-                    .collect();
-                rows.entry(ids.value(row).to_string())
-                    .or_default()
-                    .push(text.join("\u{1f}"));
+            for (row, bytes) in row_bytes(batch.columns()).into_iter().enumerate() {
+                rows.entry(ids.value(row).to_string()).or_default().push(bytes);
             }
         }
         rows.values_mut().for_each(|r| r.sort());

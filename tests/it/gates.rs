@@ -311,22 +311,25 @@ fn check_headers_are_validated_before_anything_runs() {
         ),
     ];
     for (file, from, to, message) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        copy_dir(&shipped_sql(), dir.path());
-        edit(&dir.path().join(file), from, to);
-        let out = tagflow()
-            .args(["jobs", "validate", "--sql-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(exit::CONFIG), "{file}: {stderr}");
-        assert!(stderr.contains(message), "{file}: expected {message:?} in {stderr}");
-        assert!(
-            stderr.contains(&format!("{file}:")),
-            "{file}: the file is named: {stderr}"
-        );
+        validation_fails(file, from, to, message, &format!("{file}:"));
     }
+}
+
+/// `tagflow jobs validate` on the shipped catalog with `from` replaced by `to` in `file`
+/// exits 2 with `message`, naming `named`.
+fn validation_fails(file: &str, from: &str, to: &str, message: &str, named: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&shipped_sql(), dir.path());
+    edit(&dir.path().join(file), from, to);
+    let out = tagflow()
+        .args(["jobs", "validate", "--sql-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::CONFIG), "{file}: {stderr}");
+    assert!(stderr.contains(message), "{file}: expected {message:?} in {stderr}");
+    assert!(stderr.contains(named), "{file}: expected {named:?} named in {stderr}");
 }
 
 /// The drift rule every shipped tag shares comes from `sql/defaults.toml`, and a tag's own
@@ -378,18 +381,7 @@ fn folder_defaults_fill_headers_and_a_header_wins() {
             "defaults.toml:",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        copy_dir(&shipped_sql(), dir.path());
-        edit(&dir.path().join("defaults.toml"), from, to);
-        let out = tagflow()
-            .args(["jobs", "validate", "--sql-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(exit::CONFIG), "{stderr}");
-        assert!(stderr.contains(message), "expected {message:?} in {stderr}");
-        assert!(stderr.contains(named), "expected {named:?} in {stderr}");
+        validation_fails("defaults.toml", from, to, message, named);
     }
 }
 

@@ -1,0 +1,333 @@
+//! What the benchmarks share: the real binary run as a child (wall time, peak RSS from
+//! wait4, its JSON report), generated landing data, and a `follow` session fed one file of
+//! 50k product views per second.
+
+#![allow(dead_code)] // each bench uses part of it
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::{NaiveDate, Utc};
+use tagflow::generate::{generate, GenerateOptions};
+use tagflow::storage::Location;
+
+/// Events in each file of a `follow` session.
+pub const FOLLOW_FILE_EVENTS: usize = 50_000;
+
+pub struct Measured {
+    pub wall: f64,
+    pub peak_rss_mib: f64,
+    pub report: serde_json::Value,
+}
+
+impl Measured {
+    pub fn print(&self, title: &str) {
+        let r = &self.report;
+        let files: u64 = r["streams"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s["files"].as_u64().unwrap())
+            .sum();
+        let events: u64 = r["streams"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|s| s["events"].as_u64().unwrap())
+            .sum();
+        let stages: Vec<String> = r["stages_ms"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k} {:.2}s", v.as_f64().unwrap() / 1000.0))
+            .collect();
+        let state_rows: u64 = r["state"]["tables"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|t| t["rows"].as_u64().unwrap())
+            .sum();
+        println!("\n-- {title} ({} mode)", r["mode"].as_str().unwrap());
+        println!("files read         {files}");
+        println!("events counted     {events}");
+        println!("wall time          {:.2} s (process, including start-up)", self.wall);
+        println!("throughput         {:.0} events/s", events as f64 / self.wall);
+        println!("stages             {}", stages.join(", "));
+        println!(
+            "state rows         {state_rows} in {} tables",
+            r["state"]["tables"].as_object().unwrap().len()
+        );
+        println!("seen ids loaded    {}", r["state"]["seen_ids_loaded"]);
+        println!("rows published     {}", r["published"]["rows"]);
+        println!("peak memory (RSS)  {:.0} MiB", self.peak_rss_mib);
+    }
+}
+
+pub async fn generate_into(dir: &Path, customers: usize, days: u32, seed: u64, end: NaiveDate) -> (usize, usize) {
+    let location = Location::parse(&dir.to_string_lossy(), &Default::default()).unwrap();
+    let options = GenerateOptions {
+        customers,
+        days,
+        seed,
+        end,
+        bad_input: false,
+    };
+    let summary = generate(&location, &options).await.expect("generate");
+    (summary.events.values().sum(), summary.files.values().sum())
+}
+
+pub fn tagflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagflow"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("TAGFLOW_CONFIG")
+        .env("TAGFLOW_LOG", "warn");
+    cmd
+}
+
+/// `tagflow run --json` as a child; wall time and the child's own peak RSS (wait4).
+pub fn run(landing: &str, warehouse: &str, config: Option<&Path>, as_of: &str, extra: &[&str]) -> Measured {
+    let started = Instant::now();
+    let mut command = tagflow();
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
+    let mut child = command
+        .args([
+            "run",
+            "--json",
+            "--as-of",
+            as_of,
+            "--landing",
+            landing,
+            "--warehouse",
+            warehouse,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start tagflow");
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let (status, peak_rss_mib) = wait_with_rusage(child.id());
+    let wall = started.elapsed().as_secs_f64();
+    assert!(status == 0, "tagflow run failed with status {status}");
+    Measured {
+        wall,
+        peak_rss_mib,
+        report: serde_json::from_str(&stdout).expect("JSON report"),
+    }
+}
+
+/// Reap child `pid`; its exit status and peak RSS in MiB.
+pub fn wait_with_rusage(pid: u32) -> (i32, f64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into the two values we own.
+    let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid as i32, "wait4");
+    (status, usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// What a `follow` session measured.
+pub struct FollowFigures {
+    pub files: usize,
+    /// Per file: from its appearance to the publish that includes it (ms), sorted.
+    pub lags_ms: Vec<u64>,
+    /// Per published batch that read files (ms), sorted.
+    pub batch_ms: Vec<u64>,
+    /// Per stage: p50 over those batches (ms).
+    pub stages_p50_ms: std::collections::BTreeMap<String, u64>,
+    /// Per batch: the customers `lifecycle` (scope "customer") was evaluated for, sorted
+    /// (a batch that evaluated everyone counts every customer of the report).
+    pub evaluated: Vec<u64>,
+    pub peak_rss_mib: f64,
+}
+
+/// The `p`th percentile (nearest rank) of sorted `values`.
+pub fn pct(values: &[u64], p: usize) -> u64 {
+    values[(values.len() * p).div_ceil(100).max(1) - 1]
+}
+
+/// A `tagflow follow --interval 1s` session (the shipped gates on) fed one file of 50k
+/// product views of random customers per second for `length`.
+pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) -> FollowFigures {
+    let files = length.as_secs() as usize;
+    let folder = landing.join("clicks/follow");
+    std::fs::create_dir_all(&folder).unwrap();
+    #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
+    let mut child = tagflow()
+        .args(["follow", "--json", "--interval", "1s", "--landing"])
+        .arg(landing)
+        .arg("--warehouse")
+        .arg(warehouse)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start tagflow follow");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::BufReader::new(stdout).read_to_string(&mut text).unwrap();
+        text
+    });
+    std::thread::sleep(Duration::from_secs(2)); // the first batch catches up
+    let started = Instant::now();
+    for i in 0..files {
+        let bytes = click_file(i, customers);
+        // Written under a hidden name, then renamed: the file appears whole, its mtime now.
+        let hidden = folder.join(format!(".part-{i:05}.tmp"));
+        std::fs::write(&hidden, &bytes).unwrap();
+        std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
+        let next = started + Duration::from_secs(i as u64 + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    std::thread::sleep(Duration::from_secs(6)); // let the last files publish
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let text = reader.join().unwrap();
+    let (status, peak_rss_mib) = wait_with_rusage(child.id());
+    assert_eq!(status, 0, "follow exits 0 on SIGTERM");
+
+    let mut figures = FollowFigures {
+        files,
+        lags_ms: Vec::new(),
+        batch_ms: Vec::new(),
+        stages_p50_ms: Default::default(),
+        evaluated: Vec::new(),
+        peak_rss_mib,
+    };
+    let mut stages = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let report: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        let Some(freshness) = report.get("freshness") else {
+            continue;
+        };
+        // A batch's files are counted at its max lag.
+        let files = freshness["files"].as_u64().unwrap() as usize;
+        figures
+            .lags_ms
+            .extend(std::iter::repeat_n(freshness["max_ms"].as_u64().unwrap(), files));
+        figures.batch_ms.push(report["duration_ms"].as_u64().unwrap());
+        for (stage, ms) in report["stages_ms"].as_object().unwrap() {
+            stages
+                .entry(stage.clone())
+                .or_insert_with(Vec::new)
+                .push(ms.as_u64().unwrap());
+        }
+        let lifecycle = report["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tag"] == "lifecycle");
+        let evaluated = lifecycle.and_then(|t| t["evaluated_customers"].as_u64());
+        figures
+            .evaluated
+            .push(evaluated.unwrap_or(report["customers"].as_u64().unwrap_or(0)));
+    }
+    figures.lags_ms.sort_unstable();
+    figures.batch_ms.sort_unstable();
+    figures.evaluated.sort_unstable();
+    for (stage, mut ms) in stages {
+        ms.sort_unstable();
+        figures.stages_p50_ms.insert(stage, pct(&ms, 50));
+    }
+    figures.print();
+    figures
+}
+
+impl FollowFigures {
+    pub fn print(&self) {
+        println!(
+            "\n-- follow: {} files of {FOLLOW_FILE_EVENTS} events, one per second, interval 1s, shipped gates",
+            self.files
+        );
+        println!(
+            "files published    {} (each counted at its batch's max lag)",
+            self.lags_ms.len()
+        );
+        println!(
+            "freshness          p50 {} ms, p95 {} ms, max {} ms (landing -> customer_tags)",
+            pct(&self.lags_ms, 50),
+            pct(&self.lags_ms, 95),
+            self.lags_ms.last().unwrap()
+        );
+        println!(
+            "batch duration     p50 {} ms, p95 {} ms, max {} ms ({} batches)",
+            pct(&self.batch_ms, 50),
+            pct(&self.batch_ms, 95),
+            self.batch_ms.last().unwrap(),
+            self.batch_ms.len()
+        );
+        println!(
+            "evaluated for      p50 {} customers per batch (lifecycle)",
+            pct(&self.evaluated, 50)
+        );
+        let stages: Vec<String> = self.stages_p50_ms.iter().map(|(s, ms)| format!("{s} {ms}")).collect();
+        println!("stages, p50 (ms)   {}", stages.join(", "));
+        println!("peak memory (RSS)  {:.0} MiB", self.peak_rss_mib);
+    }
+}
+
+/// 50k product views of random customers, in the last minute.
+pub fn click_file(index: usize, customers: usize) -> Vec<u8> {
+    let now = Utc::now().timestamp_micros();
+    let rows = FOLLOW_FILE_EVENTS;
+    let mut state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        // xorshift64*: cheap, deterministic per file
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let picks: Vec<u64> = (0..rows).map(|_| next()).collect();
+    let customer = |p: u64| p as usize % customers + 1;
+    let column = |f: &dyn Fn(usize, u64) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(
+            picks.iter().enumerate().map(|(i, p)| f(i, *p)),
+        ))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("page_type", DataType::Utf8, false),
+        Field::new("category", DataType::Utf8, true),
+        Field::new("price", DataType::Float64, true),
+        Field::new("device_id", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        column(&|i, _| format!("follow-{index}-{i}")),
+        column(&|_, p| format!("cust-{:06}", customer(p))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(picks.iter().map(|p| now - (p % 60_000_000) as i64))
+                .with_timezone("UTC"),
+        ),
+        column(&|_, _| "product".to_string()),
+        // Each customer circles three of 40 categories and uses one or two own devices, as
+        // the generator's customers do (a random device per event would make every
+        // customer share devices with everyone).
+        column(&|_, p| format!("category-{}", (customer(p) * 7 + (p >> 20) as usize % 3) % 40)),
+        Arc::new(Float64Array::from_iter_values(
+            picks.iter().map(|p| ((p >> 8) % 50_000) as f64 / 100.0),
+        )),
+        column(&|_, p| format!("device-{}-{}", customer(p), (p >> 32) % 2)),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    bytes
+}

@@ -1,0 +1,100 @@
+//! Real time at size (issue 26): a `tagflow follow` session on 60 days of history at
+//! 100k and at 1M customers, fed one 50k-event file per second, with the shipped gates.
+//! Per size: the initial full run, then per batch its duration by stage and the customers
+//! it evaluated, landing → `customer_tags` freshness p50/p95/max and follow's peak RSS;
+//! then the growth from the smallest to the largest size, side by side in one run, and the
+//! projection to 10M customers from that growth.
+//!
+//! `cargo bench --bench follow`; `TAGFLOW_BENCH_SIZES=100000,1000000` (customers),
+//! `TAGFLOW_BENCH_FOLLOW_SECS=60`.
+
+use std::time::{Duration, Instant};
+
+use chrono::{Days, Utc};
+
+mod common;
+use common::*;
+
+const DAYS: u32 = 60;
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("TAGFLOW_BENCH_SIZES")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("TAGFLOW_BENCH_SIZES: customers, comma-separated")
+        })
+        .collect();
+    let follow_secs: u64 = std::env::var("TAGFLOW_BENCH_FOLLOW_SECS")
+        .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_SECS is a number"))
+        .unwrap_or(60);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The history ends yesterday: the session's batches are evaluated at the wall clock.
+    let end = Utc::now().date_naive().checked_sub_days(Days::new(1)).unwrap();
+    let mut measured = Vec::new();
+    for &customers in &sizes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (landing, warehouse) = (dir.path().join("landing"), dir.path().join("warehouse"));
+        let started = Instant::now();
+        let (events, files) = runtime.block_on(generate_into(&landing, customers, DAYS, 1, end));
+        unsafe { libc::sync() };
+        println!(
+            "\n== follow at {customers} customers: history {events} events in {files} files ({DAYS} days to {end}); \
+             generated in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        let as_of = format!("{end}T23:59:59Z");
+        let (landing_text, warehouse_text) = (landing.to_string_lossy(), warehouse.to_string_lossy());
+        let full = run(&landing_text, &warehouse_text, None, &as_of, &[]);
+        full.print("initial full run");
+        let figures = follow(&landing, &warehouse, customers, Duration::from_secs(follow_secs));
+        measured.push((customers, full.wall, figures));
+    }
+    compare(&measured);
+}
+
+/// The sizes side by side, the growth from the smallest to the largest, and its projection
+/// to 10M customers (the same growth per tenfold size).
+fn compare(measured: &[(usize, f64, FollowFigures)]) {
+    println!("\n== side by side (one run, one machine)");
+    println!(
+        "{:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "customers", "full s", "batch p50", "batch p95", "fresh p50", "fresh p95", "evaluated", "RSS MiB"
+    );
+    for (customers, full, f) in measured {
+        println!(
+            "{customers:>10} {full:>9.1} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10.0}",
+            pct(&f.batch_ms, 50),
+            pct(&f.batch_ms, 95),
+            pct(&f.lags_ms, 50),
+            pct(&f.lags_ms, 95),
+            pct(&f.evaluated, 50),
+            f.peak_rss_mib
+        );
+    }
+    let (Some((small, _, a)), Some((large, _, b))) = (measured.first(), measured.last()) else {
+        return;
+    };
+    if small == large {
+        return;
+    }
+    let growth = pct(&b.batch_ms, 50) as f64 / pct(&a.batch_ms, 50).max(1) as f64;
+    let tenfolds = (10_000_000f64 / *large as f64).log10() / (*large as f64 / *small as f64).log10();
+    println!(
+        "batch p50 grows x{growth:.2} from {small} to {large} customers; at that growth 10M customers take about \
+         {:.0} ms per batch ({:.0} ms x {growth:.2}^{tenfolds:.2})",
+        pct(&b.batch_ms, 50) as f64 * growth.powf(tenfolds),
+        pct(&b.batch_ms, 50)
+    );
+    let stages: std::collections::BTreeSet<&String> = a.stages_p50_ms.keys().chain(b.stages_p50_ms.keys()).collect();
+    println!("stage p50 (ms)     {:>10} {:>10}", small, large);
+    for stage in stages {
+        let ms = |f: &FollowFigures| f.stages_p50_ms.get(stage).copied().unwrap_or(0);
+        println!("  {stage:<16} {:>10} {:>10}", ms(a), ms(b));
+    }
+}
