@@ -13,7 +13,9 @@ use crate::jobs::ParamOverrides;
 use crate::publish::compact::CompactionSettings;
 use crate::serve::query::QueryLimits;
 use crate::serve::ServeSettings;
-use crate::storage::units::parse_duration;
+use crate::sources;
+use crate::storage::units::{parse_duration, Bounded};
+use crate::storage::{dedup, lock};
 use crate::storage::{Location, StorageError, StoreOptions};
 
 /// The default config file, read when present in the working directory.
@@ -43,10 +45,6 @@ pub enum ConfigError {
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
-
-/// Default reach of the de-duplication memory: the longest shipped window (365 days) and
-/// a month of margin for late re-sends.
-pub const DEFAULT_DEDUP_DAYS: u32 = 400;
 
 /// `tagflow.toml`. Unknown keys are rejected.
 #[derive(Debug, Default, Deserialize)]
@@ -244,27 +242,9 @@ impl Settings {
                 });
             }
         }
-        let read_concurrency = file.read_concurrency.unwrap_or(8);
-        if !(1..=256).contains(&read_concurrency) {
-            return Err(ConfigError::Invalid {
-                key: "read_concurrency",
-                message: format!("{read_concurrency} is outside 1..=256"),
-            });
-        }
-        let lock_ttl_secs = file.lock_ttl_secs.unwrap_or(600);
-        if !(3..=86_400).contains(&lock_ttl_secs) {
-            return Err(ConfigError::Invalid {
-                key: "lock_ttl_secs",
-                message: format!("{lock_ttl_secs} is outside 3..=86400"),
-            });
-        }
-        let dedup_days = file.dedup_days.unwrap_or(DEFAULT_DEDUP_DAYS);
-        if !(1..=36_500).contains(&dedup_days) {
-            return Err(ConfigError::Invalid {
-                key: "dedup_days",
-                message: format!("{dedup_days} is outside 1..=36500"),
-            });
-        }
+        let read_concurrency = within("read_concurrency", file.read_concurrency, sources::READ_CONCURRENCY)?;
+        let lock_ttl_secs = within("lock_ttl_secs", file.lock_ttl_secs, lock::LOCK_TTL_SECS)?;
+        let dedup_days = within("dedup_days", file.dedup_days, dedup::DEDUP_DAYS)?;
         let compaction = compaction_settings(&file.compaction)?;
         let serve = serve_settings(&file.serve, cli)?;
         let full_cron = file
@@ -471,4 +451,14 @@ fn default_dir(name: &str) -> PathBuf {
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
     }
+}
+
+/// `value` (its default when unset), checked against what its stage accepts.
+fn within<T>(key: &'static str, value: Option<T>, bounds: Bounded<T>) -> Result<T, ConfigError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    bounds
+        .check(value)
+        .map_err(|message| ConfigError::Invalid { key, message })
 }

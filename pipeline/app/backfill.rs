@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{info, info_span, Instrument};
 
-use crate::app::batch::evaluate_at;
+use crate::app::batch::{evaluate_at, Evaluation};
 use crate::app::error::Error;
 use crate::app::prepare::{check_locations, prepare};
 use crate::app::run::record;
@@ -206,15 +206,17 @@ async fn run_days(
             &mut state,
             std::mem::take(&mut events),
             &mut data.stats,
-            as_of,
-            // One definition for every day of a backfill: drift between days is the data's.
-            previous.as_ref().map(|(version, segments)| Baseline {
-                version: *version,
-                segments,
-                definitions: &definitions,
-            }),
-            settings.force,
-            None,
+            Evaluation {
+                as_of,
+                // One definition for every day of a backfill: drift between days is the data's.
+                baseline: previous.as_ref().map(|(version, segments)| Baseline {
+                    version: *version,
+                    segments,
+                    definitions: &definitions,
+                }),
+                force: settings.force,
+                previous: None,
+            },
         )
         .instrument(span.clone())
         .await?;

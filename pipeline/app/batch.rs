@@ -150,14 +150,16 @@ impl Batch<'_> {
             state,
             std::mem::take(&mut input.data.events),
             &mut input.data.stats,
-            self.as_of,
-            baseline.as_ref().map(|s| Baseline {
-                version: s.version,
-                segments: &s.segments,
-                definitions: &s.definitions,
-            }),
-            self.settings.force,
-            last.as_ref().map(|l| &l.runs),
+            Evaluation {
+                as_of: self.as_of,
+                baseline: baseline.as_ref().map(|s| Baseline {
+                    version: s.version,
+                    segments: &s.segments,
+                    definitions: &s.definitions,
+                }),
+                force: self.settings.force,
+                previous: last.as_ref().map(|l| &l.runs),
+            },
         )
         .await?;
         for (file, at) in input.files.iter().zip(&input.ingest_times) {
@@ -522,24 +524,37 @@ pub(crate) struct Evaluated {
     pub stages_ms: BTreeMap<String, u64>,
 }
 
-/// Evaluate the tags at `as_of`: the events that count now (`new_events` and held ones
+/// How [`evaluate_at`] evaluates: at what time, against what, and from what.
+pub(crate) struct Evaluation<'a> {
+    pub as_of: DateTime<Utc>,
+    /// What the drift gates compare with (see [`Baseline`]).
+    pub baseline: Option<Baseline<'a>>,
+    /// Publish although declared checks fail.
+    pub force: bool,
+    /// The last evaluation's outputs, made at the same as-of day from the state before
+    /// this fold: jobs are then evaluated for the customers whose state rows changed where
+    /// they can be.
+    pub previous: Option<&'a BTreeMap<String, JobRun>>,
+}
+
+/// Evaluate the tags as `how` says: the events that count now (`new_events` and held ones
 /// whose time has come; later ones are held in `state.pending`) are folded into the state
-/// tables, the measure and tag jobs run, and the quality gates are checked against
-/// `baseline` (see [`Baseline`]). With `previous` (the last evaluation's outputs, made at
-/// the same as-of day from the state before this fold), jobs are evaluated for the
-/// customers whose state rows the fold changed where they can be. A failed gate is an error
-/// unless `force`; the state in memory is then already folded, so a caller that stops
-/// must drop it (nothing of it is committed).
+/// tables, the measure and tag jobs run, and the quality gates are checked. A failed gate
+/// is an error unless forced; the state in memory is then already folded, so a caller that
+/// stops must drop it (nothing of it is committed).
 pub(crate) async fn evaluate_at(
     project: &Project,
     state: &mut State,
     mut new_events: BTreeMap<String, Vec<RecordBatch>>,
     stats: &mut BTreeMap<String, StreamStats>,
-    as_of: DateTime<Utc>,
-    baseline: Option<Baseline<'_>>,
-    force: bool,
-    previous: Option<&BTreeMap<String, JobRun>>,
+    how: Evaluation<'_>,
 ) -> Result<Evaluated, Error> {
+    let Evaluation {
+        as_of,
+        baseline,
+        force,
+        previous,
+    } = how;
     let mut counted = BTreeMap::new();
     for (name, schema) in &project.schemas.streams {
         let mut batches = state.pending.remove(name).unwrap_or_default();

@@ -514,7 +514,12 @@ enum Plan {
     Everyone,
     /// For these customers only (their rows of the inputs), the previous rows kept for
     /// everyone else: a [`Scope::Customer`] job whose inputs changed for them alone.
-    Customers { dirty: Arc<Customers>, previous: JobRun },
+    /// `narrowed`: the inputs' rows of these customers, already selected.
+    Customers {
+        dirty: Arc<Customers>,
+        previous: JobRun,
+        narrowed: Option<BTreeMap<String, Table>>,
+    },
 }
 
 /// Run every measure and tag job on the state tables (each job once its inputs are ready;
@@ -536,6 +541,25 @@ pub async fn run_jobs(
     let state_changed = reuse.as_ref().map(|r| Arc::new(r.changed.clone()));
     let mut changed: BTreeMap<String, Option<Arc<Customers>>> =
         state.keys().map(|name| (name.clone(), state_changed.clone())).collect();
+    // Each table's rows of the customers whose state changed, selected once per batch: most
+    // jobs evaluated for some customers are evaluated for exactly those, and read these.
+    let mut narrowed: BTreeMap<String, Table> = match &state_changed {
+        Some(customers) => tables
+            .iter()
+            .filter(|(_, t)| t.schema.column_with_name(CUSTOMER_ID).is_some())
+            .map(|(name, t)| {
+                let rows = rows_of(&t.batches, customers, true);
+                (
+                    name.clone(),
+                    Table {
+                        schema: t.schema.clone(),
+                        batches: rows,
+                    },
+                )
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let read_by_others: HashSet<&str> = catalog
         .jobs
         .iter()
@@ -554,13 +578,13 @@ pub async fn run_jobs(
         for job in ready {
             let span = info_span!("job", job = %job.name, kind = ?job.kind);
             let reads: BTreeMap<String, Table> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
-            let plan = plan(job, &reads, &changed, reuse.as_ref());
+            let plan = plan(job, &reads, &changed, reuse.as_ref(), state_changed.as_ref(), &narrowed);
             let previous = reuse.as_ref().and_then(|r| r.previous.get(&job.name).cloned());
             let diff_needed = read_by_others.contains(job.name.as_str());
             let job = job.clone();
             running.spawn(
                 async move {
-                    let run = evaluate_job(&job, reads, plan, as_of, partitions).await?;
+                    let (run, fresh) = evaluate_job(&job, reads, plan, as_of, partitions).await?;
                     let changed = match (&run.evaluated_for, previous) {
                         (Some(dirty), _) => Some(dirty.clone()),
                         (None, Some(previous)) if diff_needed => {
@@ -568,7 +592,7 @@ pub async fn run_jobs(
                         }
                         (None, _) => None,
                     };
-                    Ok::<_, JobError>((run, changed))
+                    Ok::<_, JobError>((run, changed, fresh))
                 }
                 .instrument(span),
             );
@@ -576,7 +600,20 @@ pub async fn run_jobs(
         let Some(finished) = running.join_next().await else {
             break;
         };
-        let (run, run_changed) = task_output(finished)?;
+        let (run, run_changed, fresh) = task_output(finished)?;
+        let for_state_changes = match (&run.evaluated_for, &state_changed) {
+            (Some(dirty), Some(customers)) => Arc::ptr_eq(dirty, customers),
+            _ => false,
+        };
+        if let (true, Some(fresh)) = (for_state_changes, fresh) {
+            narrowed.insert(
+                run.job.name.clone(),
+                Table {
+                    schema: run.schema.clone(),
+                    batches: fresh,
+                },
+            );
+        }
         tables.insert(
             run.job.name.clone(),
             Table {
@@ -600,6 +637,8 @@ fn plan(
     reads: &BTreeMap<String, Table>,
     changed: &BTreeMap<String, Option<Arc<Customers>>>,
     reuse: Option<&Reuse<'_>>,
+    state_changed: Option<&Arc<Customers>>,
+    narrowed: &BTreeMap<String, Table>,
 ) -> Plan {
     let Some(previous) = reuse.and_then(|r| r.previous.get(&job.name)) else {
         return Plan::Everyone;
@@ -615,39 +654,67 @@ fn plan(
         };
         dirty.extend(customers.iter().cloned());
     }
+    // The customers whose state changed, exactly: the inputs' rows are selected already.
+    if let Some(state_changed) = state_changed.filter(|s| s.len() == dirty.len() && dirty.iter().all(|c| s.contains(c)))
+    {
+        let selected: Option<BTreeMap<String, Table>> = reads
+            .keys()
+            .map(|name| Some((name.clone(), narrowed.get(name)?.clone())))
+            .collect();
+        return Plan::Customers {
+            dirty: state_changed.clone(),
+            previous: previous.clone(),
+            narrowed: selected,
+        };
+    }
     Plan::Customers {
         dirty: Arc::new(dirty),
         previous: previous.clone(),
+        narrowed: None,
     }
 }
 
-/// Evaluate one job as `plan` says.
+/// Evaluate one job as `plan` says. With some customers only, also returns the fresh rows
+/// (the job's rows of those customers).
 async fn evaluate_job(
     job: &Job,
     reads: BTreeMap<String, Table>,
     plan: Plan,
     as_of: DateTime<Utc>,
     partitions: usize,
-) -> Result<JobRun, JobError> {
-    let tables = |only: Option<&Customers>| -> BTreeMap<String, Arc<MemTable>> {
-        reads
-            .iter()
-            .map(|(name, t)| {
-                let batches = match only {
-                    Some(customers) => rows_of(&t.batches, customers, true),
-                    None => t.batches.clone(),
-                };
-                (name.clone(), mem_table(t.schema.clone(), batches, 1))
-            })
+) -> Result<(JobRun, Option<Vec<RecordBatch>>), JobError> {
+    let as_mem_tables = |tables: BTreeMap<String, Table>| -> BTreeMap<String, Arc<MemTable>> {
+        tables
+            .into_iter()
+            .map(|(name, t)| (name, mem_table(t.schema, t.batches, 1)))
             .collect()
     };
     match plan {
-        Plan::Everyone => run_one(job, &tables(None), as_of, partitions).await,
-        Plan::Customers { dirty, previous } => {
+        Plan::Everyone => Ok((run_one(job, &as_mem_tables(reads), as_of, partitions).await?, None)),
+        Plan::Customers {
+            dirty,
+            previous,
+            narrowed,
+        } => {
             let started = Instant::now();
+            let inputs = narrowed.unwrap_or_else(|| {
+                reads
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let batches = rows_of(&t.batches, &dirty, true);
+                        (
+                            name,
+                            Table {
+                                schema: t.schema,
+                                batches,
+                            },
+                        )
+                    })
+                    .collect()
+            });
             let fresh = match dirty.is_empty() {
                 true => Vec::new(),
-                false => run_one(job, &tables(Some(&dirty)), as_of, partitions).await?.batches,
+                false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
             };
             // A job of scope "customer" answers for the customers it was given only; a row
             // for anyone else means it reads across customers, and splicing would be wrong.
@@ -670,7 +737,7 @@ async fn evaluate_job(
                 });
             }
             let mut batches = rows_of(&previous.batches, &dirty, false);
-            batches.extend(fresh);
+            batches.extend(fresh.iter().cloned());
             let values = match job.kind {
                 JobKind::Tag => value_counts(&batches),
                 _ => BTreeMap::new(),
@@ -679,7 +746,7 @@ async fn evaluate_job(
                 customers = dirty.len(),
                 "evaluated for the customers whose inputs changed"
             );
-            Ok(JobRun {
+            let run = JobRun {
                 job: job.clone(),
                 duration: started.elapsed(),
                 rows: batches.iter().map(|b| b.num_rows()).sum(),
@@ -687,7 +754,8 @@ async fn evaluate_job(
                 schema: previous.schema,
                 values,
                 evaluated_for: Some(dirty),
-            })
+            };
+            Ok((run, Some(fresh)))
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod schema;
 
 use crate::storage::dedup::{event_id_hashes, DedupMemory};
 use crate::storage::progress::Progress;
+use crate::storage::units::Bounded;
 use crate::storage::Location;
 use quarantine::{Entry, Quarantine, QuarantineError};
 use schema::{Schemas, StreamSchema, EVENT_DAY};
@@ -37,6 +38,13 @@ use schema::{Schemas, StreamSchema, EVENT_DAY};
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// `read_concurrency`: landing files fetched and decoded at once.
+pub const READ_CONCURRENCY: Bounded<usize> = Bounded {
+    default: 8,
+    min: 1,
+    max: 256,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

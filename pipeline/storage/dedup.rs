@@ -11,6 +11,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 use arrow::array::{Array, StringArray};
 use siphasher::sip128::SipHasher13;
 
+use crate::storage::units::Bounded;
+
+/// `dedup_days`: how many event days back (the as-of day counted) the memory reaches. It
+/// must cover the retention of every state table that sums (checked when a run prepares).
+pub const DEDUP_DAYS: Bounded<u32> = Bounded {
+    default: 400,
+    min: 1,
+    max: 36_500,
+};
+
 /// Hashes of the event ids of one stream and day.
 pub type SeenIds = HashSet<u128, BuildHasherDefault<PrehashedU128>>;
 

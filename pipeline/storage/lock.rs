@@ -20,9 +20,18 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::storage::units::Bounded;
 use crate::storage::Location;
 
 const LOCK_FILE: &str = "_tagflow/run.lock";
+
+/// `lock_ttl_secs`: how long a lock lives without renewal. A run renews it every third of
+/// that; a killed run's lock frees at once on the same host and after this long elsewhere.
+pub const LOCK_TTL_SECS: Bounded<u64> = Bounded {
+    default: 600,
+    min: 3,
+    max: 86_400,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

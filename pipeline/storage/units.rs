@@ -1,6 +1,7 @@
 //! Small units read from configuration and flags.
 //!
-//! Owns: the duration syntax every setting uses (`500ms`, `10s`, `30m`, `12h`, `7d`).
+//! Owns: the duration syntax every setting uses (`500ms`, `10s`, `30m`, `12h`, `7d`), and
+//! [`Bounded`], the shape in which a stage states a number setting's default and range.
 //! Must not: know which setting it parses; callers name the setting in their errors.
 
 /// A duration as a number and a unit: `500ms`, `10s`, `30m`, `12h`, `7d` (zero allowed).
@@ -18,5 +19,25 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "h" => Ok(seconds(3600)),
         "d" => Ok(seconds(86_400)),
         _ => Err(format!("'{text}': the unit must be ms, s, m, h or d")),
+    }
+}
+
+/// A number setting as its stage states it: the default and the accepted range, in one
+/// place; configuration only reads the value and asks [`Bounded::check`].
+#[derive(Debug, Clone, Copy)]
+pub struct Bounded<T> {
+    pub default: T,
+    pub min: T,
+    pub max: T,
+}
+
+impl<T: PartialOrd + Copy + std::fmt::Display> Bounded<T> {
+    /// `value`, or the default when unset; an error message when outside the range.
+    pub fn check(&self, value: Option<T>) -> Result<T, String> {
+        let value = value.unwrap_or(self.default);
+        match value >= self.min && value <= self.max {
+            true => Ok(value),
+            false => Err(format!("{value} is outside {}..={}", self.min, self.max)),
+        }
     }
 }
