@@ -27,13 +27,8 @@ fn main() {
                 .expect("TAGFLOW_BENCH_SIZES: customers, comma-separated")
         })
         .collect();
-    let follow_secs: u64 = std::env::var("TAGFLOW_BENCH_FOLLOW_SECS")
-        .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_SECS is a number"))
-        .unwrap_or(60);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let follow_secs = follow_secs();
+    let runtime = runtime();
     // The history ends yesterday: the session's batches are evaluated at the wall clock.
     let end = Utc::now().date_naive().checked_sub_days(Days::new(1)).unwrap();
     let mut measured = Vec::new();

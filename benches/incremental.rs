@@ -37,13 +37,8 @@ fn main() {
     let history: usize = std::env::var("TAGFLOW_BENCH_EVENTS")
         .map(|n| n.parse().expect("TAGFLOW_BENCH_EVENTS is a number"))
         .unwrap_or(10_000_000);
-    let follow_secs: u64 = std::env::var("TAGFLOW_BENCH_FOLLOW_SECS")
-        .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_SECS is a number"))
-        .unwrap_or(60);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let follow_secs = follow_secs();
+    let runtime = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let local_landing = dir.path().join("landing");
     let staged = dir.path().join("increment");

@@ -17,6 +17,21 @@ use chrono::{NaiveDate, Utc};
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::storage::Location;
 
+/// The length of a `follow` session, seconds: `TAGFLOW_BENCH_FOLLOW_SECS`, default 60.
+pub fn follow_secs() -> u64 {
+    std::env::var("TAGFLOW_BENCH_FOLLOW_SECS")
+        .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_SECS is a number"))
+        .unwrap_or(60)
+}
+
+/// A multi-threaded Tokio runtime for the bench's own async work (generating data).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Events in each file of a `follow` session.
 pub const FOLLOW_FILE_EVENTS: usize = 50_000;
 
