@@ -590,8 +590,11 @@ pub(crate) async fn evaluate_at(
         all.extend(run.changed_customers.as_ref()?.iter().cloned());
         Some(all)
     });
-    let reuse = match (previous, &changed) {
-        (Some(previous), Some(changed)) => Some(Reuse { previous, changed }),
+    let reuse = match (previous, changed) {
+        (Some(previous), Some(changed)) => Some(Reuse {
+            previous,
+            changed: std::sync::Arc::new(changed),
+        }),
         _ => None,
     };
     let output = run_jobs(catalog, &state.tables, as_of, reuse)

@@ -505,7 +505,7 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
 /// customers whose state rows this batch's fold may have changed.
 pub struct Reuse<'a> {
     pub previous: &'a BTreeMap<String, JobRun>,
-    pub changed: &'a Customers,
+    pub changed: Arc<Customers>,
 }
 
 /// How one job is evaluated in a batch.
@@ -538,7 +538,7 @@ pub async fn run_jobs(
     let mut tables: BTreeMap<String, Table> = state.iter().map(|(name, t)| (name.clone(), t.table())).collect();
     // Per table read so far: the customers whose rows may differ from the previous batch's
     // (`None`: unknown, anyone's).
-    let state_changed = reuse.as_ref().map(|r| Arc::new(r.changed.clone()));
+    let state_changed = reuse.as_ref().map(|r| r.changed.clone());
     let mut changed: BTreeMap<String, Option<Arc<Customers>>> =
         state.keys().map(|name| (name.clone(), state_changed.clone())).collect();
     // Each table's rows of the customers whose state changed, selected once per batch: most
