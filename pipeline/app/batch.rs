@@ -14,6 +14,7 @@
 //! layer below.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, StringArray};
@@ -30,7 +31,7 @@ use crate::app::report::{
 use crate::config::Settings;
 use crate::jobs::{
     evaluate_checks, fold_state, run_jobs, Baseline, Customers, Definitions, GateError, GateReport, JobKind, JobOutput,
-    JobRun, Reuse, StateRun,
+    JobRun, Numbering, Reuse, StateRun,
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
@@ -50,6 +51,8 @@ pub(super) struct Session {
     pub state: Option<State>,
     pub published: Option<TagsBase>,
     pub evaluated: Option<LastEvaluation>,
+    /// The session's numbering of customers (the last evaluation's rows are numbered).
+    pub numbering: Arc<Numbering>,
 }
 
 /// The tag and measure outputs of the last batch that published, and its as-of day: a
@@ -158,7 +161,10 @@ impl Batch<'_> {
                     definitions: &s.definitions,
                 }),
                 force: self.settings.force,
-                previous: last.as_ref().map(|l| &l.runs),
+                previous: last.as_ref().map(|l| Previous {
+                    runs: &l.runs,
+                    numbering: session.numbering.clone(),
+                }),
             },
         )
         .await?;
@@ -534,7 +540,13 @@ pub(crate) struct Evaluation<'a> {
     /// The last evaluation's outputs, made at the same as-of day from the state before
     /// this fold: jobs are then evaluated for the customers whose state rows changed where
     /// they can be.
-    pub previous: Option<&'a BTreeMap<String, JobRun>>,
+    pub previous: Option<Previous<'a>>,
+}
+
+/// The last evaluation's outputs, and the numbering of customers their rows were numbered by.
+pub(crate) struct Previous<'a> {
+    pub runs: &'a BTreeMap<String, JobRun>,
+    pub numbering: Arc<Numbering>,
 }
 
 /// Evaluate the tags as `how` says: the events that count now (`new_events` and held ones
@@ -592,8 +604,9 @@ pub(crate) async fn evaluate_at(
     });
     let reuse = match (previous, changed) {
         (Some(previous), Some(changed)) => Some(Reuse {
-            previous,
-            changed: std::sync::Arc::new(changed),
+            previous: previous.runs,
+            changed: Arc::new(changed),
+            numbering: previous.numbering,
         }),
         _ => None,
     };

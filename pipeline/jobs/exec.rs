@@ -20,6 +20,7 @@ use tracing::{info, info_span, Instrument};
 
 use crate::state::tables::{Segment, StateTable, Table};
 
+use super::customers::{customer_ids, CustomerBits, Customers, Numbering, CUSTOMER_ID};
 use super::catalog::{
     check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_KEYS, CURRENT_ROWS, NEW_ROWS, SEGMENT_COLUMN,
 };
@@ -102,9 +103,6 @@ pub struct StateRun {
     pub changed_customers: Option<Customers>,
     pub duration: Duration,
 }
-
-/// A set of customer ids.
-pub type Customers = HashSet<String, RandomState>;
 
 fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
@@ -283,16 +281,6 @@ fn row_bytes(columns: &[ArrayRef]) -> Vec<Vec<u8>> {
     let rows = converter.convert_columns(columns).expect("columns of one batch");
     rows.iter().map(|row| row.as_ref().to_vec()).collect()
 }
-
-/// The `customer_id` column of `batch` as text, if it has one.
-pub fn customer_ids(batch: &RecordBatch) -> Option<StringArray> {
-    let column = batch.column_by_name(CUSTOMER_ID)?;
-    let text = cast(column, &DataType::Utf8).ok()?;
-    text.as_any().downcast_ref::<StringArray>().cloned()
-}
-
-/// The column that names a row's customer.
-pub const CUSTOMER_ID: &str = "customer_id";
 
 /// The day segments to keep and to rewrite: a day with new rows is rewritten, a day before
 /// `oldest_kept` dropped, a segment of any day (stored whole by an older build) rewritten.
@@ -501,11 +489,20 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
 }
 
 /// What a batch may reuse from the batch before it at the same as-of day: every tag's and
-/// measure's output then (made from the state before this batch's fold), and the
-/// customers whose state rows this batch's fold may have changed.
+/// measure's output then (made from the state before this batch's fold), the customers
+/// whose state rows this batch's fold may have changed, and the session's numbering of
+/// customers (the previous outputs' rows are numbered already).
 pub struct Reuse<'a> {
     pub previous: &'a BTreeMap<String, JobRun>,
     pub changed: Arc<Customers>,
+    pub numbering: Arc<Numbering>,
+}
+
+/// Customers a job is evaluated for: their ids and their set by number.
+#[derive(Clone)]
+struct Dirty {
+    ids: Arc<Customers>,
+    bits: Arc<CustomerBits>,
 }
 
 /// How one job is evaluated in a batch.
@@ -516,9 +513,10 @@ enum Plan {
     /// everyone else: a [`Scope::Customer`] job whose inputs changed for them alone.
     /// `narrowed`: the inputs' rows of these customers, already selected.
     Customers {
-        dirty: Arc<Customers>,
+        dirty: Dirty,
         previous: JobRun,
         narrowed: Option<BTreeMap<String, Table>>,
+        numbering: Arc<Numbering>,
     },
 }
 
@@ -536,19 +534,22 @@ pub async fn run_jobs(
     // table split wider would be merged back by each of them (measured: a fifth of the
     // jobs' CPU time); the few that get more cores split their input themselves.
     let mut tables: BTreeMap<String, Table> = state.iter().map(|(name, t)| (name.clone(), t.table())).collect();
-    // Per table read so far: the customers whose rows may differ from the previous batch's
-    // (`None`: unknown, anyone's).
-    let state_changed = reuse.as_ref().map(|r| r.changed.clone());
-    let mut changed: BTreeMap<String, Option<Arc<Customers>>> =
+    // The customers whose state changed, and per table read so far the customers whose
+    // rows may differ from the previous batch's (`None`: unknown, anyone's).
+    let state_changed: Option<Dirty> = reuse.as_ref().map(|r| Dirty {
+        bits: Arc::new(r.numbering.bits(&r.changed)),
+        ids: r.changed.clone(),
+    });
+    let mut changed: BTreeMap<String, Option<Dirty>> =
         state.keys().map(|name| (name.clone(), state_changed.clone())).collect();
     // Each table's rows of the customers whose state changed, selected once per batch: most
     // jobs evaluated for some customers are evaluated for exactly those, and read these.
-    let mut narrowed: BTreeMap<String, Table> = match &state_changed {
-        Some(customers) => tables
+    let mut narrowed: BTreeMap<String, Table> = match (&state_changed, &reuse) {
+        (Some(dirty), Some(reuse)) => tables
             .iter()
             .filter(|(_, t)| t.schema.column_with_name(CUSTOMER_ID).is_some())
             .map(|(name, t)| {
-                let rows = rows_of(&t.batches, customers, true);
+                let (rows, _) = reuse.numbering.split(&t.batches, &dirty.bits);
                 (
                     name.clone(),
                     Table {
@@ -558,7 +559,7 @@ pub async fn run_jobs(
                 )
             })
             .collect(),
-        None => BTreeMap::new(),
+        _ => BTreeMap::new(),
     };
     let read_by_others: HashSet<&str> = catalog
         .jobs
@@ -581,16 +582,29 @@ pub async fn run_jobs(
             let plan = plan(job, &reads, &changed, reuse.as_ref(), state_changed.as_ref(), &narrowed);
             let previous = reuse.as_ref().and_then(|r| r.previous.get(&job.name).cloned());
             let diff_needed = read_by_others.contains(job.name.as_str());
+            let numbering = reuse.as_ref().map(|r| r.numbering.clone());
+            let state_changed = state_changed.clone();
             let job = job.clone();
             running.spawn(
                 async move {
                     let (run, fresh) = evaluate_job(&job, reads, plan, as_of, partitions).await?;
-                    let changed = match (&run.evaluated_for, previous) {
-                        (Some(dirty), _) => Some(dirty.clone()),
-                        (None, Some(previous)) if diff_needed => {
-                            Some(Arc::new(customers_with_other_rows(&previous, &run)))
+                    let changed = match (&run.evaluated_for, previous, numbering) {
+                        // The state's own set stands for itself (the plan recognises it by identity).
+                        (Some(dirty), _, _) if state_changed.as_ref().is_some_and(|s| Arc::ptr_eq(dirty, &s.ids)) => {
+                            state_changed
                         }
-                        (None, _) => None,
+                        (Some(dirty), _, Some(numbering)) => Some(Dirty {
+                            bits: Arc::new(numbering.bits(dirty)),
+                            ids: dirty.clone(),
+                        }),
+                        (None, Some(previous), Some(numbering)) if diff_needed => {
+                            let ids = Arc::new(customers_with_other_rows(&previous, &run));
+                            Some(Dirty {
+                                bits: Arc::new(numbering.bits(&ids)),
+                                ids,
+                            })
+                        }
+                        _ => None,
                     };
                     Ok::<_, JobError>((run, changed, fresh))
                 }
@@ -602,7 +616,7 @@ pub async fn run_jobs(
         };
         let (run, run_changed, fresh) = task_output(finished)?;
         let for_state_changes = match (&run.evaluated_for, &state_changed) {
-            (Some(dirty), Some(customers)) => Arc::ptr_eq(dirty, customers),
+            (Some(dirty), Some(state)) => Arc::ptr_eq(dirty, &state.ids),
             _ => false,
         };
         if let (true, Some(fresh)) = (for_state_changes, fresh) {
@@ -625,6 +639,9 @@ pub async fn run_jobs(
         done.insert(run.job.name.clone(), run);
     }
     assert!(waiting.is_empty(), "the catalog checks that every job's inputs exist");
+    if let Some(reuse) = &reuse {
+        reuse.numbering.forget_dropped_columns();
+    }
     let runs = catalog.jobs.iter().filter_map(|j| done.remove(&j.name)).collect();
     Ok(JobOutput { runs })
 }
@@ -635,42 +652,55 @@ pub async fn run_jobs(
 fn plan(
     job: &Job,
     reads: &BTreeMap<String, Table>,
-    changed: &BTreeMap<String, Option<Arc<Customers>>>,
+    changed: &BTreeMap<String, Option<Dirty>>,
     reuse: Option<&Reuse<'_>>,
-    state_changed: Option<&Arc<Customers>>,
+    state_changed: Option<&Dirty>,
     narrowed: &BTreeMap<String, Table>,
 ) -> Plan {
-    let Some(previous) = reuse.and_then(|r| r.previous.get(&job.name)) else {
+    let (Some(reuse), Some(state_changed)) = (reuse, state_changed) else {
+        return Plan::Everyone;
+    };
+    let Some(previous) = reuse.previous.get(&job.name) else {
         return Plan::Everyone;
     };
     let names_customers = |schema: &SchemaRef| schema.column_with_name(CUSTOMER_ID).is_some();
     if job.scope != Scope::Customer || job.reads_time_of_day() || !names_customers(&previous.schema) {
         return Plan::Everyone;
     }
-    let mut dirty = Customers::default();
+    let mut inputs_changed: Vec<&Dirty> = Vec::new();
     for (name, table) in reads {
-        let (Some(Some(customers)), true) = (changed.get(name), names_customers(&table.schema)) else {
+        let (Some(Some(dirty)), true) = (changed.get(name), names_customers(&table.schema)) else {
             return Plan::Everyone;
         };
-        dirty.extend(customers.iter().cloned());
+        inputs_changed.push(dirty);
     }
+    let numbering = reuse.numbering.clone();
+    let previous = previous.clone();
     // The customers whose state changed, exactly: the inputs' rows are selected already.
-    if let Some(state_changed) = state_changed.filter(|s| s.len() == dirty.len() && dirty.iter().all(|c| s.contains(c)))
-    {
+    if inputs_changed.iter().all(|d| Arc::ptr_eq(&d.ids, &state_changed.ids)) {
         let selected: Option<BTreeMap<String, Table>> = reads
             .keys()
             .map(|name| Some((name.clone(), narrowed.get(name)?.clone())))
             .collect();
         return Plan::Customers {
             dirty: state_changed.clone(),
-            previous: previous.clone(),
+            previous,
             narrowed: selected,
+            numbering,
         };
     }
+    let mut ids = Customers::default();
+    for dirty in inputs_changed {
+        ids.extend(dirty.ids.iter().cloned());
+    }
     Plan::Customers {
-        dirty: Arc::new(dirty),
-        previous: previous.clone(),
+        dirty: Dirty {
+            bits: Arc::new(numbering.bits(&ids)),
+            ids: Arc::new(ids),
+        },
+        previous,
         narrowed: None,
+        numbering,
     }
 }
 
@@ -695,13 +725,14 @@ async fn evaluate_job(
             dirty,
             previous,
             narrowed,
+            numbering,
         } => {
             let started = Instant::now();
             let inputs = narrowed.unwrap_or_else(|| {
                 reads
                     .into_iter()
                     .map(|(name, t)| {
-                        let batches = rows_of(&t.batches, &dirty, true);
+                        let (batches, _) = numbering.split(&t.batches, &dirty.bits);
                         (
                             name,
                             Table {
@@ -712,38 +743,26 @@ async fn evaluate_job(
                     })
                     .collect()
             });
-            let fresh = match dirty.is_empty() {
+            let fresh = match dirty.bits.is_empty() {
                 true => Vec::new(),
                 false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
             };
-            // A job of scope "customer" answers for the customers it was given only; a row
-            // for anyone else means it reads across customers, and splicing would be wrong.
-            if let Some(stray) = fresh.iter().find_map(|b| {
-                let ids = customer_ids(b)?;
-                ids.iter()
-                    .find(|id| !id.is_some_and(|id| dirty.contains(id)))
-                    .map(|id| id.map(String::from))
-            }) {
-                return Err(JobError::Check {
-                    job: job.name.clone(),
-                    file: job.file.clone(),
-                    check: "scope",
-                    message: format!(
-                        "declared scope = \"customer\" but, evaluated for {} customers, returned a row for {} outside them: \
-                         it reads other customers' rows; remove the scope",
-                        dirty.len(),
-                        stray.map_or("a null customer_id".to_string(), |id| format!("customer '{id}'"))
-                    ),
-                });
-            }
-            let mut batches = rows_of(&previous.batches, &dirty, false);
+            check_scope(job, &fresh, &dirty, &numbering)?;
+            let (replaced, mut batches) = numbering.split(&previous.batches, &dirty.bits);
             batches.extend(fresh.iter().cloned());
             let values = match job.kind {
-                JobKind::Tag => value_counts(&batches),
+                JobKind::Tag => {
+                    let mut values = previous.values.clone();
+                    subtract_counts(&mut values, value_counts(&replaced));
+                    for (value, n) in value_counts(&fresh) {
+                        *values.entry(value).or_default() += n;
+                    }
+                    values
+                }
                 _ => BTreeMap::new(),
             };
             info!(
-                customers = dirty.len(),
+                customers = dirty.ids.len(),
                 "evaluated for the customers whose inputs changed"
             );
             let run = JobRun {
@@ -753,30 +772,47 @@ async fn evaluate_job(
                 batches,
                 schema: previous.schema,
                 values,
-                evaluated_for: Some(dirty),
+                evaluated_for: Some(dirty.ids),
             };
             Ok((run, Some(fresh)))
         }
     }
 }
 
-/// The rows of `batches` whose customer is (`inside`) or is not in `customers`.
-fn rows_of(batches: &[RecordBatch], customers: &Customers, inside: bool) -> Vec<RecordBatch> {
-    if customers.is_empty() {
-        return if inside { Vec::new() } else { batches.to_vec() };
+/// A job of scope "customer" answers for the customers it was given only; a row for anyone
+/// else means it reads across customers, and splicing its rows would be wrong.
+fn check_scope(job: &Job, fresh: &[RecordBatch], dirty: &Dirty, numbering: &Numbering) -> Result<(), JobError> {
+    for batch in fresh {
+        let numbers = numbering.numbers(batch);
+        let Some(row) = numbers.values().iter().position(|&n| !dirty.bits.contains(n)) else {
+            continue;
+        };
+        let id = customer_ids(batch).filter(|ids| ids.is_valid(row)).map(|ids| ids.value(row).to_string());
+        return Err(JobError::Check {
+            job: job.name.clone(),
+            file: job.file.clone(),
+            check: "scope",
+            message: format!(
+                "declared scope = \"customer\" but, evaluated for {} customers, returned a row for {} outside them: \
+                 it reads other customers' rows; remove the scope",
+                dirty.ids.len(),
+                id.map_or("a null customer_id".to_string(), |id| format!("customer '{id}'"))
+            ),
+        });
     }
-    batches
-        .iter()
-        .map(|batch| {
-            let ids = customer_ids(batch).expect("checked: the table names its customers");
-            let keep: arrow::array::BooleanArray = ids
-                .iter()
-                .map(|id| Some(id.is_some_and(|id| customers.contains(id)) == inside))
-                .collect();
-            arrow::compute::filter_record_batch(batch, &keep).expect("a mask of the batch's length")
-        })
-        .filter(|b| b.num_rows() > 0)
-        .collect()
+    Ok(())
+}
+
+/// Take `removed` (customers per value) from `counts`; a value nobody holds any more goes.
+fn subtract_counts(counts: &mut BTreeMap<String, u64>, removed: BTreeMap<String, u64>) {
+    for (value, n) in removed {
+        if let Some(count) = counts.get_mut(&value) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                counts.remove(&value);
+            }
+        }
+    }
 }
 
 /// The customers whose rows differ between two outputs of one job (as sets of rows).

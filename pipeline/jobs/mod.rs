@@ -33,6 +33,7 @@
 
 mod catalog;
 mod checks;
+mod customers;
 mod exec;
 mod header;
 
@@ -43,4 +44,5 @@ pub use catalog::{
 pub use checks::{
     evaluate as evaluate_checks, Baseline, CheckFailure, Checks, Drift, GateError, GateReport, OnData, Segments,
 };
-pub use exec::{fold_state, run_jobs, Customers, JobError, JobOutput, JobRun, Reuse, StateRun};
+pub use customers::{Customers, Numbering};
+pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Reuse, StateRun};
