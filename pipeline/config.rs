@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::jobs::ParamOverrides;
 use crate::publish::compact::CompactionSettings;
+use crate::publish::live::{self, MergePolicy};
 use crate::serve::query::QueryLimits;
 use crate::serve::ServeSettings;
 use crate::sources;
@@ -82,6 +83,21 @@ pub struct FileConfig {
     /// `tagflow follow`'s schedule: `[follow]`.
     #[serde(default)]
     pub follow: FollowConfig,
+    /// How `follow` publishes: `[publish]`.
+    #[serde(default)]
+    pub publish: PublishConfig,
+}
+
+/// `[publish]`: every key is optional (defaults in [`live`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Merge the live changes of `follow`'s micro-batches into `customer_tags` at most this
+    /// long after the oldest was published (default 60s; 0s: every batch merges). The
+    /// change feed and the lookup API get every batch at once.
+    pub merge_every: Option<String>,
+    /// ... or as soon as this many changes wait (default 1000000).
+    pub merge_max_changes: Option<u64>,
 }
 
 /// `[follow]`.
@@ -183,6 +199,8 @@ pub struct Settings {
     /// Draw progress bars on stdout (set by commands run at a terminal, see `progress`).
     pub progress: bool,
     pub compaction: CompactionSettings,
+    /// When `follow`'s live changes merge into `customer_tags` (`[publish]`).
+    pub merge: MergePolicy,
     pub serve: ServeSettings,
     /// When `follow` runs a full recompute (`[follow] full_cron`).
     pub full_cron: Option<croner::Cron>,
@@ -246,6 +264,7 @@ impl Settings {
         let lock_ttl_secs = within("lock_ttl_secs", file.lock_ttl_secs, lock::LOCK_TTL_SECS)?;
         let dedup_days = within("dedup_days", file.dedup_days, dedup::DEDUP_DAYS)?;
         let compaction = compaction_settings(&file.compaction)?;
+        let merge = merge_policy(&file.publish)?;
         let serve = serve_settings(&file.serve, cli)?;
         let full_cron = file
             .follow
@@ -273,6 +292,7 @@ impl Settings {
             force: false,
             progress: false,
             compaction,
+            merge,
             serve,
             full_cron,
             config_file,
@@ -294,6 +314,27 @@ impl Settings {
             env: "TAGFLOW_WAREHOUSE",
         })
     }
+}
+
+fn merge_policy(config: &PublishConfig) -> Result<MergePolicy, ConfigError> {
+    let every = match &config.merge_every {
+        Some(text) => parse_duration(text).map_err(|message| ConfigError::Invalid {
+            key: "publish.merge_every",
+            message,
+        })?,
+        None => std::time::Duration::from_secs(live::MERGE_EVERY_SECS.default),
+    };
+    let limit = live::MERGE_EVERY_SECS.max;
+    if every.as_secs() > limit {
+        return Err(ConfigError::Invalid {
+            key: "publish.merge_every",
+            message: format!("at most {limit}s (a day)"),
+        });
+    }
+    Ok(MergePolicy {
+        every,
+        max_changes: within("publish.merge_max_changes", config.merge_max_changes, live::MERGE_MAX_CHANGES)?,
+    })
 }
 
 fn compaction_settings(config: &CompactionConfig) -> Result<CompactionSettings, ConfigError> {

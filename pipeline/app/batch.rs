@@ -35,7 +35,7 @@ use crate::jobs::{
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
-use crate::publish::tags::{publish_tags, TagsBase, TagsUpdate, META_DEFINITIONS};
+use crate::publish::tags::{publish_tags, Narrowed, TagsBase, TagsUpdate, META_DEFINITIONS};
 use crate::publish::{self, Published};
 use crate::sources::quarantine::{EntryKind, Quarantine};
 use crate::sources::{self, Decoded, LandingData, LandingFile, StreamStats};
@@ -173,7 +173,7 @@ impl Batch<'_> {
         }
         let previous = baseline.map(|s| s.definitions).unwrap_or_default();
         let (landed, next_base) = self
-            .commit_and_publish(state, &evaluated.output, base, previous)
+            .commit_and_publish(state, &evaluated.output, base, previous, &session.numbering)
             .await?;
         session.published = Some(next_base);
         session.evaluated = Some(LastEvaluation {
@@ -340,6 +340,7 @@ impl Batch<'_> {
         output: &JobOutput,
         base: TagsBase,
         previous: Definitions,
+        numbering: &Arc<Numbering>,
     ) -> Result<(Landed, TagsBase), Error> {
         let (settings, as_of) = (self.settings, self.as_of);
         let seen_from_day = (as_of.timestamp().div_euclid(86_400) - i64::from(settings.dedup_days) + 1) as i32;
@@ -362,11 +363,14 @@ impl Batch<'_> {
             "tagflow.state_version": state_version,
             META_DEFINITIONS: definitions,
         });
+        let (rows, narrowed) = publish_rows(&output.runs, numbering, as_of);
         let update = TagsUpdate {
-            rows: publish::assemble(&output.runs, as_of),
+            rows,
             scope,
             as_of,
             metadata: metadata.as_object().cloned().unwrap_or_default(),
+            narrowed,
+            policy: settings.merge.clone(),
         };
         let table_settings = settings.compaction.table_settings();
         let publish =
@@ -419,7 +423,9 @@ impl Batch<'_> {
         stages_ms: &mut BTreeMap<String, u64>,
     ) -> Result<Option<CompactReport>, Error> {
         let compaction = &self.settings.compaction;
-        if !compaction.due(published.version, published.files) {
+        // Only right after a merge: live changes are on top of the latest version, which a
+        // compaction would move.
+        if !published.merged || !compaction.due(published.version, published.files) {
             return Ok(None);
         }
         let started = Instant::now();
@@ -637,6 +643,45 @@ pub(crate) async fn evaluate_at(
         gates,
         stages_ms,
     })
+}
+
+/// The rows a batch publishes: of a micro-batch, every row of the tags evaluated for
+/// everyone and, of the others, the rows of the customers they were evaluated for (the
+/// narrowing says so); else every row.
+fn publish_rows(runs: &[JobRun], numbering: &Arc<Numbering>, as_of: DateTime<Utc>) -> (Vec<RecordBatch>, Option<Narrowed>) {
+    let tag_runs: Vec<&JobRun> = runs.iter().filter(|r| r.job.kind == JobKind::Tag).collect();
+    let mut evaluated_for: Vec<&Arc<Customers>> = Vec::new();
+    for set in tag_runs.iter().filter_map(|r| r.evaluated_for.as_ref()) {
+        if !evaluated_for.iter().any(|s| Arc::ptr_eq(s, set)) {
+            evaluated_for.push(set);
+        }
+    }
+    let customers = match evaluated_for.as_slice() {
+        [] => return (publish::assemble(runs, as_of), None),
+        [one] => numbering.bits(one),
+        many => numbering.bits(&many.iter().flat_map(|s| s.iter().cloned()).collect()),
+    };
+    let narrowed_runs: Vec<JobRun> = tag_runs
+        .iter()
+        .map(|r| match r.evaluated_for {
+            None => (*r).clone(),
+            Some(_) => JobRun {
+                batches: numbering.split(&r.batches, &customers).0,
+                ..(*r).clone()
+            },
+        })
+        .collect();
+    let narrowed = Narrowed {
+        whole: tag_runs
+            .iter()
+            .filter(|r| r.evaluated_for.is_none())
+            .map(|r| r.job.name.clone())
+            .collect(),
+        customers,
+        numbering: numbering.clone(),
+        segments: tag_runs.iter().map(|r| (r.job.name.clone(), r.values.clone())).collect(),
+    };
+    (publish::assemble(&narrowed_runs, as_of), Some(narrowed))
 }
 
 fn tag_report(run: &JobRun) -> TagReport {

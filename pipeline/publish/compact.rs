@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::publish::tables::{CHANGES_TABLE, RUNS_TABLE, TAGS_TABLE};
 use crate::publish::{file_count, open_or_new, table_url, PublishError};
@@ -118,6 +118,10 @@ pub async fn compact(warehouse: &Location, settings: &CompactionSettings) -> Res
         (RUNS_TABLE, OptimizeType::Compact),
     ];
     for (table, layout) in layouts {
+        if table == TAGS_TABLE && has_live_changes(warehouse).await? {
+            warn!("customer_tags has live changes not merged yet (a follow session stopped before its merge); not compacted: the next follow batch or run merges them");
+            continue;
+        }
         let span = info_span!("compact", table);
         if let Some(done) = compact_table(warehouse, table, layout, settings)
             .instrument(span)
@@ -130,6 +134,15 @@ pub async fn compact(warehouse: &Location, settings: &CompactionSettings) -> Res
         tables,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Whether changes are published live on top of `customer_tags`' latest version.
+async fn has_live_changes(warehouse: &Location) -> Result<bool, PublishError> {
+    let (tags, feed) = tokio::try_join!(open_or_new(warehouse, TAGS_TABLE), open_or_new(warehouse, CHANGES_TABLE))?;
+    match tags.version() {
+        Some(version) => Ok(!crate::publish::live::live_rows(&feed, version).await?.is_empty()),
+        None => Ok(false),
+    }
 }
 
 async fn compact_table(

@@ -305,19 +305,36 @@ fn on_all_cores<I: Copy + Send + Sync, F: FnOnce() -> T + Send, T: Send>(
 
 /// The rows of `rows` whose tag is not one of `tags`.
 pub fn without_tags(rows: &[RecordBatch], tags: &[String]) -> Vec<RecordBatch> {
-    let mut kept = Vec::with_capacity(rows.len());
-    for batch in rows {
-        let keep: BooleanArray = column::<StringArray>(batch, "tag")
-            .iter()
-            .map(|t| Some(!t.is_some_and(|t| tags.iter().any(|x| x == t))))
-            .collect();
-        match keep.true_count() {
-            0 => {}
-            n if n == batch.num_rows() => kept.push(batch.clone()),
-            _ => kept.push(filter_record_batch(batch, &keep).expect("a mask of the batch's length")),
+    rows.iter()
+        .filter_map(|batch| split_by_tags(batch, |tag| tags.iter().any(|t| t == tag)).1)
+        .collect()
+}
+
+/// The rows of `batch` whose tag `of` accepts, and the others (`None`: no such row).
+pub fn split_by_tags(batch: &RecordBatch, of: impl Fn(&str) -> bool) -> (Option<RecordBatch>, Option<RecordBatch>) {
+    let tags = column::<StringArray>(batch, "tag");
+    // Rows come in runs of one tag: each run is judged once.
+    let mut mask = Vec::with_capacity(batch.num_rows());
+    let mut last: Option<(&str, bool)> = None;
+    for tag in tags.iter() {
+        let tag = tag.unwrap_or_default();
+        let accepted = match last {
+            Some((previous, accepted)) if previous == tag => accepted,
+            _ => of(tag),
+        };
+        last = Some((tag, accepted));
+        mask.push(accepted);
+    }
+    let selected = BooleanArray::from(mask);
+    match selected.true_count() {
+        0 => (None, (batch.num_rows() > 0).then(|| batch.clone())),
+        n if n == batch.num_rows() => (Some(batch.clone()), None),
+        _ => {
+            let others = arrow::compute::not(&selected).expect("a mask");
+            let take = |mask: &BooleanArray| filter_record_batch(batch, mask).expect("a mask of the batch's length");
+            (Some(take(&selected)), Some(take(&others)))
         }
     }
-    kept
 }
 
 #[derive(Clone, Copy)]

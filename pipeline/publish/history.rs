@@ -80,5 +80,7 @@ pub async fn replace_day(
         files: file_count(&table),
         changes: None,
         customers: None,
+        feed_version: None,
+        merged: true,
     })
 }

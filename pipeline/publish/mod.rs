@@ -11,6 +11,7 @@
 pub mod compact;
 mod diff;
 pub mod history;
+pub mod live;
 pub mod runs;
 pub mod snapshots;
 pub mod tables;
@@ -129,6 +130,12 @@ pub struct Published {
     /// Distinct customers in the table at this version (customer_tags only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customers: Option<usize>,
+    /// The change feed's version after this publish (customer_tags only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed_version: Option<u64>,
+    /// Whether `customer_tags` got this publish as a new version; `false`: its changes
+    /// are live (in the feed, on top of `version`) until the next merge.
+    pub merged: bool,
 }
 
 /// Parquet settings of the files a publish writes: Snappy (delta-rs' default), and no
@@ -230,6 +237,8 @@ async fn write_to(
         files: file_count(&delta),
         changes: None,
         customers: None,
+        feed_version: None,
+        merged: true,
     })
 }
 

@@ -21,7 +21,7 @@
 //! catch-up (what changed is the `diff` module's).
 //! Must not: compute tags, or change a published version (compaction does not either).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::IntoFuture;
 use std::sync::Arc;
 
@@ -40,12 +40,14 @@ use serde_json::{json, Map, Value};
 use tracing::{info, info_span, warn, Instrument};
 
 use super::diff::{self, Diff};
+use super::live::{self, Live, MergePolicy};
 use super::tables::CHANGES_TABLE;
 pub use super::tables::TAGS_TABLE;
 use super::{
     collect, customer_tags_schema, file_count, open_or_new, register, table_url, writer_properties, PublishError,
     Published,
 };
+use crate::jobs::{CustomerBits, Numbering};
 use crate::storage::Location;
 
 /// Application id of the feed's transactions: the `customer_tags` version covered so far.
@@ -126,6 +128,36 @@ pub struct TagsUpdate {
     pub as_of: DateTime<Utc>,
     /// Extra commit metadata (run id, state version).
     pub metadata: Map<String, Value>,
+    /// A micro-batch's update: `rows` hold only what may have changed.
+    pub narrowed: Option<Narrowed>,
+    /// When live changes merge into `customer_tags`.
+    pub policy: MergePolicy,
+}
+
+/// What a micro-batch's rows cover: every row of the tags in `whole` (evaluated for
+/// everyone) and, of the other tags, the rows of `customers`; every other row of the base
+/// stays as it is. The diff then covers these rows only.
+pub struct Narrowed {
+    pub whole: BTreeSet<String>,
+    pub customers: CustomerBits,
+    pub numbering: Arc<Numbering>,
+    /// Customers per value of every tag after the batch (the jobs keep them up to date).
+    pub segments: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Narrowed {
+    /// The rows of `rows` this update covers, and the others.
+    fn split(&self, rows: &[RecordBatch]) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+        let (mut whole, mut partial) = (Vec::new(), Vec::new());
+        for batch in rows {
+            let (of_whole, others) = diff::split_by_tags(batch, |tag| self.whole.contains(tag));
+            whole.extend(of_whole);
+            partial.extend(others);
+        }
+        let (mut covered, rest) = self.numbering.split(&partial, &self.customers);
+        covered.extend(whole);
+        (covered, rest)
+    }
 }
 
 /// What a publish starts from: `customer_tags` and `tag_changes` opened at their latest
@@ -137,7 +169,9 @@ pub struct TagsBase {
     /// `None` while a local warehouse has no folder for either table: opening one would
     /// create it, and nothing is created before a run publishes.
     tables: Option<(DeltaTable, DeltaTable)>,
+    /// The live view: the version's rows with the live changes on top of it applied.
     rows: Vec<RecordBatch>,
+    live: Live,
 }
 
 impl TagsBase {
@@ -150,6 +184,7 @@ impl TagsBase {
             return Ok(Self {
                 tables: None,
                 rows: Vec::new(),
+                live: Live::default(),
             });
         }
         Self::load(warehouse, settings).await
@@ -168,13 +203,17 @@ impl TagsBase {
         settings: &TableSettings,
     ) -> Result<Self, PublishError> {
         let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
-        let rows = match table.version() {
-            None => Vec::new(),
-            Some(_) => all_rows(&table).await?,
+        let (rows, live) = match table.version() {
+            None => (Vec::new(), Live::default()),
+            Some(version) => {
+                let (rows, changes) = tokio::try_join!(all_rows(&table), live::live_rows(&feed, version))?;
+                (live::apply(rows, &changes), Live::of(&changes))
+            }
         };
         Ok(Self {
             tables: Some((table, feed)),
             rows,
+            live,
         })
     }
 
@@ -183,13 +222,13 @@ impl TagsBase {
         self,
         warehouse: &Location,
         settings: &TableSettings,
-    ) -> Result<(DeltaTable, DeltaTable, Vec<RecordBatch>), PublishError> {
+    ) -> Result<(DeltaTable, DeltaTable, Vec<RecordBatch>, Live), PublishError> {
         let loaded = match self.tables {
             Some(_) => self,
             None => Self::load(warehouse, settings).await?,
         };
         let (table, feed) = loaded.tables.expect("a loaded base has its tables");
-        Ok((table, feed, loaded.rows))
+        Ok((table, feed, loaded.rows, loaded.live))
     }
 
     /// This base if neither table has a newer version, else the base read again. Only a
@@ -220,6 +259,7 @@ impl TagsBase {
             return Ok(Self {
                 tables: Some((table, feed)),
                 rows: self.rows,
+                live: self.live,
             });
         }
         Self::read(warehouse, table, feed, settings).await
@@ -229,10 +269,18 @@ impl TagsBase {
     pub fn table(&self) -> Option<&DeltaTable> {
         self.tables.as_ref().map(|(table, _)| table)
     }
+
+    /// Whether changes are published on top of the latest `customer_tags` version and not
+    /// merged into it yet.
+    pub fn has_live_changes(&self) -> bool {
+        !self.live.is_empty()
+    }
 }
 
-/// Merge `update` into `customer_tags` (as `base` holds it) as one new version and append
-/// its changes to `tag_changes`. Returns the publish and the base of the next one.
+/// Publish `update` on top of `base`: its changes go to `tag_changes`, and into
+/// `customer_tags` as one new version when this batch merges (always, unless the update is
+/// a micro-batch's and [`MergePolicy`] says the live changes can wait; see [`live`]).
+/// Returns the publish and the base of the next one.
 ///
 /// Long on purpose: diff, figures, data files, the two commits and the next base form one
 /// sequence whose order is the crash-safety argument (data files first, then the table's
@@ -244,19 +292,26 @@ pub async fn publish_tags(
     update: TagsUpdate,
     settings: &TableSettings,
 ) -> Result<(Published, TagsBase), PublishError> {
-    let (table, feed, old_rows) = base.into_parts(warehouse, settings).await?;
+    let (table, feed, old_rows, mut live) = base.into_parts(warehouse, settings).await?;
     let from_version = table.version();
     let new_rows = update.rows;
+    let narrowed = update.narrowed.map(Arc::new);
+    // A micro-batch compares only the rows it covers; the others stay as they are.
+    let (old_covered, old_rest) = match &narrowed {
+        Some(narrowed) => narrowed.split(&old_rows),
+        None => (old_rows.clone(), Vec::new()),
+    };
     // The comparison of the old and new rows serves the feed (the changed rows) and the
-    // write (every new row of a changed tag); the next version's figures are counted beside
-    // it. Both off the runtime's threads.
+    // write (every new row of a changed tag); a whole update's next version's figures are
+    // counted beside it. Both off the runtime's threads.
     let compare = {
-        let (old, new, scope) = (old_rows.clone(), new_rows.clone(), update.scope.clone());
+        let (old, new, scope) = (old_covered.clone(), new_rows.clone(), update.scope.clone());
         blocking(move || diff::diff(&old, &new, scope.as_deref()))
     };
     let count = {
         let (old, new, scope) = (old_rows.clone(), new_rows.clone(), update.scope.clone());
-        blocking(move || diff::figures(&old, &new, scope.as_deref()))
+        let whole = narrowed.is_none();
+        blocking(move || whole.then(|| diff::figures(&old, &new, scope.as_deref())))
     };
     let (compared, stats) = tokio::join!(
         compare.instrument(info_span!("diff")),
@@ -268,6 +323,24 @@ pub async fn publish_tags(
         changed_tags,
         next_rows,
     } = compared;
+    // The next live view: the rows not covered, the covered rows of unchanged tags, and
+    // every new row of a changed tag.
+    let mut rows = old_rest;
+    rows.extend(diff::without_tags(&old_covered, &changed_tags));
+    rows.extend(next_rows.iter().cloned());
+    let stats = match (stats, &narrowed) {
+        (Some(stats), _) => stats,
+        (None, Some(narrowed)) => diff::Figures {
+            rows: rows.iter().map(|b| b.num_rows()).sum(),
+            customers: narrowed.numbering.customers_in(&rows).len(),
+            segments: narrowed.segments.clone(),
+        },
+        (None, None) => unreachable!("a whole update counts its figures"),
+    };
+    let merge = from_version.is_none() || narrowed.is_none() || live.due(&update.policy, counts.total() as u64);
+    if !merge {
+        return publish_live(warehouse, table, feed, settings, rows, live, &changes, counts, &changed_tags, stats, update.as_of).await;
+    }
 
     let mut metadata = update.metadata;
     metadata.insert(META_AS_OF.into(), json!(update.as_of.to_rfc3339()));
@@ -289,9 +362,12 @@ pub async fn publish_tags(
     let appended = feed_rows(&changes, from_version, next_version, update.as_of);
     let staging = (feed.version().is_some() && !appended.is_empty())
         .then(|| Background::spawn(stage_feed(feed.clone(), appended.clone()).instrument(info_span!("stage_feed"))));
-    // Each branch gives the table at its new version, the rows it wrote, and every row of
-    // the new version (the next publish's base).
-    let (table, rows_written, rows) = match from_version {
+    // The partitions rewritten: the tags this batch changed, and those with live changes.
+    let mut rewritten: BTreeSet<String> = changed_tags.iter().cloned().collect();
+    rewritten.extend(live.tags.iter().cloned());
+    let rewritten: Vec<String> = rewritten.into_iter().collect();
+    // Each branch gives the table at its new version and the rows it wrote.
+    let (table, rows_written) = match from_version {
         None => {
             let written = new_rows.iter().map(|b| b.num_rows()).sum();
             let table = table
@@ -304,35 +380,36 @@ pub async fn publish_tags(
                 .with_commit_properties(commit)
                 .await
                 .map_err(commit_error)?;
-            (table, written, new_rows)
+            rows = new_rows;
+            (table, written)
         }
-        Some(_) if counts.total() == 0 => (
+        Some(_) if rewritten.is_empty() => (
             commit_actions(table, Vec::new(), commit).await.map_err(commit_error)?,
             0,
-            old_rows,
         ),
         Some(_) => {
-            // The changed tags' partitions are replaced whole: cheaper than a row-level merge
-            // when, as usual, most of a partition's rows are rewritten anyway.
-            let mut next_rows = next_rows;
-            if next_rows.is_empty() {
-                // Every row of the changed tags exited: the partitions are replaced by nothing.
-                next_rows.push(RecordBatch::new_empty(customer_tags_schema()));
+            // The rewritten tags' partitions are replaced whole: cheaper than a row-level
+            // merge when, as usual, most of a partition's rows are rewritten anyway.
+            let mut written_rows: Vec<RecordBatch> = rows
+                .iter()
+                .filter_map(|b| diff::split_by_tags(b, |tag| rewritten.iter().any(|t| t == tag)).0)
+                .collect();
+            if written_rows.is_empty() {
+                // Every row of the rewritten tags exited: the partitions are replaced by nothing.
+                written_rows.push(RecordBatch::new_empty(customer_tags_schema()));
             }
-            let written = next_rows.iter().map(|b| b.num_rows()).sum();
-            let mut rows = diff::without_tags(&old_rows, &changed_tags);
-            rows.extend(next_rows.iter().cloned());
+            let written = written_rows.iter().map(|b| b.num_rows()).sum();
             let table = table
-                .write(next_rows)
+                .write(written_rows)
                 .with_save_mode(SaveMode::Overwrite)
-                .with_replace_where(format!("tag IN ({})", sql_list(&changed_tags)))
+                .with_replace_where(format!("tag IN ({})", sql_list(&rewritten)))
                 .with_writer_properties(writer_properties())
                 .with_commit_properties(commit)
                 .into_future()
                 .instrument(info_span!("write"))
                 .await
                 .map_err(commit_error)?;
-            (table, written, rows)
+            (table, written)
         }
     };
     let version = table.version().unwrap_or_default();
@@ -361,10 +438,58 @@ pub async fn publish_tags(
         files: file_count(&table),
         changes: Some(counts),
         customers: Some(stats.customers),
+        feed_version: feed.version(),
+        merged: true,
+    };
+    live = Live::default();
+    let next = TagsBase {
+        tables: Some((table, feed)),
+        rows,
+        live,
+    };
+    Ok((published, next))
+}
+
+/// Publish a micro-batch's changes as live changes on top of `customer_tags`' version: one
+/// append to the feed (none when nothing changed), no new `customer_tags` version.
+#[allow(clippy::too_many_arguments)]
+async fn publish_live(
+    warehouse: &Location,
+    table: DeltaTable,
+    feed: DeltaTable,
+    settings: &TableSettings,
+    rows: Vec<RecordBatch>,
+    mut live: Live,
+    changes: &[RecordBatch],
+    counts: ChangeCounts,
+    changed_tags: &[String],
+    stats: diff::Figures,
+    as_of: DateTime<Utc>,
+) -> Result<(Published, TagsBase), PublishError> {
+    let version = table.version().expect("live changes are on top of a version");
+    let appended = feed_rows(changes, Some(version), version, as_of);
+    let feed = match appended.is_empty() {
+        true => feed,
+        false => append_live(warehouse, feed, settings, appended, version)
+            .instrument(info_span!("feed"))
+            .await?,
+    };
+    live.add(changed_tags, counts.total() as u64);
+    let published = Published {
+        table: TAGS_TABLE.to_string(),
+        version,
+        rows: stats.rows,
+        rows_written: 0,
+        files: file_count(&table),
+        changes: Some(counts),
+        customers: Some(stats.customers),
+        feed_version: feed.version(),
+        merged: false,
     };
     let next = TagsBase {
         tables: Some((table, feed)),
         rows,
+        live,
     };
     Ok((published, next))
 }
@@ -519,6 +644,27 @@ async fn append_feed(
     commit_actions(feed, actions, commit).await.map_err(commit_error)
 }
 
+/// Append live rows (changes on top of `customer_tags` version `version`) to the existing
+/// feed; the feed's transaction (the version it covers) stays.
+async fn append_live(
+    warehouse: &Location,
+    feed: DeltaTable,
+    settings: &TableSettings,
+    rows: Vec<RecordBatch>,
+    version: u64,
+) -> Result<DeltaTable, PublishError> {
+    let url = table_url(warehouse, CHANGES_TABLE).to_string();
+    let commit_error = |source| PublishError::Commit {
+        url: url.clone(),
+        source,
+    };
+    let _ = settings;
+    let metadata = json!({ "tagflow.from_version": version, "tagflow.to_version": version, "tagflow.live": true });
+    let commit = CommitProperties::default().with_metadata(metadata.as_object().cloned().unwrap_or_default());
+    let actions = stage_feed(feed.clone(), rows).await.map_err(commit_error)?;
+    commit_actions(feed, actions, commit).await.map_err(commit_error)
+}
+
 /// Bring the feed up to the latest `customer_tags` version: every version it misses (a
 /// publish that died after its merge) is diffed against the version before it. Versions
 /// that cannot change rows (compaction, vacuum) need no feed rows. Returns the versions
@@ -586,8 +732,10 @@ async fn catch_up(
             .unwrap_or_else(Utc::now);
         let from = version.checked_sub(1);
         let new = rows_at(warehouse, version).await?;
+        // The version before, with the changes published live on top of it (already in
+        // the feed) applied: the feed misses only what came after them.
         let old = match from {
-            Some(from) => rows_at(warehouse, from).await?,
+            Some(from) => live::apply(rows_at(warehouse, from).await?, &live::live_rows(&feed, from).await?),
             None => Vec::new(),
         };
         let changes = blocking(move || diff::diff(&old, &new, None).changes).await;
@@ -599,6 +747,29 @@ async fn catch_up(
         info!(versions = caught_up, "change feed caught up");
     }
     Ok((feed, caught_up))
+}
+
+/// What services see (read only): `customer_tags` at a version with the live changes on top
+/// of it applied, as `customer_tags` rows. `at`: the `customer_tags` version and the feed
+/// version a publish named (`Published::version`, `Published::feed_version`); `None`: the
+/// latest of both. Returns the `customer_tags` version.
+pub async fn live_view(
+    warehouse: &Location,
+    at: Option<(u64, Option<u64>)>,
+) -> Result<(u64, Vec<RecordBatch>), PublishError> {
+    let table = super::open_published(warehouse, TAGS_TABLE, at.map(|(v, _)| v)).await?;
+    let version = table.version().unwrap_or_default();
+    let feed_version = match at {
+        Some((_, None)) => return Ok((version, all_rows(&table).await?)),
+        Some((_, feed)) => feed,
+        None => None,
+    };
+    let changes = match super::open_published(warehouse, CHANGES_TABLE, feed_version).await {
+        Ok(feed) => live::live_rows(&feed, version).await?,
+        Err(PublishError::NotFound { .. }) => Vec::new(),
+        Err(error) => return Err(error),
+    };
+    Ok((version, live::apply(all_rows(&table).await?, &changes)))
 }
 
 /// Every row of `customer_tags` at `version`.

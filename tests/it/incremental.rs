@@ -420,7 +420,7 @@ fn follow_publishes_new_files_until_sigterm() {
     let at = |minutes_ago: i64| (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
     fx.clicks("dt=today/a.parquet", &[view("k1", "c1", &at(90))]);
     let config = fx.dir.path().join("tagflow.toml");
-    std::fs::write(&config, "[compaction]\nevery_versions = 2\n").unwrap();
+    std::fs::write(&config, "[compaction]\nevery_versions = 2\n[publish]\nmerge_every = \"0s\"\n").unwrap();
     let log = fx.dir.path().join("follow.log");
     let mut child = tagflow()
         .arg("follow")
@@ -515,13 +515,14 @@ async fn every_follow_batch_equals_a_full_run() {
         assert!(ends.len() >= 4, "seed {seed}: several batches: {ends:?}");
         arrivals.land(&fx, 0, ends[0]);
 
-        // Compactions between batches too (the batch after one reads the table again).
-        let config = "[compaction]\nevery_versions = 4\n";
+        // Compactions between batches too (the batch after one reads the table again), and
+        // micro-batches that publish live changes as well as ones that merge them.
+        let config = "[compaction]\nevery_versions = 2\n[publish]\nmerge_max_changes = 40\n";
         let mut settings = fx.settings("2026-01-01T00:00:00Z", Some(config)).expect("settings");
         // The drift gates judge partial, random data; what is tested here is exactness.
         settings.force = true;
         // (version, as-of, arrivals landed) of every batch that published
-        let mut batches: Vec<(u64, String, usize)> = Vec::new();
+        let mut batches: Vec<(tagflow::publish::Published, String, usize)> = Vec::new();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let mut stop_tx = Some(stop_tx);
         let metrics = tagflow::app::metrics::FollowMetrics::default();
@@ -530,9 +531,12 @@ async fn every_follow_batch_equals_a_full_run() {
         let held = std::sync::atomic::AtomicBool::new(false);
         // Batches that evaluated some tags for the customers whose inputs changed only.
         let mut partial_evaluations = 0;
+        // Batches whose changes stayed live (not merged into customer_tags).
+        let mut live_batches = 0;
         let on_batch = |report: &tagflow::app::report::RunReport| {
+            live_batches += usize::from(!report.published.merged);
             let as_of = report.as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            batches.push((report.published.version, as_of, landed));
+            batches.push((report.published.clone(), as_of, landed));
             partial_evaluations += usize::from(report.tags.iter().any(|t| t.evaluated_customers.is_some()));
             held.fetch_or(report.state.held_events > 0, SeqCst);
             compactions += usize::from(report.compaction.is_some());
@@ -582,16 +586,21 @@ async fn every_follow_batch_equals_a_full_run() {
             partial_evaluations > 0,
             "seed {seed}: some batches evaluated tags for the changed customers only"
         );
+        assert!(
+            live_batches > 0 && live_batches < published,
+            "seed {seed}: {live_batches} of {published} batches kept their changes live, the others merged"
+        );
 
         let reference = Fixture::new();
         let mut landed = 0;
-        for (version, as_of, upto) in batches {
+        for (published, as_of, upto) in batches {
             arrivals.land(&reference, landed, upto);
             landed = upto;
+            let version = (published.version, published.feed_version);
             assert_same(
-                &fx.published(Some(version)).await,
+                &fx.seen_after(&published).await,
                 &full_tags(&reference, &as_of).await,
-                &format!("seed {seed}: follow's version {version}, as of {as_of}, {upto} arrivals landed"),
+                &format!("seed {seed}: follow's version {version:?}, as of {as_of}, {upto} arrivals landed"),
             );
         }
     }
@@ -907,7 +916,7 @@ async fn a_micro_batch_evaluates_what_changed_and_equals_a_full_run() {
     assert_eq!(reports.len(), 2, "two batches published");
     let batch = &reports[1];
 
-    let tags = fx.published(Some(batch.published.version)).await;
+    let tags = fx.seen_after(&batch.published).await;
     assert_same(
         &tags,
         &full_tags(&fx, "2026-11-20T11:00:00Z").await,

@@ -430,6 +430,15 @@ impl Fixture {
     pub async fn published(&self, version: Option<u64>) -> Tags {
         read_tags(&self.warehouse_dir(), version).await
     }
+
+    /// What services saw after the publish `published` reported.
+    pub async fn seen_after(&self, published: &tagflow::publish::Published) -> Tags {
+        read_view_at(
+            &location(&self.warehouse_dir()),
+            Some((published.version, published.feed_version)),
+        )
+        .await
+    }
 }
 
 /// Read a published version (latest by default) of `customer_tags` under `warehouse`,
@@ -440,6 +449,10 @@ pub async fn read_tags(warehouse: &Path, version: Option<u64>) -> Tags {
 
 /// [`read_tags`] for a warehouse anywhere (a local folder or an object store).
 pub async fn read_tags_at(warehouse: &tagflow::storage::Location, version: Option<u64>) -> Tags {
+    if version.is_none() {
+        // The latest: what services see, live changes of a follow session included.
+        return read_view_at(warehouse, None).await;
+    }
     let batches = query_published(
         warehouse,
         TAGS_TABLE,
@@ -449,6 +462,17 @@ pub async fn read_tags_at(warehouse: &tagflow::storage::Location, version: Optio
     .await
     .expect("read customer_tags");
     tags_from(&batches)
+}
+
+/// What services saw after a publish (`customer_tags` at its version with the live changes
+/// of the feed at its version applied); `None`: now. Ordered by tag and customer.
+pub async fn read_view_at(warehouse: &tagflow::storage::Location, at: Option<(u64, Option<u64>)>) -> Tags {
+    let (_, rows) = tagflow::publish::tags::live_view(warehouse, at)
+        .await
+        .expect("read the live view");
+    let mut tags = tags_from(&rows);
+    tags.rows.sort_by(|a, b| (&a.tag, &a.customer_id).cmp(&(&b.tag, &b.customer_id)));
+    tags
 }
 
 /// Rows of `customer_id, family, tag, value, score` as [`Tags`].
