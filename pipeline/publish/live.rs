@@ -123,6 +123,29 @@ pub async fn live_rows(feed: &DeltaTable, version: u64) -> Result<Vec<RecordBatc
     collect(&ctx, feed, &sql).await
 }
 
+/// The feed rows a reader standing on `customer_tags` version `version` has not applied,
+/// in publish order: those of later versions, and the live rows on `version` newer than
+/// `live_as_of` (micros; `None`: all of them). Live rows on one version come from one
+/// `follow` session's batches, whose as-of times (the wall clock) only grow.
+pub async fn changes_after(
+    feed: &DeltaTable,
+    version: u64,
+    live_as_of: Option<i64>,
+) -> Result<Vec<RecordBatch>, PublishError> {
+    if feed.version().is_none() {
+        return Ok(Vec::new());
+    }
+    let ctx = SessionContext::new();
+    register(&ctx, feed, CHANGES_TABLE).await?;
+    let newer = live_as_of.map_or(String::new(), |micros| format!(" AND CAST(as_of AS BIGINT) > {micros}"));
+    let sql = format!(
+        "SELECT * FROM {CHANGES_TABLE} \
+         WHERE to_version > {version} OR (from_version = {version} AND to_version = {version}{newer}) \
+         ORDER BY COALESCE(from_version, -1), to_version, as_of"
+    );
+    collect(&ctx, feed, &sql).await
+}
+
 /// `rows` (`customer_tags` rows) with the feed rows `changes` applied in order: the last
 /// change of a customer and tag gives its row (none if it exited), with the change's as-of.
 pub fn apply(rows: Vec<RecordBatch>, changes: &[RecordBatch]) -> Vec<RecordBatch> {

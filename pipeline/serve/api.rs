@@ -21,6 +21,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::index::{SharedIndex, TagView};
+use super::live::LiveView;
 use super::query::{self, QueryResult};
 use super::AppState;
 use crate::publish::snapshots::{self, Snapshot};
@@ -152,6 +153,11 @@ struct Pin {
 }
 
 impl Pin {
+    /// Neither a version nor a time: the latest, live.
+    fn is_latest(&self) -> bool {
+        self.version.is_none() && self.as_of.is_none()
+    }
+
     async fn resolve(&self, state: &AppState) -> Result<SharedIndex, ApiError> {
         match (self.version, &self.as_of) {
             (Some(_), Some(_)) => Err(ApiError::BadRequest("give `version` or `as_of`, not both".into())),
@@ -197,8 +203,13 @@ fn check_limit(limit: Option<usize>, max: usize) -> Result<usize, ApiError> {
 #[derive(Serialize, ToSchema)]
 pub struct CustomerTags<'a> {
     pub customer_id: &'a str,
+    /// The `customer_tags` version the answer stands on.
     pub version: u64,
-    /// As-of time of the snapshot.
+    /// The `tag_changes` version whose live rows on `version` (`from_version = to_version
+    /// = version`) the answer includes; absent for a pinned version, which has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed_version: Option<u64>,
+    /// As-of time of the newest publish the answer includes.
     pub as_of: Option<&'a str>,
     pub tags: Vec<TagView<'a>>,
 }
@@ -207,7 +218,18 @@ fn customer<'a>(index: &'a SharedIndex, id: &'a str) -> Option<CustomerTags<'a>>
     index.customer(id).map(|tags| CustomerTags {
         customer_id: id,
         version: index.version,
+        feed_version: None,
         as_of: index.as_of_text(),
+        tags,
+    })
+}
+
+fn live_customer<'a>(view: &'a LiveView, id: &'a str) -> Option<CustomerTags<'a>> {
+    view.customer(id).map(|tags| CustomerTags {
+        customer_id: id,
+        version: view.version,
+        feed_version: view.feed_version,
+        as_of: view.as_of_text(),
         tags,
     })
 }
@@ -221,6 +243,17 @@ async fn customer_tags(
     Query(pin): Query<Pin>,
 ) -> Result<Response, ApiError> {
     check_id(&id)?;
+    if pin.is_latest() {
+        // The live view: the latest version with the change feed applied.
+        return state.with_live(|view| match live_customer(view, &id) {
+            Some(found) => Ok(axum::Json(found).into_response()),
+            None => Err(ApiError::NotFound(format!(
+                "customer '{id}' has no tags at version {} (feed version {})",
+                view.version,
+                view.feed_version.map_or("none".to_string(), |v| v.to_string())
+            ))),
+        })?;
+    }
     let index = pin.resolve(&state).await?;
     match customer(&index, &id) {
         Some(found) => Ok(axum::Json(found).into_response()),
@@ -241,6 +274,9 @@ pub struct BatchGetRequest {
 #[derive(Serialize, ToSchema)]
 pub struct BatchGetResponse<'a> {
     pub version: u64,
+    /// See [`CustomerTags::feed_version`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed_version: Option<u64>,
     pub as_of: Option<&'a str>,
     /// Customers with tags, in request order (each id once).
     pub customers: Vec<CustomerTags<'a>>,
@@ -266,23 +302,51 @@ async fn batch_get(
     for id in &request.customer_ids {
         check_id(id)?;
     }
-    let index = pin.resolve(&state).await?;
     let mut seen = HashSet::new();
-    let mut customers = Vec::new();
-    let mut not_found = Vec::new();
-    for id in request.customer_ids.iter().filter(|id| seen.insert(id.as_str())) {
-        match customer(&index, id) {
-            Some(found) => customers.push(found),
-            None => not_found.push(id.as_str()),
-        }
+    let ids: Vec<&str> = request
+        .customer_ids
+        .iter()
+        .map(String::as_str)
+        .filter(|id| seen.insert(*id))
+        .collect();
+    if pin.is_latest() {
+        return state.with_live(|view| {
+            let (customers, not_found) = found_or_not(ids.iter().map(|id| (*id, live_customer(view, id))));
+            axum::Json(BatchGetResponse {
+                version: view.version,
+                feed_version: view.feed_version,
+                as_of: view.as_of_text(),
+                customers,
+                not_found,
+            })
+            .into_response()
+        });
     }
+    let index = pin.resolve(&state).await?;
+    let (customers, not_found) = found_or_not(ids.iter().map(|id| (*id, customer(&index, id))));
     Ok(axum::Json(BatchGetResponse {
         version: index.version,
+        feed_version: None,
         as_of: index.as_of_text(),
         customers,
         not_found,
     })
     .into_response())
+}
+
+/// The customers found, and the ids of those not found.
+fn found_or_not<'a>(
+    answers: impl Iterator<Item = (&'a str, Option<CustomerTags<'a>>)>,
+) -> (Vec<CustomerTags<'a>>, Vec<&'a str>) {
+    let mut customers = Vec::new();
+    let mut not_found = Vec::new();
+    for (id, tags) in answers {
+        match tags {
+            Some(tags) => customers.push(tags),
+            None => not_found.push(id),
+        }
+    }
+    (customers, not_found)
 }
 
 // ---- segments ----

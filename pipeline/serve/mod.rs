@@ -10,6 +10,7 @@
 mod api;
 pub mod error;
 pub mod index;
+pub mod live;
 pub(crate) mod metrics;
 pub mod query;
 
@@ -25,10 +26,11 @@ use tokio::sync::watch;
 pub use api::ApiDoc;
 use error::ApiError;
 use index::{SharedIndex, TagIndex};
+use live::LiveView;
 use metrics::{Metrics, ReloadLabels};
 use query::QueryLimits;
 
-use crate::publish::{open_published, PublishError, TAGS_TABLE};
+use crate::publish::{open_published, PublishError, CHANGES_TABLE, TAGS_TABLE};
 use crate::storage::Location;
 
 /// `[serve]` settings, resolved (see `config::ServeConfig` for the file keys).
@@ -85,6 +87,10 @@ pub struct AppState {
     warehouse: Location,
     settings: ServeSettings,
     current: RwLock<Option<SharedIndex>>,
+    /// What customer lookups answer from: the latest merged version loaded (`current`)
+    /// with the change feed's rows since applied. A reload applies a feed version's rows
+    /// under the write lock, so a lookup sees all of them or none.
+    live: RwLock<Option<LiveView>>,
     /// Indexes of pinned versions, most recently used first.
     pinned: Mutex<VecDeque<SharedIndex>>,
     metrics: Metrics,
@@ -130,48 +136,138 @@ impl AppState {
         Ok(index)
     }
 
-    /// Load the latest version if it is newer than the served one; true if it swapped.
-    async fn reload(&self, table: &mut Option<DeltaTable>) -> Result<bool, PublishError> {
-        let served = self.current().map(|i| i.version);
-        let delta = match table {
-            Some(delta) => {
-                let latest = delta.get_latest_version().await.map_err(|source| PublishError::Open {
-                    url: delta.table_url().to_string(),
-                    source,
-                })?;
-                if Some(latest as u64) == served {
-                    return Ok(false);
-                }
-                delta
-                    .update_incremental(None)
-                    .await
-                    .map_err(|source| PublishError::Open {
-                        url: delta.table_url().to_string(),
-                        source,
-                    })?;
-                delta
-            }
-            None => table.insert(open_published(&self.warehouse, TAGS_TABLE, None).await?),
+    /// Bring the served view up to date; true if it changed. The first time (or after an
+    /// error) the latest `customer_tags` version is loaded whole, with the live changes on
+    /// top of it; then each new feed version's rows are applied to it (the cost of what
+    /// changed), and a merged version newer than the loaded one is loaded in the
+    /// background for segment pages.
+    async fn reload(&self, tables: &mut Tables) -> Result<bool, PublishError> {
+        let mut swapped = self.swap_rebuilt_base(tables).await?;
+        let Some((version, feed_version, live_as_of)) = self.live_position() else {
+            return self.load_whole(tables).await;
         };
-        if delta.version() == served {
-            return Ok(false);
+        let feed = match &mut tables.feed {
+            Some(feed) => feed,
+            None => match open_published(&self.warehouse, CHANGES_TABLE, None).await {
+                Ok(feed) => tables.feed.insert(feed),
+                Err(PublishError::NotFound { .. }) => return Ok(swapped),
+                Err(error) => return Err(error),
+            },
+        };
+        let latest = feed.get_latest_version().await.map_err(|source| PublishError::Open {
+            url: feed.table_url().to_string(),
+            source,
+        })?;
+        if Some(latest as u64) != feed_version {
+            let started = Instant::now();
+            feed.update_incremental(None).await.map_err(|source| PublishError::Open {
+                url: feed.table_url().to_string(),
+                source,
+            })?;
+            let changes = crate::publish::live::changes_after(feed, version, live_as_of).await?;
+            let rows: usize = changes.iter().map(|b| b.num_rows()).sum();
+            let mut live = self.live.write().expect("live lock");
+            let view = live.as_mut().expect("loaded above");
+            view.apply(&changes, feed.version());
+            self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
+            tracing::debug!(
+                version = view.version,
+                feed_version = view.feed_version,
+                rows,
+                changed_customers = view.changed_customers(),
+                ms = started.elapsed().as_millis() as u64,
+                "applied the change feed"
+            );
+            swapped = true;
         }
+        self.rebuild_base_if_behind(tables);
+        Ok(swapped)
+    }
+
+    /// `(version, feed version, as-of of the live rows applied)` of the live view.
+    fn live_position(&self) -> Option<(u64, Option<u64>, Option<i64>)> {
+        let live = self.live.read().expect("live lock");
+        live.as_ref().map(|v| (v.version, v.feed_version, v.live_as_of))
+    }
+
+    /// Load the latest `customer_tags` version whole, with the live changes on top of it.
+    async fn load_whole(&self, tables: &mut Tables) -> Result<bool, PublishError> {
         let started = Instant::now();
-        let index = Arc::new(TagIndex::from_table(delta).await?);
+        let table = open_published(&self.warehouse, TAGS_TABLE, None).await?;
+        let base = Arc::new(TagIndex::from_table(&table).await?);
+        let feed = match open_published(&self.warehouse, CHANGES_TABLE, None).await {
+            Ok(feed) => Some(feed),
+            Err(PublishError::NotFound { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        let mut view = LiveView::new(base.clone(), feed.as_ref().and_then(DeltaTable::version));
+        if let Some(feed) = &feed {
+            let changes = crate::publish::live::changes_after(feed, base.version, None).await?;
+            view.apply(&changes, feed.version());
+        }
         self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
-        self.metrics.snapshot_version.set(index.version as i64);
-        self.metrics.snapshot_customers.set(index.customer_count() as i64);
+        self.metrics.snapshot_version.set(base.version as i64);
+        self.metrics.snapshot_customers.set(base.customer_count() as i64);
         tracing::info!(
-            version = index.version,
-            customers = index.customer_count(),
-            rows = index.row_count(),
+            version = view.version,
+            feed_version = view.feed_version,
+            customers = base.customer_count(),
+            rows = base.row_count(),
             seconds = started.elapsed().as_secs_f64(),
             "serving a new snapshot"
         );
+        tables.feed = feed;
         // The swap: new requests see the new index; the old one lives until its last reader ends.
-        *self.current.write().expect("index lock") = Some(index);
+        *self.current.write().expect("index lock") = Some(base);
+        *self.live.write().expect("live lock") = Some(view);
         Ok(true)
     }
+
+    /// Start loading the merged version the live view stands on when it is newer than the
+    /// loaded base (segment pages answer from the base), one load at a time.
+    fn rebuild_base_if_behind(&self, tables: &mut Tables) {
+        let Some(version) = self.live_position().map(|(v, _, _)| v) else {
+            return;
+        };
+        let base_version = self.current().map(|b| b.version);
+        if tables.rebuilding.is_some() || base_version >= Some(version) {
+            return;
+        }
+        let warehouse = self.warehouse.clone();
+        tables.rebuilding = Some(tokio::spawn(async move {
+            TagIndex::load(&warehouse, Some(version)).await.map(Arc::new)
+        }));
+    }
+
+    /// Serve a base loaded in the background once it is ready; true if it swapped.
+    async fn swap_rebuilt_base(&self, tables: &mut Tables) -> Result<bool, PublishError> {
+        if !tables.rebuilding.as_ref().is_some_and(|task| task.is_finished()) {
+            return Ok(false);
+        }
+        let task = tables.rebuilding.take().expect("checked");
+        let base = task.await.expect("loading a base does not panic")?;
+        self.metrics.snapshot_version.set(base.version as i64);
+        self.metrics.snapshot_customers.set(base.customer_count() as i64);
+        tracing::info!(version = base.version, "segment pages now answer from a newer merged version");
+        if let Some(view) = self.live.write().expect("live lock").as_mut() {
+            view.rebase(base.clone());
+        }
+        *self.current.write().expect("index lock") = Some(base);
+        Ok(true)
+    }
+
+    /// Answer from the live view: `f` sees it whole (no reload applies rows meanwhile).
+    pub(crate) fn with_live<T>(&self, f: impl FnOnce(&LiveView) -> T) -> Result<T, ApiError> {
+        let live = self.live.read().expect("live lock");
+        live.as_ref().map(f).ok_or(ApiError::NotReady)
+    }
+}
+
+/// What the reload loop keeps between reloads.
+#[derive(Default)]
+struct Tables {
+    feed: Option<DeltaTable>,
+    rebuilding: Option<tokio::task::JoinHandle<Result<SharedIndex, PublishError>>>,
 }
 
 /// A running server.
@@ -209,6 +305,7 @@ pub async fn start(
         warehouse,
         settings,
         current: RwLock::new(None),
+        live: RwLock::new(None),
         pinned: Mutex::new(VecDeque::new()),
         metrics: Metrics::default(),
     });
@@ -234,10 +331,10 @@ pub async fn start(
 
 /// Check for a new version every `reload_interval` until shutdown.
 async fn reload_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
-    let mut table = None;
+    let mut tables = Tables::default();
     let mut waiting_logged = false;
     loop {
-        match state.reload(&mut table).await {
+        match state.reload(&mut tables).await {
             Ok(true) => {
                 state
                     .metrics
@@ -259,8 +356,8 @@ async fn reload_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
                     .get_or_create(&ReloadLabels { result: "error" })
                     .inc();
                 tracing::warn!(%error, "snapshot reload failed; still serving the previous one");
-                // Start over from a fresh open next time.
-                table = None;
+                // Open the tables again next time (the view keeps serving meanwhile).
+                tables = Tables::default();
             }
         }
         tokio::select! {
