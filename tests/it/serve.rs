@@ -764,3 +764,120 @@ fn serve_stops_cleanly_on_sigterm_before_it_listens() {
     assert_eq!(status.code(), Some(0), "serve exits 0 on SIGTERM: {status}\n{log_text}");
     assert!(log_text.contains("SIGTERM"), "{log_text}");
 }
+
+/// Issue 26: `follow`'s micro-batches reach the lookup API before `customer_tags` merges
+/// them. With merges a day apart, every batch after the first keeps its changes live (in the
+/// feed, on top of version 0); a running server applies each feed version, and every lookup
+/// equals what a reader opens from the two versions it names (`customer_tags` at `version`
+/// with the feed's live rows at `feed_version`), including customers reached only through a
+/// shared device. A run then merges the live changes: `customer_tags` version 1 holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_see_live_changes_before_customer_tags_merges_them() {
+    let fx = Fixture::new();
+    let mut first: Vec<Click> = (0..30)
+        .map(|i| view(&format!("k{i}"), &format!("c{i}"), "2026-11-15T10:00:00Z").category("shoes"))
+        .collect();
+    first.extend((1..=4).map(|i| view(&format!("kd{i}"), &format!("s{i}"), "2026-11-16T10:00:00Z").device("d1")));
+    fx.clicks("dt=2026-11-16/a.parquet", &first);
+    let config = "[publish]\nmerge_every = \"1d\"\n";
+    let settings = fx.settings("2026-01-01T00:00:00Z", Some(config)).expect("settings");
+    let mut options = settings.serve.clone();
+    options.listen = "127.0.0.1:0".parse().expect("addr");
+    options.reload_interval = Duration::from_millis(50);
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = serve::start(settings.warehouse.clone().expect("warehouse"), options, async move {
+        let _ = server_stopped.await;
+    })
+    .await
+    .expect("server starts");
+
+    let landings: Vec<(&str, Vec<Click>)> = vec![
+        // c3 views again, a new customer n1 appears.
+        (
+            "dt=2026-11-20/b.parquet",
+            vec![
+                view("k-c3", "c3", "2026-11-20T09:00:00Z"),
+                view("k-n1", "n1", "2026-11-20T09:10:00Z").category("bags"),
+            ],
+        ),
+        // A fifth customer on d1: s1..s5 now share a device.
+        ("dt=2026-11-20/c.parquet", vec![view("kd5", "s5", "2026-11-20T09:20:00Z").device("d1")]),
+    ];
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_tx = Some(stop_tx);
+    let mut reports: Vec<tagflow::app::report::RunReport> = Vec::new();
+    let on_batch = |report: &tagflow::app::report::RunReport| {
+        reports.push(report.clone());
+        match landings.get(reports.len() - 1) {
+            Some((file, clicks)) => {
+                fx.clicks(file, clicks);
+            }
+            None => {
+                if let Some(tx) = stop_tx.take() {
+                    tx.send(()).expect("the session is waiting");
+                }
+            }
+        }
+    };
+    let times = std::sync::Mutex::new(vec!["2026-11-20T10:10:00Z", "2026-11-20T10:05:00Z", "2026-11-20T10:00:00Z"]);
+    let clock = || {
+        let next = times.lock().unwrap().pop().unwrap_or("2026-11-20T10:15:00Z");
+        chrono::DateTime::parse_from_rfc3339(next).unwrap().with_timezone(&chrono::Utc)
+    };
+    let metrics = tagflow::app::metrics::FollowMetrics::default();
+    let stop = async {
+        stop_rx.await.ok();
+    };
+    tagflow::app::follow::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock)
+        .await
+        .expect("follow");
+    assert_eq!(reports.len(), 3, "three batches published");
+    assert!(reports[0].published.merged, "the first batch evaluates everyone and merges");
+    for report in &reports[1..] {
+        assert!(!report.published.merged, "a micro-batch keeps its changes live");
+        assert_eq!(report.published.version, 0, "customer_tags has no new version");
+        assert!(report.published.changes.is_some_and(|c| c.total() > 0));
+    }
+    let last = &reports[2].published;
+    let seen = fx.seen_after(last).await;
+    assert_eq!(seen.value("s1", "shared_device").as_deref(), Some("true"), "reached through the device");
+    assert!(seen.value("n1", "lifecycle").is_some(), "a new customer entered");
+    assert_ne!(seen.rows, fx.published(Some(0)).await.rows, "the live changes are not in version 0");
+
+    // The server catches up with the feed, and each lookup equals the view it names.
+    let mut client = Client::new(server.addr);
+    let mut caught_up = false;
+    for _ in 0..300 {
+        let reply = client.get("/v1/customers/n1/tags").await;
+        if reply.status == 200 && reply.json()["feed_version"].as_u64() == last.feed_version {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(caught_up, "the server applied the feed up to version {:?}", last.feed_version);
+    let expected = by_customer(&seen);
+    for (id, rows) in &expected {
+        let reply = client.get(&format!("/v1/customers/{id}/tags")).await;
+        assert_eq!(reply.status, 200, "{id}: {}", reply.text());
+        let body = reply.json();
+        assert_eq!(body["version"].as_u64(), Some(0));
+        assert_eq!(body["feed_version"].as_u64(), last.feed_version);
+        assert_eq!(&api_rows(&body), rows, "{id}");
+    }
+    let batch = client
+        .post("/v1/customers:batchGet", &json!({ "customer_ids": ["s5", "nobody"] }))
+        .await
+        .json();
+    assert_eq!(batch["feed_version"].as_u64(), last.feed_version);
+    assert_eq!(api_rows(&batch["customers"][0]), expected["s5"]);
+    assert_eq!(batch["not_found"], json!(["nobody"]));
+
+    // A run merges the live changes into customer_tags.
+    let report = fx.try_run("2026-11-20T10:10:00Z", Some(config)).await.expect("run");
+    assert!(report.published.merged);
+    assert_eq!(report.published.version, 1);
+    assert_eq!(fx.published(Some(1)).await.rows, seen.rows, "version 1 holds what lookups saw");
+    let _ = stop_server.send(());
+    server.wait().await.expect("server stops");
+}
