@@ -1,7 +1,9 @@
 //! Real time at size (issue 26): a `tagflow follow` session on 60 days of history at
 //! 100k and at 1M customers, fed one 50k-event file per second, with the shipped gates.
 //! Per size: the initial full run, then per batch its duration by stage and the customers
-//! it evaluated, landing → `customer_tags` freshness p50/p95/max and follow's peak RSS;
+//! it evaluated, landing → published freshness and landing → lookup-API freshness (a
+//! `tagflow serve` runs beside follow; each file holds one view of a new probe customer)
+//! p50/p95/max, and the peak RSS of follow and serve;
 //! then the growth from the smallest to the largest size, side by side in one run, and the
 //! projection to 10M customers from that growth.
 //!
@@ -58,18 +60,31 @@ fn main() {
 fn compare(measured: &[(usize, f64, FollowFigures)]) {
     println!("\n== side by side (one run, one machine)");
     println!(
-        "{:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "customers", "full s", "batch p50", "batch p95", "fresh p50", "fresh p95", "evaluated", "RSS MiB"
+        "{:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>9}",
+        "customers",
+        "full s",
+        "batch p50",
+        "batch p95",
+        "pub p50",
+        "pub p95",
+        "lookup p50",
+        "lookup p95",
+        "evaluated",
+        "follow MiB",
+        "serve MiB"
     );
     for (customers, full, f) in measured {
         println!(
-            "{customers:>10} {full:>9.1} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10.0}",
+            "{customers:>10} {full:>7.1} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10.0} {:>9.0}",
             pct(&f.batch_ms, 50),
             pct(&f.batch_ms, 95),
             pct(&f.lags_ms, 50),
             pct(&f.lags_ms, 95),
+            pct(&f.lookup_lags_ms, 50),
+            pct(&f.lookup_lags_ms, 95),
             pct(&f.evaluated, 50),
-            f.peak_rss_mib
+            f.peak_rss_mib,
+            f.serve_peak_rss_mib
         );
     }
     let (Some((small, _, a)), Some((large, _, b))) = (measured.first(), measured.last()) else {

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each bench uses part of it
 
+#[path = "../../tests/it/http.rs"]
+mod http;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -163,6 +166,15 @@ pub struct FollowFigures {
     /// (a batch that evaluated everyone counts every customer of the report).
     pub evaluated: Vec<u64>,
     pub peak_rss_mib: f64,
+    /// Per file: from its appearance until the lookup API answers for its probe customer
+    /// (ms), sorted.
+    pub lookup_lags_ms: Vec<u64>,
+    /// `tagflow serve`'s peak RSS (MiB).
+    pub serve_peak_rss_mib: f64,
+    /// Publishes that merged into `customer_tags` (the others stayed live).
+    pub merges: usize,
+    /// Per tag and measure: p50 of its duration over the batches (ms).
+    pub jobs_p50_ms: std::collections::BTreeMap<String, u64>,
 }
 
 /// The `p`th percentile (nearest rank) of sorted `values`.
@@ -170,15 +182,22 @@ pub fn pct(values: &[u64], p: usize) -> u64 {
     values[(values.len() * p).div_ceil(100).max(1) - 1]
 }
 
-/// A `tagflow follow --interval 1s` session (the shipped gates on) fed one file of 50k
-/// product views of random customers per second for `length`.
+/// Follow's idle wait between batches in the follow benches.
+pub const FOLLOW_INTERVAL: &str = "250ms";
+/// Serve's reload interval in the follow benches.
+pub const SERVE_RELOAD: &str = "100ms";
+
+/// A `tagflow follow` session (the shipped gates on) fed one file of 50k product views of
+/// random customers per second for `length`, with `tagflow serve` beside it: each file also
+/// holds one view by a new probe customer, and a prober asks the lookup API for it until it
+/// answers (landing → lookup-API freshness).
 pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) -> FollowFigures {
     let files = length.as_secs() as usize;
     let folder = landing.join("clicks/follow");
     std::fs::create_dir_all(&folder).unwrap();
     #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
     let mut child = tagflow()
-        .args(["follow", "--json", "--interval", "1s", "--landing"])
+        .args(["follow", "--json", "--interval", FOLLOW_INTERVAL, "--landing"])
         .arg(landing)
         .arg("--warehouse")
         .arg(warehouse)
@@ -191,6 +210,20 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         std::io::BufReader::new(stdout).read_to_string(&mut text).unwrap();
         text
     });
+    let config = warehouse.with_extension("serve.toml");
+    std::fs::write(&config, format!("[serve]\nreload_interval = \"{SERVE_RELOAD}\"\n")).unwrap();
+    #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
+    let mut server = tagflow()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--warehouse")
+        .arg(warehouse)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start tagflow serve");
+    let addr = http::listening_address(&mut server);
+    let (probes, probed) = std::sync::mpsc::channel::<(usize, Instant)>();
+    let prober = std::thread::spawn(move || probe_lookups(addr, probed));
     std::thread::sleep(Duration::from_secs(2)); // the first batch catches up
     let started = Instant::now();
     for i in 0..files {
@@ -199,16 +232,22 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         let hidden = folder.join(format!(".part-{i:05}.tmp"));
         std::fs::write(&hidden, &bytes).unwrap();
         std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
+        probes.send((i, Instant::now())).unwrap();
         let next = started + Duration::from_secs(i as u64 + 1);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    std::thread::sleep(Duration::from_secs(6)); // let the last files publish
+    drop(probes);
+    let mut lookup_lags_ms = prober.join().unwrap();
+    lookup_lags_ms.sort_unstable();
+    std::thread::sleep(Duration::from_secs(2)); // let the last batch's report out
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
+        libc::kill(server.id() as i32, libc::SIGTERM);
     }
     let text = reader.join().unwrap();
     let (status, peak_rss_mib) = wait_with_rusage(child.id());
     assert_eq!(status, 0, "follow exits 0 on SIGTERM");
+    let (_, serve_peak_rss_mib) = wait_with_rusage(server.id());
 
     let mut figures = FollowFigures {
         files,
@@ -217,7 +256,12 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         stages_p50_ms: Default::default(),
         evaluated: Vec::new(),
         peak_rss_mib,
+        lookup_lags_ms,
+        serve_peak_rss_mib,
+        merges: 0,
+        jobs_p50_ms: Default::default(),
     };
+    let mut jobs = std::collections::BTreeMap::new();
     let mut stages = std::collections::BTreeMap::new();
     for line in text.lines() {
         let report: serde_json::Value = serde_json::from_str(line).expect("JSON line");
@@ -230,11 +274,16 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
             .lags_ms
             .extend(std::iter::repeat_n(freshness["max_ms"].as_u64().unwrap(), files));
         figures.batch_ms.push(report["duration_ms"].as_u64().unwrap());
+        figures.merges += usize::from(report["published"]["merged"].as_bool().unwrap_or(true));
         for (stage, ms) in report["stages_ms"].as_object().unwrap() {
             stages
                 .entry(stage.clone())
                 .or_insert_with(Vec::new)
                 .push(ms.as_u64().unwrap());
+        }
+        for job in report["tags"].as_array().unwrap().iter().chain(report["measures"].as_array().unwrap()) {
+            let name = job["tag"].as_str().or(job["measure"].as_str()).unwrap_or_default().to_string();
+            jobs.entry(name).or_insert_with(Vec::new).push(job["duration_ms"].as_u64().unwrap_or(0));
         }
         let lifecycle = report["tags"]
             .as_array()
@@ -253,6 +302,10 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         ms.sort_unstable();
         figures.stages_p50_ms.insert(stage, pct(&ms, 50));
     }
+    for (job, mut ms) in jobs {
+        ms.sort_unstable();
+        figures.jobs_p50_ms.insert(job, pct(&ms, 50));
+    }
     figures.print();
     figures
 }
@@ -260,7 +313,8 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
 impl FollowFigures {
     pub fn print(&self) {
         println!(
-            "\n-- follow: {} files of {FOLLOW_FILE_EVENTS} events, one per second, interval 1s, shipped gates",
+            "\n-- follow: {} files of {FOLLOW_FILE_EVENTS} events, one per second, interval {FOLLOW_INTERVAL}, shipped gates; \
+             serve beside it (reload {SERVE_RELOAD})",
             self.files
         );
         println!(
@@ -268,10 +322,22 @@ impl FollowFigures {
             self.lags_ms.len()
         );
         println!(
-            "freshness          p50 {} ms, p95 {} ms, max {} ms (landing -> customer_tags)",
+            "freshness          p50 {} ms, p95 {} ms, max {} ms (landing -> published: feed, and customer_tags at its merges)",
             pct(&self.lags_ms, 50),
             pct(&self.lags_ms, 95),
             self.lags_ms.last().unwrap()
+        );
+        println!(
+            "lookup freshness   p50 {} ms, p95 {} ms, max {} ms (landing -> the lookup API answers for the file's probe customer; {} files)",
+            pct(&self.lookup_lags_ms, 50),
+            pct(&self.lookup_lags_ms, 95),
+            self.lookup_lags_ms.last().copied().unwrap_or_default(),
+            self.lookup_lags_ms.len()
+        );
+        println!(
+            "merges             {} of {} publishes merged into customer_tags (the others stayed live)",
+            self.merges,
+            self.batch_ms.len()
         );
         println!(
             "batch duration     p50 {} ms, p95 {} ms, max {} ms ({} batches)",
@@ -286,8 +352,42 @@ impl FollowFigures {
         );
         let stages: Vec<String> = self.stages_p50_ms.iter().map(|(s, ms)| format!("{s} {ms}")).collect();
         println!("stages, p50 (ms)   {}", stages.join(", "));
-        println!("peak memory (RSS)  {:.0} MiB", self.peak_rss_mib);
+        let mut jobs: Vec<(&String, &u64)> = self.jobs_p50_ms.iter().collect();
+        jobs.sort_by_key(|(_, ms)| std::cmp::Reverse(**ms));
+        let jobs: Vec<String> = jobs.iter().take(8).map(|(j, ms)| format!("{j} {ms}")).collect();
+        println!("slowest jobs, p50  {} (ms; jobs run side by side)", jobs.join(", "));
+        println!(
+            "peak memory (RSS)  follow {:.0} MiB, serve {:.0} MiB",
+            self.peak_rss_mib, self.serve_peak_rss_mib
+        );
     }
+}
+
+/// The id of the new customer whose one view file `index` holds.
+pub fn probe_customer(index: usize) -> String {
+    format!("probe-{index:05}")
+}
+
+/// For each file `(index, landed at)` in order, ask the lookup API for its probe customer
+/// every 10 ms until it answers; the lags in ms, in file order.
+fn probe_lookups(addr: std::net::SocketAddr, files: std::sync::mpsc::Receiver<(usize, Instant)>) -> Vec<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let mut client = http::Client::new(addr);
+        let mut lags = Vec::new();
+        while let Ok((index, landed)) = files.recv() {
+            let path = format!("/v1/customers/{}/tags", probe_customer(index));
+            loop {
+                if client.get(&path).await.status == 200 {
+                    lags.push(landed.elapsed().as_millis() as u64);
+                    break;
+                }
+                assert!(landed.elapsed() < Duration::from_secs(600), "file {index} never reached the lookup API");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        lags
+    })
 }
 
 /// 50k product views of random customers, in the last minute.
@@ -302,8 +402,13 @@ pub fn click_file(index: usize, customers: usize) -> Vec<u8> {
         state ^= state >> 27;
         state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     };
-    let picks: Vec<u64> = (0..rows).map(|_| next()).collect();
+    // One more row: the file's probe customer (see `probe_lookups`).
+    let picks: Vec<u64> = (0..=rows).map(|_| next()).collect();
     let customer = |p: u64| p as usize % customers + 1;
+    let customer_id = |i: usize, p: u64| match i == rows {
+        true => probe_customer(index),
+        false => format!("cust-{:06}", customer(p)),
+    };
     let column = |f: &dyn Fn(usize, u64) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(
             picks.iter().enumerate().map(|(i, p)| f(i, *p)),
@@ -324,7 +429,7 @@ pub fn click_file(index: usize, customers: usize) -> Vec<u8> {
     ]));
     let columns: Vec<ArrayRef> = vec![
         column(&|i, _| format!("follow-{index}-{i}")),
-        column(&|_, p| format!("cust-{:06}", customer(p))),
+        column(&|i, p| customer_id(i, p)),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(picks.iter().map(|p| now - (p % 60_000_000) as i64))
                 .with_timezone("UTC"),
