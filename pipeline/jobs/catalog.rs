@@ -18,9 +18,6 @@ use crate::sources::schema::Schemas;
 /// The tables a state job's merge SQL reads: its current rows and the batch's new rows.
 pub const CURRENT_ROWS: &str = "current_rows";
 pub const NEW_ROWS: &str = "new_rows";
-/// Table of [`Job::touched_segments_sql`]: a state table's key columns and the segment of each row.
-pub const CURRENT_KEYS: &str = "current_keys";
-pub const SEGMENT_COLUMN: &str = "tagflow_segment";
 
 /// Built-in placeholders available to every job.
 pub const BUILTIN_PARAMS: [&str; 2] = ["as_of", "as_of_day"];
@@ -348,18 +345,6 @@ impl Job {
              SELECT * FROM (\n\
                  SELECT * FROM untouched_rows UNION ALL SELECT * FROM single_rows UNION ALL SELECT * FROM merged_rows\n\
              ) AS kept_rows{retention}"
-        )
-    }
-
-    /// The SQL that finds which segments of a state table hold a key of the new rows:
-    /// the distinct [`SEGMENT_COLUMN`] values of [`CURRENT_KEYS`] (the table's key columns
-    /// and the segment of each row) whose key is among [`NEW_ROWS`]' keys.
-    pub fn touched_segments_sql(&self) -> String {
-        let keys = self.key_list();
-        let on = self.key_match("t");
-        format!(
-            "WITH touched_keys AS (SELECT DISTINCT {keys} FROM {NEW_ROWS})\n\
-             SELECT DISTINCT c.{SEGMENT_COLUMN} FROM {CURRENT_KEYS} c LEFT SEMI JOIN touched_keys t ON {on}"
         )
     }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, Int64Array, StringArray, UInt32Array};
-use arrow::compute::{cast, take_record_batch};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, UInt32Array};
+use arrow::compute::{cast, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
@@ -22,7 +22,7 @@ use crate::state::tables::{Segment, StateTable, Table};
 
 use super::customers::{customer_ids, CustomerBits, Customers, Numbering, CUSTOMER_ID};
 use super::catalog::{
-    check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_KEYS, CURRENT_ROWS, NEW_ROWS, SEGMENT_COLUMN,
+    check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +84,10 @@ pub fn tag_rows_schema() -> SchemaRef {
     ]))
 }
 
-/// Segments a table without a `day_column` keeps before a fold merges its smallest ones.
+/// Segments a table without a `day_column` keeps before a fold joins its smallest ones.
 pub const MAX_KEYED_SEGMENTS: usize = 8;
+/// Segments one day of a day-segmented table keeps before a fold joins them.
+pub const MAX_DAY_SEGMENTS: usize = 8;
 
 /// What folding one batch into a state table did.
 #[derive(Debug, Clone)]
@@ -156,6 +158,13 @@ pub async fn fold_state(
 }
 
 /// Fold the events into one state job's table (`current`; `None` when the state is empty).
+///
+/// The current rows of the keys the new rows touch are taken out of their segments (in
+/// memory: the stored files stay as they are) and merged with the new rows into new
+/// segments, which come after every other: a stored key's newest segment holds its row, and
+/// a state loaded from storage keeps only that one ([`newest_rows_only`]). So a fold costs
+/// what it touched and writes only its new segments, however large the table; a day (or a
+/// keyed table) with too many segments has them joined into one.
 async fn fold_one(
     job: Job,
     streams: Arc<BTreeMap<String, Arc<MemTable>>>,
@@ -170,37 +179,43 @@ async fn fold_one(
     let schema = Arc::new(state_schema(&derived.schema));
     let new_rows = conform(&job, derived.batches, &schema)?;
     check_keys(&job, &new_rows)?;
+    let exclusive = current.as_ref().is_some_and(|t| t.exclusive);
     let mut segments = Vec::new();
-    let stored_segments = current.as_ref().map_or(0, |t| t.segments.len());
     for segment in current.map(|t| t.segments).unwrap_or_default() {
         segments.push(Segment {
             batches: conform(&job, segment.batches, &schema)?,
             ..segment
         });
     }
+    if !exclusive {
+        newest_rows_only(&job, &mut segments);
+    }
     let day_column = job.state.as_ref().and_then(|s| s.day_column.clone());
-    let (mut kept, rewritten) = match &day_column {
-        Some(column) => {
-            let oldest_kept =
-                as_of.timestamp().div_euclid(86_400) - job.retain_days().expect("checked by the catalog") + 1;
-            touched_days(segments, &day_values(&job, &new_rows, column)?, oldest_kept)
-        }
-        None => touched_keys(&job, &schema, segments, &new_rows, partitions).await?,
+    // Retention: whole days past it go.
+    let mut dropped = false;
+    if day_column.is_some() {
+        let oldest_kept =
+            as_of.timestamp().div_euclid(86_400) - job.retain_days().expect("checked by the catalog") + 1;
+        segments.retain(|s| {
+            let kept = s.day.is_none_or(|day| day >= oldest_kept);
+            dropped |= !kept && s.rows() > 0;
+            kept
+        });
+    }
+    let new_days = match &day_column {
+        Some(column) => Some(day_values(&job, &new_rows, column)?),
+        None => None,
     };
-    let dropped = stored_segments > kept.len() + rewritten.len();
+    // The current rows of the touched keys, out of their segments.
+    let touched = take_touched_rows(&job, &mut segments, &new_rows, new_days.as_ref());
     let changed_customers = match dropped {
         true => None,
-        false => changed_customers(&job, &new_rows, &rewritten),
+        false => changed_customers(&job, &new_rows, &touched),
     };
-    // Only the touched segments and the new rows are merged (nothing at all when neither).
     let mut merged = Vec::new();
-    if !rewritten.is_empty() || !new_rows.is_empty() {
+    if !touched.is_empty() || !new_rows.is_empty() {
         let mut inputs = BTreeMap::new();
-        let current_rows = rewritten.into_iter().flat_map(|s| s.batches).collect();
-        inputs.insert(
-            CURRENT_ROWS.to_string(),
-            mem_table(schema.clone(), current_rows, partitions),
-        );
+        inputs.insert(CURRENT_ROWS.to_string(), mem_table(schema.clone(), touched, partitions));
         inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let (batches, _) = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions)
@@ -210,18 +225,20 @@ async fn fold_one(
     }
     let rows_rewritten = merged.iter().map(|b| b.num_rows()).sum();
     match &day_column {
-        Some(column) => {
-            kept.extend(split_by_day(&job, merged, column)?);
-            kept.sort_by_key(|s| s.day);
-        }
-        None if !merged.is_empty() => kept.push(Segment::new(None, merged)),
+        Some(column) => segments.extend(split_by_day(&job, merged, column)?),
+        None if !merged.is_empty() => segments.push(Segment::new(None, merged)),
         None => {}
     }
+    let mut kept = join_small_segments(segments, day_column.is_some());
     if kept.is_empty() {
         // An empty table still stores its schema.
         kept.push(Segment::new(None, Vec::new()));
     }
-    let table = StateTable { schema, segments: kept };
+    let table = StateTable {
+        schema,
+        segments: kept,
+        exclusive: true,
+    };
     let run = StateRun {
         job: job.name.clone(),
         new_rows: derived.rows,
@@ -233,42 +250,127 @@ async fn fold_one(
     Ok((table, run))
 }
 
-/// The customers whose rows a fold of `new_rows` into the `rewritten` segments may change:
-/// those of the new rows and, where the key does not hold the customer (an order's row
-/// names the customer of its earliest event), those of the old rows with a key of a new
-/// row. Rows of other keys come out of the merge as they went in. `None` without a
-/// `customer_id` column, or when a row names no customer.
-fn changed_customers(job: &Job, new_rows: &[RecordBatch], rewritten: &[Segment]) -> Option<Customers> {
-    let mut customers = Customers::default();
+/// The key columns of `batch` in Arrow's row format (equal bytes exactly when the keys are).
+fn key_rows(job: &Job, batch: &RecordBatch) -> arrow::row::Rows {
+    let keys = &job.state.as_ref().expect("a state job").key;
+    let columns: Vec<ArrayRef> = keys
+        .iter()
+        .map(|k| batch.column_by_name(k).expect("key column").clone())
+        .collect();
+    let fields = columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+    let converter = RowConverter::new(fields).expect("row format supports state columns");
+    converter.convert_columns(&columns).expect("columns of one batch")
+}
+
+/// Take the rows whose key one of `new_rows` has out of `segments` (those of the new rows'
+/// days, for a day-segmented table) and return them.
+fn take_touched_rows(
+    job: &Job,
+    segments: &mut [Segment],
+    new_rows: &[RecordBatch],
+    new_days: Option<&BTreeSet<i64>>,
+) -> Vec<RecordBatch> {
+    if new_rows.is_empty() {
+        return Vec::new();
+    }
+    let mut new_keys: HashSet<Vec<u8>, RandomState> = HashSet::default();
     for batch in new_rows {
+        new_keys.extend(key_rows(job, batch).iter().map(|r| r.as_ref().to_vec()));
+    }
+    let mut touched = Vec::new();
+    for segment in segments.iter_mut() {
+        let may_hold = match (new_days, segment.day) {
+            (Some(days), Some(day)) => days.contains(&day),
+            _ => true,
+        };
+        if !may_hold || segment.rows() == 0 {
+            continue;
+        }
+        let mut kept = Vec::with_capacity(segment.batches.len());
+        for batch in std::mem::take(&mut segment.batches) {
+            let keys = key_rows(job, &batch);
+            let hit: BooleanArray = keys.iter().map(|k| Some(new_keys.contains(k.as_ref()))).collect();
+            match hit.true_count() {
+                0 => kept.push(batch),
+                n if n == batch.num_rows() => touched.push(batch),
+                _ => {
+                    touched.push(filter_record_batch(&batch, &hit).expect("a mask of the batch's length"));
+                    let others = arrow::compute::not(&hit).expect("a mask");
+                    kept.push(filter_record_batch(&batch, &others).expect("a mask of the batch's length"));
+                }
+            }
+        }
+        segment.batches = kept;
+    }
+    touched
+}
+
+/// Keep each key's row of its newest segment only (segments in stored order: a fold writes
+/// a touched key's new row in a new segment and leaves the older files as they were).
+fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
+    let mut seen: HashSet<Vec<u8>, RandomState> = HashSet::default();
+    for segment in segments.iter_mut().rev() {
+        let mut kept = Vec::with_capacity(segment.batches.len());
+        for batch in std::mem::take(&mut segment.batches) {
+            let keys = key_rows(job, &batch);
+            let newest: BooleanArray = keys.iter().map(|k| Some(seen.insert(k.as_ref().to_vec()))).collect();
+            match newest.true_count() {
+                n if n == batch.num_rows() => kept.push(batch),
+                0 => {}
+                _ => kept.push(filter_record_batch(&batch, &newest).expect("a mask of the batch's length")),
+            }
+        }
+        segment.batches = kept;
+    }
+}
+
+/// Segments with every key in one of them, joined where there are too many: the segments
+/// of a day beyond [`MAX_DAY_SEGMENTS`] into one, and the two smallest keyed segments while
+/// more than [`MAX_KEYED_SEGMENTS`] remain. A joined segment is new (the next commit writes
+/// it) and comes after every other; an emptied one is dropped (newer segments hold all of
+/// its keys).
+fn join_small_segments(segments: Vec<Segment>, by_day: bool) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = segments.into_iter().filter(|s| s.rows() > 0).collect();
+    if by_day {
+        let mut days: BTreeMap<Option<i64>, Vec<Segment>> = BTreeMap::new();
+        for segment in segments {
+            days.entry(segment.day).or_default().push(segment);
+        }
+        let mut out = Vec::new();
+        for (day, parts) in days {
+            match parts.len() > MAX_DAY_SEGMENTS {
+                true => out.push(Segment::new(day, parts.into_iter().flat_map(|p| p.batches).collect())),
+                false => out.extend(parts),
+            }
+        }
+        return out;
+    }
+    while segments.len() > MAX_KEYED_SEGMENTS {
+        let mut order: Vec<usize> = (0..segments.len()).collect();
+        order.sort_by_key(|&i| segments[i].rows());
+        let (later, earlier) = (order[0].max(order[1]), order[0].min(order[1]));
+        let mut batches = segments.remove(later).batches;
+        batches.extend(segments.remove(earlier).batches);
+        segments.push(Segment::new(None, batches));
+    }
+    segments
+}
+
+/// The customers whose rows a fold of `new_rows` (with `touched`, the current rows of their
+/// keys) may change: those of the new rows and, where the key does not hold the customer (an
+/// order's row names the customer of its earliest event), those of the touched rows. Rows of
+/// other keys come out of the merge as they went in. `None` without a `customer_id` column,
+/// or when a row names no customer.
+fn changed_customers(job: &Job, new_rows: &[RecordBatch], touched: &[RecordBatch]) -> Option<Customers> {
+    let keys = &job.state.as_ref().expect("a state job").key;
+    let customer_keyed = keys.iter().any(|k| k == CUSTOMER_ID);
+    let mut customers = Customers::default();
+    for batch in new_rows.iter().chain(touched.iter().filter(|_| !customer_keyed)) {
         let ids = customer_ids(batch)?;
         if ids.null_count() > 0 {
             return None;
         }
         customers.extend(ids.iter().flatten().map(String::from));
-    }
-    let keys = &job.state.as_ref().expect("a state job").key;
-    if keys.iter().any(|k| k == CUSTOMER_ID) {
-        return Some(customers);
-    }
-    let keys_of = |batch: &RecordBatch| -> Vec<Vec<u8>> {
-        let columns: Vec<ArrayRef> = keys
-            .iter()
-            .map(|k| batch.column_by_name(k).expect("key column").clone())
-            .collect();
-        row_bytes(&columns)
-    };
-    let new_keys: HashSet<Vec<u8>, RandomState> = new_rows.iter().flat_map(keys_of).collect();
-    for batch in rewritten.iter().flat_map(|s| &s.batches) {
-        let ids = customer_ids(batch)?;
-        if ids.null_count() > 0 {
-            return None;
-        }
-        for (row, key) in keys_of(batch).iter().enumerate() {
-            if new_keys.contains(key) {
-                customers.insert(ids.value(row).to_string());
-            }
-        }
     }
     Some(customers)
 }
@@ -280,82 +382,6 @@ fn row_bytes(columns: &[ArrayRef]) -> Vec<Vec<u8>> {
     let converter = RowConverter::new(fields).expect("row format supports state and job columns");
     let rows = converter.convert_columns(columns).expect("columns of one batch");
     rows.iter().map(|row| row.as_ref().to_vec()).collect()
-}
-
-/// The day segments to keep and to rewrite: a day with new rows is rewritten, a day before
-/// `oldest_kept` dropped, a segment of any day (stored whole by an older build) rewritten.
-fn touched_days(segments: Vec<Segment>, new_days: &BTreeSet<i64>, oldest_kept: i64) -> (Vec<Segment>, Vec<Segment>) {
-    let (kept, rewritten): (Vec<Segment>, Vec<Segment>) = segments
-        .into_iter()
-        .filter(|s| s.day.is_none_or(|day| day >= oldest_kept))
-        .partition(|s| s.day.is_some_and(|day| !new_days.contains(&day)));
-    (kept, rewritten)
-}
-
-/// The keyed segments to keep and to rewrite: those holding a key of `new_rows` are
-/// rewritten, and so are the smallest others while more than [`MAX_KEYED_SEGMENTS`] would
-/// remain with the new one.
-async fn touched_keys(
-    job: &Job,
-    schema: &SchemaRef,
-    segments: Vec<Segment>,
-    new_rows: &[RecordBatch],
-    partitions: usize,
-) -> Result<(Vec<Segment>, Vec<Segment>), JobError> {
-    if new_rows.is_empty() {
-        return Ok((segments, Vec::new()));
-    }
-    if segments.iter().all(|s| s.rows() == 0) {
-        // Only the empty segment of an empty table: the new rows replace it.
-        return Ok((Vec::new(), segments));
-    }
-    let keys = &job.state.as_ref().expect("a state job").key;
-    let key_schema = Arc::new(Schema::new(
-        keys.iter()
-            .map(|k| schema.field_with_name(k).cloned())
-            .chain([Ok(Field::new(SEGMENT_COLUMN, DataType::UInt32, false))])
-            .collect::<Result<Vec<_>, _>>()
-            .expect("key columns checked by the catalog"),
-    ));
-    let mut key_rows = Vec::new();
-    for (i, segment) in segments.iter().enumerate() {
-        for batch in &segment.batches {
-            let mut columns: Vec<ArrayRef> = keys
-                .iter()
-                .map(|k| batch.column_by_name(k).expect("key column").clone())
-                .collect();
-            columns.push(Arc::new(UInt32Array::from_value(i as u32, batch.num_rows())));
-            key_rows.push(RecordBatch::try_new(key_schema.clone(), columns).expect("key columns"));
-        }
-    }
-    let mut inputs = BTreeMap::new();
-    inputs.insert(CURRENT_KEYS.to_string(), mem_table(key_schema, key_rows, partitions));
-    inputs.insert(
-        NEW_ROWS.to_string(),
-        mem_table(schema.clone(), new_rows.to_vec(), partitions),
-    );
-    let (found, _) = execute(job, &inputs, &job.touched_segments_sql(), partitions)
-        .instrument(info_span!("touched"))
-        .await?;
-    let mut touched: BTreeSet<usize> = BTreeSet::new();
-    for batch in &found {
-        let column = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .expect("segment numbers");
-        touched.extend(column.values().iter().map(|&i| i as usize));
-    }
-    let mut untouched: Vec<usize> = (0..segments.len()).filter(|i| !touched.contains(i)).collect();
-    untouched.sort_by_key(|&i| std::cmp::Reverse(segments[i].rows()));
-    while untouched.len() + 1 > MAX_KEYED_SEGMENTS {
-        touched.insert(untouched.pop().expect("more than one left"));
-    }
-    let (rewritten, kept): (Vec<_>, Vec<_>) = segments.into_iter().enumerate().partition(|(i, _)| touched.contains(i));
-    Ok((
-        kept.into_iter().map(|(_, s)| s).collect(),
-        rewritten.into_iter().map(|(_, s)| s).collect(),
-    ))
 }
 
 /// The distinct values of the day column of `batches`.

@@ -313,6 +313,7 @@ impl State {
             let table = tables.entry(name).or_insert_with(|| StateTable {
                 schema: rows.schema.clone(),
                 segments: Vec::new(),
+                exclusive: false,
             });
             table.segments.push(Segment {
                 day: segment.day,

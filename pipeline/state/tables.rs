@@ -26,20 +26,22 @@ impl Table {
     }
 }
 
-/// A state table: its rows in segments, the unit the state stores. A fold rewrites only
-/// the segments its batch touches and keeps the others as they are (no copy, no write):
-/// - a table with a `day_column` has one segment per day: a fold rewrites the days its
-///   new rows fall in and drops the days past the retention;
-/// - any other table has a few segments, each key in one of them: a fold rewrites the
-///   segments holding a key the batch touches, with the batch's new keys, as one new
-///   segment, into which the smallest segments are merged when there are more than
-///   `jobs::MAX_KEYED_SEGMENTS`.
+/// A state table: its rows in segments, the unit the state stores. A fold writes the rows
+/// of the keys its batch touches as new segments after the others, and takes those keys'
+/// old rows out of the older segments in memory only: their files stay as they were, so a
+/// commit writes what the batch touched however large the table. In storage a key's row is
+/// the one of its newest segment (the jobs layer keeps only that one when it meets a
+/// loaded table). A table with a `day_column` has segments of one day each (retention
+/// drops whole days); the jobs layer joins segments when a day or a table has too many.
 ///
 /// A table has at least one segment (maybe empty), so its schema is always stored.
 #[derive(Debug, Clone)]
 pub struct StateTable {
     pub schema: SchemaRef,
     pub segments: Vec<Segment>,
+    /// Every key is in one segment only (true once a fold has made it so; a table loaded
+    /// from storage may hold older rows of a key in older segments).
+    pub exclusive: bool,
 }
 
 impl StateTable {
