@@ -531,6 +531,29 @@ struct Dirty {
     bits: Arc<CustomerBits>,
 }
 
+impl Dirty {
+    fn nobody() -> Self {
+        Dirty {
+            ids: Arc::new(Customers::default()),
+            bits: Arc::new(CustomerBits::default()),
+        }
+    }
+}
+
+fn names_customers(schema: &SchemaRef) -> bool {
+    schema.column_with_name(CUSTOMER_ID).is_some()
+}
+
+/// Whether two outputs of one job hold the same rows (as sets of rows).
+fn same_rows(before: &JobRun, after: &JobRun) -> bool {
+    let rows = |run: &JobRun| -> Vec<Vec<u8>> {
+        let mut rows: Vec<Vec<u8>> = run.batches.iter().flat_map(|b| row_bytes(b.columns())).collect();
+        rows.sort_unstable();
+        rows
+    };
+    before.schema == after.schema && rows(before) == rows(after)
+}
+
 /// How one job is evaluated in a batch.
 enum Plan {
     /// For every customer, from its whole inputs.
@@ -623,6 +646,11 @@ pub async fn run_jobs(
                             bits: Arc::new(numbering.bits(dirty)),
                             ids: dirty.clone(),
                         }),
+                        // A table of no customer in particular (a population's figure): no
+                        // customer's input changed if its rows did not, everyone's if they did.
+                        (None, Some(previous), Some(_)) if diff_needed && !names_customers(&run.schema) => {
+                            same_rows(&previous, &run).then(Dirty::nobody)
+                        }
                         (None, Some(previous), Some(numbering)) if diff_needed => {
                             let ids = Arc::new(customers_with_other_rows(&previous, &run));
                             Some(Dirty {
@@ -689,24 +717,31 @@ fn plan(
     let Some(previous) = reuse.previous.get(&job.name) else {
         return Plan::Everyone;
     };
-    let names_customers = |schema: &SchemaRef| schema.column_with_name(CUSTOMER_ID).is_some();
     if job.scope != Scope::Customer || job.reads_time_of_day() || !names_customers(&previous.schema) {
         return Plan::Everyone;
     }
     let mut inputs_changed: Vec<&Dirty> = Vec::new();
     for (name, table) in reads {
-        let (Some(Some(dirty)), true) = (changed.get(name), names_customers(&table.schema)) else {
+        let Some(Some(dirty)) = changed.get(name) else {
             return Plan::Everyone;
         };
-        inputs_changed.push(dirty);
+        match names_customers(&table.schema) {
+            true => inputs_changed.push(dirty),
+            // A table of no customer in particular: read whole, and only while unchanged.
+            false if dirty.ids.is_empty() => {}
+            false => return Plan::Everyone,
+        }
     }
     let numbering = reuse.numbering.clone();
     let previous = previous.clone();
     // The customers whose state changed, exactly: the inputs' rows are selected already.
     if inputs_changed.iter().all(|d| Arc::ptr_eq(&d.ids, &state_changed.ids)) {
         let selected: Option<BTreeMap<String, Table>> = reads
-            .keys()
-            .map(|name| Some((name.clone(), narrowed.get(name)?.clone())))
+            .iter()
+            .map(|(name, table)| match names_customers(&table.schema) {
+                true => Some((name.clone(), narrowed.get(name)?.clone())),
+                false => Some((name.clone(), table.clone())),
+            })
             .collect();
         return Plan::Customers {
             dirty: state_changed.clone(),
@@ -758,7 +793,10 @@ async fn evaluate_job(
                 reads
                     .into_iter()
                     .map(|(name, t)| {
-                        let (batches, _) = numbering.split(&t.batches, &dirty.bits);
+                        let batches = match names_customers(&t.schema) {
+                            true => numbering.split(&t.batches, &dirty.bits).0,
+                            false => t.batches,
+                        };
                         (
                             name,
                             Table {
