@@ -97,7 +97,8 @@ pub struct StateRun {
     pub new_rows: usize,
     /// Rows of the table after the merge (and retention).
     pub rows: usize,
-    /// Rows of the segments the fold rewrote (the others are kept as they were).
+    /// Rows of the segments the fold wrote (new and joined ones; the others are kept as
+    /// their files were).
     pub rows_rewritten: usize,
     /// The customers whose rows of the table the fold may have changed (see
     /// [`changed_customers`]); `None` when it cannot say (no `customer_id` column, or rows
@@ -223,13 +224,14 @@ async fn fold_one(
             .await?;
         merged = conform(&job, batches, &schema)?;
     }
-    let rows_rewritten = merged.iter().map(|b| b.num_rows()).sum();
     match &day_column {
         Some(column) => segments.extend(split_by_day(&job, merged, column)?),
         None if !merged.is_empty() => segments.push(Segment::new(None, merged)),
         None => {}
     }
     let mut kept = join_small_segments(segments, day_column.is_some());
+    // The rows the next commit writes: the new segments and the joined ones.
+    let rows_rewritten = kept.iter().filter(|s| s.stored.is_none()).map(Segment::rows).sum();
     if kept.is_empty() {
         // An empty table still stores its schema.
         kept.push(Segment::new(None, Vec::new()));

@@ -38,13 +38,14 @@ async fn shipped_catalog_has_twelve_tags_in_dependency_order_and_plans() {
         .filter(|j| j.kind == JobKind::Measure)
         .map(|j| j.name.as_str())
         .collect();
-    assert_eq!(measures, vec!["paid_orders", "customer_measures"]);
+    assert_eq!(measures, vec!["paid_orders", "customer_measures", "spend_threshold"]);
     let position = |name: &str| catalog.jobs.iter().position(|j| j.name == name).unwrap();
     for risk in ["refund_risk", "low_credit", "shared_device"] {
         assert!(position(risk) < position("marketing_blacklist"));
     }
     assert!(position("paid_orders") < position("customer_measures"));
-    assert!(position("customer_measures") < position("rfm_tier"));
+    assert!(position("customer_measures") < position("spend_threshold"));
+    assert!(position("spend_threshold") < position("rfm_tier"));
     catalog.validate(&schemas()).await.unwrap();
 }
 

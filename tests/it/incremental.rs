@@ -954,3 +954,78 @@ async fn a_micro_batch_evaluates_what_changed_and_equals_a_full_run() {
         0
     );
 }
+
+/// A population's figure reaches customers who sent nothing: `rfm_tier` reads the 80th
+/// percentile of spend (`spend_threshold`, one row for everyone). A micro-batch that leaves
+/// it where it was evaluates `rfm_tier` for the changed customers only; one whose new order
+/// moves it evaluates everyone, and a buyer who sent nothing drops from big_spender to
+/// casual; what services see then equals a full run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_percentile_reaches_untouched_customers_and_a_still_one_does_not() {
+    let fx = Fixture::new();
+    // Ten buyers of 10, 20, ..., 100: the nearest-rank 80th percentile is 80.
+    let orders: Vec<_> = (1..=10)
+        .map(|i| {
+            paid(
+                &format!("o{i}"),
+                &format!("b{i}"),
+                "2026-11-10T10:00:00Z",
+                &format!("order-{i}"),
+                10.0 * i as f64,
+            )
+        })
+        .collect();
+    fx.orders("dt=2026-11-10/a.parquet", &orders);
+    let settings = fx.settings("2026-01-01T00:00:00Z", None).expect("settings");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_tx = Some(stop_tx);
+    let mut reports: Vec<tagflow::app::report::RunReport> = Vec::new();
+    let on_batch = |report: &tagflow::app::report::RunReport| {
+        reports.push(report.clone());
+        match reports.len() {
+            // A visitor who buys nothing: the percentile stays.
+            1 => {
+                fx.clicks("dt=2026-11-20/b.parquet", &[view("k-v1", "v1", "2026-11-20T09:00:00Z")]);
+            }
+            // A new buyer of 1000: eleven buyers, the bar moves to 90.
+            2 => {
+                fx.orders(
+                    "dt=2026-11-20/c.parquet",
+                    &[paid("o-n1", "n1", "2026-11-20T09:30:00Z", "order-n1", 1000.0)],
+                );
+            }
+            _ => {
+                if let Some(tx) = stop_tx.take() {
+                    tx.send(()).expect("the session is waiting");
+                }
+            }
+        }
+    };
+    let times = std::sync::Mutex::new(vec!["2026-11-20T11:00:00Z", "2026-11-20T10:30:00Z", "2026-11-20T10:00:00Z"]);
+    let clock = || {
+        let next = times.lock().unwrap().pop().unwrap_or("2026-11-20T12:00:00Z");
+        chrono::DateTime::parse_from_rfc3339(next).unwrap().with_timezone(&Utc)
+    };
+    let metrics = tagflow::app::metrics::FollowMetrics::default();
+    let stop = async {
+        stop_rx.await.ok();
+    };
+    tagflow::app::follow::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock)
+        .await
+        .expect("follow");
+    assert_eq!(reports.len(), 3, "three batches published");
+    let rfm_evaluated = |report: &tagflow::app::report::RunReport| {
+        report
+            .tags
+            .iter()
+            .find(|t| t.tag == "rfm_tier")
+            .expect("rfm_tier ran")
+            .evaluated_customers
+    };
+    assert_eq!(rfm_evaluated(&reports[1]), Some(1), "the percentile stayed: v1 only");
+    assert_eq!(rfm_evaluated(&reports[2]), None, "the percentile moved: everyone");
+    let (still, moved) = (fx.seen_after(&reports[1].published).await, fx.seen_after(&reports[2].published).await);
+    assert_eq!(still.value("b8", "rfm_tier").as_deref(), Some("big_spender"));
+    assert_eq!(moved.value("b8", "rfm_tier").as_deref(), Some("casual"), "b8 sent nothing");
+    assert_same(&moved, &full_tags(&fx, "2026-11-20T11:00:00Z").await, "after the moving batch");
+}
