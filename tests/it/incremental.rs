@@ -878,12 +878,9 @@ async fn a_micro_batch_evaluates_what_changed_and_equals_a_full_run() {
         ],
     );
     let settings = fx.settings("2026-01-01T00:00:00Z", None).expect("settings");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut stop_tx = Some(stop_tx);
-    let mut reports: Vec<tagflow::app::report::RunReport> = Vec::new();
-    let on_batch = |report: &tagflow::app::report::RunReport| {
-        reports.push(report.clone());
-        if reports.len() == 1 {
+    let times = ["2026-11-20T10:00:00Z", "2026-11-20T11:00:00Z"];
+    let reports = follow_at(&settings, &times, |batch| {
+        if batch == 1 {
             // The batch: a fifth customer on d1, an earlier paid event of order-1 by p2,
             // and one more view by c7.
             fx.clicks(
@@ -897,22 +894,9 @@ async fn a_micro_batch_evaluates_what_changed_and_equals_a_full_run() {
                 "dt=2026-11-20/b.parquet",
                 &[paid("o3", "p2", "2026-11-09T10:00:00Z", "order-1", 45.0)],
             );
-        } else if let Some(tx) = stop_tx.take() {
-            tx.send(()).expect("the session is waiting");
         }
-    };
-    let times = std::sync::Mutex::new(vec!["2026-11-20T11:00:00Z", "2026-11-20T10:00:00Z"]);
-    let clock = || {
-        let next = times.lock().unwrap().pop().unwrap_or("2026-11-20T12:00:00Z");
-        chrono::DateTime::parse_from_rfc3339(next).unwrap().with_timezone(&Utc)
-    };
-    let metrics = tagflow::app::metrics::FollowMetrics::default();
-    let stop = async {
-        stop_rx.await.ok();
-    };
-    tagflow::app::follow::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock)
-        .await
-        .expect("follow");
+    })
+    .await;
     assert_eq!(reports.len(), 2, "two batches published");
     let batch = &reports[1];
 
@@ -977,42 +961,22 @@ async fn a_moved_percentile_reaches_untouched_customers_and_a_still_one_does_not
         .collect();
     fx.orders("dt=2026-11-10/a.parquet", &orders);
     let settings = fx.settings("2026-01-01T00:00:00Z", None).expect("settings");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut stop_tx = Some(stop_tx);
-    let mut reports: Vec<tagflow::app::report::RunReport> = Vec::new();
-    let on_batch = |report: &tagflow::app::report::RunReport| {
-        reports.push(report.clone());
-        match reports.len() {
-            // A visitor who buys nothing: the percentile stays.
-            1 => {
-                fx.clicks("dt=2026-11-20/b.parquet", &[view("k-v1", "v1", "2026-11-20T09:00:00Z")]);
-            }
-            // A new buyer of 1000: eleven buyers, the bar moves to 90.
-            2 => {
-                fx.orders(
-                    "dt=2026-11-20/c.parquet",
-                    &[paid("o-n1", "n1", "2026-11-20T09:30:00Z", "order-n1", 1000.0)],
-                );
-            }
-            _ => {
-                if let Some(tx) = stop_tx.take() {
-                    tx.send(()).expect("the session is waiting");
-                }
-            }
+    let times = ["2026-11-20T10:00:00Z", "2026-11-20T10:30:00Z", "2026-11-20T11:00:00Z"];
+    let reports = follow_at(&settings, &times, |batch| match batch {
+        // A visitor who buys nothing: the percentile stays.
+        1 => {
+            fx.clicks("dt=2026-11-20/b.parquet", &[view("k-v1", "v1", "2026-11-20T09:00:00Z")]);
         }
-    };
-    let times = std::sync::Mutex::new(vec!["2026-11-20T11:00:00Z", "2026-11-20T10:30:00Z", "2026-11-20T10:00:00Z"]);
-    let clock = || {
-        let next = times.lock().unwrap().pop().unwrap_or("2026-11-20T12:00:00Z");
-        chrono::DateTime::parse_from_rfc3339(next).unwrap().with_timezone(&Utc)
-    };
-    let metrics = tagflow::app::metrics::FollowMetrics::default();
-    let stop = async {
-        stop_rx.await.ok();
-    };
-    tagflow::app::follow::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock)
-        .await
-        .expect("follow");
+        // A new buyer of 1000: eleven buyers, the bar moves to 90.
+        2 => {
+            fx.orders(
+                "dt=2026-11-20/c.parquet",
+                &[paid("o-n1", "n1", "2026-11-20T09:30:00Z", "order-n1", 1000.0)],
+            );
+        }
+        _ => {}
+    })
+    .await;
     assert_eq!(reports.len(), 3, "three batches published");
     let rfm_evaluated = |report: &tagflow::app::report::RunReport| {
         report
@@ -1028,4 +992,39 @@ async fn a_moved_percentile_reaches_untouched_customers_and_a_still_one_does_not
     assert_eq!(still.value("b8", "rfm_tier").as_deref(), Some("big_spender"));
     assert_eq!(moved.value("b8", "rfm_tier").as_deref(), Some("casual"), "b8 sent nothing");
     assert_same(&moved, &full_tags(&fx, "2026-11-20T11:00:00Z").await, "after the moving batch");
+}
+
+/// A `follow` session in this process whose batches run at `times` (a simulated clock),
+/// stopped after the last of them publishes; `after_batch(k)` runs once batch `k` (from 1)
+/// has published, to land the next batch's files. The batches' reports, in order.
+pub(crate) async fn follow_at(
+    settings: &tagflow::config::Settings,
+    times: &[&str],
+    mut after_batch: impl FnMut(usize),
+) -> Vec<tagflow::app::report::RunReport> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_tx = Some(stop_tx);
+    let mut reports: Vec<tagflow::app::report::RunReport> = Vec::new();
+    let on_batch = |report: &tagflow::app::report::RunReport| {
+        reports.push(report.clone());
+        after_batch(reports.len());
+        if reports.len() >= times.len() {
+            if let Some(tx) = stop_tx.take() {
+                tx.send(()).expect("the session is waiting");
+            }
+        }
+    };
+    let next_time = std::sync::atomic::AtomicUsize::new(0);
+    let clock = || {
+        let k = next_time.fetch_add(1, SeqCst).min(times.len() - 1);
+        chrono::DateTime::parse_from_rfc3339(times[k]).unwrap().with_timezone(&Utc)
+    };
+    let metrics = tagflow::app::metrics::FollowMetrics::default();
+    let stop = async {
+        stop_rx.await.ok();
+    };
+    tagflow::app::follow::follow(settings, Duration::from_millis(20), stop, &metrics, on_batch, clock)
+        .await
+        .expect("follow");
+    reports
 }

@@ -12,7 +12,7 @@ use tagflow::publish::snapshots;
 use tagflow::serve::{self, Server};
 
 use crate::http::{listening_address, Client};
-use crate::incremental::Arrivals;
+use crate::incremental::{follow_at, Arrivals};
 use crate::support::*;
 
 const TOKEN: &str = "s3cret-token-for-tests";
@@ -803,34 +803,13 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
         // A fifth customer on d1: s1..s5 now share a device.
         ("dt=2026-11-20/c.parquet", vec![view("kd5", "s5", "2026-11-20T09:20:00Z").device("d1")]),
     ];
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut stop_tx = Some(stop_tx);
-    let mut reports: Vec<tagflow::app::report::RunReport> = Vec::new();
-    let on_batch = |report: &tagflow::app::report::RunReport| {
-        reports.push(report.clone());
-        match landings.get(reports.len() - 1) {
-            Some((file, clicks)) => {
-                fx.clicks(file, clicks);
-            }
-            None => {
-                if let Some(tx) = stop_tx.take() {
-                    tx.send(()).expect("the session is waiting");
-                }
-            }
+    let times = ["2026-11-20T10:00:00Z", "2026-11-20T10:05:00Z", "2026-11-20T10:10:00Z"];
+    let reports = follow_at(&settings, &times, |batch| {
+        if let Some((file, clicks)) = landings.get(batch - 1) {
+            fx.clicks(file, clicks);
         }
-    };
-    let times = std::sync::Mutex::new(vec!["2026-11-20T10:10:00Z", "2026-11-20T10:05:00Z", "2026-11-20T10:00:00Z"]);
-    let clock = || {
-        let next = times.lock().unwrap().pop().unwrap_or("2026-11-20T10:15:00Z");
-        chrono::DateTime::parse_from_rfc3339(next).unwrap().with_timezone(&chrono::Utc)
-    };
-    let metrics = tagflow::app::metrics::FollowMetrics::default();
-    let stop = async {
-        stop_rx.await.ok();
-    };
-    tagflow::app::follow::follow(&settings, Duration::from_millis(20), stop, &metrics, on_batch, clock)
-        .await
-        .expect("follow");
+    })
+    .await;
     assert_eq!(reports.len(), 3, "three batches published");
     assert!(reports[0].published.merged, "the first batch evaluates everyone and merges");
     for report in &reports[1..] {
