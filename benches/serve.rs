@@ -252,6 +252,8 @@ fn main() {
             scope: None,
             as_of,
             metadata: Default::default(),
+            narrowed: None,
+            policy: Default::default(),
         };
         let settings = TableSettings {
             checkpoint_interval: 10,

@@ -565,7 +565,7 @@ enum Plan {
     /// `narrowed`: the inputs' rows of these customers, already selected.
     Customers {
         dirty: Dirty,
-        previous: JobRun,
+        previous: Box<JobRun>,
         narrowed: Option<BTreeMap<String, Table>>,
         numbering: Arc<Numbering>,
     },
@@ -735,7 +735,7 @@ fn plan(
         }
     }
     let numbering = reuse.numbering.clone();
-    let previous = previous.clone();
+    let previous = Box::new(previous.clone());
     // The customers whose state changed, exactly: the inputs' rows are selected already.
     if inputs_changed.iter().all(|d| Arc::ptr_eq(&d.ids, &state_changed.ids)) {
         let selected: Option<BTreeMap<String, Table>> = reads
