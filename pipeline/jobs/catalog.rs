@@ -241,6 +241,9 @@ pub struct Job {
     pub checks: Checks,
     /// What a customer's rows depend on (tag and measure jobs).
     pub scope: Scope,
+    /// With scope "customer": the column linking customers (see the header's `linked_by`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linked_by: Option<String>,
     pub file: PathBuf,
     #[serde(skip)]
     header_lines: usize,
@@ -536,7 +539,7 @@ impl Catalog {
                 .reads()
                 .filter_map(|r| of_job.get(r.as_str()).map(String::as_str))
                 .collect();
-            let described = serde_json::json!([
+            let mut described = serde_json::json!([
                 job.name,
                 job.kind,
                 job.inputs,
@@ -547,6 +550,10 @@ impl Catalog {
                 job.body,
                 upstream
             ]);
+            // Only where declared, so that other definitions keep their fingerprints.
+            if let (Some(link), Some(parts)) = (&job.linked_by, described.as_array_mut()) {
+                parts.push(serde_json::json!({ "linked_by": link }));
+            }
             let mut hasher = siphasher::sip128::SipHasher13::new();
             std::hash::Hash::hash(&described.to_string(), &mut hasher);
             let fingerprint = format!("{:032x}", siphasher::sip128::Hasher128::finish128(&hasher).as_u128());
@@ -754,6 +761,7 @@ fn parse_job(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, Catalo
         state: None,
         checks: h.checks,
         scope: h.scope,
+        linked_by: h.linked_by,
         file: file.to_path_buf(),
         header_lines: parsed.header_lines,
         header_text: parsed.header_text,
@@ -775,6 +783,12 @@ fn parse_job(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, Catalo
     }
     if let Some((key, message)) = job.checks.problem(&job) {
         return Err(job.invalid(key, message));
+    }
+    if job.linked_by.is_some() && job.scope != Scope::Customer {
+        return Err(job.invalid(
+            "linked_by",
+            "`linked_by` refines scope = \"customer\": a customer's rows read the rows linked to its own".into(),
+        ));
     }
     if job.kind == JobKind::State && job.scope != Scope::All {
         return Err(job.invalid(

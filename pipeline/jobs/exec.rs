@@ -569,6 +569,14 @@ enum Plan {
         narrowed: Option<BTreeMap<String, Table>>,
         numbering: Arc<Numbering>,
     },
+    /// For the customers linked (by `link`, e.g. a device) to those whose inputs changed,
+    /// the previous rows kept for everyone else: a job declaring `linked_by`.
+    Linked {
+        link: String,
+        seed: Dirty,
+        previous: Box<JobRun>,
+        numbering: Arc<Numbering>,
+    },
 }
 
 /// Run every measure and tag job on the state tables (each job once its inputs are ready;
@@ -736,6 +744,24 @@ fn plan(
     }
     let numbering = reuse.numbering.clone();
     let previous = Box::new(previous.clone());
+    if let Some(link) = &job.linked_by {
+        if !reads.values().all(|t| t.schema.column_with_name(link).is_some()) {
+            return Plan::Everyone;
+        }
+        let mut ids = Customers::default();
+        for dirty in &inputs_changed {
+            ids.extend(dirty.ids.iter().cloned());
+        }
+        return Plan::Linked {
+            link: link.clone(),
+            seed: Dirty {
+                bits: Arc::new(numbering.bits(&ids)),
+                ids: Arc::new(ids),
+            },
+            previous,
+            numbering,
+        };
+    }
     // The customers whose state changed, exactly: the inputs' rows are selected already.
     if inputs_changed.iter().all(|d| Arc::ptr_eq(&d.ids, &state_changed.ids)) {
         let selected: Option<BTreeMap<String, Table>> = reads
@@ -814,35 +840,136 @@ async fn evaluate_job(
                 false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
             };
             check_scope(job, &fresh, &dirty, &numbering)?;
-            let (replaced, mut batches) = numbering.split(&previous.batches, &dirty.bits);
-            batches.extend(fresh.iter().cloned());
-            let values = match job.kind {
-                JobKind::Tag => {
-                    let mut values = previous.values.clone();
-                    subtract_counts(&mut values, value_counts(&replaced));
-                    for (value, n) in value_counts(&fresh) {
-                        *values.entry(value).or_default() += n;
-                    }
-                    values
-                }
-                _ => BTreeMap::new(),
-            };
-            info!(
-                customers = dirty.ids.len(),
-                "evaluated for the customers whose inputs changed"
-            );
-            let run = JobRun {
-                job: job.clone(),
-                duration: started.elapsed(),
-                rows: batches.iter().map(|b| b.num_rows()).sum(),
-                batches,
-                schema: previous.schema,
-                values,
-                evaluated_for: Some(dirty.ids),
-            };
+            let run = splice(job, &previous, dirty, &fresh, &numbering, started);
             Ok((run, Some(fresh)))
         }
+        Plan::Linked {
+            link,
+            seed,
+            previous,
+            numbering,
+        } => {
+            let started = Instant::now();
+            // The customers linked to the changed ones (themselves included), and every
+            // input row of the links those customers have.
+            let seed_links = links_of(&reads, &link, &numbering, &seed.bits);
+            let mut affected: Customers = customers_linked(&reads, &link, &seed_links);
+            affected.extend(seed.ids.iter().cloned());
+            let dirty = Dirty {
+                bits: Arc::new(numbering.bits(&affected)),
+                ids: Arc::new(affected),
+            };
+            let links = links_of(&reads, &link, &numbering, &dirty.bits);
+            let inputs: BTreeMap<String, Table> = reads
+                .into_iter()
+                .map(|(name, t)| {
+                    let batches = rows_with_links(&t.batches, &link, &links);
+                    (name, Table { schema: t.schema, batches })
+                })
+                .collect();
+            let fresh = match dirty.bits.is_empty() {
+                true => Vec::new(),
+                false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
+            };
+            // Rows of customers outside the linked ones (they share an unchanged link with
+            // one of them) are as they were.
+            let (fresh, _) = numbering.split(&fresh, &dirty.bits);
+            let run = splice(job, &previous, dirty, &fresh, &numbering, started);
+            Ok((run, None))
+        }
     }
+}
+
+/// `previous` with the rows of `dirty` replaced by `fresh` (counts per value updated from
+/// the rows replaced and the fresh ones).
+fn splice(
+    job: &Job,
+    previous: &JobRun,
+    dirty: Dirty,
+    fresh: &[RecordBatch],
+    numbering: &Numbering,
+    started: Instant,
+) -> JobRun {
+    let (replaced, mut batches) = numbering.split(&previous.batches, &dirty.bits);
+    batches.extend(fresh.iter().cloned());
+    let values = match job.kind {
+        JobKind::Tag => {
+            let mut values = previous.values.clone();
+            subtract_counts(&mut values, value_counts(&replaced));
+            for (value, n) in value_counts(fresh) {
+                *values.entry(value).or_default() += n;
+            }
+            values
+        }
+        _ => BTreeMap::new(),
+    };
+    info!(
+        customers = dirty.ids.len(),
+        "evaluated for the customers whose inputs changed"
+    );
+    JobRun {
+        job: job.clone(),
+        duration: started.elapsed(),
+        rows: batches.iter().map(|b| b.num_rows()).sum(),
+        batches,
+        schema: previous.schema.clone(),
+        values,
+        evaluated_for: Some(dirty.ids),
+    }
+}
+
+/// The values of the `link` column in the rows of `customers`, over every table.
+fn links_of(
+    tables: &BTreeMap<String, Table>,
+    link: &str,
+    numbering: &Numbering,
+    customers: &CustomerBits,
+) -> HashSet<String, RandomState> {
+    let mut links = HashSet::default();
+    for table in tables.values() {
+        for batch in numbering.split(&table.batches, customers).0 {
+            let values = text_column(&batch, link);
+            links.extend(values.iter().flatten().map(String::from));
+        }
+    }
+    links
+}
+
+/// The customers with a row whose `link` is one of `links`.
+fn customers_linked(tables: &BTreeMap<String, Table>, link: &str, links: &HashSet<String, RandomState>) -> Customers {
+    let mut customers = Customers::default();
+    if links.is_empty() {
+        return customers;
+    }
+    for batch in tables.values().flat_map(|t| &t.batches) {
+        let (values, ids) = (text_column(batch, link), customer_ids(batch).expect("checked: names its customers"));
+        for i in 0..batch.num_rows() {
+            if values.is_valid(i) && links.contains(values.value(i)) && ids.is_valid(i) {
+                customers.insert(ids.value(i).to_string());
+            }
+        }
+    }
+    customers
+}
+
+/// The rows of `batches` whose `link` is one of `links`.
+fn rows_with_links(batches: &[RecordBatch], link: &str, links: &HashSet<String, RandomState>) -> Vec<RecordBatch> {
+    batches
+        .iter()
+        .map(|batch| {
+            let values = text_column(batch, link);
+            let keep: BooleanArray = values.iter().map(|v| Some(v.is_some_and(|v| links.contains(v)))).collect();
+            filter_record_batch(batch, &keep).expect("a mask of the batch's length")
+        })
+        .filter(|b| b.num_rows() > 0)
+        .collect()
+}
+
+/// A column of `batch` as text (the plan checked it exists).
+fn text_column(batch: &RecordBatch, name: &str) -> StringArray {
+    let column = batch.column_by_name(name).expect("checked by the plan");
+    let text = cast(column, &DataType::Utf8).expect("a link column casts to text");
+    text.as_any().downcast_ref::<StringArray>().expect("utf8").clone()
 }
 
 /// A job of scope "customer" answers for the customers it was given only; a row for anyone

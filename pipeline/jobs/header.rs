@@ -39,6 +39,10 @@ pub(super) struct Header {
     /// Tag and measure jobs: what a customer's rows depend on.
     #[serde(default)]
     pub scope: Scope,
+    /// Tag and measure jobs of scope "customer": a column of the inputs that links
+    /// customers (a device): a customer's rows depend on the input rows of the values of it
+    /// that the customer has rows with.
+    pub linked_by: Option<String>,
 }
 
 /// A parsed job file.

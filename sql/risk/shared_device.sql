@@ -2,6 +2,10 @@
 -- family = "risk"
 -- description = "A device the customer used in the last 30 days (any stream) was used by at least 5 distinct customers in those days. Score: the most customers on one of the customer's devices."
 -- inputs = ["device_days"]
+-- # a customer's row reads the rows of the devices the customer used: a micro-batch evaluates
+-- # the customers sharing a device with a changed customer, not everyone
+-- scope = "customer"
+-- linked_by = "device_id"
 -- [params]
 -- window_days = 30
 -- min_customers = 5

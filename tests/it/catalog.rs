@@ -348,6 +348,17 @@ fn state_job(header: &str, body: &str) -> String {
 }
 
 /// Each rule of a state job's header is checked, with file and line.
+#[test]
+fn linked_by_refines_scope_customer_only() {
+    let dir = catalog_copy();
+    let path = dir.path().join("risk/shared_device.sql");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("-- scope = \"customer\"\n", "")).unwrap();
+    let message = load_err(dir.path()).to_string();
+    assert!(message.contains("linked_by"), "{message}");
+    assert!(message.contains("shared_device.sql:"), "{message}");
+}
+
 #[tokio::test]
 async fn state_job_headers_are_checked() {
     let body = "SELECT customer_id, event_day, COUNT(*) AS views FROM clicks GROUP BY customer_id, event_day\n";
