@@ -84,6 +84,12 @@ pub fn tag_rows_schema() -> SchemaRef {
     ]))
 }
 
+/// A job `linked_by` a column is evaluated for the customers linked to the changed ones
+/// while those are at most one in this many of the customers met; beyond, following the
+/// links costs more than evaluating everyone (measured at 1M customers with half of them
+/// changed: `shared_device` 3.4 s linked, 1.3 s for everyone).
+const LINKED_AT_MOST_ONE_IN: usize = 10;
+
 /// Segments a table without a `day_column` keeps before a fold joins its smallest ones.
 pub const MAX_KEYED_SEGMENTS: usize = 8;
 /// Segments one day of a day-segmented table keeps before a fold joins them.
@@ -751,6 +757,9 @@ fn plan(
         let mut ids = Customers::default();
         for dirty in &inputs_changed {
             ids.extend(dirty.ids.iter().cloned());
+        }
+        if ids.len() > numbering.customers() / LINKED_AT_MOST_ONE_IN {
+            return Plan::Everyone;
         }
         return Plan::Linked {
             link: link.clone(),

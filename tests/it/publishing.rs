@@ -708,7 +708,7 @@ fn concurrent_refreshes_and_compactions_never_corrupt_or_lose_a_refresh() {
 }
 
 #[test]
-fn bad_compaction_config_is_refused_before_anything_runs() {
+fn bad_compaction_and_publish_config_is_refused_before_anything_runs() {
     let fx = Fixture::new();
     for (body, needle) in [
         (
@@ -717,6 +717,9 @@ fn bad_compaction_config_is_refused_before_anything_runs() {
         ),
         ("[compaction]\nevery_versions = 0\n", "compaction.every_versions"),
         ("[compaction]\nevery_version = 3\n", "unknown field `every_version`"),
+        ("[publish]\nmerge_every = \"soon\"\n", "publish.merge_every"),
+        ("[publish]\nmerge_every = \"2d\"\n", "publish.merge_every"),
+        ("[publish]\nmerge_max = 3\n", "unknown field `merge_max`"),
     ] {
         std::fs::write(fx.dir.path().join("tagflow.toml"), body).unwrap();
         let out = command(&fx, &["compact"]).stderr(Stdio::piped()).output().unwrap();
