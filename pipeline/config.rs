@@ -333,7 +333,11 @@ fn merge_policy(config: &PublishConfig) -> Result<MergePolicy, ConfigError> {
     }
     Ok(MergePolicy {
         every,
-        max_changes: within("publish.merge_max_changes", config.merge_max_changes, live::MERGE_MAX_CHANGES)?,
+        max_changes: within(
+            "publish.merge_max_changes",
+            config.merge_max_changes,
+            live::MERGE_MAX_CHANGES,
+        )?,
     })
 }
 

@@ -281,9 +281,20 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
                 .or_insert_with(Vec::new)
                 .push(ms.as_u64().unwrap());
         }
-        for job in report["tags"].as_array().unwrap().iter().chain(report["measures"].as_array().unwrap()) {
-            let name = job["tag"].as_str().or(job["measure"].as_str()).unwrap_or_default().to_string();
-            jobs.entry(name).or_insert_with(Vec::new).push(job["duration_ms"].as_u64().unwrap_or(0));
+        for job in report["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(report["measures"].as_array().unwrap())
+        {
+            let name = job["tag"]
+                .as_str()
+                .or(job["measure"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            jobs.entry(name)
+                .or_insert_with(Vec::new)
+                .push(job["duration_ms"].as_u64().unwrap_or(0));
         }
         let lifecycle = report["tags"]
             .as_array()
@@ -371,7 +382,10 @@ pub fn probe_customer(index: usize) -> String {
 /// For each file `(index, landed at)` in order, ask the lookup API for its probe customer
 /// every 10 ms until it answers; the lags in ms, in file order.
 fn probe_lookups(addr: std::net::SocketAddr, files: std::sync::mpsc::Receiver<(usize, Instant)>) -> Vec<u64> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let mut client = http::Client::new(addr);
         let mut lags = Vec::new();
@@ -382,7 +396,10 @@ fn probe_lookups(addr: std::net::SocketAddr, files: std::sync::mpsc::Receiver<(u
                     lags.push(landed.elapsed().as_millis() as u64);
                     break;
                 }
-                assert!(landed.elapsed() < Duration::from_secs(600), "file {index} never reached the lookup API");
+                assert!(
+                    landed.elapsed() < Duration::from_secs(600),
+                    "file {index} never reached the lookup API"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -648,7 +648,11 @@ pub(crate) async fn evaluate_at(
 /// The rows a batch publishes: of a micro-batch, every row of the tags evaluated for
 /// everyone and, of the others, the rows of the customers they were evaluated for (the
 /// narrowing says so); else every row.
-fn publish_rows(runs: &[JobRun], numbering: &Arc<Numbering>, as_of: DateTime<Utc>) -> (Vec<RecordBatch>, Option<Narrowed>) {
+fn publish_rows(
+    runs: &[JobRun],
+    numbering: &Arc<Numbering>,
+    as_of: DateTime<Utc>,
+) -> (Vec<RecordBatch>, Option<Narrowed>) {
     let tag_runs: Vec<&JobRun> = runs.iter().filter(|r| r.job.kind == JobKind::Tag).collect();
     let mut evaluated_for: Vec<&Arc<Customers>> = Vec::new();
     for set in tag_runs.iter().filter_map(|r| r.evaluated_for.as_ref()) {
@@ -679,7 +683,10 @@ fn publish_rows(runs: &[JobRun], numbering: &Arc<Numbering>, as_of: DateTime<Utc
             .collect(),
         customers,
         numbering: numbering.clone(),
-        segments: tag_runs.iter().map(|r| (r.job.name.clone(), r.values.clone())).collect(),
+        segments: tag_runs
+            .iter()
+            .map(|r| (r.job.name.clone(), r.values.clone()))
+            .collect(),
     };
     (publish::assemble(&narrowed_runs, as_of), Some(narrowed))
 }

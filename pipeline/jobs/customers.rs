@@ -152,7 +152,10 @@ impl Numbering {
             return numbers.clone();
         }
         let ids = customer_ids(batch).expect("a customer_id column casts to text");
-        let numbers: UInt32Array = ids.iter().map(|id| Some(inner.number(id.unwrap_or_default()))).collect();
+        let numbers: UInt32Array = ids
+            .iter()
+            .map(|id| Some(inner.number(id.unwrap_or_default())))
+            .collect();
         inner.columns.insert(address(&column), (column, numbers.clone()));
         numbers
     }
@@ -199,7 +202,13 @@ mod tests {
     fn ids(batches: &[RecordBatch]) -> Vec<String> {
         batches
             .iter()
-            .flat_map(|b| customer_ids(b).unwrap().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>())
+            .flat_map(|b| {
+                customer_ids(b)
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -225,7 +234,10 @@ mod tests {
         let numbering = Numbering::default();
         let set = numbering.bits(&["a".to_string()].into_iter().collect());
         let (inside, outside) = numbering.split(&[batch(&["z", "a"])], &set);
-        assert_eq!((ids(&inside), ids(&outside)), (vec!["a".to_string()], vec!["z".to_string()]));
+        assert_eq!(
+            (ids(&inside), ids(&outside)),
+            (vec!["a".to_string()], vec!["z".to_string()])
+        );
         drop((inside, outside));
         numbering.forget_dropped_columns();
         assert_eq!(numbering.inner.lock().unwrap().columns.len(), 0);

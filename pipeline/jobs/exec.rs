@@ -20,10 +20,8 @@ use tracing::{info, info_span, Instrument};
 
 use crate::state::tables::{Segment, StateTable, Table};
 
+use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
 use super::customers::{customer_ids, CustomerBits, Customers, Numbering, CUSTOMER_ID};
-use super::catalog::{
-    check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS,
-};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -201,8 +199,7 @@ async fn fold_one(
     // Retention: whole days past it go.
     let mut dropped = false;
     if day_column.is_some() {
-        let oldest_kept =
-            as_of.timestamp().div_euclid(86_400) - job.retain_days().expect("checked by the catalog") + 1;
+        let oldest_kept = as_of.timestamp().div_euclid(86_400) - job.retain_days().expect("checked by the catalog") + 1;
         segments.retain(|s| {
             let kept = s.day.is_none_or(|day| day >= oldest_kept);
             dropped |= !kept && s.rows() > 0;
@@ -873,7 +870,13 @@ async fn evaluate_job(
                 .into_iter()
                 .map(|(name, t)| {
                     let batches = rows_with_links(&t.batches, &link, &links);
-                    (name, Table { schema: t.schema, batches })
+                    (
+                        name,
+                        Table {
+                            schema: t.schema,
+                            batches,
+                        },
+                    )
                 })
                 .collect();
             let fresh = match dirty.bits.is_empty() {
@@ -951,7 +954,10 @@ fn customers_linked(tables: &BTreeMap<String, Table>, link: &str, links: &HashSe
         return customers;
     }
     for batch in tables.values().flat_map(|t| &t.batches) {
-        let (values, ids) = (text_column(batch, link), customer_ids(batch).expect("checked: names its customers"));
+        let (values, ids) = (
+            text_column(batch, link),
+            customer_ids(batch).expect("checked: names its customers"),
+        );
         for i in 0..batch.num_rows() {
             if values.is_valid(i) && links.contains(values.value(i)) && ids.is_valid(i) {
                 customers.insert(ids.value(i).to_string());
@@ -967,7 +973,10 @@ fn rows_with_links(batches: &[RecordBatch], link: &str, links: &HashSet<String, 
         .iter()
         .map(|batch| {
             let values = text_column(batch, link);
-            let keep: BooleanArray = values.iter().map(|v| Some(v.is_some_and(|v| links.contains(v)))).collect();
+            let keep: BooleanArray = values
+                .iter()
+                .map(|v| Some(v.is_some_and(|v| links.contains(v))))
+                .collect();
             filter_record_batch(batch, &keep).expect("a mask of the batch's length")
         })
         .filter(|b| b.num_rows() > 0)
@@ -989,7 +998,9 @@ fn check_scope(job: &Job, fresh: &[RecordBatch], dirty: &Dirty, numbering: &Numb
         let Some(row) = numbers.values().iter().position(|&n| !dirty.bits.contains(n)) else {
             continue;
         };
-        let id = customer_ids(batch).filter(|ids| ids.is_valid(row)).map(|ids| ids.value(row).to_string());
+        let id = customer_ids(batch)
+            .filter(|ids| ids.is_valid(row))
+            .map(|ids| ids.value(row).to_string());
         return Err(JobError::Check {
             job: job.name.clone(),
             file: job.file.clone(),

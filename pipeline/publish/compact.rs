@@ -138,7 +138,10 @@ pub async fn compact(warehouse: &Location, settings: &CompactionSettings) -> Res
 
 /// Whether changes are published live on top of `customer_tags`' latest version.
 async fn has_live_changes(warehouse: &Location) -> Result<bool, PublishError> {
-    let (tags, feed) = tokio::try_join!(open_or_new(warehouse, TAGS_TABLE), open_or_new(warehouse, CHANGES_TABLE))?;
+    let (tags, feed) = tokio::try_join!(
+        open_or_new(warehouse, TAGS_TABLE),
+        open_or_new(warehouse, CHANGES_TABLE)
+    )?;
     match tags.version() {
         Some(version) => Ok(!crate::publish::live::live_rows(&feed, version).await?.is_empty()),
         None => Ok(false),

@@ -221,4 +221,3 @@ fn text(batch: &RecordBatch, name: &str) -> StringArray {
     let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).expect("text");
     text.as_any().downcast_ref::<StringArray>().expect("utf8").clone()
 }
-

@@ -339,7 +339,8 @@ pub async fn publish_tags(
     };
     let merge = from_version.is_none() || narrowed.is_none() || live.due(&update.policy, counts.total() as u64);
     if !merge {
-        return publish_live(warehouse, table, feed, settings, rows, live, &changes, counts, &changed_tags, stats, update.as_of).await;
+        let batch = (&changes[..], counts, &changed_tags[..]);
+        return publish_live(warehouse, (table, feed), rows, live, batch, stats, update.as_of).await;
     }
 
     let mut metadata = update.metadata;
@@ -451,18 +452,15 @@ pub async fn publish_tags(
 }
 
 /// Publish a micro-batch's changes as live changes on top of `customer_tags`' version: one
-/// append to the feed (none when nothing changed), no new `customer_tags` version.
-#[allow(clippy::too_many_arguments)]
+/// append to the feed (none when nothing changed), no new `customer_tags` version. Takes
+/// `customer_tags` and the feed, the next live view's rows, the live changes so far, the
+/// batch's changes with their counts and tags, and the figures of the view.
 async fn publish_live(
     warehouse: &Location,
-    table: DeltaTable,
-    feed: DeltaTable,
-    settings: &TableSettings,
+    (table, feed): (DeltaTable, DeltaTable),
     rows: Vec<RecordBatch>,
     mut live: Live,
-    changes: &[RecordBatch],
-    counts: ChangeCounts,
-    changed_tags: &[String],
+    (changes, counts, changed_tags): (&[RecordBatch], ChangeCounts, &[String]),
     stats: diff::Figures,
     as_of: DateTime<Utc>,
 ) -> Result<(Published, TagsBase), PublishError> {
@@ -470,9 +468,11 @@ async fn publish_live(
     let appended = feed_rows(changes, Some(version), version, as_of);
     let feed = match appended.is_empty() {
         true => feed,
-        false => append_live(warehouse, feed, settings, appended, version)
-            .instrument(info_span!("feed"))
-            .await?,
+        false => {
+            append_live(warehouse, feed, appended, version)
+                .instrument(info_span!("feed"))
+                .await?
+        }
     };
     live.add(changed_tags, counts.total() as u64);
     let published = Published {
@@ -649,7 +649,6 @@ async fn append_feed(
 async fn append_live(
     warehouse: &Location,
     feed: DeltaTable,
-    settings: &TableSettings,
     rows: Vec<RecordBatch>,
     version: u64,
 ) -> Result<DeltaTable, PublishError> {
@@ -658,7 +657,6 @@ async fn append_live(
         url: url.clone(),
         source,
     };
-    let _ = settings;
     let metadata = json!({ "tagflow.from_version": version, "tagflow.to_version": version, "tagflow.live": true });
     let commit = CommitProperties::default().with_metadata(metadata.as_object().cloned().unwrap_or_default());
     let actions = stage_feed(feed.clone(), rows).await.map_err(commit_error)?;

@@ -160,10 +160,12 @@ impl AppState {
         })?;
         if Some(latest as u64) != feed_version {
             let started = Instant::now();
-            feed.update_incremental(None).await.map_err(|source| PublishError::Open {
-                url: feed.table_url().to_string(),
-                source,
-            })?;
+            feed.update_incremental(None)
+                .await
+                .map_err(|source| PublishError::Open {
+                    url: feed.table_url().to_string(),
+                    source,
+                })?;
             let changes = crate::publish::live::changes_after(feed, version, live_as_of).await?;
             let rows: usize = changes.iter().map(|b| b.num_rows()).sum();
             let mut live = self.live.write().expect("live lock");
@@ -248,7 +250,10 @@ impl AppState {
         let base = task.await.expect("loading a base does not panic")?;
         self.metrics.snapshot_version.set(base.version as i64);
         self.metrics.snapshot_customers.set(base.customer_count() as i64);
-        tracing::info!(version = base.version, "segment pages now answer from a newer merged version");
+        tracing::info!(
+            version = base.version,
+            "segment pages now answer from a newer merged version"
+        );
         if let Some(view) = self.live.write().expect("live lock").as_mut() {
             view.rebase(base.clone());
         }

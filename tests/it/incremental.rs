@@ -420,7 +420,11 @@ fn follow_publishes_new_files_until_sigterm() {
     let at = |minutes_ago: i64| (now - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
     fx.clicks("dt=today/a.parquet", &[view("k1", "c1", &at(90))]);
     let config = fx.dir.path().join("tagflow.toml");
-    std::fs::write(&config, "[compaction]\nevery_versions = 2\n[publish]\nmerge_every = \"0s\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[compaction]\nevery_versions = 2\n[publish]\nmerge_every = \"0s\"\n",
+    )
+    .unwrap();
     let log = fx.dir.path().join("follow.log");
     let mut child = tagflow()
         .arg("follow")
@@ -990,10 +994,21 @@ async fn a_moved_percentile_reaches_untouched_customers_and_a_still_one_does_not
     };
     assert_eq!(rfm_evaluated(&reports[1]), Some(1), "the percentile stayed: v1 only");
     assert_eq!(rfm_evaluated(&reports[2]), None, "the percentile moved: everyone");
-    let (still, moved) = (fx.seen_after(&reports[1].published).await, fx.seen_after(&reports[2].published).await);
+    let (still, moved) = (
+        fx.seen_after(&reports[1].published).await,
+        fx.seen_after(&reports[2].published).await,
+    );
     assert_eq!(still.value("b8", "rfm_tier").as_deref(), Some("big_spender"));
-    assert_eq!(moved.value("b8", "rfm_tier").as_deref(), Some("casual"), "b8 sent nothing");
-    assert_same(&moved, &full_tags(&fx, "2026-11-20T11:00:00Z").await, "after the moving batch");
+    assert_eq!(
+        moved.value("b8", "rfm_tier").as_deref(),
+        Some("casual"),
+        "b8 sent nothing"
+    );
+    assert_same(
+        &moved,
+        &full_tags(&fx, "2026-11-20T11:00:00Z").await,
+        "after the moving batch",
+    );
 }
 
 /// A `follow` session in this process whose batches run at `times` (a simulated clock),
@@ -1019,7 +1034,9 @@ pub(crate) async fn follow_at(
     let next_time = std::sync::atomic::AtomicUsize::new(0);
     let clock = || {
         let k = next_time.fetch_add(1, SeqCst).min(times.len() - 1);
-        chrono::DateTime::parse_from_rfc3339(times[k]).unwrap().with_timezone(&Utc)
+        chrono::DateTime::parse_from_rfc3339(times[k])
+            .unwrap()
+            .with_timezone(&Utc)
     };
     let metrics = tagflow::app::metrics::FollowMetrics::default();
     let stop = async {

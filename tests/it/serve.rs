@@ -801,7 +801,10 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
             ],
         ),
         // A fifth customer on d1: s1..s5 now share a device.
-        ("dt=2026-11-20/c.parquet", vec![view("kd5", "s5", "2026-11-20T09:20:00Z").device("d1")]),
+        (
+            "dt=2026-11-20/c.parquet",
+            vec![view("kd5", "s5", "2026-11-20T09:20:00Z").device("d1")],
+        ),
     ];
     let times = ["2026-11-20T10:00:00Z", "2026-11-20T10:05:00Z", "2026-11-20T10:10:00Z"];
     let reports = follow_at(&settings, &times, |batch| {
@@ -811,7 +814,10 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
     })
     .await;
     assert_eq!(reports.len(), 3, "three batches published");
-    assert!(reports[0].published.merged, "the first batch evaluates everyone and merges");
+    assert!(
+        reports[0].published.merged,
+        "the first batch evaluates everyone and merges"
+    );
     for report in &reports[1..] {
         assert!(!report.published.merged, "a micro-batch keeps its changes live");
         assert_eq!(report.published.version, 0, "customer_tags has no new version");
@@ -819,9 +825,17 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
     }
     let last = &reports[2].published;
     let seen = fx.seen_after(last).await;
-    assert_eq!(seen.value("s1", "shared_device").as_deref(), Some("true"), "reached through the device");
+    assert_eq!(
+        seen.value("s1", "shared_device").as_deref(),
+        Some("true"),
+        "reached through the device"
+    );
     assert!(seen.value("n1", "lifecycle").is_some(), "a new customer entered");
-    assert_ne!(seen.rows, fx.published(Some(0)).await.rows, "the live changes are not in version 0");
+    assert_ne!(
+        seen.rows,
+        fx.published(Some(0)).await.rows,
+        "the live changes are not in version 0"
+    );
 
     // The server catches up with the feed, and each lookup equals the view it names.
     let mut client = Client::new(server.addr);
@@ -834,7 +848,11 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(caught_up, "the server applied the feed up to version {:?}", last.feed_version);
+    assert!(
+        caught_up,
+        "the server applied the feed up to version {:?}",
+        last.feed_version
+    );
     let expected = by_customer(&seen);
     for (id, rows) in &expected {
         let reply = client.get(&format!("/v1/customers/{id}/tags")).await;
@@ -856,7 +874,11 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
     let report = fx.try_run("2026-11-20T10:10:00Z", Some(config)).await.expect("run");
     assert!(report.published.merged);
     assert_eq!(report.published.version, 1);
-    assert_eq!(fx.published(Some(1)).await.rows, seen.rows, "version 1 holds what lookups saw");
+    assert_eq!(
+        fx.published(Some(1)).await.rows,
+        seen.rows,
+        "version 1 holds what lookups saw"
+    );
     let _ = stop_server.send(());
     server.wait().await.expect("server stops");
 }

@@ -110,7 +110,10 @@ async fn a_fold_rewrites_only_the_days_and_keys_it_touches() {
     assert_eq!(folded(&third, "customer_days"), (1, 5), "d1: c2's row only");
     assert_eq!(folded(&third, "order_payments"), (1, 3), "x1 merged, alone");
     let days_3 = segments(&fx, "customer_days");
-    assert!(days_2.iter().all(|s| days_3.contains(s)), "no file is rewritten: {days_3:?}");
+    assert!(
+        days_2.iter().all(|s| days_3.contains(s)),
+        "no file is rewritten: {days_3:?}"
+    );
     let added: Vec<_> = days_3.iter().filter(|s| !days_2.contains(s)).collect();
     assert_eq!(added.len(), 1);
     assert_eq!(added[0].1, Some(day(d1)), "a second segment of d1");
@@ -163,7 +166,10 @@ async fn a_keyed_table_merges_its_smallest_segments_past_eight() {
                 assert_eq!(count, i as usize, "run {i}");
             }
             _ => {
-                assert_eq!(rewritten, 3, "run {i}: the new order, and the two smallest segments joined");
+                assert_eq!(
+                    rewritten, 3,
+                    "run {i}: the new order, and the two smallest segments joined"
+                );
                 assert_eq!(count, 8, "run {i}");
             }
         }

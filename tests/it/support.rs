@@ -471,7 +471,8 @@ pub async fn read_view_at(warehouse: &tagflow::storage::Location, at: Option<(u6
         .await
         .expect("read the live view");
     let mut tags = tags_from(&rows);
-    tags.rows.sort_by(|a, b| (&a.tag, &a.customer_id).cmp(&(&b.tag, &b.customer_id)));
+    tags.rows
+        .sort_by(|a, b| (&a.tag, &a.customer_id).cmp(&(&b.tag, &b.customer_id)));
     tags
 }
 
