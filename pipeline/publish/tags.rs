@@ -1,7 +1,8 @@
 //! Publishing tags: a run's tag rows become one new version of `customer_tags` by one Delta
 //! write that replaces the partitions of the tags that changed, and the changes are appended
-//! to the change feed
-//! `tag_changes` (one row per customer and tag that entered, exited or changed).
+//! to the change feed `tag_changes` (one row per customer and tag that entered, exited or
+//! changed). A `follow` micro-batch that is not due to merge appends its changes to the feed
+//! only, as live changes on top of the latest version ([`super::live`]).
 //!
 //! `customer_tags` is partitioned by `tag`: a segment read opens one partition, and a publish
 //! rewrites only the partitions of tags with changed rows. A row's

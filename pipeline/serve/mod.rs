@@ -1,6 +1,7 @@
 //! Serve: the tag lookup API (`tagflow serve`). Answers "what are customer X's tags right
-//! now?" from an in-memory index of the latest published `customer_tags` version, reloads
-//! within seconds of a new publish and swaps atomically.
+//! now?" from an in-memory index of the latest merged `customer_tags` version with the
+//! change feed's rows since applied ([`live`]): each reload applies what a new feed version
+//! changed, and a newer merged version is indexed in the background and swapped atomically.
 //!
 //! Owns: the HTTP server (axum), the served index and its reloads, auth, limits, metrics.
 //! Must not: write to the warehouse. It only reads published snapshots: a request takes one

@@ -2,8 +2,8 @@
 //!
 //! A state version is a manifest naming immutable files:
 //! - the state tables, folded batch by batch by the state jobs: one Arrow IPC file per
-//!   segment ([`StateTable`]); a version names the segments a fold rewrote and the ones
-//!   it kept from earlier versions, so a commit writes only what the batch touched;
+//!   segment ([`StateTable`]); a version names the segments a fold wrote and the ones it
+//!   kept from earlier versions, so a commit writes only what the batch touched;
 //! - the events read but after the as-of time, held until an as-of reaches them (Arrow IPC,
 //!   per stream);
 //! - the de-duplication memory: 128-bit hashes of the event ids counted, in segments per
