@@ -800,16 +800,61 @@ fn sql_list(names: &[String]) -> String {
     }
 }
 
-/// One customer's rows of `customer_tags` at `version` (the latest if `None`), by family
-/// and tag: `family, tag, value, score, as_of`.
+/// One customer's rows of `customer_tags` at `version`, by family and tag: `family, tag,
+/// value, score, as_of`. `None`: now, with the live changes a `follow` session published on
+/// top of the latest version (what the lookup API answers).
 pub async fn customer_rows(
     warehouse: &Location,
     customer_id: &str,
     version: Option<u64>,
 ) -> Result<Vec<RecordBatch>, PublishError> {
-    let sql = format!(
-        "SELECT family, tag, value, score, as_of FROM {TAGS_TABLE} WHERE customer_id = '{}' ORDER BY family, tag",
-        customer_id.replace('\'', "''")
-    );
-    super::query_published(warehouse, TAGS_TABLE, version, &sql).await
+    let id = customer_id.replace('\'', "''");
+    let table = super::open_published(warehouse, TAGS_TABLE, version).await?;
+    let ctx = SessionContext::new();
+    register(&ctx, &table, TAGS_TABLE).await?;
+    let rows = collect(
+        &ctx,
+        &table,
+        &format!("SELECT {ROW_COLUMNS} FROM {TAGS_TABLE} WHERE customer_id = '{id}'"),
+    )
+    .await?;
+    let mut rows = conform_rows(rows);
+    if version.is_none() {
+        let latest = table.version().unwrap_or_default();
+        let changes = match super::open_published(warehouse, CHANGES_TABLE, None).await {
+            Ok(feed) => live::live_rows(&feed, latest).await?,
+            Err(PublishError::NotFound { .. }) => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        let own: Vec<RecordBatch> = changes
+            .iter()
+            .map(|b| {
+                let ids =
+                    arrow::compute::cast(b.column_by_name("customer_id").expect("a feed column"), &DataType::Utf8)
+                        .expect("text");
+                let ids = ids.as_any().downcast_ref::<arrow::array::StringArray>().expect("utf8");
+                let mine: arrow::array::BooleanArray = ids.iter().map(|v| Some(v == Some(customer_id))).collect();
+                arrow::compute::filter_record_batch(b, &mine).expect("a mask of the batch's length")
+            })
+            .collect();
+        rows = live::apply(rows, &own);
+    }
+    // By family and tag, without the id.
+    let ctx = SessionContext::new();
+    let schema = customer_tags_schema();
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![rows]).map_err(|source| PublishError::Read {
+        url: table_url(warehouse, TAGS_TABLE).to_string(),
+        source,
+    })?;
+    let read = |source| PublishError::Read {
+        url: table_url(warehouse, TAGS_TABLE).to_string(),
+        source,
+    };
+    ctx.register_table("rows", Arc::new(table)).map_err(read)?;
+    ctx.sql("SELECT family, tag, value, score, as_of FROM rows ORDER BY family, tag")
+        .await
+        .map_err(read)?
+        .collect()
+        .await
+        .map_err(read)
 }

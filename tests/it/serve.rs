@@ -870,6 +870,35 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
     assert_eq!(api_rows(&batch["customers"][0]), expected["s5"]);
     assert_eq!(batch["not_found"], json!(["nobody"]));
 
+    // `tagflow tags` (customer_rows) reads the same: live by default, a version as it was.
+    let warehouse = location(&fx.warehouse_dir());
+    let tags_of = |batches: Vec<arrow::record_batch::RecordBatch>| -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let tags = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .unwrap()
+                    .clone();
+                (0..b.num_rows()).map(move |i| tags.value(i).to_string())
+            })
+            .collect()
+    };
+    let now = tags_of(
+        tagflow::publish::tags::customer_rows(&warehouse, "s1", None)
+            .await
+            .unwrap(),
+    );
+    let then = tags_of(
+        tagflow::publish::tags::customer_rows(&warehouse, "s1", Some(0))
+            .await
+            .unwrap(),
+    );
+    assert!(now.contains(&"shared_device".to_string()), "{now:?}");
+    assert!(!then.contains(&"shared_device".to_string()), "{then:?}");
+
     // A run merges the live changes into customer_tags.
     let report = fx.try_run("2026-11-20T10:10:00Z", Some(config)).await.expect("run");
     assert!(report.published.merged);
