@@ -763,12 +763,22 @@ pub async fn live_view(
         Some((_, feed)) => feed,
         None => None,
     };
-    let changes = match super::open_published(warehouse, CHANGES_TABLE, feed_version).await {
-        Ok(feed) => live::live_rows(&feed, version).await?,
-        Err(PublishError::NotFound { .. }) => Vec::new(),
-        Err(error) => return Err(error),
-    };
+    let changes = live_changes_on(warehouse, version, feed_version).await?;
     Ok((version, live::apply(all_rows(&table).await?, &changes)))
+}
+
+/// The live rows on `customer_tags` version `version` in the feed at `feed_version` (the
+/// latest if `None`); none without a feed.
+async fn live_changes_on(
+    warehouse: &Location,
+    version: u64,
+    feed_version: Option<u64>,
+) -> Result<Vec<RecordBatch>, PublishError> {
+    match super::open_published(warehouse, CHANGES_TABLE, feed_version).await {
+        Ok(feed) => live::live_rows(&feed, version).await,
+        Err(PublishError::NotFound { .. }) => Ok(Vec::new()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Every row of `customer_tags` at `version`.
@@ -821,11 +831,7 @@ pub async fn customer_rows(
     let mut rows = conform_rows(rows);
     if version.is_none() {
         let latest = table.version().unwrap_or_default();
-        let changes = match super::open_published(warehouse, CHANGES_TABLE, None).await {
-            Ok(feed) => live::live_rows(&feed, latest).await?,
-            Err(PublishError::NotFound { .. }) => Vec::new(),
-            Err(error) => return Err(error),
-        };
+        let changes = live_changes_on(warehouse, latest, None).await?;
         let own: Vec<RecordBatch> = changes
             .iter()
             .map(|b| {
