@@ -16,10 +16,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, StringArray, UInt32Array};
-use arrow::compute::{cast, filter, filter_record_batch};
-use arrow::datatypes::DataType;
+use arrow::compute::{filter, filter_record_batch};
 use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
+
+use crate::storage::rows::text_column;
 
 /// The column that names a row's customer.
 pub const CUSTOMER_ID: &str = "customer_id";
@@ -29,9 +30,7 @@ pub type Customers = std::collections::HashSet<String, RandomState>;
 
 /// The `customer_id` column of `batch` as text, if it has one.
 pub fn customer_ids(batch: &RecordBatch) -> Option<StringArray> {
-    let column = batch.column_by_name(CUSTOMER_ID)?;
-    let text = cast(column, &DataType::Utf8).ok()?;
-    text.as_any().downcast_ref::<StringArray>().cloned()
+    text_column(batch, CUSTOMER_ID)
 }
 
 /// Numbers for customer ids, and the numbers of the customer columns seen so far. Shared by

@@ -19,6 +19,7 @@ use foldhash::fast::RandomState;
 use tracing::{info, info_span, Instrument};
 
 use crate::state::tables::{Segment, StateTable, Table};
+use crate::storage::rows::{split_batch, text_column};
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
 use super::customers::{customer_ids, CustomerBits, Customers, Numbering, CUSTOMER_ID};
@@ -295,15 +296,9 @@ fn take_touched_rows(
         for batch in std::mem::take(&mut segment.batches) {
             let keys = key_rows(job, &batch);
             let hit: BooleanArray = keys.iter().map(|k| Some(new_keys.contains(k.as_ref()))).collect();
-            match hit.true_count() {
-                0 => kept.push(batch),
-                n if n == batch.num_rows() => touched.push(batch),
-                _ => {
-                    touched.push(filter_record_batch(&batch, &hit).expect("a mask of the batch's length"));
-                    let others = arrow::compute::not(&hit).expect("a mask");
-                    kept.push(filter_record_batch(&batch, &others).expect("a mask of the batch's length"));
-                }
-            }
+            let (hit, others) = split_batch(&batch, &hit);
+            touched.extend(hit);
+            kept.extend(others);
         }
         segment.batches = kept;
     }
@@ -319,11 +314,7 @@ fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
         for batch in std::mem::take(&mut segment.batches) {
             let keys = key_rows(job, &batch);
             let newest: BooleanArray = keys.iter().map(|k| Some(seen.insert(k.as_ref().to_vec()))).collect();
-            match newest.true_count() {
-                n if n == batch.num_rows() => kept.push(batch),
-                0 => {}
-                _ => kept.push(filter_record_batch(&batch, &newest).expect("a mask of the batch's length")),
-            }
+            kept.extend(split_batch(&batch, &newest).0);
         }
         segment.batches = kept;
     }
@@ -940,7 +931,7 @@ fn links_of(
     let mut links = HashSet::default();
     for table in tables.values() {
         for batch in numbering.split(&table.batches, customers).0 {
-            let values = text_column(&batch, link);
+            let values = link_column(&batch, link);
             links.extend(values.iter().flatten().map(String::from));
         }
     }
@@ -955,7 +946,7 @@ fn customers_linked(tables: &BTreeMap<String, Table>, link: &str, links: &HashSe
     }
     for batch in tables.values().flat_map(|t| &t.batches) {
         let (values, ids) = (
-            text_column(batch, link),
+            link_column(batch, link),
             customer_ids(batch).expect("checked: names its customers"),
         );
         for i in 0..batch.num_rows() {
@@ -972,7 +963,7 @@ fn rows_with_links(batches: &[RecordBatch], link: &str, links: &HashSet<String, 
     batches
         .iter()
         .map(|batch| {
-            let values = text_column(batch, link);
+            let values = link_column(batch, link);
             let keep: BooleanArray = values
                 .iter()
                 .map(|v| Some(v.is_some_and(|v| links.contains(v))))
@@ -983,11 +974,9 @@ fn rows_with_links(batches: &[RecordBatch], link: &str, links: &HashSet<String, 
         .collect()
 }
 
-/// A column of `batch` as text (the plan checked it exists).
-fn text_column(batch: &RecordBatch, name: &str) -> StringArray {
-    let column = batch.column_by_name(name).expect("checked by the plan");
-    let text = cast(column, &DataType::Utf8).expect("a link column casts to text");
-    text.as_any().downcast_ref::<StringArray>().expect("utf8").clone()
+/// A link column of `batch` as text (the plan checked it exists).
+fn link_column(batch: &RecordBatch, link: &str) -> StringArray {
+    text_column(batch, link).expect("checked by the plan: a link column, castable to text")
 }
 
 /// A job of scope "customer" answers for the customers it was given only; a row for anyone

@@ -21,6 +21,7 @@ use foldhash::fast::RandomState;
 
 use super::customer_tags_schema;
 use super::tags::ChangeCounts;
+use crate::storage::rows::split_batch;
 
 /// The columns of a diff's changes: the feed's columns without versions and as-of.
 /// `change` is `entered`, `exited` or `changed`.
@@ -325,16 +326,7 @@ pub fn split_by_tags(batch: &RecordBatch, of: impl Fn(&str) -> bool) -> (Option<
         last = Some((tag, accepted));
         mask.push(accepted);
     }
-    let selected = BooleanArray::from(mask);
-    match selected.true_count() {
-        0 => (None, (batch.num_rows() > 0).then(|| batch.clone())),
-        n if n == batch.num_rows() => (Some(batch.clone()), None),
-        _ => {
-            let others = arrow::compute::not(&selected).expect("a mask");
-            let take = |mask: &BooleanArray| filter_record_batch(batch, mask).expect("a mask of the batch's length");
-            (Some(take(&selected)), Some(take(&others)))
-        }
-    }
+    split_batch(batch, &BooleanArray::from(mask))
 }
 
 #[derive(Clone, Copy)]

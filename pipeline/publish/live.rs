@@ -27,6 +27,7 @@ use foldhash::fast::RandomState;
 
 use super::tables::CHANGES_TABLE;
 use super::{collect, customer_tags_schema, register, PublishError};
+use crate::storage::rows::text_column;
 use crate::storage::units::Bounded;
 
 /// `[publish] merge_every`: seconds between two merges of live changes into `customer_tags`.
@@ -217,7 +218,5 @@ fn row_batch(columns: Vec<ArrayRef>) -> RecordBatch {
 }
 
 fn text(batch: &RecordBatch, name: &str) -> StringArray {
-    let column = batch.column_by_name(name).expect("a feed or customer_tags column");
-    let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).expect("text");
-    text.as_any().downcast_ref::<StringArray>().expect("utf8").clone()
+    text_column(batch, name).expect("a text column of the feed or customer_tags")
 }

@@ -49,6 +49,7 @@ use super::{
     Published,
 };
 use crate::jobs::{CustomerBits, Numbering};
+use crate::storage::rows::{split_batch, text_column};
 use crate::storage::Location;
 
 /// Application id of the feed's transactions: the `customer_tags` version covered so far.
@@ -834,13 +835,10 @@ pub async fn customer_rows(
         let changes = live_changes_on(warehouse, latest, None).await?;
         let own: Vec<RecordBatch> = changes
             .iter()
-            .map(|b| {
-                let ids =
-                    arrow::compute::cast(b.column_by_name("customer_id").expect("a feed column"), &DataType::Utf8)
-                        .expect("text");
-                let ids = ids.as_any().downcast_ref::<arrow::array::StringArray>().expect("utf8");
+            .filter_map(|b| {
+                let ids = text_column(b, "customer_id").expect("the feed's customer_id");
                 let mine: arrow::array::BooleanArray = ids.iter().map(|v| Some(v == Some(customer_id))).collect();
-                arrow::compute::filter_record_batch(b, &mine).expect("a mask of the batch's length")
+                split_batch(b, &mine).0
             })
             .collect();
         rows = live::apply(rows, &own);

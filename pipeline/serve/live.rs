@@ -21,6 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use foldhash::fast::RandomState;
 
 use super::index::{SharedIndex, TagView};
+use crate::storage::rows::text_column;
 
 /// One tag row of a changed customer.
 #[derive(Debug, Clone)]
@@ -92,11 +93,7 @@ impl LiveView {
     /// Apply feed rows (in publish order) read from the feed at `feed_version`.
     pub fn apply(&mut self, changes: &[RecordBatch], feed_version: Option<u64>) {
         for batch in changes {
-            let text = |name: &str| -> StringArray {
-                let column = batch.column_by_name(name).expect("a feed column");
-                let text = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).expect("text");
-                text.as_any().downcast_ref::<StringArray>().expect("utf8").clone()
-            };
+            let text = |name: &str| -> StringArray { text_column(batch, name).expect("a text column of the feed") };
             let (ids, families, tags, kinds, values) = (
                 text("customer_id"),
                 text("family"),

@@ -32,6 +32,7 @@ pub mod dedup;
 pub mod hold;
 pub mod lock;
 pub mod progress;
+pub mod rows;
 pub mod units;
 
 /// Retries of a failed object-store request, unless `max_retries` says otherwise.

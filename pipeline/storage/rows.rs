@@ -1,0 +1,26 @@
+//! Small Arrow helpers every stage that holds rows in memory shares.
+//!
+//! Owns: reading a column as text and splitting a batch by a mask. Must not: know any
+//! table; callers name their columns.
+
+use arrow::array::{BooleanArray, StringArray};
+use arrow::compute::{cast, filter_record_batch, not};
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+
+/// The column `name` of `batch` as text (`None`: no such column, or not castable).
+pub fn text_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
+    let text = cast(batch.column_by_name(name)?, &DataType::Utf8).ok()?;
+    text.as_any().downcast_ref::<StringArray>().cloned()
+}
+
+/// The rows of `batch` that `mask` selects, and the others (`None`: no such row; a side
+/// holding every row is `batch` itself, not a copy).
+pub fn split_batch(batch: &RecordBatch, mask: &BooleanArray) -> (Option<RecordBatch>, Option<RecordBatch>) {
+    let take = |mask: &BooleanArray| filter_record_batch(batch, mask).expect("a mask of the batch's length");
+    match mask.true_count() {
+        0 => (None, (batch.num_rows() > 0).then(|| batch.clone())),
+        n if n == batch.num_rows() => (Some(batch.clone()), None),
+        _ => (Some(take(mask)), Some(take(&not(mask).expect("a mask")))),
+    }
+}
