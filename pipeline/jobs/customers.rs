@@ -191,7 +191,7 @@ fn address(column: &ArrayRef) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema};
 
     fn batch(ids: &[&str]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![Field::new(CUSTOMER_ID, DataType::Utf8, false)]));

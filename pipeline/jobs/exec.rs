@@ -263,9 +263,7 @@ fn key_rows(job: &Job, batch: &RecordBatch) -> arrow::row::Rows {
         .iter()
         .map(|k| batch.column_by_name(k).expect("key column").clone())
         .collect();
-    let fields = columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
-    let converter = RowConverter::new(fields).expect("row format supports state columns");
-    converter.convert_columns(&columns).expect("columns of one batch")
+    row_format(&columns)
 }
 
 /// Take the rows whose key one of `new_rows` has out of `segments` (those of the new rows'
@@ -374,10 +372,14 @@ fn changed_customers(job: &Job, new_rows: &[RecordBatch], touched: &[RecordBatch
 /// Each row of `columns` as bytes that are equal exactly when the rows' values are
 /// (nulls, types and separators included: Arrow's row format), to compare rows or keys by.
 fn row_bytes(columns: &[ArrayRef]) -> Vec<Vec<u8>> {
+    row_format(columns).iter().map(|row| row.as_ref().to_vec()).collect()
+}
+
+/// `columns` (of one batch) in Arrow's row format.
+fn row_format(columns: &[ArrayRef]) -> arrow::row::Rows {
     let fields = columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
     let converter = RowConverter::new(fields).expect("row format supports state and job columns");
-    let rows = converter.convert_columns(columns).expect("columns of one batch");
-    rows.iter().map(|row| row.as_ref().to_vec()).collect()
+    converter.convert_columns(columns).expect("columns of one batch")
 }
 
 /// The distinct values of the day column of `batches`.
@@ -528,6 +530,22 @@ struct Dirty {
 }
 
 impl Dirty {
+    fn new(ids: Arc<Customers>, numbering: &Numbering) -> Self {
+        Dirty {
+            bits: Arc::new(numbering.bits(&ids)),
+            ids,
+        }
+    }
+
+    /// Every customer of `sets`.
+    fn union(sets: &[&Dirty], numbering: &Numbering) -> Self {
+        let mut ids = Customers::default();
+        for set in sets {
+            ids.extend(set.ids.iter().cloned());
+        }
+        Dirty::new(Arc::new(ids), numbering)
+    }
+
     fn nobody() -> Self {
         Dirty {
             ids: Arc::new(Customers::default()),
@@ -589,10 +607,7 @@ pub async fn run_jobs(
     let mut tables: BTreeMap<String, Table> = state.iter().map(|(name, t)| (name.clone(), t.table())).collect();
     // The customers whose state changed, and per table read so far the customers whose
     // rows may differ from the previous batch's (`None`: unknown, anyone's).
-    let state_changed: Option<Dirty> = reuse.as_ref().map(|r| Dirty {
-        bits: Arc::new(r.numbering.bits(&r.changed)),
-        ids: r.changed.clone(),
-    });
+    let state_changed: Option<Dirty> = reuse.as_ref().map(|r| Dirty::new(r.changed.clone(), &r.numbering));
     let mut changed: BTreeMap<String, Option<Dirty>> =
         state.keys().map(|name| (name.clone(), state_changed.clone())).collect();
     // Each table's rows of the customers whose state changed, selected once per batch: most
@@ -600,7 +615,7 @@ pub async fn run_jobs(
     let mut narrowed: BTreeMap<String, Table> = match (&state_changed, &reuse) {
         (Some(dirty), Some(reuse)) => tables
             .iter()
-            .filter(|(_, t)| t.schema.column_with_name(CUSTOMER_ID).is_some())
+            .filter(|(_, t)| names_customers(&t.schema))
             .map(|(name, t)| {
                 let (rows, _) = reuse.numbering.split(&t.batches, &dirty.bits);
                 (
@@ -636,20 +651,14 @@ pub async fn run_jobs(
             let previous = reuse.as_ref().and_then(|r| r.previous.get(&job.name).cloned());
             let diff_needed = read_by_others.contains(job.name.as_str());
             let numbering = reuse.as_ref().map(|r| r.numbering.clone());
-            let state_changed = state_changed.clone();
             let job = job.clone();
             running.spawn(
                 async move {
-                    let (run, fresh) = evaluate_job(&job, reads, plan, as_of, partitions).await?;
-                    let changed = match (&run.evaluated_for, previous, numbering) {
-                        // The state's own set stands for itself (the plan recognises it by identity).
-                        (Some(dirty), _, _) if state_changed.as_ref().is_some_and(|s| Arc::ptr_eq(dirty, &s.ids)) => {
-                            state_changed
-                        }
-                        (Some(dirty), _, Some(numbering)) => Some(Dirty {
-                            bits: Arc::new(numbering.bits(dirty)),
-                            ids: dirty.clone(),
-                        }),
+                    let (run, evaluated_for, fresh) = evaluate_job(&job, reads, plan, as_of, partitions).await?;
+                    let changed = match (evaluated_for, previous, numbering) {
+                        // Evaluated for some customers: theirs are the rows that may differ
+                        // (the state's own set stays itself: the plan recognises it by identity).
+                        (Some(dirty), _, _) => Some(dirty),
                         // A table of no customer in particular (a population's figure): no
                         // customer's input changed if its rows did not, everyone's if they did.
                         (None, Some(previous), Some(_)) if diff_needed && !names_customers(&run.schema) => {
@@ -657,10 +666,7 @@ pub async fn run_jobs(
                         }
                         (None, Some(previous), Some(numbering)) if diff_needed => {
                             let ids = Arc::new(customers_with_other_rows(&previous, &run));
-                            Some(Dirty {
-                                bits: Arc::new(numbering.bits(&ids)),
-                                ids,
-                            })
+                            Some(Dirty::new(ids, &numbering))
                         }
                         _ => None,
                     };
@@ -742,19 +748,13 @@ fn plan(
         if !reads.values().all(|t| t.schema.column_with_name(link).is_some()) {
             return Plan::Everyone;
         }
-        let mut ids = Customers::default();
-        for dirty in &inputs_changed {
-            ids.extend(dirty.ids.iter().cloned());
-        }
-        if ids.len() > numbering.customers() / LINKED_AT_MOST_ONE_IN {
+        let seed = Dirty::union(&inputs_changed, &numbering);
+        if seed.ids.len() > numbering.customers() / LINKED_AT_MOST_ONE_IN {
             return Plan::Everyone;
         }
         return Plan::Linked {
             link: link.clone(),
-            seed: Dirty {
-                bits: Arc::new(numbering.bits(&ids)),
-                ids: Arc::new(ids),
-            },
+            seed,
             previous,
             numbering,
         };
@@ -775,15 +775,8 @@ fn plan(
             numbering,
         };
     }
-    let mut ids = Customers::default();
-    for dirty in inputs_changed {
-        ids.extend(dirty.ids.iter().cloned());
-    }
     Plan::Customers {
-        dirty: Dirty {
-            bits: Arc::new(numbering.bits(&ids)),
-            ids: Arc::new(ids),
-        },
+        dirty: Dirty::union(&inputs_changed, &numbering),
         previous,
         narrowed: None,
         numbering,
@@ -798,7 +791,7 @@ async fn evaluate_job(
     plan: Plan,
     as_of: DateTime<Utc>,
     partitions: usize,
-) -> Result<(JobRun, Option<Vec<RecordBatch>>), JobError> {
+) -> Result<(JobRun, Option<Dirty>, Option<Vec<RecordBatch>>), JobError> {
     let as_mem_tables = |tables: BTreeMap<String, Table>| -> BTreeMap<String, Arc<MemTable>> {
         tables
             .into_iter()
@@ -806,7 +799,11 @@ async fn evaluate_job(
             .collect()
     };
     match plan {
-        Plan::Everyone => Ok((run_one(job, &as_mem_tables(reads), as_of, partitions).await?, None)),
+        Plan::Everyone => Ok((
+            run_one(job, &as_mem_tables(reads), as_of, partitions).await?,
+            None,
+            None,
+        )),
         Plan::Customers {
             dirty,
             previous,
@@ -837,8 +834,8 @@ async fn evaluate_job(
                 false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
             };
             check_scope(job, &fresh, &dirty, &numbering)?;
-            let run = splice(job, &previous, dirty, &fresh, &numbering, started);
-            Ok((run, Some(fresh)))
+            let run = splice(job, &previous, &dirty, &fresh, &numbering, started);
+            Ok((run, Some(dirty), Some(fresh)))
         }
         Plan::Linked {
             link,
@@ -852,10 +849,7 @@ async fn evaluate_job(
             let seed_links = links_of(&reads, &link, &numbering, &seed.bits);
             let mut affected: Customers = customers_linked(&reads, &link, &seed_links);
             affected.extend(seed.ids.iter().cloned());
-            let dirty = Dirty {
-                bits: Arc::new(numbering.bits(&affected)),
-                ids: Arc::new(affected),
-            };
+            let dirty = Dirty::new(Arc::new(affected), &numbering);
             let links = links_of(&reads, &link, &numbering, &dirty.bits);
             let inputs: BTreeMap<String, Table> = reads
                 .into_iter()
@@ -877,8 +871,8 @@ async fn evaluate_job(
             // Rows of customers outside the linked ones (they share an unchanged link with
             // one of them) are as they were.
             let (fresh, _) = numbering.split(&fresh, &dirty.bits);
-            let run = splice(job, &previous, dirty, &fresh, &numbering, started);
-            Ok((run, None))
+            let run = splice(job, &previous, &dirty, &fresh, &numbering, started);
+            Ok((run, Some(dirty), None))
         }
     }
 }
@@ -888,7 +882,7 @@ async fn evaluate_job(
 fn splice(
     job: &Job,
     previous: &JobRun,
-    dirty: Dirty,
+    dirty: &Dirty,
     fresh: &[RecordBatch],
     numbering: &Numbering,
     started: Instant,
@@ -917,7 +911,7 @@ fn splice(
         batches,
         schema: previous.schema.clone(),
         values,
-        evaluated_for: Some(dirty.ids),
+        evaluated_for: Some(dirty.ids.clone()),
     }
 }
 
