@@ -294,7 +294,7 @@ pub async fn publish_tags(
     update: TagsUpdate,
     settings: &TableSettings,
 ) -> Result<(Published, TagsBase), PublishError> {
-    let (table, feed, old_rows, mut live) = base.into_parts(warehouse, settings).await?;
+    let (table, feed, old_rows, live) = base.into_parts(warehouse, settings).await?;
     let from_version = table.version();
     let new_rows = update.rows;
     let narrowed = update.narrowed.map(Arc::new);
@@ -342,7 +342,16 @@ pub async fn publish_tags(
     let merge = from_version.is_none() || narrowed.is_none() || live.due(&update.policy, counts.total() as u64);
     if !merge {
         let batch = (&changes[..], counts, &changed_tags[..]);
-        return publish_live(warehouse, (table, feed), rows, live, batch, stats, update.as_of).await;
+        return publish_live(
+            (warehouse, settings),
+            (table, feed),
+            rows,
+            live,
+            batch,
+            stats,
+            update.as_of,
+        )
+        .await;
     }
 
     let mut metadata = update.metadata;
@@ -444,11 +453,10 @@ pub async fn publish_tags(
         feed_version: feed.version(),
         merged: true,
     };
-    live = Live::default();
     let next = TagsBase {
         tables: Some((table, feed)),
         rows,
-        live,
+        live: Live::default(),
     };
     Ok((published, next))
 }
@@ -458,7 +466,7 @@ pub async fn publish_tags(
 /// `customer_tags` and the feed, the next live view's rows, the live changes so far, the
 /// batch's changes with their counts and tags, and the figures of the view.
 async fn publish_live(
-    warehouse: &Location,
+    (warehouse, settings): (&Location, &TableSettings),
     (table, feed): (DeltaTable, DeltaTable),
     rows: Vec<RecordBatch>,
     mut live: Live,
@@ -471,7 +479,7 @@ async fn publish_live(
     let feed = match appended.is_empty() {
         true => feed,
         false => {
-            append_live(warehouse, feed, appended, version)
+            append_feed(warehouse, feed, settings, appended, None, Some(version), version)
                 .instrument(info_span!("feed"))
                 .await?
         }
@@ -603,7 +611,8 @@ async fn stage_feed(feed: DeltaTable, rows: Vec<RecordBatch>) -> Result<Vec<Acti
 
 /// Append `rows` (the changes from version `from` to `to`, already written as `staged` or
 /// written now) to the feed, opened at its latest version, marking version `to` as
-/// covered. Returns the feed at its new version.
+/// covered; live rows (`from` = `to`: on top of version `to`, not merged yet) leave the
+/// version covered as it was. Returns the feed at its new version.
 async fn append_feed(
     warehouse: &Location,
     feed: DeltaTable,
@@ -618,10 +627,12 @@ async fn append_feed(
         url: url.clone(),
         source,
     };
-    let metadata = json!({ "tagflow.from_version": from, "tagflow.to_version": to });
-    let commit = CommitProperties::default()
-        .with_metadata(metadata.as_object().cloned().unwrap_or_default())
-        .with_application_transaction(Transaction::new(FEED_APP, to as i64));
+    let live = from == Some(to);
+    let metadata = json!({ "tagflow.from_version": from, "tagflow.to_version": to, "tagflow.live": live });
+    let mut commit = CommitProperties::default().with_metadata(metadata.as_object().cloned().unwrap_or_default());
+    if !live {
+        commit = commit.with_application_transaction(Transaction::new(FEED_APP, to as i64));
+    }
     if feed.version().is_none() {
         // The first append creates the feed (with its table settings), rows or not.
         let rows = match rows.is_empty() {
@@ -643,25 +654,6 @@ async fn append_feed(
         None => stage_feed(feed.clone(), rows).await,
     }
     .map_err(commit_error)?;
-    commit_actions(feed, actions, commit).await.map_err(commit_error)
-}
-
-/// Append live rows (changes on top of `customer_tags` version `version`) to the existing
-/// feed; the feed's transaction (the version it covers) stays.
-async fn append_live(
-    warehouse: &Location,
-    feed: DeltaTable,
-    rows: Vec<RecordBatch>,
-    version: u64,
-) -> Result<DeltaTable, PublishError> {
-    let url = table_url(warehouse, CHANGES_TABLE).to_string();
-    let commit_error = |source| PublishError::Commit {
-        url: url.clone(),
-        source,
-    };
-    let metadata = json!({ "tagflow.from_version": version, "tagflow.to_version": version, "tagflow.live": true });
-    let commit = CommitProperties::default().with_metadata(metadata.as_object().cloned().unwrap_or_default());
-    let actions = stage_feed(feed.clone(), rows).await.map_err(commit_error)?;
     commit_actions(feed, actions, commit).await.map_err(commit_error)
 }
 
