@@ -216,6 +216,7 @@ async fn run_days(
                 }),
                 force: settings.force,
                 previous: None,
+                numbering: None,
             },
         )
         .instrument(span.clone())

@@ -161,10 +161,8 @@ impl Batch<'_> {
                     definitions: &s.definitions,
                 }),
                 force: self.settings.force,
-                previous: last.as_ref().map(|l| Previous {
-                    runs: &l.runs,
-                    numbering: session.numbering.clone(),
-                }),
+                previous: last.as_ref().map(|l| &l.runs),
+                numbering: Some(session.numbering.clone()),
             },
         )
         .await?;
@@ -545,14 +543,10 @@ pub(crate) struct Evaluation<'a> {
     pub force: bool,
     /// The last evaluation's outputs, made at the same as-of day from the state before
     /// this fold: jobs are then evaluated for the customers whose state rows changed where
-    /// they can be.
-    pub previous: Option<Previous<'a>>,
-}
-
-/// The last evaluation's outputs, and the numbering of customers their rows were numbered by.
-pub(crate) struct Previous<'a> {
-    pub runs: &'a BTreeMap<String, JobRun>,
-    pub numbering: Arc<Numbering>,
+    /// they can be (with the numbering their rows were numbered by).
+    pub previous: Option<&'a BTreeMap<String, JobRun>>,
+    /// A `follow` session's numbering of customers, kept across its batches.
+    pub numbering: Option<Arc<Numbering>>,
 }
 
 /// Evaluate the tags as `how` says: the events that count now (`new_events` and held ones
@@ -572,6 +566,7 @@ pub(crate) async fn evaluate_at(
         baseline,
         force,
         previous,
+        numbering,
     } = how;
     let mut counted = BTreeMap::new();
     for (name, schema) in &project.schemas.streams {
@@ -597,7 +592,7 @@ pub(crate) async fn evaluate_at(
         stages_ms.insert(name.to_string(), mark.elapsed().as_millis() as u64);
         mark = Instant::now();
     };
-    let (tables, state_runs) = fold_state(catalog, &state.tables, &counted, as_of)
+    let (tables, state_runs) = fold_state(catalog, &state.tables, &counted, as_of, numbering.as_ref())
         .instrument(info_span!("fold_state"))
         .await?;
     drop(counted);
@@ -608,11 +603,11 @@ pub(crate) async fn evaluate_at(
         all.extend(run.changed_customers.as_ref()?.iter().cloned());
         Some(all)
     });
-    let reuse = match (previous, changed) {
-        (Some(previous), Some(changed)) => Some(Reuse {
-            previous: previous.runs,
+    let reuse = match (previous, changed, numbering) {
+        (Some(previous), Some(changed), Some(numbering)) => Some(Reuse {
+            previous,
             changed: Arc::new(changed),
-            numbering: previous.numbering,
+            numbering,
         }),
         _ => None,
     };
@@ -670,7 +665,7 @@ fn publish_rows(
         .map(|r| match r.evaluated_for {
             None => (*r).clone(),
             Some(_) => JobRun {
-                batches: numbering.split(&r.batches, &customers).0,
+                batches: numbering.select(&r.batches, &customers),
                 ..(*r).clone()
             },
         })

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, StringArray, UInt32Array};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::{filter, filter_record_batch};
 use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
@@ -111,25 +112,53 @@ impl Numbering {
         let (mut inside, mut outside) = (Vec::new(), Vec::new());
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             let numbers = self.numbers(batch);
-            let mask: BooleanArray = numbers.values().iter().map(|&n| Some(set.contains(n))).collect();
-            let selected = mask.true_count();
-            if selected == batch.num_rows() {
-                inside.push(batch.clone());
-                continue;
-            }
-            if selected == 0 {
-                outside.push(batch.clone());
-                continue;
-            }
-            inside.push(self.select(batch, &numbers, &mask));
-            let others = arrow::compute::not(&mask).expect("a mask");
-            outside.push(self.select(batch, &numbers, &others));
+            let (rows_in, rows_out) = self.split_by_mask(batch, &numbers, &members(&numbers, set));
+            inside.extend(rows_in);
+            outside.extend(rows_out);
         }
         (inside, outside)
     }
 
+    /// The rows of `batches` whose customer is in `set` (the first part of [`Self::split`],
+    /// without copying the others).
+    pub fn select(&self, batches: &[RecordBatch], set: &CustomerBits) -> Vec<RecordBatch> {
+        let mut inside = Vec::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            let numbers = self.numbers(batch);
+            let mask = members(&numbers, set);
+            match mask.true_count() {
+                0 => {}
+                n if n == batch.num_rows() => inside.push(batch.clone()),
+                _ => inside.push(self.select_rows(batch, &numbers, &mask)),
+            }
+        }
+        inside
+    }
+
+    /// A numbered `batch` (its rows' `numbers`) split into the rows `mask` selects and the
+    /// others, both numbered by the split; a side with every row is the batch itself (no
+    /// copy), a side with none is `None`.
+    pub fn split_by_mask(
+        &self,
+        batch: &RecordBatch,
+        numbers: &UInt32Array,
+        mask: &BooleanArray,
+    ) -> (Option<RecordBatch>, Option<RecordBatch>) {
+        match mask.true_count() {
+            0 => (None, (batch.num_rows() > 0).then(|| batch.clone())),
+            n if n == batch.num_rows() => (Some(batch.clone()), None),
+            _ => {
+                let others = arrow::compute::not(mask).expect("a mask");
+                (
+                    Some(self.select_rows(batch, numbers, mask)),
+                    Some(self.select_rows(batch, numbers, &others)),
+                )
+            }
+        }
+    }
+
     /// The rows of a numbered `batch` that `mask` selects, their numbers recorded.
-    fn select(&self, batch: &RecordBatch, numbers: &UInt32Array, mask: &BooleanArray) -> RecordBatch {
+    fn select_rows(&self, batch: &RecordBatch, numbers: &UInt32Array, mask: &BooleanArray) -> RecordBatch {
         let selected = filter_record_batch(batch, mask).expect("a mask of the batch's length");
         let kept = filter(numbers, mask).expect("a mask of the batch's length");
         let kept = kept.as_any().downcast_ref::<UInt32Array>().expect("numbers").clone();
@@ -169,6 +198,12 @@ impl Numbering {
     pub fn customers(&self) -> usize {
         self.inner.lock().expect("numbering lock").ids.len()
     }
+}
+
+/// Which of `numbers` are in `set`, row by row.
+pub fn members(numbers: &UInt32Array, set: &CustomerBits) -> BooleanArray {
+    let values = numbers.values();
+    BooleanArray::from(BooleanBuffer::collect_bool(values.len(), |i| set.contains(values[i])))
 }
 
 impl Inner {
@@ -220,6 +255,7 @@ mod tests {
         let (inside, outside) = numbering.split(&rows, &set);
         assert_eq!(ids(&inside), ["a", "b", "a", "b"]);
         assert_eq!(ids(&outside), ["c", "d"]);
+        assert_eq!(ids(&numbering.select(&rows, &set)), ["a", "b", "a", "b"]);
         // The selected rows are numbered by the selection: the same numbers as their ids.
         let again = numbering.split(&inside, &numbering.bits(&["a".to_string()].into_iter().collect()));
         assert_eq!(ids(&again.0), ["a", "a"]);

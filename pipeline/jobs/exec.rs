@@ -22,7 +22,7 @@ use crate::state::tables::{Segment, StateTable, Table};
 use crate::storage::rows::{split_batch, text_column};
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
-use super::customers::{customer_ids, CustomerBits, Customers, Numbering, CUSTOMER_ID};
+use super::customers::{customer_ids, members, CustomerBits, Customers, Numbering, CUSTOMER_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -129,12 +129,15 @@ fn share_of_cores(concurrent: usize) -> usize {
 /// dropped). `current` lacks a table when the state starts empty. Returns the new tables;
 /// `current` is left as it was.
 ///
-/// State jobs read only the streams, so they fold concurrently (one task each).
+/// State jobs read only the streams, so they fold concurrently (one task each). With a
+/// `numbering` (a `follow` session's), the rows a fold touches in a table keyed by customer
+/// are found by customer number first (see [`take_touched_rows`]).
 pub async fn fold_state(
     catalog: &Catalog,
     current: &BTreeMap<String, StateTable>,
     events: &BTreeMap<String, Table>,
     as_of: DateTime<Utc>,
+    numbering: Option<&Arc<Numbering>>,
 ) -> Result<(BTreeMap<String, StateTable>, Vec<StateRun>), JobError> {
     let partitions = share_of_cores(catalog.state_jobs().count());
     let streams: Arc<BTreeMap<String, Arc<MemTable>>> = Arc::new(
@@ -151,6 +154,7 @@ pub async fn fold_state(
             current.get(&job.name).cloned(),
             as_of,
             partitions,
+            numbering.cloned(),
         );
         fold.instrument(span)
     });
@@ -177,6 +181,7 @@ async fn fold_one(
     current: Option<StateTable>,
     as_of: DateTime<Utc>,
     partitions: usize,
+    numbering: Option<Arc<Numbering>>,
 ) -> Result<(StateTable, StateRun), JobError> {
     let started = Instant::now();
     let derived = run_one(&job, &streams, as_of, partitions)
@@ -212,7 +217,7 @@ async fn fold_one(
         None => None,
     };
     // The current rows of the touched keys, out of their segments.
-    let touched = take_touched_rows(&job, &mut segments, &new_rows, new_days.as_ref());
+    let touched = take_touched_rows(&job, &mut segments, &new_rows, new_days.as_ref(), numbering.as_deref());
     let changed_customers = match dropped {
         true => None,
         false => changed_customers(&job, &new_rows, &touched),
@@ -268,18 +273,32 @@ fn key_rows(job: &Job, batch: &RecordBatch) -> arrow::row::Rows {
 
 /// Take the rows whose key one of `new_rows` has out of `segments` (those of the new rows'
 /// days, for a day-segmented table) and return them.
+///
+/// With a `numbering`, a table keyed by customer is searched by customer number first: only
+/// the rows of the new rows' customers can match (a bit test per row), the keys of those
+/// rows alone are compared, and a batch without any is kept as it is, so its numbers stay
+/// known and the next selection by customer does not hash its ids again. Without one, every
+/// row's key is compared.
 fn take_touched_rows(
     job: &Job,
     segments: &mut [Segment],
     new_rows: &[RecordBatch],
     new_days: Option<&BTreeSet<i64>>,
+    numbering: Option<&Numbering>,
 ) -> Vec<RecordBatch> {
     if new_rows.is_empty() {
         return Vec::new();
     }
+    let keys = &job.state.as_ref().expect("a state job").key;
+    let by_customer = numbering
+        .filter(|_| keys.iter().any(|k| k == CUSTOMER_ID))
+        .map(|numbering| (numbering, numbering.customers_in(new_rows)));
+    let customer_only = keys.len() == 1 && by_customer.is_some();
     let mut new_keys: HashSet<Vec<u8>, RandomState> = HashSet::default();
-    for batch in new_rows {
-        new_keys.extend(key_rows(job, batch).iter().map(|r| r.as_ref().to_vec()));
+    if !customer_only {
+        for batch in new_rows {
+            new_keys.extend(key_rows(job, batch).iter().map(|r| r.as_ref().to_vec()));
+        }
     }
     let mut touched = Vec::new();
     for segment in segments.iter_mut() {
@@ -292,15 +311,47 @@ fn take_touched_rows(
         }
         let mut kept = Vec::with_capacity(segment.batches.len());
         for batch in std::mem::take(&mut segment.batches) {
-            let keys = key_rows(job, &batch);
-            let hit: BooleanArray = keys.iter().map(|k| Some(new_keys.contains(k.as_ref()))).collect();
-            let (hit, others) = split_batch(&batch, &hit);
+            let (hit, others) = match &by_customer {
+                Some((numbering, candidates)) => {
+                    let numbers = numbering.numbers(&batch);
+                    let mut hit = members(&numbers, candidates);
+                    if !customer_only && hit.true_count() > 0 {
+                        hit = keys_among(job, &batch, &hit, &new_keys);
+                    }
+                    numbering.split_by_mask(&batch, &numbers, &hit)
+                }
+                None => {
+                    let keys = key_rows(job, &batch);
+                    let hit: BooleanArray = keys.iter().map(|k| Some(new_keys.contains(k.as_ref()))).collect();
+                    split_batch(&batch, &hit)
+                }
+            };
             touched.extend(hit);
             kept.extend(others);
         }
         segment.batches = kept;
     }
     touched
+}
+
+/// Of the rows of `batch` that `candidates` selects, those whose key is in `keys` (the key
+/// rows of the candidates alone are made).
+fn keys_among(
+    job: &Job,
+    batch: &RecordBatch,
+    candidates: &BooleanArray,
+    keys: &HashSet<Vec<u8>, RandomState>,
+) -> BooleanArray {
+    let rows = filter_record_batch(batch, candidates).expect("a mask of the batch's length");
+    let candidate_keys = key_rows(job, &rows);
+    let mut found = candidate_keys.iter().map(|k| keys.contains(k.as_ref()));
+    let mut hit = vec![false; batch.num_rows()];
+    for (i, selected) in candidates.values().iter().enumerate() {
+        if selected {
+            hit[i] = found.next().expect("a key per candidate row");
+        }
+    }
+    BooleanArray::from(hit)
 }
 
 /// Keep each key's row of its newest segment only (segments in stored order: a fold writes
@@ -617,7 +668,7 @@ pub async fn run_jobs(
             .iter()
             .filter(|(_, t)| names_customers(&t.schema))
             .map(|(name, t)| {
-                let (rows, _) = reuse.numbering.split(&t.batches, &dirty.bits);
+                let rows = reuse.numbering.select(&t.batches, &dirty.bits);
                 (
                     name.clone(),
                     Table {
@@ -816,7 +867,7 @@ async fn evaluate_job(
                     .into_iter()
                     .map(|(name, t)| {
                         let batches = match names_customers(&t.schema) {
-                            true => numbering.split(&t.batches, &dirty.bits).0,
+                            true => numbering.select(&t.batches, &dirty.bits),
                             false => t.batches,
                         };
                         (
@@ -870,7 +921,7 @@ async fn evaluate_job(
             };
             // Rows of customers outside the linked ones (they share an unchanged link with
             // one of them) are as they were.
-            let (fresh, _) = numbering.split(&fresh, &dirty.bits);
+            let fresh = numbering.select(&fresh, &dirty.bits);
             let run = splice(job, &previous, &dirty, &fresh, &numbering, started);
             Ok((run, Some(dirty), None))
         }
@@ -924,7 +975,7 @@ fn links_of(
 ) -> HashSet<String, RandomState> {
     let mut links = HashSet::default();
     for table in tables.values() {
-        for batch in numbering.split(&table.batches, customers).0 {
+        for batch in numbering.select(&table.batches, customers) {
             let values = link_column(&batch, link);
             links.extend(values.iter().flatten().map(String::from));
         }
