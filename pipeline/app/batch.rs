@@ -30,7 +30,7 @@ use crate::app::report::{
 };
 use crate::config::Settings;
 use crate::jobs::{
-    evaluate_checks, fold_state, run_jobs, Baseline, Customers, Definitions, GateError, GateReport, JobKind, JobOutput,
+    evaluate_checks, fold_state, run_jobs, Baseline, CustomerBits, Definitions, GateError, GateReport, JobKind, JobOutput,
     JobRun, Numbering, Reuse, StateRun,
 };
 use crate::publish::compact::{self, CompactReport};
@@ -599,8 +599,8 @@ pub(crate) async fn evaluate_at(
     state.tables = tables;
     stage("fold_state");
     // Every state table must say whose rows it changed for any reuse to be exact.
-    let changed: Option<Customers> = state_runs.iter().try_fold(Customers::default(), |mut all, run| {
-        all.extend(run.changed_customers.as_ref()?.iter().cloned());
+    let changed: Option<CustomerBits> = state_runs.iter().try_fold(CustomerBits::default(), |mut all, run| {
+        all.add(run.changed_customers.as_ref()?);
         Some(all)
     });
     let reuse = match (previous, changed, numbering) {
@@ -649,17 +649,19 @@ fn publish_rows(
     as_of: DateTime<Utc>,
 ) -> (Vec<RecordBatch>, Option<Narrowed>) {
     let tag_runs: Vec<&JobRun> = runs.iter().filter(|r| r.job.kind == JobKind::Tag).collect();
-    let mut evaluated_for: Vec<&Arc<Customers>> = Vec::new();
+    let mut evaluated_for: Vec<&Arc<CustomerBits>> = Vec::new();
     for set in tag_runs.iter().filter_map(|r| r.evaluated_for.as_ref()) {
         if !evaluated_for.iter().any(|s| Arc::ptr_eq(s, set)) {
             evaluated_for.push(set);
         }
     }
-    let customers = match evaluated_for.as_slice() {
-        [] => return (publish::assemble(runs, as_of), None),
-        [one] => numbering.bits(one),
-        many => numbering.bits(&many.iter().flat_map(|s| s.iter().cloned()).collect()),
-    };
+    if evaluated_for.is_empty() {
+        return (publish::assemble(runs, as_of), None);
+    }
+    let mut customers = CustomerBits::default();
+    for set in evaluated_for {
+        customers.add(set);
+    }
     let narrowed_runs: Vec<JobRun> = tag_runs
         .iter()
         .map(|r| match r.evaluated_for {

@@ -26,9 +26,6 @@ use crate::storage::rows::text_column;
 /// The column that names a row's customer.
 pub const CUSTOMER_ID: &str = "customer_id";
 
-/// A set of customer ids.
-pub type Customers = std::collections::HashSet<String, RandomState>;
-
 /// The `customer_id` column of `batch` as text, if it has one.
 pub fn customer_ids(batch: &RecordBatch) -> Option<StringArray> {
     text_column(batch, CUSTOMER_ID)
@@ -57,7 +54,7 @@ pub struct CustomerBits {
 }
 
 impl CustomerBits {
-    fn insert(&mut self, number: u32) {
+    pub fn insert(&mut self, number: u32) {
         let (word, bit) = (number as usize / 64, number % 64);
         if word >= self.words.len() {
             self.words.resize(word + 1, 0);
@@ -82,19 +79,20 @@ impl CustomerBits {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Add every customer of `other`.
+    pub fn add(&mut self, other: &CustomerBits) {
+        if other.words.len() > self.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (word, theirs) in self.words.iter_mut().zip(&other.words) {
+            *word |= theirs;
+        }
+        self.len = self.words.iter().map(|w| w.count_ones() as usize).sum();
+    }
 }
 
 impl Numbering {
-    /// The set of `customers`, numbering those met for the first time.
-    pub fn bits(&self, customers: &Customers) -> CustomerBits {
-        let mut inner = self.inner.lock().expect("numbering lock");
-        let mut bits = CustomerBits::default();
-        for id in customers {
-            bits.insert(inner.number(id));
-        }
-        bits
-    }
-
     /// The customers with a row in `batches` (each batch names its customers).
     pub fn customers_in<'a>(&self, batches: impl IntoIterator<Item = &'a RecordBatch>) -> CustomerBits {
         let mut bits = CustomerBits::default();
@@ -250,24 +248,28 @@ mod tests {
     fn split_selects_the_rows_of_the_set_and_keeps_numbers_of_what_it_selects() {
         let numbering = Numbering::default();
         let rows = vec![batch(&["a", "b", "c", "a"]), batch(&["d"]), batch(&["b"])];
-        let set = numbering.bits(&["a", "b"].iter().map(|s| s.to_string()).collect());
+        let set = numbering.customers_in(&[batch(&["a", "b"])]);
         assert_eq!(set.len(), 2);
         let (inside, outside) = numbering.split(&rows, &set);
         assert_eq!(ids(&inside), ["a", "b", "a", "b"]);
         assert_eq!(ids(&outside), ["c", "d"]);
         assert_eq!(ids(&numbering.select(&rows, &set)), ["a", "b", "a", "b"]);
         // The selected rows are numbered by the selection: the same numbers as their ids.
-        let again = numbering.split(&inside, &numbering.bits(&["a".to_string()].into_iter().collect()));
+        let again = numbering.split(&inside, &numbering.customers_in(&[batch(&["a"])]));
         assert_eq!(ids(&again.0), ["a", "a"]);
         assert_eq!(ids(&again.1), ["b", "b"]);
         assert_eq!(numbering.customers(), 4);
+        // A union counts each customer once.
+        let mut union = set.clone();
+        union.add(&numbering.customers_in(&[batch(&["b", "d"])]));
+        assert_eq!(union.len(), 3);
         assert_eq!(numbering.customers_in(&rows).len(), 4);
     }
 
     #[test]
     fn an_id_never_met_is_outside_every_set_and_dropped_columns_are_forgotten() {
         let numbering = Numbering::default();
-        let set = numbering.bits(&["a".to_string()].into_iter().collect());
+        let set = numbering.customers_in(&[batch(&["a"])]);
         let (inside, outside) = numbering.split(&[batch(&["z", "a"])], &set);
         assert_eq!(
             (ids(&inside), ids(&outside)),

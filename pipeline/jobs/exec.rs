@@ -22,7 +22,7 @@ use crate::state::tables::{Segment, StateTable, Table};
 use crate::storage::rows::{split_batch, text_column};
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
-use super::customers::{customer_ids, members, CustomerBits, Customers, Numbering, CUSTOMER_ID};
+use super::customers::{customer_ids, members, CustomerBits, Numbering, CUSTOMER_ID};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -66,7 +66,7 @@ pub struct JobRun {
     pub values: BTreeMap<String, u64>,
     /// The customers it was evaluated for, the previous rows kept for everyone else
     /// (`None`: evaluated for everyone).
-    pub evaluated_for: Option<Arc<Customers>>,
+    pub evaluated_for: Option<Arc<CustomerBits>>,
 }
 
 /// Everything the jobs produced, in catalog order.
@@ -106,9 +106,9 @@ pub struct StateRun {
     /// their files were).
     pub rows_rewritten: usize,
     /// The customers whose rows of the table the fold may have changed (see
-    /// [`changed_customers`]); `None` when it cannot say (no `customer_id` column, or rows
-    /// dropped by retention).
-    pub changed_customers: Option<Customers>,
+    /// [`changed_customers`]), by the session's numbering; `None` when it cannot say (no
+    /// numbering, no `customer_id` column, or rows dropped by retention).
+    pub changed_customers: Option<CustomerBits>,
     pub duration: Duration,
 }
 
@@ -218,9 +218,9 @@ async fn fold_one(
     };
     // The current rows of the touched keys, out of their segments.
     let touched = take_touched_rows(&job, &mut segments, &new_rows, new_days.as_ref(), numbering.as_deref());
-    let changed_customers = match dropped {
-        true => None,
-        false => changed_customers(&job, &new_rows, &touched),
+    let changed_customers = match (dropped, numbering.as_deref()) {
+        (false, Some(numbering)) => changed_customers(&job, &new_rows, &touched, numbering),
+        _ => None,
     };
     let mut merged = Vec::new();
     if !touched.is_empty() || !new_rows.is_empty() {
@@ -406,18 +406,24 @@ fn join_small_segments(segments: Vec<Segment>, by_day: bool) -> Vec<Segment> {
 /// order's row names the customer of its earliest event), those of the touched rows. Rows of
 /// other keys come out of the merge as they went in. `None` without a `customer_id` column,
 /// or when a row names no customer.
-fn changed_customers(job: &Job, new_rows: &[RecordBatch], touched: &[RecordBatch]) -> Option<Customers> {
+fn changed_customers(
+    job: &Job,
+    new_rows: &[RecordBatch],
+    touched: &[RecordBatch],
+    numbering: &Numbering,
+) -> Option<CustomerBits> {
     let keys = &job.state.as_ref().expect("a state job").key;
     let customer_keyed = keys.iter().any(|k| k == CUSTOMER_ID);
-    let mut customers = Customers::default();
-    for batch in new_rows.iter().chain(touched.iter().filter(|_| !customer_keyed)) {
-        let ids = customer_ids(batch)?;
-        if ids.null_count() > 0 {
+    let batches: Vec<&RecordBatch> = new_rows
+        .iter()
+        .chain(touched.iter().filter(|_| !customer_keyed))
+        .collect();
+    for batch in &batches {
+        if batch.column_by_name(CUSTOMER_ID)?.null_count() > 0 {
             return None;
         }
-        customers.extend(ids.iter().flatten().map(String::from));
     }
-    Some(customers)
+    Some(numbering.customers_in(batches))
 }
 
 /// Each row of `columns` as bytes that are equal exactly when the rows' values are
@@ -569,40 +575,20 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
 /// customers (the previous outputs' rows are numbered already).
 pub struct Reuse<'a> {
     pub previous: &'a BTreeMap<String, JobRun>,
-    pub changed: Arc<Customers>,
+    pub changed: Arc<CustomerBits>,
     pub numbering: Arc<Numbering>,
 }
 
-/// Customers a job is evaluated for: their ids and their set by number.
-#[derive(Clone)]
-struct Dirty {
-    ids: Arc<Customers>,
-    bits: Arc<CustomerBits>,
-}
+/// Customers a job is evaluated for, by number (shared: a set is recognised by identity).
+type Dirty = Arc<CustomerBits>;
 
-impl Dirty {
-    fn new(ids: Arc<Customers>, numbering: &Numbering) -> Self {
-        Dirty {
-            bits: Arc::new(numbering.bits(&ids)),
-            ids,
-        }
+/// Every customer of `sets`.
+fn union(sets: &[&Dirty]) -> Dirty {
+    let mut all = CustomerBits::default();
+    for set in sets {
+        all.add(set);
     }
-
-    /// Every customer of `sets`.
-    fn union(sets: &[&Dirty], numbering: &Numbering) -> Self {
-        let mut ids = Customers::default();
-        for set in sets {
-            ids.extend(set.ids.iter().cloned());
-        }
-        Dirty::new(Arc::new(ids), numbering)
-    }
-
-    fn nobody() -> Self {
-        Dirty {
-            ids: Arc::new(Customers::default()),
-            bits: Arc::new(CustomerBits::default()),
-        }
-    }
+    Arc::new(all)
 }
 
 fn names_customers(schema: &SchemaRef) -> bool {
@@ -658,7 +644,7 @@ pub async fn run_jobs(
     let mut tables: BTreeMap<String, Table> = state.iter().map(|(name, t)| (name.clone(), t.table())).collect();
     // The customers whose state changed, and per table read so far the customers whose
     // rows may differ from the previous batch's (`None`: unknown, anyone's).
-    let state_changed: Option<Dirty> = reuse.as_ref().map(|r| Dirty::new(r.changed.clone(), &r.numbering));
+    let state_changed: Option<Dirty> = reuse.as_ref().map(|r| r.changed.clone());
     let mut changed: BTreeMap<String, Option<Dirty>> =
         state.keys().map(|name| (name.clone(), state_changed.clone())).collect();
     // Each table's rows of the customers whose state changed, selected once per batch: most
@@ -668,7 +654,7 @@ pub async fn run_jobs(
             .iter()
             .filter(|(_, t)| names_customers(&t.schema))
             .map(|(name, t)| {
-                let rows = reuse.numbering.select(&t.batches, &dirty.bits);
+                let rows = reuse.numbering.select(&t.batches, dirty);
                 (
                     name.clone(),
                     Table {
@@ -713,11 +699,10 @@ pub async fn run_jobs(
                         // A table of no customer in particular (a population's figure): no
                         // customer's input changed if its rows did not, everyone's if they did.
                         (None, Some(previous), Some(_)) if diff_needed && !names_customers(&run.schema) => {
-                            same_rows(&previous, &run).then(Dirty::nobody)
+                            same_rows(&previous, &run).then(Dirty::default)
                         }
                         (None, Some(previous), Some(numbering)) if diff_needed => {
-                            let ids = Arc::new(customers_with_other_rows(&previous, &run));
-                            Some(Dirty::new(ids, &numbering))
+                            Some(Arc::new(customers_with_other_rows(&previous, &run, &numbering)))
                         }
                         _ => None,
                     };
@@ -731,7 +716,7 @@ pub async fn run_jobs(
         };
         let (run, run_changed, fresh) = task_output(finished)?;
         let for_state_changes = match (&run.evaluated_for, &state_changed) {
-            (Some(dirty), Some(state)) => Arc::ptr_eq(dirty, &state.ids),
+            (Some(dirty), Some(state)) => Arc::ptr_eq(dirty, state),
             _ => false,
         };
         if let (true, Some(fresh)) = (for_state_changes, fresh) {
@@ -789,7 +774,7 @@ fn plan(
         match names_customers(&table.schema) {
             true => inputs_changed.push(dirty),
             // A table of no customer in particular: read whole, and only while unchanged.
-            false if dirty.ids.is_empty() => {}
+            false if dirty.is_empty() => {}
             false => return Plan::Everyone,
         }
     }
@@ -799,8 +784,8 @@ fn plan(
         if !reads.values().all(|t| t.schema.column_with_name(link).is_some()) {
             return Plan::Everyone;
         }
-        let seed = Dirty::union(&inputs_changed, &numbering);
-        if seed.ids.len() > numbering.customers() / LINKED_AT_MOST_ONE_IN {
+        let seed = union(&inputs_changed);
+        if seed.len() > numbering.customers() / LINKED_AT_MOST_ONE_IN {
             return Plan::Everyone;
         }
         return Plan::Linked {
@@ -811,7 +796,7 @@ fn plan(
         };
     }
     // The customers whose state changed, exactly: the inputs' rows are selected already.
-    if inputs_changed.iter().all(|d| Arc::ptr_eq(&d.ids, &state_changed.ids)) {
+    if inputs_changed.iter().all(|d| Arc::ptr_eq(d, state_changed)) {
         let selected: Option<BTreeMap<String, Table>> = reads
             .iter()
             .map(|(name, table)| match names_customers(&table.schema) {
@@ -827,7 +812,7 @@ fn plan(
         };
     }
     Plan::Customers {
-        dirty: Dirty::union(&inputs_changed, &numbering),
+        dirty: union(&inputs_changed),
         previous,
         narrowed: None,
         numbering,
@@ -867,7 +852,7 @@ async fn evaluate_job(
                     .into_iter()
                     .map(|(name, t)| {
                         let batches = match names_customers(&t.schema) {
-                            true => numbering.select(&t.batches, &dirty.bits),
+                            true => numbering.select(&t.batches, &dirty),
                             false => t.batches,
                         };
                         (
@@ -880,7 +865,7 @@ async fn evaluate_job(
                     })
                     .collect()
             });
-            let fresh = match dirty.bits.is_empty() {
+            let fresh = match dirty.is_empty() {
                 true => Vec::new(),
                 false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
             };
@@ -897,11 +882,11 @@ async fn evaluate_job(
             let started = Instant::now();
             // The customers linked to the changed ones (themselves included), and every
             // input row of the links those customers have.
-            let seed_links = links_of(&reads, &link, &numbering, &seed.bits);
-            let mut affected: Customers = customers_linked(&reads, &link, &seed_links);
-            affected.extend(seed.ids.iter().cloned());
-            let dirty = Dirty::new(Arc::new(affected), &numbering);
-            let links = links_of(&reads, &link, &numbering, &dirty.bits);
+            let seed_links = links_of(&reads, &link, &numbering, &seed);
+            let mut affected = customers_linked(&reads, &link, &seed_links, &numbering);
+            affected.add(&seed);
+            let dirty: Dirty = Arc::new(affected);
+            let links = links_of(&reads, &link, &numbering, &dirty);
             let inputs: BTreeMap<String, Table> = reads
                 .into_iter()
                 .map(|(name, t)| {
@@ -915,13 +900,13 @@ async fn evaluate_job(
                     )
                 })
                 .collect();
-            let fresh = match dirty.bits.is_empty() {
+            let fresh = match dirty.is_empty() {
                 true => Vec::new(),
                 false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
             };
             // Rows of customers outside the linked ones (they share an unchanged link with
             // one of them) are as they were.
-            let fresh = numbering.select(&fresh, &dirty.bits);
+            let fresh = numbering.select(&fresh, &dirty);
             let run = splice(job, &previous, &dirty, &fresh, &numbering, started);
             Ok((run, Some(dirty), None))
         }
@@ -938,7 +923,7 @@ fn splice(
     numbering: &Numbering,
     started: Instant,
 ) -> JobRun {
-    let (replaced, mut batches) = numbering.split(&previous.batches, &dirty.bits);
+    let (replaced, mut batches) = numbering.split(&previous.batches, dirty);
     batches.extend(fresh.iter().cloned());
     let values = match job.kind {
         JobKind::Tag => {
@@ -952,7 +937,7 @@ fn splice(
         _ => BTreeMap::new(),
     };
     info!(
-        customers = dirty.ids.len(),
+        customers = dirty.len(),
         "evaluated for the customers whose inputs changed"
     );
     JobRun {
@@ -962,7 +947,7 @@ fn splice(
         batches,
         schema: previous.schema.clone(),
         values,
-        evaluated_for: Some(dirty.ids.clone()),
+        evaluated_for: Some(dirty.clone()),
     }
 }
 
@@ -984,19 +969,21 @@ fn links_of(
 }
 
 /// The customers with a row whose `link` is one of `links`.
-fn customers_linked(tables: &BTreeMap<String, Table>, link: &str, links: &HashSet<String, RandomState>) -> Customers {
-    let mut customers = Customers::default();
+fn customers_linked(
+    tables: &BTreeMap<String, Table>,
+    link: &str,
+    links: &HashSet<String, RandomState>,
+    numbering: &Numbering,
+) -> CustomerBits {
+    let mut customers = CustomerBits::default();
     if links.is_empty() {
         return customers;
     }
     for batch in tables.values().flat_map(|t| &t.batches) {
-        let (values, ids) = (
-            link_column(batch, link),
-            customer_ids(batch).expect("checked: names its customers"),
-        );
-        for i in 0..batch.num_rows() {
-            if values.is_valid(i) && links.contains(values.value(i)) && ids.is_valid(i) {
-                customers.insert(ids.value(i).to_string());
+        let (values, numbers) = (link_column(batch, link), numbering.numbers(batch));
+        for (i, &number) in numbers.values().iter().enumerate() {
+            if values.is_valid(i) && links.contains(values.value(i)) {
+                customers.insert(number);
             }
         }
     }
@@ -1029,7 +1016,7 @@ fn link_column(batch: &RecordBatch, link: &str) -> StringArray {
 fn check_scope(job: &Job, fresh: &[RecordBatch], dirty: &Dirty, numbering: &Numbering) -> Result<(), JobError> {
     for batch in fresh {
         let numbers = numbering.numbers(batch);
-        let Some(row) = numbers.values().iter().position(|&n| !dirty.bits.contains(n)) else {
+        let Some(row) = numbers.values().iter().position(|&n| !dirty.contains(n)) else {
             continue;
         };
         let id = customer_ids(batch)
@@ -1042,7 +1029,7 @@ fn check_scope(job: &Job, fresh: &[RecordBatch], dirty: &Dirty, numbering: &Numb
             message: format!(
                 "declared scope = \"customer\" but, evaluated for {} customers, returned a row for {} outside them: \
                  it reads other customers' rows; remove the scope",
-                dirty.ids.len(),
+                dirty.len(),
                 id.map_or("a null customer_id".to_string(), |id| format!("customer '{id}'"))
             ),
         });
@@ -1063,25 +1050,28 @@ fn subtract_counts(counts: &mut BTreeMap<String, u64>, removed: BTreeMap<String,
 }
 
 /// The customers whose rows differ between two outputs of one job (as sets of rows).
-fn customers_with_other_rows(before: &JobRun, after: &JobRun) -> Customers {
-    let rows_by_customer = |run: &JobRun| -> HashMap<String, Vec<Vec<u8>>, RandomState> {
-        let mut rows: HashMap<String, Vec<Vec<u8>>, RandomState> = HashMap::default();
+fn customers_with_other_rows(before: &JobRun, after: &JobRun, numbering: &Numbering) -> CustomerBits {
+    let rows_by_customer = |run: &JobRun| -> HashMap<u32, Vec<Vec<u8>>, RandomState> {
+        let mut rows: HashMap<u32, Vec<Vec<u8>>, RandomState> = HashMap::default();
         for batch in &run.batches {
-            let Some(ids) = customer_ids(batch) else { continue };
-            for (row, bytes) in row_bytes(batch.columns()).into_iter().enumerate() {
-                rows.entry(ids.value(row).to_string()).or_default().push(bytes);
+            let numbers = numbering.numbers(batch);
+            for (&number, bytes) in numbers.values().iter().zip(row_bytes(batch.columns())) {
+                rows.entry(number).or_default().push(bytes);
             }
         }
         rows.values_mut().for_each(|r| r.sort());
         rows
     };
     let (old, new) = (rows_by_customer(before), rows_by_customer(after));
-    let mut changed: Customers = old
-        .iter()
-        .filter(|(c, r)| new.get(*c) != Some(*r))
-        .map(|(c, _)| c.clone())
-        .collect();
-    changed.extend(new.keys().filter(|c| !old.contains_key(*c)).cloned());
+    let mut changed = CustomerBits::default();
+    for (&customer, rows) in &old {
+        if new.get(&customer) != Some(rows) {
+            changed.insert(customer);
+        }
+    }
+    for &customer in new.keys().filter(|c| !old.contains_key(*c)) {
+        changed.insert(customer);
+    }
     changed
 }
 
