@@ -9,6 +9,10 @@
 //! previous outputs are numbered once per session, not once per batch); rows selected from
 //! a numbered column get their numbers by the same selection, without hashing.
 //!
+//! The values of a column that links customers (`linked_by`, e.g. `device_id`) are numbered
+//! the same way, in a numbering of their own ([`Numbering::linked`]), so following links
+//! is bit tests too.
+//!
 //! Owns: the numbering (in memory only, never stored) and row selection by customer.
 //! Must not: decide which customers changed (the fold and the plan do).
 
@@ -31,11 +35,25 @@ pub fn customer_ids(batch: &RecordBatch) -> Option<StringArray> {
     text_column(batch, CUSTOMER_ID)
 }
 
-/// Numbers for customer ids, and the numbers of the customer columns seen so far. Shared by
-/// the jobs of a batch (they number their rows side by side) and kept across batches.
-#[derive(Default)]
+/// The number of a null value: in no set.
+pub const NONE: u32 = u32::MAX;
+
+/// Numbers for customer ids (or another column's values), and the numbers of the columns
+/// seen so far. Shared by the jobs of a batch (they number their rows side by side) and
+/// kept across batches.
 pub struct Numbering {
+    /// The column whose values are numbered.
+    column: Box<str>,
     inner: Mutex<Inner>,
+    /// The numberings of link columns, by column.
+    links: Mutex<HashMap<String, Arc<Numbering>, RandomState>>,
+}
+
+impl Default for Numbering {
+    /// The numbering of customers.
+    fn default() -> Self {
+        Numbering::of(CUSTOMER_ID)
+    }
 }
 
 #[derive(Default)]
@@ -46,7 +64,7 @@ struct Inner {
     columns: HashMap<usize, (ArrayRef, UInt32Array), RandomState>,
 }
 
-/// A set of customers as one bit per number.
+/// A set of customers (or of a link's values) as one bit per number.
 #[derive(Debug, Clone, Default)]
 pub struct CustomerBits {
     words: Vec<u64>,
@@ -55,6 +73,9 @@ pub struct CustomerBits {
 
 impl CustomerBits {
     pub fn insert(&mut self, number: u32) {
+        if number == NONE {
+            return;
+        }
         let (word, bit) = (number as usize / 64, number % 64);
         if word >= self.words.len() {
             self.words.resize(word + 1, 0);
@@ -93,6 +114,24 @@ impl CustomerBits {
 }
 
 impl Numbering {
+    /// A numbering of the values of `column`.
+    pub fn of(column: &str) -> Self {
+        Numbering {
+            column: column.into(),
+            inner: Mutex::default(),
+            links: Mutex::default(),
+        }
+    }
+
+    /// The session's numbering of the values of a link column (kept as this one is).
+    pub fn linked(&self, column: &str) -> Arc<Numbering> {
+        let mut links = self.links.lock().expect("numbering lock");
+        links
+            .entry(column.to_string())
+            .or_insert_with(|| Arc::new(Numbering::of(column)))
+            .clone()
+    }
+
     /// The customers with a row in `batches` (each batch names its customers).
     pub fn customers_in<'a>(&self, batches: impl IntoIterator<Item = &'a RecordBatch>) -> CustomerBits {
         let mut bits = CustomerBits::default();
@@ -160,27 +199,27 @@ impl Numbering {
         let selected = filter_record_batch(batch, mask).expect("a mask of the batch's length");
         let kept = filter(numbers, mask).expect("a mask of the batch's length");
         let kept = kept.as_any().downcast_ref::<UInt32Array>().expect("numbers").clone();
-        let column = selected.column_by_name(CUSTOMER_ID).expect("checked").clone();
+        let column = selected.column_by_name(&self.column).expect("checked").clone();
         let mut inner = self.inner.lock().expect("numbering lock");
         inner.columns.insert(address(&column), (column, kept));
         selected
     }
 
-    /// The numbers of `batch`'s customers, row by row (hashing its ids the first time the
-    /// column is met).
+    /// The numbers of `batch`'s customers (or values), row by row, [`NONE`] for a null
+    /// (hashing its values the first time the column is met).
     pub fn numbers(&self, batch: &RecordBatch) -> UInt32Array {
         let column = batch
-            .column_by_name(CUSTOMER_ID)
-            .expect("checked: the table names its customers")
+            .column_by_name(&self.column)
+            .expect("checked: the table has the numbered column")
             .clone();
         let mut inner = self.inner.lock().expect("numbering lock");
         if let Some((_, numbers)) = inner.columns.get(&address(&column)) {
             return numbers.clone();
         }
-        let ids = customer_ids(batch).expect("a customer_id column casts to text");
-        let numbers: UInt32Array = ids
+        let values = text_column(batch, &self.column).expect("a numbered column casts to text");
+        let numbers: UInt32Array = values
             .iter()
-            .map(|id| Some(inner.number(id.unwrap_or_default())))
+            .map(|value| Some(value.map_or(NONE, |value| inner.number(value))))
             .collect();
         inner.columns.insert(address(&column), (column, numbers.clone()));
         numbers
@@ -190,9 +229,33 @@ impl Numbering {
     pub fn forget_dropped_columns(&self) {
         let mut inner = self.inner.lock().expect("numbering lock");
         inner.columns.retain(|_, (column, _)| Arc::strong_count(column) > 1);
+        drop(inner);
+        for link in self.links.lock().expect("numbering lock").values() {
+            link.forget_dropped_columns();
+        }
     }
 
-    /// Customers numbered so far.
+    /// The numbers `to` gives the rows of `batches` whose number here is in `set`: e.g.
+    /// the devices of some customers, or the customers of some devices.
+    pub fn related<'a>(
+        &self,
+        batches: impl IntoIterator<Item = &'a RecordBatch>,
+        set: &CustomerBits,
+        to: &Numbering,
+    ) -> CustomerBits {
+        let mut found = CustomerBits::default();
+        for batch in batches {
+            let (from, values) = (self.numbers(batch), to.numbers(batch));
+            for (number, value) in from.values().iter().zip(values.values()) {
+                if set.contains(*number) {
+                    found.insert(*value);
+                }
+            }
+        }
+        found
+    }
+
+    /// Customers (values) numbered so far.
     pub fn customers(&self) -> usize {
         self.inner.lock().expect("numbering lock").ids.len()
     }
@@ -264,6 +327,34 @@ mod tests {
         union.add(&numbering.customers_in(&[batch(&["b", "d"])]));
         assert_eq!(union.len(), 3);
         assert_eq!(numbering.customers_in(&rows).len(), 4);
+    }
+
+    #[test]
+    fn links_are_numbered_apart_and_followed_both_ways() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(CUSTOMER_ID, DataType::Utf8, false),
+            Field::new("device_id", DataType::Utf8, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d", "e"])),
+                Arc::new(StringArray::from(vec![Some("x"), Some("x"), Some("y"), None, None])),
+            ],
+        )
+        .unwrap();
+        let customers = Numbering::default();
+        let devices = customers.linked("device_id");
+        assert!(Arc::ptr_eq(&devices, &customers.linked("device_id")));
+        // a's devices, then their customers: a and b share x; a null device links nobody.
+        let of_a = customers.related([&rows], &customers.customers_in(&[batch(&["a"])]), &devices);
+        assert_eq!(of_a.len(), 1);
+        let sharing = devices.related([&rows], &of_a, &customers);
+        let (inside, _) = customers.split(std::slice::from_ref(&rows), &sharing);
+        assert_eq!(ids(&inside), ["a", "b"]);
+        let of_d = customers.related([&rows], &customers.customers_in(&[batch(&["d"])]), &devices);
+        assert!(of_d.is_empty());
+        assert_eq!(devices.customers(), 2);
     }
 
     #[test]

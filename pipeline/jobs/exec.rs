@@ -19,7 +19,7 @@ use foldhash::fast::RandomState;
 use tracing::{info, info_span, Instrument};
 
 use crate::state::tables::{Segment, StateTable, Table};
-use crate::storage::rows::{split_batch, text_column};
+use crate::storage::rows::split_batch;
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
 use super::customers::{customer_ids, members, CustomerBits, Numbering, CUSTOMER_ID};
@@ -84,10 +84,10 @@ pub fn tag_rows_schema() -> SchemaRef {
 }
 
 /// A job `linked_by` a column is evaluated for the customers linked to the changed ones
-/// while those are at most one in this many of the customers met; beyond, following the
-/// links costs more than evaluating everyone (measured at 1M customers with half of them
-/// changed: `shared_device` 3.4 s linked, 1.3 s for everyone).
-const LINKED_AT_MOST_ONE_IN: usize = 10;
+/// while those are at most one in this many of the customers met; beyond, the linked
+/// customers' rows are most of the input and evaluating everyone costs less. Following the
+/// links is bit tests on numbered columns (three passes over the inputs).
+const LINKED_AT_MOST_ONE_IN: usize = 2;
 
 /// Segments a table without a `day_column` keeps before a fold joins its smallest ones.
 pub const MAX_KEYED_SEGMENTS: usize = 8;
@@ -882,15 +882,17 @@ async fn evaluate_job(
             let started = Instant::now();
             // The customers linked to the changed ones (themselves included), and every
             // input row of the links those customers have.
-            let seed_links = links_of(&reads, &link, &numbering, &seed);
-            let mut affected = customers_linked(&reads, &link, &seed_links, &numbering);
+            let links = numbering.linked(&link);
+            let rows = || reads.values().flat_map(|t| &t.batches);
+            let seed_links = numbering.related(rows(), &seed, &links);
+            let mut affected = links.related(rows(), &seed_links, &numbering);
             affected.add(&seed);
             let dirty: Dirty = Arc::new(affected);
-            let links = links_of(&reads, &link, &numbering, &dirty);
+            let dirty_links = numbering.related(rows(), &dirty, &links);
             let inputs: BTreeMap<String, Table> = reads
                 .into_iter()
                 .map(|(name, t)| {
-                    let batches = rows_with_links(&t.batches, &link, &links);
+                    let batches = links.select(&t.batches, &dirty_links);
                     (
                         name,
                         Table {
@@ -949,66 +951,6 @@ fn splice(
         values,
         evaluated_for: Some(dirty.clone()),
     }
-}
-
-/// The values of the `link` column in the rows of `customers`, over every table.
-fn links_of(
-    tables: &BTreeMap<String, Table>,
-    link: &str,
-    numbering: &Numbering,
-    customers: &CustomerBits,
-) -> HashSet<String, RandomState> {
-    let mut links = HashSet::default();
-    for table in tables.values() {
-        for batch in numbering.select(&table.batches, customers) {
-            let values = link_column(&batch, link);
-            links.extend(values.iter().flatten().map(String::from));
-        }
-    }
-    links
-}
-
-/// The customers with a row whose `link` is one of `links`.
-fn customers_linked(
-    tables: &BTreeMap<String, Table>,
-    link: &str,
-    links: &HashSet<String, RandomState>,
-    numbering: &Numbering,
-) -> CustomerBits {
-    let mut customers = CustomerBits::default();
-    if links.is_empty() {
-        return customers;
-    }
-    for batch in tables.values().flat_map(|t| &t.batches) {
-        let (values, numbers) = (link_column(batch, link), numbering.numbers(batch));
-        for (i, &number) in numbers.values().iter().enumerate() {
-            if values.is_valid(i) && links.contains(values.value(i)) {
-                customers.insert(number);
-            }
-        }
-    }
-    customers
-}
-
-/// The rows of `batches` whose `link` is one of `links`.
-fn rows_with_links(batches: &[RecordBatch], link: &str, links: &HashSet<String, RandomState>) -> Vec<RecordBatch> {
-    batches
-        .iter()
-        .map(|batch| {
-            let values = link_column(batch, link);
-            let keep: BooleanArray = values
-                .iter()
-                .map(|v| Some(v.is_some_and(|v| links.contains(v))))
-                .collect();
-            filter_record_batch(batch, &keep).expect("a mask of the batch's length")
-        })
-        .filter(|b| b.num_rows() > 0)
-        .collect()
-}
-
-/// A link column of `batch` as text (the plan checked it exists).
-fn link_column(batch: &RecordBatch, link: &str) -> StringArray {
-    text_column(batch, link).expect("checked by the plan: a link column, castable to text")
 }
 
 /// A job of scope "customer" answers for the customers it was given only; a row for anyone
