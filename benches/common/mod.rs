@@ -104,7 +104,11 @@ pub fn tagflow() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagflow"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("TAGFLOW_CONFIG")
-        .env("TAGFLOW_LOG", "warn");
+        // `TAGFLOW_BENCH_LOG=tagflow::jobs=debug` to see what a run does, in its stderr.
+        .env(
+            "TAGFLOW_LOG",
+            std::env::var("TAGFLOW_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     cmd
 }
 

@@ -30,8 +30,8 @@ use crate::app::report::{
 };
 use crate::config::Settings;
 use crate::jobs::{
-    evaluate_checks, fold_state, run_jobs, Baseline, CustomerBits, Definitions, GateError, GateReport, JobKind, JobOutput,
-    JobRun, Numbering, Reuse, StateRun,
+    evaluate_checks, fold_state, run_jobs, Baseline, CustomerBits, Definitions, GateError, GateReport, JobKind,
+    JobOutput, JobRun, Numbering, Reuse, StateRun,
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
