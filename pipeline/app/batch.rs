@@ -543,7 +543,7 @@ pub(crate) struct Evaluation<'a> {
     pub force: bool,
     /// The last evaluation's outputs, made at the same as-of day from the state before
     /// this fold: jobs are then evaluated for the customers whose state rows changed where
-    /// they can be (with the numbering their rows were numbered by).
+    /// they can be (their rows are numbered by `numbering`, which reuse needs too).
     pub previous: Option<&'a BTreeMap<String, JobRun>>,
     /// A `follow` session's numbering of customers, kept across its batches.
     pub numbering: Option<Arc<Numbering>>,

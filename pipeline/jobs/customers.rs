@@ -27,7 +27,7 @@ use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::storage::rows::text_column;
+use crate::storage::rows::{split_batch, text_column};
 
 /// The column that names a row's customer.
 pub const CUSTOMER_ID: &str = "customer_id";
@@ -189,8 +189,8 @@ impl Numbering {
         mask: &BooleanArray,
     ) -> (Option<RecordBatch>, Option<RecordBatch>) {
         match mask.true_count() {
-            0 => (None, (batch.num_rows() > 0).then(|| batch.clone())),
-            n if n == batch.num_rows() => (Some(batch.clone()), None),
+            // Nothing to copy or number: the batch itself on one side.
+            n if n == 0 || n == batch.num_rows() => split_batch(batch, mask),
             _ => {
                 let others = arrow::compute::not(mask).expect("a mask");
                 (
