@@ -362,11 +362,12 @@ impl Batch<'_> {
             META_DEFINITIONS: definitions,
         });
         let (rows, narrowed) = publish_rows(&output.runs, numbering, as_of);
+        let update_metadata = metadata.as_object().cloned().unwrap_or_default();
         let update = TagsUpdate {
             rows,
             scope,
             as_of,
-            metadata: metadata.as_object().cloned().unwrap_or_default(),
+            metadata: update_metadata.clone(),
             narrowed,
             policy: settings.merge.clone(),
         };
@@ -385,11 +386,18 @@ impl Batch<'_> {
             let reports: Vec<TagReport> = tag_runs.iter().map(tag_report).collect();
             (partial.then(|| tagged_customers(&tag_runs)), reports)
         });
-        let ((committed, commit_ms), (published, publish_ms), tag_figures) = tokio::join!(commit, publish, tag_figures);
+        let measures =
+            publish::measures::replace_published_measures(self.warehouse, &output.runs, as_of, &update_metadata)
+                .instrument(info_span!("publish_measures"));
+        let ((committed, commit_ms), (published, publish_ms), tag_figures, measures) =
+            tokio::join!(commit, publish, tag_figures, measures);
         let (customers, tags) = tag_figures.expect("counting tag figures does not panic");
         let published_at = Utc::now();
         committed?;
         let (published, next_base) = published?;
+        for table in measures? {
+            info!(table = %table.table, version = table.version, rows = table.rows, "published a measure");
+        }
         let customers = customers
             .or(published.customers)
             .expect("a publish of customer_tags counts its customers");
@@ -603,10 +611,16 @@ pub(crate) async fn evaluate_at(
         all.add(run.changed_customers.as_ref()?);
         Some(all)
     });
+    let unchanged = state_runs
+        .iter()
+        .filter(|run| run.changed_customers.as_ref().is_some_and(|c| c.len() == 0))
+        .map(|run| run.job.clone())
+        .collect();
     let reuse = match (previous, changed, numbering) {
         (Some(previous), Some(changed), Some(numbering)) => Some(Reuse {
             previous,
             changed: Arc::new(changed),
+            unchanged,
             numbering,
         }),
         _ => None,

@@ -217,6 +217,17 @@ pub enum Command {
         #[arg(long, env = "TAGFLOW_LISTEN")]
         listen: Option<String>,
     },
+    /// Did the marketing tasks work (task_results): each task's sends, replies, orders and
+    /// rates, newest first, and totals per day and per ISO week of the tasks' first sends.
+    Tasks {
+        #[command(flatten)]
+        locations: Locations,
+        /// Only tasks first sent on or after this day (YYYY-MM-DD, UTC) or time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Per published version, tag and value: segment size, inflow and outflow.
     Segments {
         #[command(flatten)]

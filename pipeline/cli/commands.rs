@@ -13,7 +13,7 @@ use tagflow::app::{backfill, demo, follow, prepare, preview, run};
 use tagflow::config::{CliSettings, ConfigError, Settings};
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::jobs::CatalogError;
-use tagflow::publish::{runs, snapshots, tags};
+use tagflow::publish::{runs, snapshots, tags, tasks};
 use tagflow::sources::quarantine::Quarantine;
 use tagflow::storage::{hold, progress};
 use tagflow::Error;
@@ -200,6 +200,15 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
                 .collect();
             render::report(&rows, json, || render::segments(&rows));
         }
+        Command::Tasks { locations, since, json } => {
+            let settings = settings(config, locations, None)?;
+            let since = since
+                .as_deref()
+                .map(|since| parse_day_or_time("--since", since))
+                .transpose()?;
+            let report = tasks::task_report(settings.warehouse()?, since, None).await?;
+            render::report(&report, json, || render::tasks(&report));
+        }
         Command::Runs { locations, limit, json } => {
             let settings = settings(config, locations, None)?;
             let batches = runs::latest(settings.warehouse()?, limit).await?;
@@ -280,6 +289,14 @@ fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String
         schemas_dir: locations.schemas_dir,
         ..Default::default()
     })
+}
+
+/// A UTC day (`YYYY-MM-DD`, from its midnight) or an RFC 3339 time given with `option`.
+fn parse_day_or_time(option: &'static str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, ConfigError> {
+    match chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(day) => Ok(day.and_time(chrono::NaiveTime::MIN).and_utc()),
+        Err(_) => parse_time(option, text),
+    }
 }
 
 /// An RFC 3339 time given on the command line with `option`.

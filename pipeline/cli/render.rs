@@ -1,6 +1,6 @@
 //! Human output of the commands: tables of text for a terminal, and JSON for scripts.
 //!
-//! Owns: the text layout of `jobs list`, `quarantine list`, `snapshots`, `segments`, and of
+//! Owns: the text layout of `jobs list`, `quarantine list`, `snapshots`, `segments`, `tasks`, and of
 //! query rows. Must not: compute anything; it lays out what the library returned.
 
 use std::fmt::Write;
@@ -8,6 +8,7 @@ use std::fmt::Write;
 use chrono::{DateTime, SecondsFormat, Utc};
 use tagflow::jobs::Catalog;
 use tagflow::publish::snapshots::{SegmentFlow, Snapshot};
+use tagflow::publish::tasks::{TaskFigures, TaskReport};
 use tagflow::sources::quarantine::Entry;
 
 /// `value` as pretty JSON with `--json`, else the text `render` makes.
@@ -113,6 +114,55 @@ pub fn segments(rows: &[SegmentFlow]) -> String {
             r.size,
             r.inflow,
             r.outflow
+        );
+    }
+    out
+}
+
+/// The tasks report: totals per week and per day, then each task.
+pub fn tasks(report: &TaskReport) -> String {
+    let header = format!(
+        "{:>7} {:>7} {:>7} {:>7} {:>12} {:>11} {:>12} {:>7} {:>7}",
+        "sent", "replied", "ordered", "orders", "amount", "paid_orders", "paid_amount", "reply%", "order%"
+    );
+    let figures = |f: &TaskFigures| {
+        format!(
+            "{:>7} {:>7} {:>7} {:>7} {:>12.2} {:>11} {:>12.2} {:>7.1} {:>7.1}",
+            f.sent,
+            f.replied,
+            f.ordered,
+            f.orders,
+            f.order_amount,
+            f.paid_orders,
+            f.paid_amount,
+            100.0 * f.reply_rate,
+            100.0 * f.order_rate
+        )
+    };
+    let mut out = String::new();
+    if report.tasks.is_empty() {
+        return "no marketing tasks in task_results (no `sent` touch yet, or no run published since)\n".into();
+    }
+    let _ = writeln!(out, "task_results as of {}", report.as_of.as_deref().unwrap_or("?"));
+    for (title, periods) in [("per week (from Monday)", &report.weeks), ("per day", &report.days)] {
+        let _ = writeln!(out, "\n{title}\n{:<10} {:>5} {header}", "period", "tasks");
+        for p in periods.iter() {
+            let _ = writeln!(out, "{:<10} {:>5} {}", p.period, p.tasks, figures(&p.figures));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\ntasks\n{:<28} {:<12} {:<20} {header}",
+        "task_id", "type", "first_sent_at"
+    );
+    for t in &report.tasks {
+        let _ = writeln!(
+            out,
+            "{:<28} {:<12} {:<20} {}",
+            t.task_id,
+            t.task_type.as_deref().unwrap_or("-"),
+            t.first_sent_at.get(..19).unwrap_or(&t.first_sent_at),
+            figures(&t.figures)
         );
     }
     out

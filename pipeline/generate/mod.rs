@@ -1,4 +1,5 @@
-//! Synthetic landing data: writes realistic raw event files (clicks, carts, orders) into a
+//! Synthetic landing data: writes realistic raw event files (clicks, carts, orders, and the
+//! catalog v2 streams touches and consents) into a
 //! landing zone, the way upstream writers do (input contract: `shared/spec/events.md`), so that
 //! demos, tests and benchmarks have data in which every tag of the catalog
 //! (`shared/spec/tags.md`) finds customers.
@@ -9,6 +10,8 @@
 //!   abusers, big-ticket buyers, low-credit buyers, cart abandoners, shared devices);
 //! - the session funnel: views -> cart adds (and removes) -> order `placed` -> `paid` /
 //!   `payment_failed` / `cancelled` -> sometimes `refunded` days later;
+//! - marketing: daily tasks of several types and channels, replies, orders that follow some
+//!   contacts, consent changes (`marketing`);
 //! - the landing layout and delivery quirks: `<stream>/dt=YYYY-MM-DD/part-NNNN.parquet`,
 //!   1-3 files per stream and day, re-sent files, files repeating events of the previous file,
 //!   late files, three writer flavours (column types), and on request bad rows and a corrupt file.
@@ -62,6 +65,7 @@ mod catalog;
 mod customers;
 mod events;
 mod layout;
+mod marketing;
 mod rates;
 mod streams;
 mod world;
@@ -72,6 +76,7 @@ use catalog::*;
 use customers::*;
 use events::*;
 use layout::*;
+use marketing::*;
 use rates::*;
 use streams::*;
 use world::*;
@@ -99,7 +104,7 @@ pub struct GenerateOptions {
 /// What was written.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct GenerateSummary {
-    /// Parquet files written per stream ("clicks", "carts", "orders"), re-sent and late files
+    /// Parquet files written per stream ("clicks", "carts", "orders", "touches", "consents"), re-sent and late files
     /// included; the corrupt file is counted in `bad_files` only.
     pub files: BTreeMap<String, usize>,
     /// Rows written per stream, duplicates (re-sent files, repeated events) and bad rows included.
@@ -148,6 +153,7 @@ pub async fn generate(landing: &Location, opts: &GenerateOptions) -> Result<Gene
     let Sink {
         clicks, carts, orders, ..
     } = simulate(&world);
+    let (touches, consents) = simulate_marketing(&world, &orders);
     let bad_plan = if opts.bad_input {
         plan_bad_rows(&world)
     } else {
@@ -158,6 +164,8 @@ pub async fn generate(landing: &Location, opts: &GenerateOptions) -> Result<Gene
     write_stream(&mut out, clicks, &bad_plan).await?;
     write_stream(&mut out, carts, &bad_plan).await?;
     write_stream(&mut out, orders, &bad_plan).await?;
+    write_stream(&mut out, touches, &bad_plan).await?;
+    write_stream(&mut out, consents, &bad_plan).await?;
     if opts.bad_input {
         out.write_corrupt_file().await?;
     }

@@ -7,16 +7,26 @@ pub(super) enum Stream {
     Clicks,
     Carts,
     Orders,
+    Touches,
+    Consents,
 }
 
 impl Stream {
-    pub(super) const ALL: [Stream; 3] = [Stream::Clicks, Stream::Carts, Stream::Orders];
+    pub(super) const ALL: [Stream; 5] = [
+        Stream::Clicks,
+        Stream::Carts,
+        Stream::Orders,
+        Stream::Touches,
+        Stream::Consents,
+    ];
 
     pub(super) fn name(self) -> &'static str {
         match self {
             Stream::Clicks => "clicks",
             Stream::Carts => "carts",
             Stream::Orders => "orders",
+            Stream::Touches => "touches",
+            Stream::Consents => "consents",
         }
     }
 
@@ -25,6 +35,8 @@ impl Stream {
             Stream::Clicks => "c",
             Stream::Carts => "k",
             Stream::Orders => "o",
+            Stream::Touches => "t",
+            Stream::Consents => "n",
         }
     }
 

@@ -93,6 +93,9 @@ pub enum MergeRule {
     /// `{ first_by = ["paid_time", "paid_event_id"] }`: the value of the row that sorts
     /// first by these columns (ascending, nulls last).
     FirstBy { first_by: Vec<String> },
+    /// `{ last_by = ["event_time", "event_id"] }`: the value of the row that sorts last by
+    /// these columns (the first descending, nulls last): the latest of a status.
+    LastBy { last_by: Vec<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,18 +113,29 @@ impl MergeRule {
         !matches!(self, MergeRule::Simple(MergeFn::Sum))
     }
 
+    /// A row-by-row rule's name and the columns it orders the rows by (`first_by`, `last_by`).
+    fn order_columns(&self) -> Option<(&'static str, &[String])> {
+        match self {
+            MergeRule::Simple(_) => None,
+            MergeRule::FirstBy { first_by } => Some(("first_by", first_by)),
+            MergeRule::LastBy { last_by } => Some(("last_by", last_by)),
+        }
+    }
+
     fn to_sql(&self, column: &str) -> String {
+        let ordered_by = |columns: &[String], direction: &str| {
+            let order: Vec<String> = columns
+                .iter()
+                .map(|c| format!("{} {direction} NULLS LAST", quote(c)))
+                .collect();
+            format!("first_value({} ORDER BY {})", quote(column), order.join(", "))
+        };
         match self {
             MergeRule::Simple(MergeFn::Sum) => format!("SUM({})", quote(column)),
             MergeRule::Simple(MergeFn::Min) => format!("MIN({})", quote(column)),
             MergeRule::Simple(MergeFn::Max) => format!("MAX({})", quote(column)),
-            MergeRule::FirstBy { first_by } => {
-                let order: Vec<String> = first_by
-                    .iter()
-                    .map(|c| format!("{} ASC NULLS LAST", quote(c)))
-                    .collect();
-                format!("first_value({} ORDER BY {})", quote(column), order.join(", "))
-            }
+            MergeRule::FirstBy { first_by } => ordered_by(first_by, "ASC"),
+            MergeRule::LastBy { last_by } => ordered_by(last_by, "DESC"),
         }
     }
 }
@@ -219,6 +233,10 @@ pub enum Scope {
     Customer,
 }
 
+/// The tables tagflow publishes itself, which no measure may be published as (the names of
+/// `publish::tables`, spelled here because jobs sit below publish).
+const RESERVED_TABLES: [&str; 4] = ["customer_tags", "tag_changes", "customer_tags_history", "job_runs"];
+
 /// Per tag, the fingerprint of its definition ([`Catalog::definitions`]).
 pub type Definitions = BTreeMap<String, String>;
 
@@ -244,6 +262,9 @@ pub struct Job {
     /// With scope "customer": the column linking customers (see the header's `linked_by`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub linked_by: Option<String>,
+    /// A measure published as a Delta table of this name (see the header's `publish`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<String>,
     pub file: PathBuf,
     #[serde(skip)]
     header_lines: usize,
@@ -294,7 +315,7 @@ impl Job {
     /// re-aggregated; the others pass through (a hash anti-join), so a merge costs the
     /// batch, not the history. `columns` are the job's output columns, in order.
     ///
-    /// With a `first_by` rule, only keys that occur more than once among the touched rows
+    /// With a `first_by` or `last_by` rule, only keys that occur more than once among the touched rows
     /// are aggregated, and a key's single row passes through as it is (one row is its own
     /// merge). DataFusion evaluates `first_value(.. ORDER BY ..)` group by group, so this
     /// matters where most keys are new, as in `order_payments`; plain min/max/sum are
@@ -325,10 +346,7 @@ impl Job {
              untouched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT ANTI JOIN touched_keys t ON {on_touched}),\n\
              candidate_rows AS (SELECT * FROM touched_rows UNION ALL SELECT * FROM {NEW_ROWS})"
         );
-        let row_by_row = spec
-            .merge
-            .values()
-            .any(|rule| matches!(rule, MergeRule::FirstBy { .. }));
+        let row_by_row = spec.merge.values().any(|rule| rule.order_columns().is_some());
         if !row_by_row {
             return format!(
                 "{touched},\n\
@@ -381,11 +399,9 @@ impl Job {
                 ));
             }
         }
-        for rule in spec.merge.values() {
-            if let MergeRule::FirstBy { first_by } = rule {
-                if let Some(missing) = first_by.iter().find(|c| !names.contains(&c.as_str())) {
-                    return Err(self.invalid(missing, format!("first_by column '{missing}' is not an output column")));
-                }
+        for (rule, columns) in spec.merge.values().filter_map(MergeRule::order_columns) {
+            if let Some(missing) = columns.iter().find(|c| !names.contains(&c.as_str())) {
+                return Err(self.invalid(missing, format!("{rule} column '{missing}' is not an output column")));
             }
         }
         if let Some(column) = names
@@ -656,6 +672,7 @@ impl Catalog {
         let as_of = Utc::now();
         for job in &self.jobs {
             let ctx = SessionContext::new();
+            super::functions::register(&ctx);
             for name in job.reads() {
                 let table = MemTable::try_new(tables[name].clone(), vec![vec![]]).expect("empty table");
                 ctx.register_table(name.as_str(), Arc::new(table))
@@ -762,6 +779,7 @@ fn parse_job(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, Catalo
         checks: h.checks,
         scope: h.scope,
         linked_by: h.linked_by,
+        publish: h.publish,
         file: file.to_path_buf(),
         header_lines: parsed.header_lines,
         header_text: parsed.header_text,
@@ -789,6 +807,24 @@ fn parse_job(file: &Path, text: &str, defaults: &Defaults) -> Result<Job, Catalo
             "linked_by",
             "`linked_by` refines scope = \"customer\": a customer's rows read the rows linked to its own".into(),
         ));
+    }
+    if let Some(table) = &job.publish {
+        if job.kind != JobKind::Measure {
+            return Err(job.invalid(
+                "publish",
+                "only measure jobs are published as tables of their own (tags go to customer_tags)".into(),
+            ));
+        }
+        let simple = table.starts_with(|c: char| c.is_ascii_lowercase())
+            && table
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !simple || RESERVED_TABLES.contains(&table.as_str()) || table.starts_with('_') {
+            return Err(job.invalid(
+                "publish",
+                format!("`publish = \"{table}\"`: a table name is lowercase letters, digits and `_`, and not one of {RESERVED_TABLES:?}"),
+            ));
+        }
     }
     if job.kind == JobKind::State && job.scope != Scope::All {
         return Err(job.invalid(

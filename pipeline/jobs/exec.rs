@@ -576,6 +576,9 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
 pub struct Reuse<'a> {
     pub previous: &'a BTreeMap<String, JobRun>,
     pub changed: Arc<CustomerBits>,
+    /// State tables whose fold changed nobody's rows (a batch of clicks leaves the order
+    /// and contact tables as they were): jobs that read only such tables keep their rows.
+    pub unchanged: BTreeSet<String>,
     pub numbering: Arc<Numbering>,
 }
 
@@ -618,6 +621,9 @@ enum Plan {
         narrowed: Option<BTreeMap<String, Table>>,
         numbering: Arc<Numbering>,
     },
+    /// Nobody's: nothing the job reads changed and it does not read the clock, so its rows
+    /// are the previous ones.
+    Unchanged { previous: Box<JobRun> },
     /// For the customers linked (by `link`, e.g. a device) to those whose inputs changed,
     /// the previous rows kept for everyone else: a job declaring `linked_by`.
     Linked {
@@ -645,8 +651,13 @@ pub async fn run_jobs(
     // The customers whose state changed, and per table read so far the customers whose
     // rows may differ from the previous batch's (`None`: unknown, anyone's).
     let state_changed: Option<Dirty> = reuse.as_ref().map(|r| r.changed.clone());
-    let mut changed: BTreeMap<String, Option<Dirty>> =
-        state.keys().map(|name| (name.clone(), state_changed.clone())).collect();
+    let mut changed: BTreeMap<String, Option<Dirty>> = state
+        .keys()
+        .map(|name| match &reuse {
+            Some(r) if r.unchanged.contains(name) => (name.clone(), Some(Dirty::default())),
+            _ => (name.clone(), state_changed.clone()),
+        })
+        .collect();
     // Each table's rows of the customers whose state changed, selected once per batch: most
     // jobs evaluated for some customers are evaluated for exactly those, and read these.
     let mut narrowed: BTreeMap<String, Table> = match (&state_changed, &reuse) {
@@ -763,6 +774,12 @@ fn plan(
     let Some(previous) = reuse.previous.get(&job.name) else {
         return Plan::Everyone;
     };
+    let unchanged = |name: &String| matches!(changed.get(name), Some(Some(dirty)) if dirty.is_empty());
+    if !job.reads_time_of_day() && reads.keys().all(unchanged) {
+        return Plan::Unchanged {
+            previous: Box::new(previous.clone()),
+        };
+    }
     if job.scope != Scope::Customer || job.reads_time_of_day() || !names_customers(&previous.schema) {
         return Plan::Everyone;
     }
@@ -772,6 +789,8 @@ fn plan(
             return Plan::Everyone;
         };
         match names_customers(&table.schema) {
+            // An input nobody's rows of changed adds nobody (and keeps the state's set intact).
+            true if dirty.is_empty() => {}
             true => inputs_changed.push(dirty),
             // A table of no customer in particular: read whole, and only while unchanged.
             false if dirty.is_empty() => {}
@@ -835,6 +854,15 @@ async fn evaluate_job(
             .collect()
     };
     match plan {
+        Plan::Unchanged { previous } => {
+            let nobody: Dirty = Arc::default();
+            let run = JobRun {
+                duration: Duration::ZERO,
+                evaluated_for: Some(nobody.clone()),
+                ..*previous
+            };
+            Ok((run, Some(nobody), None))
+        }
         Plan::Everyone => Ok((
             run_one(job, &as_mem_tables(reads), as_of, partitions).await?,
             None,
@@ -1027,7 +1055,10 @@ async fn run_one(
     let reads: BTreeMap<String, Arc<MemTable>> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
     let (batches, planned) = execute(job, &reads, &job.render_sql(as_of), partitions).await?;
     let (batches, schema, values) = match job.kind {
-        JobKind::Measure | JobKind::State => (batches, planned, BTreeMap::new()),
+        JobKind::Measure | JobKind::State => {
+            let schema = nullable_as_batches_say(planned, &batches);
+            (batches, schema, BTreeMap::new())
+        }
         JobKind::Tag => {
             let batches = normalise_tag_rows(job, batches)?;
             let values = value_counts(&batches);
@@ -1046,6 +1077,32 @@ async fn run_one(
         values,
         evaluated_for: None,
     })
+}
+
+/// The planned schema, with a column nullable wherever a batch says it may hold nulls:
+/// DataFusion's plan can call a column non-null (`COALESCE(.., FALSE)`) that its execution
+/// marks nullable, and a table must hold its batches.
+fn nullable_as_batches_say(planned: SchemaRef, batches: &[RecordBatch]) -> SchemaRef {
+    let nullable = |i: usize| {
+        batches
+            .iter()
+            .any(|b| b.schema().fields().get(i).is_some_and(|f| f.is_nullable()))
+    };
+    if planned
+        .fields()
+        .iter()
+        .enumerate()
+        .all(|(i, f)| f.is_nullable() || !nullable(i))
+    {
+        return planned;
+    }
+    let fields: Vec<Field> = planned
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() || nullable(i)))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, planned.metadata().clone()))
 }
 
 /// Customers per value in a tag's normalised rows.
@@ -1078,6 +1135,7 @@ async fn execute(
     };
     let config = SessionConfig::new().with_target_partitions(partitions);
     let ctx = SessionContext::new_with_config(config);
+    super::functions::register(&ctx);
     for (name, table) in tables {
         ctx.register_table(name.as_str(), table.clone()).map_err(failed)?;
     }
@@ -1133,6 +1191,8 @@ fn normalise_tag_rows(job: &Job, batches: Vec<RecordBatch>) -> Result<Vec<Record
 }
 
 fn mem_table(schema: SchemaRef, batches: Vec<RecordBatch>, partitions: usize) -> Arc<MemTable> {
+    // A job's rows of one batch may be nullable where an earlier evaluation's were not.
+    let schema = nullable_as_batches_say(schema, &batches);
     let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions.max(1)];
     for (i, batch) in batches.into_iter().enumerate() {
         parts[i % partitions.max(1)].push(batch);

@@ -39,6 +39,9 @@ pub(super) struct Header {
     /// Tag and measure jobs: what a customer's rows depend on.
     #[serde(default)]
     pub scope: Scope,
+    /// Measure jobs: publish the rows as the Delta table of this name under the warehouse,
+    /// replaced by each run that publishes (an `as_of` column added).
+    pub publish: Option<String>,
     /// Tag and measure jobs of scope "customer": a column of the inputs that links
     /// customers (a device): a customer's rows depend on the input rows of the values of it
     /// that the customer has rows with.

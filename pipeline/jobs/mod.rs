@@ -23,18 +23,23 @@
 //!
 //! - `kind = "state"` reads event streams and derives rows of a durable state table. Each
 //!   batch of new events is folded into the table by the header's `key` and `[merge]` rules
-//!   (`sum`, `min`, `max`, `{ first_by = [...] }`); a `day_column` with a `retain_days`
+//!   (`sum`, `min`, `max`, `{ first_by = [...] }`, `{ last_by = [...] }`); a `day_column` with a `retain_days`
 //!   parameter drops rows older than that many days. State is what makes a refresh cost
 //!   what is new rather than the whole history; a fold also rewrites only the segments of
 //!   the table its rows touch (days, or the segments holding its keys: [`StateTable`]).
 //! - `kind = "measure"`: a shared table computed from state (once per run) and read by tags.
 //! - the default kind, `tag`, reads state and measures and returns `customer_id, value,
 //!   score`.
+//!
+//! What SQL cannot say is a function tagflow registers in every job's session
+//! ([`functions`]: the BG/NBD fit and predictions), so tags stay SQL.
 
+pub mod bgnbd;
 mod catalog;
 mod checks;
 mod customers;
 mod exec;
+pub mod functions;
 mod header;
 
 pub use catalog::{

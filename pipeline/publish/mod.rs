@@ -12,12 +12,14 @@ pub mod compact;
 mod diff;
 pub mod history;
 pub mod live;
+pub mod measures;
 pub mod runs;
 pub mod snapshots;
 pub mod tables;
 pub mod tags;
+pub mod tasks;
 
-pub use tables::{CHANGES_TABLE, HISTORY_TABLE, RUNS_TABLE, TAGS_TABLE};
+pub use tables::{CHANGES_TABLE, HISTORY_TABLE, RUNS_TABLE, TAGS_TABLE, TASKS_TABLE};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
@@ -189,6 +192,16 @@ pub async fn append(
     write(warehouse, table, batches, SaveMode::Append, metadata).await
 }
 
+/// Replace the rows of `table` with `batches` (one new version; the schema becomes theirs).
+pub async fn replace(
+    warehouse: &Location,
+    table: &str,
+    batches: Vec<RecordBatch>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<Published, PublishError> {
+    write(warehouse, table, batches, SaveMode::Overwrite, metadata).await
+}
+
 async fn write(
     warehouse: &Location,
     table: &str,
@@ -222,9 +235,11 @@ async fn write_to(
     let url = table_url(warehouse, table).to_string();
     let rows = batches.iter().map(|b| b.num_rows()).sum();
     let commit = CommitProperties::default().with_metadata(metadata);
-    let delta = delta
-        .write(batches)
-        .with_save_mode(mode)
+    let mut write = delta.write(batches).with_save_mode(mode);
+    if mode == SaveMode::Overwrite {
+        write = write.with_schema_mode(SchemaMode::Overwrite);
+    }
+    let delta = write
         .with_table_name(table)
         .with_commit_properties(commit)
         .await

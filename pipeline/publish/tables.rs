@@ -14,3 +14,6 @@ pub const HISTORY_TABLE: &str = "customer_tags_history";
 
 /// One row per run, succeeded or failed.
 pub const RUNS_TABLE: &str = "job_runs";
+
+/// One row per marketing task: did it work (the catalog's measure `task_results`).
+pub const TASKS_TABLE: &str = "task_results";

@@ -2,7 +2,7 @@
 //! document generated from them (utoipa).
 //!
 //! Owns: parsing and validating requests, shaping responses.
-//! Must not: reach storage except through the index, `snapshots` and `query`.
+//! Must not: reach storage except through the index, `snapshots`, `tasks` and `query`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use super::AppState;
 use crate::publish::snapshots::{self, Snapshot};
 use crate::publish::tables::CHANGES_TABLE;
 use crate::publish::tags::ChangeCounts;
+use crate::publish::tasks::{self, PeriodTotals, TaskFigures, TaskReport, TaskResult};
 use crate::publish::{query_published, PublishError};
 
 /// Longest customer id accepted.
@@ -37,8 +38,8 @@ const DEFAULT_PAGE: usize = 100;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tagflow tag lookup API", description = "Customer tags from the latest (or a pinned) published customer_tags snapshot."),
-    paths(customer_tags, batch_get, segment, segment_summary, customer_changes, list_snapshots, run_query, healthz, readyz, metrics),
-    components(schemas(CustomerTags, TagView, BatchGetRequest, BatchGetResponse, SegmentPage, SegmentMember, SegmentSummary, ValueSize, ChangesPage, QueryRequest, QueryResult, query::Column, Snapshot, ChangeCounts, ErrorBody)),
+    paths(customer_tags, batch_get, segment, segment_summary, customer_changes, list_snapshots, list_tasks, one_task, run_query, healthz, readyz, metrics),
+    components(schemas(CustomerTags, TagView, BatchGetRequest, BatchGetResponse, SegmentPage, SegmentMember, SegmentSummary, ValueSize, ChangesPage, QueryRequest, QueryResult, query::Column, Snapshot, ChangeCounts, TaskReport, TaskResult, TaskFigures, PeriodTotals, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -65,6 +66,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/segments/{tag}", get(segment))
         .route("/v1/segments/{tag}/summary", get(segment_summary))
         .route("/v1/snapshots", get(list_snapshots))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{task_id}", get(one_task))
         .route("/v1/query", post(run_query))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
@@ -596,6 +599,43 @@ async fn customer_changes(
 #[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = Vec<Snapshot>)))]
 async fn list_snapshots(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     Ok(axum::Json(snapshots::list(&state.warehouse).await?).into_response())
+}
+
+// ---- marketing tasks ----
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TasksParams {
+    /// Only tasks first sent at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Did the marketing tasks work: each task of task_results (newest first) with its rates,
+/// and totals per day and per ISO week of the first sends.
+#[utoipa::path(get, path = "/v1/tasks", params(TasksParams),
+    responses((status = 200, body = TaskReport), (status = 400, body = ErrorBody)))]
+async fn list_tasks(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<TasksParams>,
+) -> Result<Json<TaskReport>, ApiError> {
+    Ok(Json(tasks::task_report(&state.warehouse, params.since, None).await?))
+}
+
+/// One marketing task of task_results.
+#[utoipa::path(get, path = "/v1/tasks/{task_id}", params(("task_id" = String, Path)),
+    responses((status = 200, body = TaskResult), (status = 404, body = ErrorBody)))]
+async fn one_task(
+    State(state): State<Arc<AppState>>,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskResult>, ApiError> {
+    check_id(&task_id)?;
+    let report = tasks::task_report(&state.warehouse, None, Some(&task_id)).await?;
+    report
+        .tasks
+        .into_iter()
+        .next()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no task '{task_id}' in task_results")))
 }
 
 // ---- SQL ----

@@ -13,7 +13,13 @@ fn schemas() -> Schemas {
 }
 
 fn streams() -> Vec<String> {
-    vec!["carts".into(), "clicks".into(), "orders".into()]
+    vec![
+        "carts".into(),
+        "clicks".into(),
+        "consents".into(),
+        "orders".into(),
+        "touches".into(),
+    ]
 }
 
 /// A copy of the shipped catalog in a temp folder, to break or extend.
@@ -28,24 +34,48 @@ fn load_err(dir: &Path) -> CatalogError {
 }
 
 #[tokio::test]
-async fn shipped_catalog_has_twelve_tags_in_dependency_order_and_plans() {
+async fn shipped_catalog_has_nineteen_tags_in_dependency_order_and_plans() {
     let catalog = Catalog::load(&shipped_sql(), &streams()).unwrap();
     let tags: Vec<&str> = catalog.tags().map(|j| j.name.as_str()).collect();
-    assert_eq!(tags.len(), 12, "{tags:?}");
-    let measures: Vec<&str> = catalog
+    assert_eq!(tags.len(), SHIPPED_TAGS.len(), "{tags:?}");
+    let mut measures: Vec<&str> = catalog
         .jobs
         .iter()
         .filter(|j| j.kind == JobKind::Measure)
         .map(|j| j.name.as_str())
         .collect();
-    assert_eq!(measures, vec!["paid_orders", "customer_measures", "spend_threshold"]);
+    measures.sort_unstable();
+    assert_eq!(
+        measures,
+        vec![
+            "customer_measures",
+            "paid_orders",
+            "purchase_model",
+            "repeat_purchases",
+            "spend_threshold",
+            "task_customer_results",
+            "task_results"
+        ]
+    );
     let position = |name: &str| catalog.jobs.iter().position(|j| j.name == name).unwrap();
     for risk in ["refund_risk", "low_credit", "shared_device"] {
         assert!(position(risk) < position("marketing_blacklist"));
     }
+    for excluded in ["marketing_blacklist", "opted_out", "over_contacted"] {
+        assert!(position(excluded) < position("do_not_contact"));
+    }
     assert!(position("paid_orders") < position("customer_measures"));
     assert!(position("customer_measures") < position("spend_threshold"));
     assert!(position("spend_threshold") < position("rfm_tier"));
+    assert!(position("repeat_purchases") < position("purchase_model"));
+    assert!(position("purchase_model") < position("churn_risk"));
+    assert!(position("task_customer_results") < position("task_results"));
+    let published: Vec<(&str, &str)> = catalog
+        .jobs
+        .iter()
+        .filter_map(|j| Some((j.name.as_str(), j.publish.as_deref()?)))
+        .collect();
+    assert_eq!(published, [("task_results", "task_results")]);
     catalog.validate(&schemas()).await.unwrap();
 }
 
@@ -421,7 +451,7 @@ async fn dedup_days_must_cover_summing_state() {
     let message = error.to_string();
     assert_eq!(error.exit_code(), 2, "{message}");
     assert!(
-        message.contains("dedup_days") && message.contains("customer_days"),
+        message.contains("dedup_days") && message.contains("keeps (30 days)"),
         "{message}"
     );
 }
@@ -459,7 +489,7 @@ fn a_definition_changes_with_what_the_tag_reads_and_nothing_else() {
     let after_low_credit = definitions();
     assert_eq!(
         changed(&shipped, &after_low_credit),
-        ["low_credit", "marketing_blacklist"]
+        ["do_not_contact", "low_credit", "marketing_blacklist"]
     );
     // A measure's parameter: every tag that reads the measure, directly or through a tag.
     edit(
@@ -471,6 +501,7 @@ fn a_definition_changes_with_what_the_tag_reads_and_nothing_else() {
         changed(&after_low_credit, &definitions()),
         [
             "aipl_stage",
+            "do_not_contact",
             "lifecycle",
             "marketing_blacklist",
             "promo_sensitive",

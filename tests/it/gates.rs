@@ -372,7 +372,7 @@ fn folder_defaults_fill_headers_and_a_header_wins() {
             "max_change_pct = 75\n",
             "",
             "needs max_change_pct or max_change_customers",
-            "behaviour/aipl_stage.sql:",
+            "behaviour/active_hour.sql:",
         ),
         (
             "[tag.checks.drift]",

@@ -1,4 +1,4 @@
-//! Differential test against an oracle: the 12 tags of `shared/spec/tags.md`, implemented
+//! Differential test against an oracle: the 19 tags of `shared/spec/tags.md` (v1 and v2), implemented
 //! again in plain Rust (maps over rows, no SQL) from an independent reading of the spec, and
 //! compared row for row with what the pipeline published.
 //!
@@ -6,7 +6,11 @@
 //! `tagflow::sources::read_landing` yields (de-duplicated, quarantined rows removed,
 //! `event_time <= as_of`). Everything after that (order facts, measures, windows, tags) is
 //! written from the spec, not from `sql/**`. Rows must agree on (customer_id, tag, value) and
-//! family; scores must both be null or agree to 1e-9 relative.
+//! family; scores must both be null or agree to 1e-9 relative. The predictive tags are
+//! numerical (a model fit): the oracle computes each customer's purchase summary, p_alive and
+//! E90 itself, from parameters fitted by `tagflow::jobs::bgnbd::fit` over its own summaries
+//! (the fit is checked against the paper by `predictive::cdnow_fit_reproduces_the_paper`);
+//! their scores agree to 1e-4, and a value may differ within 1e-4 of a band's edge.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -90,6 +94,20 @@ async fn differential(seed: u64) {
         if let Some(diff) = compare(&expected, &published) {
             failures.push(format!("seed {seed}, as of {as_of}:\n{diff}"));
         }
+        let published_tasks = tagflow::publish::tasks::task_report(&location(&fx.warehouse_dir()), None, None)
+            .await
+            .expect("read task_results");
+        let expected_tasks = reference_tasks(&events);
+        if expected_tasks.is_empty() {
+            failures.push(format!(
+                "seed {seed}, as of {as_of}: no marketing task in the generated data"
+            ));
+        }
+        failures.extend(
+            compare_tasks(&expected_tasks, &published_tasks.tasks)
+                .into_iter()
+                .map(|d| format!("seed {seed}, as of {as_of}: task_results: {d}")),
+        );
     }
     assert!(
         failures.is_empty(),
@@ -150,6 +168,7 @@ struct ClickEvent {
     customer: String,
     time: i64,
     day: i64,
+    channel: Option<String>,
     page_type: Option<String>,
     category: Option<String>,
     device: Option<String>,
@@ -180,11 +199,33 @@ struct OrderEvent {
     device: Option<String>,
 }
 
+/// A marketing contact or a reply (`touches`).
+struct TouchEvent {
+    event_id: String,
+    customer: String,
+    time: i64,
+    day: i64,
+    task_id: String,
+    task_type: Option<String>,
+    sent: bool,
+}
+
+/// A consent change (`consents`).
+struct ConsentEvent {
+    event_id: String,
+    customer: String,
+    time: i64,
+    channel: String,
+    withdrawn: bool,
+}
+
 /// All counted events, as plain rows.
 struct Events {
     clicks: Vec<ClickEvent>,
     carts: Vec<CartEvent>,
     orders: Vec<OrderEvent>,
+    touches: Vec<TouchEvent>,
+    consents: Vec<ConsentEvent>,
 }
 
 impl Events {
@@ -193,13 +234,16 @@ impl Events {
             clicks: Vec::new(),
             carts: Vec::new(),
             orders: Vec::new(),
+            touches: Vec::new(),
+            consents: Vec::new(),
         };
         for b in stream(data, "clicks") {
             let (customer, time) = (column::<StringArray>(b, "customer_id"), event_times(b));
-            let (page_type, category, device) = (
+            let (page_type, category, device, channel) = (
                 column::<StringArray>(b, "page_type"),
                 column::<StringArray>(b, "category"),
                 column::<StringArray>(b, "device_id"),
+                column::<StringArray>(b, "channel"),
             );
             for i in 0..b.num_rows() {
                 let t = counted_time(time, i, at);
@@ -207,6 +251,7 @@ impl Events {
                     customer: required(customer, i, "clicks.customer_id"),
                     time: t,
                     day: day_of(t),
+                    channel: text(channel, i),
                     page_type: text(page_type, i),
                     category: text(category, i),
                     device: text(device, i),
@@ -269,10 +314,51 @@ impl Events {
                 });
             }
         }
+        for b in stream(data, "touches") {
+            let (event_id, customer, time) = (
+                column::<StringArray>(b, "event_id"),
+                column::<StringArray>(b, "customer_id"),
+                event_times(b),
+            );
+            let (task_id, task_type, action) = (
+                column::<StringArray>(b, "task_id"),
+                column::<StringArray>(b, "task_type"),
+                column::<StringArray>(b, "action"),
+            );
+            for i in 0..b.num_rows() {
+                let t = counted_time(time, i, at);
+                events.touches.push(TouchEvent {
+                    event_id: required(event_id, i, "touches.event_id"),
+                    customer: required(customer, i, "touches.customer_id"),
+                    time: t,
+                    day: day_of(t),
+                    task_id: required(task_id, i, "touches.task_id"),
+                    task_type: text(task_type, i),
+                    sent: required(action, i, "touches.action") == "sent",
+                });
+            }
+        }
+        for b in stream(data, "consents") {
+            let (event_id, customer, time) = (
+                column::<StringArray>(b, "event_id"),
+                column::<StringArray>(b, "customer_id"),
+                event_times(b),
+            );
+            let (channel, status) = (column::<StringArray>(b, "channel"), column::<StringArray>(b, "status"));
+            for i in 0..b.num_rows() {
+                events.consents.push(ConsentEvent {
+                    event_id: required(event_id, i, "consents.event_id"),
+                    customer: required(customer, i, "consents.customer_id"),
+                    time: counted_time(time, i, at),
+                    channel: required(channel, i, "consents.channel"),
+                    withdrawn: required(status, i, "consents.status") == "withdrawn",
+                });
+            }
+        }
         events
     }
 
-    /// (customer, time) of every event of every stream.
+    /// (customer, time) of every behaviour event (clicks, carts, orders).
     fn times(&self) -> impl Iterator<Item = (&str, i64)> + '_ {
         let clicks = self.clicks.iter().map(|e| (e.customer.as_str(), e.time));
         let carts = self.carts.iter().map(|e| (e.customer.as_str(), e.time));
@@ -504,8 +590,11 @@ struct Expected {
     score: Option<f64>,
     /// Another value that is not wrong either. Only for `rfm_tier`, when `monetary_365` equals
     /// M80 up to the rounding of a float sum: whether `≥ M80` holds then depends on the order
-    /// in which each side added the amounts.
+    /// in which each side added the amounts. For the predictive tags: the band on the other
+    /// side of an edge the score is within the tolerance of.
     also_ok: Option<String>,
+    /// Absolute score tolerance (numerical tags); `None`: 1e-9 relative.
+    tolerance: Option<f64>,
 }
 
 impl Expected {
@@ -515,6 +604,7 @@ impl Expected {
             value: value.into(),
             score,
             also_ok: None,
+            tolerance: None,
         }
     }
 
@@ -524,7 +614,11 @@ impl Expected {
 
     fn accepts(&self, row: &TagRow) -> bool {
         let value_ok = row.value == self.value || self.also_ok.as_deref() == Some(row.value.as_str());
-        value_ok && row.family == self.family && same_score(self.score, row.score)
+        let score_ok = match (self.tolerance, self.score, row.score) {
+            (Some(tolerance), Some(e), Some(g)) => (g - e).abs() <= tolerance,
+            _ => same_score(self.score, row.score),
+        };
+        value_ok && row.family == self.family && score_ok
     }
 }
 
@@ -547,6 +641,19 @@ fn reference_tags(ev: &Events, at: &AsOf) -> BTreeMap<&'static str, TagTable> {
     tags.insert("shared_device", shared_device(&f));
     let blacklist = marketing_blacklist(&tags["refund_risk"], &tags["low_credit"], &tags["shared_device"]);
     tags.insert("marketing_blacklist", blacklist);
+    tags.insert("preferred_channel", preferred_channel(&f));
+    tags.insert("active_hour", active_hour(&f));
+    let (churn, expected_orders) = predictive(&f);
+    tags.insert("churn_risk", churn);
+    tags.insert("expected_orders_90", expected_orders);
+    tags.insert("opted_out", opted_out(&f));
+    tags.insert("over_contacted", over_contacted(&f));
+    let dnc = do_not_contact(&[
+        &tags["marketing_blacklist"],
+        &tags["opted_out"],
+        &tags["over_contacted"],
+    ]);
+    tags.insert("do_not_contact", dnc);
     tags
 }
 
@@ -831,6 +938,280 @@ fn marketing_blacklist(refund_risk: &TagTable, low_credit: &TagTable, shared_dev
         .chain(shared_device.keys())
         .map(|customer| (customer.clone(), Expected::flag("risk", None)))
         .collect()
+}
+
+/// 13. preferred_channel: over ≥ 5 clicks of the last 30 days with a channel, the top channel.
+fn preferred_channel(f: &Facts) -> TagTable {
+    let mut clicks: BTreeMap<&str, BTreeMap<&str, u32>> = BTreeMap::new();
+    for c in f.ev.clicks.iter().filter(|c| f.at.in_last(30, c.day)) {
+        if let Some(channel) = c.channel.as_deref() {
+            *clicks
+                .entry(c.customer.as_str())
+                .or_default()
+                .entry(channel)
+                .or_default() += 1;
+        }
+    }
+    let mut out = TagTable::new();
+    for (customer, counts) in clicks {
+        let total: u32 = counts.values().sum();
+        if let (true, Some((channel, n))) = (total >= 5, top(&counts)) {
+            out.insert(
+                customer.to_string(),
+                Expected::new("behaviour", channel, Some(n as f64 / total as f64)),
+            );
+        }
+    }
+    out
+}
+
+/// 14. active_hour: over ≥ 5 behaviour events of the last 30 days, the top UTC hour.
+fn active_hour(f: &Facts) -> TagTable {
+    const MICROS_PER_HOUR: i64 = 3_600_000_000;
+    let mut hours: BTreeMap<&str, BTreeMap<String, u32>> = BTreeMap::new();
+    for (customer, time) in f.ev.times().filter(|(_, t)| f.at.in_last(30, day_of(*t))) {
+        let hour = time.rem_euclid(MICROS_PER_DAY) / MICROS_PER_HOUR;
+        *hours
+            .entry(customer)
+            .or_default()
+            .entry(format!("{hour:02}"))
+            .or_default() += 1;
+    }
+    let mut out = TagTable::new();
+    for (customer, counts) in hours {
+        let total: u32 = counts.values().sum();
+        let counts: BTreeMap<&str, u32> = counts.iter().map(|(h, n)| (h.as_str(), *n)).collect();
+        if let (true, Some((hour, n))) = (total >= 5, top(&counts)) {
+            out.insert(
+                customer.to_string(),
+                Expected::new("behaviour", hour, Some(n as f64 / total as f64)),
+            );
+        }
+    }
+    out
+}
+
+/// 15 and 16. churn_risk and expected_orders_90: BG/NBD over the paid orders paid before D.
+fn predictive(f: &Facts) -> (TagTable, TagTable) {
+    use tagflow::jobs::bgnbd::{fit, Summary};
+    const TOLERANCE: f64 = 1e-4;
+    let mut paid_days: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    for p in f.paid.iter().filter(|p| p.day < f.at.day) {
+        paid_days.entry(p.customer).or_default().insert(p.day);
+    }
+    let summaries: BTreeMap<&str, (f64, f64, f64)> = paid_days
+        .iter()
+        .map(|(customer, days)| {
+            let (first, last) = (days.first().expect("a day"), days.last().expect("a day"));
+            let x = (days.len() - 1) as f64;
+            (*customer, (x, (last - first) as f64, (f.at.day - first) as f64))
+        })
+        .collect();
+    let (mut churn, mut expected) = (TagTable::new(), TagTable::new());
+    if summaries.len() < 100 {
+        return (churn, expected);
+    }
+    let input: Vec<Summary> = summaries
+        .values()
+        .map(|&(x, t_x, t)| Summary { x, t_x, t, weight: 1.0 })
+        .collect();
+    let model = fit(&input);
+    assert!(
+        model.converged,
+        "the reference fit did not converge: {model:?} over {} customers",
+        input.len()
+    );
+    let (r, alpha, a, b) = (model.params.r, model.params.alpha, model.params.a, model.params.b);
+    // Written from the paper, apart from the pipeline's model code.
+    let p_alive = |x: f64, t_x: f64, t: f64| match x > 0.0 {
+        true => 1.0 / (1.0 + a / (b + x - 1.0) * ((alpha + t) / (alpha + t_x)).powf(r + x)),
+        false => 1.0,
+    };
+    let e90 = |x: f64, t_x: f64, t: f64| {
+        let z = 90.0 / (alpha + t + 90.0);
+        let (ha, hb, hc) = (r + x, b + x, a + b + x - 1.0);
+        let (mut term, mut sum, mut k) = (1.0_f64, 1.0_f64, 0.0);
+        while term.abs() > 1e-17 * sum {
+            term *= (ha + k) * (hb + k) / ((hc + k) * (k + 1.0)) * z;
+            sum += term;
+            k += 1.0;
+        }
+        let bracket = 1.0 - ((alpha + t) / (alpha + t + 90.0)).powf(r + x) * sum;
+        // eq. 10's denominator, 1 + [x > 0] a/(b+x-1) ((α+T)/(α+t_x))^(r+x), is 1 / p_alive
+        (a + b + x - 1.0) / (a - 1.0) * bracket * p_alive(x, t_x, t)
+    };
+    let banded = |score: f64, edges: [(f64, &'static str); 2], last: &'static str| {
+        let band = |s: f64| edges.iter().find(|(edge, _)| s >= *edge).map_or(last, |(_, name)| name);
+        let mut row = Expected::new("predictive", band(score), Some(score));
+        row.tolerance = Some(TOLERANCE);
+        let (low, high) = (band(score - TOLERANCE), band(score + TOLERANCE));
+        row.also_ok = [low, high].into_iter().find(|b| *b != row.value).map(str::to_string);
+        row
+    };
+    for (customer, &(x, t_x, t)) in &summaries {
+        let p = p_alive(x, t_x, t);
+        churn.insert(
+            customer.to_string(),
+            banded(p, [(0.7, "likely_active"), (0.3, "at_risk")], "likely_lost"),
+        );
+        expected.insert(
+            customer.to_string(),
+            banded(e90(x, t_x, t), [(1.0, "high"), (0.3, "medium")], "low"),
+        );
+    }
+    (churn, expected)
+}
+
+/// 17. opted_out: the latest consent for all channels (ties: the largest event_id) withdrew.
+fn opted_out(f: &Facts) -> TagTable {
+    let mut latest: BTreeMap<&str, &ConsentEvent> = BTreeMap::new();
+    for c in f.ev.consents.iter().filter(|c| c.channel == "all") {
+        let entry = latest.entry(c.customer.as_str()).or_insert(c);
+        if (c.time, &c.event_id) > (entry.time, &entry.event_id) {
+            *entry = c;
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, c)| c.withdrawn)
+        .map(|(customer, _)| (customer.to_string(), Expected::flag("compliance", None)))
+        .collect()
+}
+
+/// 18. over_contacted: ≥ 3 sent touches in the last 7 days.
+fn over_contacted(f: &Facts) -> TagTable {
+    let mut sent: BTreeMap<&str, u32> = BTreeMap::new();
+    for t in f.ev.touches.iter().filter(|t| t.sent && f.at.in_last(7, t.day)) {
+        *sent.entry(t.customer.as_str()).or_default() += 1;
+    }
+    sent.into_iter()
+        .filter(|(_, n)| *n >= 3)
+        .map(|(customer, n)| (customer.to_string(), Expected::flag("compliance", Some(n as f64))))
+        .collect()
+}
+
+/// 19. do_not_contact: the union of marketing_blacklist, opted_out and over_contacted.
+fn do_not_contact(tags: &[&TagTable]) -> TagTable {
+    tags.iter()
+        .flat_map(|t| t.keys())
+        .map(|customer| (customer.clone(), Expected::flag("compliance", None)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Task results
+// ---------------------------------------------------------------------------------------------
+
+/// One task's row of `task_results` as the spec defines it.
+#[derive(Debug, Default)]
+struct TaskExpected {
+    task_type: Option<String>,
+    first_sent_at: i64,
+    first_event_id: String,
+    sent: i64,
+    replied: i64,
+    ordered: i64,
+    orders: i64,
+    order_amount: f64,
+    paid_orders: i64,
+    paid_amount: f64,
+}
+
+/// task_results: per task with a sent touch, its customers' first sends `s`, replies at or
+/// after `s`, and the orders whose earliest event falls in (s, s + 7 days].
+fn reference_tasks(ev: &Events) -> BTreeMap<String, TaskExpected> {
+    const ATTRIBUTION: i64 = 7 * MICROS_PER_DAY;
+    // (task, customer) -> first send; (task, customer) -> reply times
+    let mut first_send: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    let mut replies: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
+    let mut tasks: BTreeMap<String, TaskExpected> = BTreeMap::new();
+    for t in &ev.touches {
+        let key = (t.task_id.as_str(), t.customer.as_str());
+        if !t.sent {
+            replies.entry(key).or_default().push(t.time);
+            continue;
+        }
+        let s = first_send.entry(key).or_insert(t.time);
+        *s = (*s).min(t.time);
+        let task = tasks.entry(t.task_id.clone()).or_insert_with(|| TaskExpected {
+            first_sent_at: i64::MAX,
+            ..Default::default()
+        });
+        if (t.time, &t.event_id) < (task.first_sent_at, &task.first_event_id) {
+            (task.first_sent_at, task.first_event_id) = (t.time, t.event_id.clone());
+            task.task_type = t.task_type.clone();
+        }
+    }
+    let starts = earliest_per_order(ev.orders.iter());
+    let paid: BTreeMap<&str, f64> = earliest_per_order(ev.orders.iter().filter(|o| status_is(o, &["paid"])))
+        .into_iter()
+        .map(|(order, o)| (order, o.amount.expect("amount is required")))
+        .collect();
+    let mut orders_of: BTreeMap<&str, Vec<(&str, &OrderEvent)>> = BTreeMap::new();
+    for (order, o) in &starts {
+        orders_of.entry(o.customer.as_str()).or_default().push((order, o));
+    }
+    for ((task, customer), s) in first_send {
+        let row = tasks.get_mut(task).expect("a sent task");
+        row.sent += 1;
+        if replies
+            .get(&(task, customer))
+            .is_some_and(|r| r.iter().any(|&t| t >= s))
+        {
+            row.replied += 1;
+        }
+        let attributed: Vec<&(&str, &OrderEvent)> = orders_of
+            .get(customer)
+            .map(|os| {
+                os.iter()
+                    .filter(|(_, o)| o.time > s && o.time <= s + ATTRIBUTION)
+                    .collect()
+            })
+            .unwrap_or_default();
+        row.ordered += i64::from(!attributed.is_empty());
+        for (order, o) in attributed {
+            row.orders += 1;
+            row.order_amount += o.amount.expect("amount is required");
+            if let Some(amount) = paid.get(order) {
+                row.paid_orders += 1;
+                row.paid_amount += amount;
+            }
+        }
+    }
+    tasks
+}
+
+/// One line per task whose published row differs from the expected one.
+fn compare_tasks(
+    expected: &BTreeMap<String, TaskExpected>,
+    published: &[tagflow::publish::tasks::TaskResult],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let got: BTreeMap<&str, &tagflow::publish::tasks::TaskResult> =
+        published.iter().map(|t| (t.task_id.as_str(), t)).collect();
+    for (task, e) in expected {
+        let Some(g) = got.get(task.as_str()) else {
+            lines.push(format!("{task}: expected a row, published none"));
+            continue;
+        };
+        let first = DateTime::parse_from_rfc3339(&g.first_sent_at).map(|t| t.timestamp_micros());
+        let f = &g.figures;
+        let same = g.task_type == e.task_type
+            && first == Ok(e.first_sent_at)
+            && (f.sent, f.replied, f.ordered, f.orders, f.paid_orders)
+                == (e.sent, e.replied, e.ordered, e.orders, e.paid_orders)
+            && same_score(Some(e.order_amount), Some(f.order_amount))
+            && same_score(Some(e.paid_amount), Some(f.paid_amount))
+            && same_score(Some(e.ordered as f64 / e.sent as f64), Some(f.order_rate));
+        if !same {
+            lines.push(format!("{task}: expected {e:?}, published {g:?}"));
+        }
+    }
+    for task in got.keys().filter(|t| !expected.contains_key(**t)) {
+        lines.push(format!("{task}: published a row the spec does not have"));
+    }
+    lines.truncate(SHOWN_PER_TAG);
+    lines
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -25,7 +25,13 @@ const PUBLISHES: [(&str, usize); 3] = [
 ];
 
 /// (family, tag, value, score) per customer at one version.
-type CustomerRows = BTreeMap<String, BTreeSet<(String, String, String, Option<u64>)>>;
+type CustomerRows = BTreeMap<String, BTreeSet<(String, String, String, Option<String>)>>;
+
+/// A score to 15 significant digits: the API writes the shortest text that reads back as the
+/// same double, but serde_json's default parser may land one ulp off.
+fn score_key(score: f64) -> String {
+    format!("{score:.14e}")
+}
 
 pub(crate) fn by_customer(tags: &Tags) -> CustomerRows {
     let mut out = CustomerRows::new();
@@ -34,14 +40,14 @@ pub(crate) fn by_customer(tags: &Tags) -> CustomerRows {
             r.family.clone(),
             r.tag.clone(),
             r.value.clone(),
-            r.score.map(f64::to_bits),
+            r.score.map(score_key),
         ));
     }
     out
 }
 
 /// The rows of one API `CustomerTags` object.
-pub(crate) fn api_rows(customer: &Value) -> BTreeSet<(String, String, String, Option<u64>)> {
+pub(crate) fn api_rows(customer: &Value) -> BTreeSet<(String, String, String, Option<String>)> {
     customer["tags"]
         .as_array()
         .expect("tags array")
@@ -51,7 +57,7 @@ pub(crate) fn api_rows(customer: &Value) -> BTreeSet<(String, String, String, Op
                 t["family"].as_str().expect("family").to_string(),
                 t["tag"].as_str().expect("tag").to_string(),
                 t["value"].as_str().expect("value").to_string(),
-                t["score"].as_f64().map(f64::to_bits),
+                t["score"].as_f64().map(score_key),
             )
         })
         .collect()

@@ -581,8 +581,8 @@ pub fn paid(id: &str, customer: &str, time: &str, order_id: &str, amount: f64) -
     order(id, customer, time, order_id, "paid", amount)
 }
 
-/// The 12 tags of the shipped catalog (shared/spec/tags.md).
-pub const SHIPPED_TAGS: [&str; 12] = [
+/// The 19 tags of the shipped catalog (shared/spec/tags.md, v1 and v2).
+pub const SHIPPED_TAGS: [&str; 19] = [
     "rfm_tier",
     "lifecycle",
     "aipl_stage",
@@ -595,6 +595,13 @@ pub const SHIPPED_TAGS: [&str; 12] = [
     "low_credit",
     "shared_device",
     "marketing_blacklist",
+    "preferred_channel",
+    "active_hour",
+    "churn_risk",
+    "expected_orders_90",
+    "opted_out",
+    "over_contacted",
+    "do_not_contact",
 ];
 
 /// How each record batch of an Arrow IPC file is compressed (`None`: not compressed), read

@@ -159,7 +159,7 @@ async fn shipped_tags_publish_the_rows_of_their_cases() {
                 ));
             }
             let differences = match &case.expected {
-                Some(expected) => differences(&expected.rows, &actual),
+                Some(expected) => differences(&expected.rows, &actual, case.score_tolerance),
                 None => vec!["no `expected` rows yet".to_string()],
             };
             if differences.is_empty() {
@@ -310,7 +310,7 @@ k-1      | a           | 2026-11-20T10:00:00Z | product
     ];
     let actual: Vec<&TagRow> = actual.iter().collect();
     assert_eq!(
-        differences(&expected.rows, &actual),
+        differences(&expected.rows, &actual, None),
         [
             "c: expected gone | 1, published nothing",
             "d: expected nothing, published true | 0.25"
@@ -339,7 +339,7 @@ k-1      | a           | 2026-11-20T10:00:00Z | product
     assert!(reparsed.cases.iter().all(|c| c
         .expected
         .as_ref()
-        .is_some_and(|e| differences(&e.rows, &actual).is_empty())));
+        .is_some_and(|e| differences(&e.rows, &actual, None).is_empty())));
 }
 
 // ---- the catalog and its case files ----
@@ -433,6 +433,9 @@ struct RawCase {
     description: String,
     as_of: toml::Spanned<toml::Value>,
     expected: Option<toml::Spanned<String>>,
+    /// Scores agree within this (absolute), for numerical tags (a model fit); else to 1e-9
+    /// relative.
+    score_tolerance: Option<f64>,
     #[serde(default)]
     params: ParamOverrides,
     #[serde(default)]
@@ -466,6 +469,7 @@ struct Case {
     /// A config file body with the case's `[params.<job>]`, if any.
     config: Option<String>,
     expected: Option<Expected>,
+    score_tolerance: Option<f64>,
     events: Vec<Events>,
 }
 
@@ -585,6 +589,7 @@ fn parse_case_file(path: &Path, text: &str, tag: &str, family: &str) -> Result<C
             as_of_end: raw_case.as_of.span().end,
             config,
             expected,
+            score_tolerance: raw_case.score_tolerance,
             events,
         });
     }
@@ -877,17 +882,18 @@ fn events_batch(schema: &StreamSchema, table: &Table) -> Result<RecordBatch, Str
 
 // ---- comparing and blessing ----
 
-/// Scores agree to 1e-9 relative, as `support::assert_close`.
-fn same_score(expected: Option<f64>, actual: Option<f64>) -> bool {
+/// Scores agree to 1e-9 relative, as `support::assert_close`, or within the case's
+/// `score_tolerance`.
+fn same_score(expected: Option<f64>, actual: Option<f64>, tolerance: Option<f64>) -> bool {
     match (expected, actual) {
         (None, None) => true,
-        (Some(e), Some(a)) => (a - e).abs() <= 1e-9 * e.abs().max(1.0),
+        (Some(e), Some(a)) => (a - e).abs() <= tolerance.unwrap_or(1e-9 * e.abs().max(1.0)),
         _ => false,
     }
 }
 
 /// One line per customer whose expected and published rows differ.
-fn differences(expected: &[ExpectedRow], actual: &[&TagRow]) -> Vec<String> {
+fn differences(expected: &[ExpectedRow], actual: &[&TagRow], tolerance: Option<f64>) -> Vec<String> {
     let customers: BTreeSet<&str> = expected
         .iter()
         .map(|r| r.customer_id.as_str())
@@ -911,7 +917,7 @@ fn differences(expected: &[ExpectedRow], actual: &[&TagRow]) -> Vec<String> {
             && want
                 .iter()
                 .zip(&got)
-                .all(|((wv, ws), (gv, gs))| wv == gv && same_score(*ws, *gs));
+                .all(|((wv, ws), (gv, gs))| wv == gv && same_score(*ws, *gs, tolerance));
         if !same {
             lines.push(format!(
                 "{customer}: expected {}, published {}",
@@ -956,7 +962,7 @@ fn blessed_expected(file: &CaseFile, case: &Case, actual: &[&TagRow]) -> (Range<
             let Some(i) = found else { continue };
             used[i] = true;
             let row = actual[i];
-            let score = if row.value == old.value && same_score(old.score, row.score) {
+            let score = if row.value == old.value && same_score(old.score, row.score, case.score_tolerance) {
                 old.score_text.clone()
             } else {
                 score_text(row.score)
