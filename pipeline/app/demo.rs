@@ -14,6 +14,7 @@ use crate::app::error::Error;
 use crate::app::report::RunReport;
 use crate::config::Settings;
 use crate::generate::{self, GenerateOptions, GenerateSummary};
+use crate::publish::tasks::{task_report, TaskReport};
 use crate::publish::{query_published, TAGS_TABLE};
 use crate::storage::Location;
 
@@ -29,6 +30,8 @@ pub struct DemoResult {
     pub report: RunReport,
     /// (tag, value, customers), read back from the published Delta table.
     pub segments: Vec<(String, String, i64)>,
+    /// The marketing tasks of the generated data (`task_results`).
+    pub tasks: TaskReport,
     pub table_path: PathBuf,
 }
 
@@ -68,11 +71,13 @@ pub async fn demo(options: &DemoOptions, mut settings: Settings) -> Result<DemoR
             segments.push((tags.value(i).to_string(), values.value(i).to_string(), counts.value(i)));
         }
     }
+    let tasks = task_report(&warehouse, None, None).await?;
     let table_path = warehouse.url.to_file_path().unwrap_or_default().join(TAGS_TABLE);
     Ok(DemoResult {
         generated,
         report,
         segments,
+        tasks,
         table_path,
     })
 }
@@ -96,6 +101,29 @@ impl DemoResult {
             let shown = if tag == last_tag { "" } else { tag.as_str() };
             let _ = writeln!(w, "  {:<20} {:<28} {:>9}", shown, value, count);
             last_tag = tag;
+        }
+        let _ = writeln!(
+            w,
+            "\nDid the marketing tasks work? task_results per week of the first send (`tagflow tasks`):\n"
+        );
+        let _ = writeln!(
+            w,
+            "  {:<10} {:>6} {:>8} {:>8} {:>8} {:>8} {:>12}",
+            "week", "tasks", "sent", "replied", "ordered", "order%", "paid_amount"
+        );
+        for week in self.tasks.weeks.iter().take(6) {
+            let f = &week.figures;
+            let _ = writeln!(
+                w,
+                "  {:<10} {:>6} {:>8} {:>8} {:>8} {:>7.1}% {:>12.2}",
+                week.period,
+                week.tasks,
+                f.sent,
+                f.replied,
+                f.ordered,
+                100.0 * f.order_rate,
+                f.paid_amount
+            );
         }
         let path = self.table_path.display();
         let _ = writeln!(
