@@ -433,6 +433,21 @@ os._exit(0)
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// A float to 15 significant digits: Python writes the shortest text that reads back as the
+/// same double, but serde_json's default parser may land one ulp off.
+fn float_key(value: f64) -> serde_json::Value {
+    format!("{value:.14e}").into()
+}
+
+/// `rows` with every float as [`float_key`] (integers stay numbers).
+fn floats_as_keys(rows: serde_json::Value) -> serde_json::Value {
+    match rows {
+        serde_json::Value::Array(items) => items.into_iter().map(floats_as_keys).collect(),
+        serde_json::Value::Number(n) if n.is_f64() => float_key(n.as_f64().expect("a float")),
+        other => other,
+    }
+}
+
 /// Rows of a version as tagflow reads them, in the Python dump's shape.
 async fn tagflow_rows(warehouse: &Path, table: &str, version: u64) -> Result<serde_json::Value, tagflow::Error> {
     let sql = match table {
@@ -454,7 +469,7 @@ async fn tagflow_rows(warehouse: &Path, table: &str, version: u64) -> Result<ser
                             return s.value(i).into();
                         }
                         if let Some(f) = c.as_any().downcast_ref::<Float64Array>() {
-                            return f.value(i).into();
+                            return float_key(f.value(i));
                         }
                         c.as_any().downcast_ref::<Int64Array>().expect("i64").value(i).into()
                     })
@@ -557,7 +572,10 @@ async fn compaction_and_vacuum_keep_retained_versions_readable_by_other_readers(
                 let mut rows: Vec<serde_json::Value> = theirs[table][version.to_string()]
                     .as_array()
                     .unwrap_or_else(|| panic!("python cannot read {table} version {version}: {theirs}"))
-                    .clone();
+                    .iter()
+                    .cloned()
+                    .map(floats_as_keys)
+                    .collect();
                 rows.sort_by_key(|r| serde_json::to_string(r).unwrap());
                 assert_eq!(&serde_json::Value::Array(rows), ours, "{table} version {version}");
             }
