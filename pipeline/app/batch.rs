@@ -508,6 +508,7 @@ impl Batch<'_> {
                     rows: r.rows,
                     duration_ms: r.duration.as_millis() as u64,
                     evaluated_customers: r.evaluated_for.as_ref().map(|c| c.len()),
+                    status: measure_status(r),
                 })
                 .collect(),
             stages_ms,
@@ -700,6 +701,17 @@ fn publish_rows(
             .collect(),
     };
     (publish::assemble(&narrowed_runs, as_of), Some(narrowed))
+}
+
+/// The `status` of a measure of one row that has a text column of that name.
+fn measure_status(run: &JobRun) -> Option<String> {
+    let batch = run
+        .batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .filter(|_| run.rows == 1)?;
+    let status = batch.column_by_name("status")?.as_any().downcast_ref::<StringArray>()?;
+    status.is_valid(0).then(|| status.value(0).to_string())
 }
 
 fn tag_report(run: &JobRun) -> TagReport {

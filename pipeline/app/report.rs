@@ -140,6 +140,10 @@ pub struct MeasureReport {
     /// As for a tag: the customers it was evaluated for, if not everyone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluated_customers: Option<usize>,
+    /// What a measure of one row with a text column `status` says of itself (the BG/NBD
+    /// fit: `fitted`, or why no predictive tag is published).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 impl RunReport {
@@ -244,8 +248,12 @@ impl RunReport {
         for m in &self.measures {
             let _ = writeln!(
                 w,
-                "  {:<20} {:<10} {:>9} {:>9}",
-                m.measure, "(measure)", m.rows, m.duration_ms
+                "  {:<20} {:<10} {:>9} {:>9}{}",
+                m.measure,
+                "(measure)",
+                m.rows,
+                m.duration_ms,
+                m.status.as_ref().map(|s| format!("  {s}")).unwrap_or_default()
             );
         }
         let stages: Vec<String> = self.stages_ms.iter().map(|(k, v)| format!("{k} {v} ms")).collect();

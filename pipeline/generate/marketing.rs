@@ -172,22 +172,7 @@ fn bucket<R: EventRow>(world: &World, mut rows: Vec<R>, time: impl Fn(&R) -> i64
 impl EventRow for Touch {
     const STREAM: Stream = Stream::Touches;
 
-    fn time(&self) -> i64 {
-        self.time
-    }
-
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn customer(&self) -> u32 {
-        self.customer
-    }
-
-    fn stamp(&mut self, time: i64, id: u64) {
-        self.time = time;
-        self.id = id;
-    }
+    event_row_fields!();
 
     fn stream_columns(rows: &[Self], _bad: &BadRows, world: &World) -> Vec<Column> {
         let mut task_ids = StringBuilder::new();
@@ -212,22 +197,7 @@ impl EventRow for Touch {
 impl EventRow for Consent {
     const STREAM: Stream = Stream::Consents;
 
-    fn time(&self) -> i64 {
-        self.time
-    }
-
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn customer(&self) -> u32 {
-        self.customer
-    }
-
-    fn stamp(&mut self, time: i64, id: u64) {
-        self.time = time;
-        self.id = id;
-    }
+    event_row_fields!();
 
     fn stream_columns(rows: &[Self], _bad: &BadRows, _world: &World) -> Vec<Column> {
         vec![

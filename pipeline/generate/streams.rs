@@ -71,6 +71,29 @@ impl Column {
     }
 }
 
+/// The accessors every event row shares: its `time`, `id` and `customer` fields.
+macro_rules! event_row_fields {
+    () => {
+        fn time(&self) -> i64 {
+            self.time
+        }
+
+        fn id(&self) -> u64 {
+            self.id
+        }
+
+        fn customer(&self) -> u32 {
+            self.customer
+        }
+
+        fn stamp(&mut self, time: i64, id: u64) {
+            self.time = time;
+            self.id = id;
+        }
+    };
+}
+pub(super) use event_row_fields;
+
 /// A compact event row of one stream.
 pub(super) trait EventRow: Copy + Send + Sync + 'static {
     const STREAM: Stream;
@@ -85,22 +108,7 @@ pub(super) trait EventRow: Copy + Send + Sync + 'static {
 impl EventRow for Click {
     const STREAM: Stream = Stream::Clicks;
 
-    fn time(&self) -> i64 {
-        self.time
-    }
-
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn customer(&self) -> u32 {
-        self.customer
-    }
-
-    fn stamp(&mut self, time: i64, id: u64) {
-        self.time = time;
-        self.id = id;
-    }
+    event_row_fields!();
 
     fn stream_columns(rows: &[Self], bad: &BadRows, world: &World) -> Vec<Column> {
         let pages = rows.iter().enumerate().map(|(i, r)| {
@@ -132,22 +140,7 @@ impl EventRow for Click {
 impl EventRow for CartEvent {
     const STREAM: Stream = Stream::Carts;
 
-    fn time(&self) -> i64 {
-        self.time
-    }
-
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn customer(&self) -> u32 {
-        self.customer
-    }
-
-    fn stamp(&mut self, time: i64, id: u64) {
-        self.time = time;
-        self.id = id;
-    }
+    event_row_fields!();
 
     fn stream_columns(rows: &[Self], bad: &BadRows, world: &World) -> Vec<Column> {
         let quantities = rows.iter().enumerate().map(|(i, r)| {
@@ -179,22 +172,7 @@ impl EventRow for CartEvent {
 impl EventRow for OrderEvent {
     const STREAM: Stream = Stream::Orders;
 
-    fn time(&self) -> i64 {
-        self.time
-    }
-
-    fn id(&self) -> u64 {
-        self.id
-    }
-
-    fn customer(&self) -> u32 {
-        self.customer
-    }
-
-    fn stamp(&mut self, time: i64, id: u64) {
-        self.time = time;
-        self.id = id;
-    }
+    event_row_fields!();
 
     fn stream_columns(rows: &[Self], bad: &BadRows, world: &World) -> Vec<Column> {
         let seed = world.seed;

@@ -1,7 +1,7 @@
 -- name = "churn_risk"
 -- family = "predictive"
 -- description = "BG/NBD probability that a customer with a paid order before today is still a customer: likely_active (>= 0.7), at_risk (>= 0.3) or likely_lost. Score: p_alive. Refreshes once per UTC day."
--- inputs = ["repeat_purchases", "purchase_model"]
+-- inputs = ["purchase_predictions"]
 -- scope = "customer"
 -- [params]
 -- active_from = 0.7
@@ -9,15 +9,6 @@
 -- [checks]
 -- not_null = ["score"]
 -- accepted_values = ["likely_active", "at_risk", "likely_lost"]
-WITH alive_chances AS (
-    SELECT
-        p.customer_id,
-        bgnbd_p_alive(m.r, m.alpha, m.a, m.b, p.x, p.t_x, p.t_c) AS p_alive
-    FROM repeat_purchases p
-    -- purchase_model has one row: the fit over every customer (see purchase_model.sql)
-    CROSS JOIN purchase_model m
-    WHERE m.status = 'fitted'
-)
 SELECT
     customer_id,
     CASE
@@ -26,4 +17,4 @@ SELECT
         ELSE 'likely_lost'
     END AS value,
     p_alive AS score
-FROM alive_chances
+FROM purchase_predictions

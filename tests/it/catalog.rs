@@ -51,6 +51,7 @@ async fn shipped_catalog_has_nineteen_tags_in_dependency_order_and_plans() {
             "customer_measures",
             "paid_orders",
             "purchase_model",
+            "purchase_predictions",
             "repeat_purchases",
             "spend_threshold",
             "task_customer_results",
@@ -68,7 +69,8 @@ async fn shipped_catalog_has_nineteen_tags_in_dependency_order_and_plans() {
     assert!(position("customer_measures") < position("spend_threshold"));
     assert!(position("spend_threshold") < position("rfm_tier"));
     assert!(position("repeat_purchases") < position("purchase_model"));
-    assert!(position("purchase_model") < position("churn_risk"));
+    assert!(position("purchase_model") < position("purchase_predictions"));
+    assert!(position("purchase_predictions") < position("churn_risk"));
     assert!(position("task_customer_results") < position("task_results"));
     let published: Vec<(&str, &str)> = catalog
         .jobs

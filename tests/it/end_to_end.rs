@@ -307,7 +307,7 @@ fn cli_errors_say_what_and_where_and_exit_non_zero() {
 fn cli_jobs_list_and_validate() {
     let out = tagflow().args(["jobs", "validate"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("38 jobs"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("39 jobs"));
     let out = tagflow().args(["jobs", "list"]).output().unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(

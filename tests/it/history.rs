@@ -56,5 +56,5 @@ async fn every_run_is_recorded_in_job_runs_and_listed_newest_first() {
         .find(|j| j["job"] == "lifecycle")
         .unwrap();
     assert_eq!(lifecycle["rows"], 1);
-    assert_eq!(jobs.as_array().unwrap().len(), 26, "19 tags and 7 measures");
+    assert_eq!(jobs.as_array().unwrap().len(), 27, "19 tags and 8 measures");
 }

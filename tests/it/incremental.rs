@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tagflow::app::report::Mode;
 use tagflow::generate::{generate, GenerateOptions};
+use tagflow::publish::tasks::task_report;
 
 use crate::support::*;
 
@@ -190,6 +191,16 @@ async fn incremental_equals_full(seed: u64) {
         let incremental = fx.published(None).await;
         tags_seen.extend(incremental.rows.iter().map(|r| r.tag.clone()));
         assert_same(&incremental, &full_tags(&fx, as_of).await, &context);
+        let tasks_of = |dir: std::path::PathBuf| async move {
+            let report = task_report(&location(&dir), None, None).await.expect("task_results");
+            report.tasks
+        };
+        let (incremental_tasks, full_tasks) = (
+            tasks_of(fx.warehouse_dir()).await,
+            tasks_of(fx.dir.path().join("full-warehouse")).await,
+        );
+        assert!(!full_tasks.is_empty(), "{context}: no marketing task");
+        assert_eq!(incremental_tasks, full_tasks, "{context}: task_results");
     }
     // Not vacuous: the runs published (almost) every shipped tag along the way.
     assert!(tags_seen.len() >= 11, "seed {seed}: only {tags_seen:?} were exercised");

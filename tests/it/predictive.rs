@@ -111,3 +111,30 @@ fn cdnow_fit_is_a_maximum_to_the_spec_tolerance() {
     // The fit is deterministic: the same input, the same parameters.
     assert_eq!(bgnbd::fit(&summaries), fit);
 }
+
+/// With fewer than 100 buyers no predictive tag is published, and the run report says why.
+#[tokio::test]
+async fn too_few_buyers_publish_no_prediction_and_the_report_says_why() {
+    let fx = crate::support::Fixture::new();
+    fx.orders(
+        "a.parquet",
+        &[
+            crate::support::paid("o-1", "c1", "2026-10-01T10:00:00Z", "A", 10.0),
+            crate::support::paid("o-2", "c1", "2026-11-01T10:00:00Z", "B", 10.0),
+            crate::support::paid("o-3", "c2", "2026-09-01T10:00:00Z", "C", 10.0),
+        ],
+    );
+    let report = fx.try_run("2026-11-20T12:00:00Z", None).await.expect("run");
+    let model = report
+        .measures
+        .iter()
+        .find(|m| m.measure == "purchase_model")
+        .expect("purchase_model in the report");
+    assert_eq!(
+        model.status.as_deref(),
+        Some("not published: 2 customers with a paid order before today, fewer than 100")
+    );
+    assert!(report.render().contains("not published: 2 customers"));
+    let tags = fx.published(None).await;
+    assert!(tags.customers("churn_risk").is_empty() && tags.customers("expected_orders_90").is_empty());
+}

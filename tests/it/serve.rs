@@ -92,21 +92,32 @@ impl History {
 
     /// Start a server on port 0 with `config` (a tagflow.toml body) and wait for `version`.
     async fn serve(&self, config: Option<&str>, version: Option<u64>) -> (Server, tokio::sync::oneshot::Sender<()>) {
-        let settings = self.fx.settings(PUBLISHES[0].0, config).expect("settings");
-        let mut options = settings.serve.clone();
-        options.listen = "127.0.0.1:0".parse().expect("addr");
-        options.reload_interval = Duration::from_millis(100);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = serve::start(settings.warehouse.expect("warehouse"), options, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("server starts");
+        let (server, stop) = serve_fixture(&self.fx, PUBLISHES[0].0, config).await;
         if let Some(version) = version {
             wait_for_version(&server, version).await;
         }
         (server, stop)
     }
+}
+
+/// A server on port 0 over `fx`'s warehouse with `config` (a tagflow.toml body), reloading
+/// every 100 ms; it stops when the returned sender is used or dropped.
+pub(crate) async fn serve_fixture(
+    fx: &Fixture,
+    as_of: &str,
+    config: Option<&str>,
+) -> (Server, tokio::sync::oneshot::Sender<()>) {
+    let settings = fx.settings(as_of, config).expect("settings");
+    let mut options = settings.serve.clone();
+    options.listen = "127.0.0.1:0".parse().expect("addr");
+    options.reload_interval = Duration::from_millis(100);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = serve::start(settings.warehouse.expect("warehouse"), options, async move {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("server starts");
+    (server, stop)
 }
 
 async fn wait_for_version(server: &Server, version: u64) {

@@ -501,7 +501,7 @@ struct ExpectedRow {
 
 /// A `|`-separated text table: a header of column names, then rows. Empty cells are null,
 /// missing trailing cells too; `""` is the empty string. Lines starting with `#` are comments.
-struct Table {
+pub(crate) struct Table {
     /// Comment lines above the header.
     leading_comments: Vec<String>,
     /// Line of the header in the case file.
@@ -616,7 +616,7 @@ fn content_first_line(text: &str, span: &Range<usize>) -> usize {
     }
 }
 
-fn parse_table(text: &str, first_line: usize) -> Result<Table, String> {
+pub(crate) fn parse_table(text: &str, first_line: usize) -> Result<Table, String> {
     let mut columns: Option<Vec<String>> = None;
     let mut leading_comments = Vec::new();
     let mut header_line = first_line;
@@ -820,7 +820,7 @@ impl Run {
 
 /// The rows of one `[[case.events]]` as a record batch: the table's columns, typed as the
 /// stream's schema declares them.
-fn events_batch(schema: &StreamSchema, table: &Table) -> Result<RecordBatch, String> {
+pub(crate) fn events_batch(schema: &StreamSchema, table: &Table) -> Result<RecordBatch, String> {
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     let header_line = table.header_line;

@@ -2,71 +2,51 @@
 //! the expected rows worked out from the spec; then the same rows through `tagflow tasks` and
 //! the lookup API's `/v1/tasks`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::array::RecordBatch;
 use tagflow::publish::tasks::{task_report, TaskFigures, TaskResult};
-use tagflow::serve;
+use tagflow::sources::schema::Schemas;
 
 use crate::http::Client;
+use crate::serve::serve_fixture;
 use crate::support::*;
+use crate::tag_cases::{events_batch, parse_table};
 
 const AS_OF: &str = "2026-11-20T12:00:00Z";
 
-/// `touches` rows: (event_id, customer, time, task_id, task_type, action).
-fn touches(rows: &[(&str, &str, &str, &str, Option<&str>, &str)]) -> RecordBatch {
-    let text = |values: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
-    let times: TimestampMicrosecondArray = rows.iter().map(|r| Some(micros(r.2))).collect();
-    let schema = Schema::new(vec![
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("customer_id", DataType::Utf8, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("task_id", DataType::Utf8, false),
-        Field::new("task_type", DataType::Utf8, true),
-        Field::new("action", DataType::Utf8, false),
-    ]);
-    RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            text(rows.iter().map(|r| Some(r.0)).collect()),
-            text(rows.iter().map(|r| Some(r.1)).collect()),
-            Arc::new(times.with_timezone("UTC")),
-            text(rows.iter().map(|r| Some(r.3)).collect()),
-            text(rows.iter().map(|r| r.4).collect()),
-            text(rows.iter().map(|r| Some(r.5)).collect()),
-        ],
-    )
-    .expect("touches batch")
+/// Events of `stream` written as a case-file table (docs/adding-a-tag.md), typed by its schema.
+fn stream_batch(stream: &str, rows: &str) -> RecordBatch {
+    let schemas = Schemas::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).expect("schemas");
+    let table = parse_table(rows.trim_start_matches('\n'), 1).expect("a table");
+    events_batch(&schemas.streams[stream], &table).expect("a batch")
 }
 
 /// The landing zone of the worked example (see each line's comment).
 fn land(fx: &Fixture) {
-    let rep = Some("repurchase");
-    let batch = touches(&[
-        // t1's earliest sends tie at 10:00: t-01 (the smaller event id) gives the task type
-        ("t-02", "c1", "2026-11-01T10:00:00Z", "t1", rep, "sent"),
-        ("t-01", "c4", "2026-11-01T10:00:00Z", "t1", Some("precision"), "sent"),
-        // c1's reply came before their send: not a reply to it
-        ("t-03", "c1", "2026-11-01T09:00:00Z", "t1", rep, "replied"),
-        // c2 is sent to twice (s = the first) and replies between the sends
-        ("t-04", "c2", "2026-11-02T10:00:00Z", "t1", rep, "sent"),
-        ("t-05", "c2", "2026-11-03T10:00:00Z", "t1", rep, "sent"),
-        ("t-06", "c2", "2026-11-02T11:00:00Z", "t1", rep, "replied"),
-        ("t-07", "c3", "2026-11-05T08:00:00Z", "t1", rep, "sent"),
-        // c5 only replied: not sent to
-        ("t-08", "c5", "2026-11-05T08:00:00Z", "t1", rep, "replied"),
-        // t2 has replies only, t3 a send after T: neither has a row
-        ("t-09", "c1", "2026-11-05T08:00:00Z", "t2", rep, "replied"),
-        ("t-10", "c1", "2026-11-20T12:00:00.000001Z", "t3", rep, "sent"),
-        // t4 (no type) sends to c1 a day before their order A: A counts for t1 and for t4
-        ("t-11", "c1", "2026-11-07T10:00:00Z", "t4", None, "sent"),
-    ]);
+    let batch = stream_batch(
+        "touches",
+        "
+event_id | customer_id | event_time                  | task_id | task_type  | action
+# t1's earliest sends tie at 10:00: t-01 (the smaller event id) gives the task type
+t-02     | c1          | 2026-11-01T10:00:00Z        | t1      | repurchase | sent
+t-01     | c4          | 2026-11-01T10:00:00Z        | t1      | precision  | sent
+# c1's reply came before their send: not a reply to it
+t-03     | c1          | 2026-11-01T09:00:00Z        | t1      | repurchase | replied
+# c2 is sent to twice (s = the first) and replies between the sends
+t-04     | c2          | 2026-11-02T10:00:00Z        | t1      | repurchase | sent
+t-05     | c2          | 2026-11-03T10:00:00Z        | t1      | repurchase | sent
+t-06     | c2          | 2026-11-02T11:00:00Z        | t1      | repurchase | replied
+t-07     | c3          | 2026-11-05T08:00:00Z        | t1      | repurchase | sent
+# c5 only replied: not sent to
+t-08     | c5          | 2026-11-05T08:00:00Z        | t1      | repurchase | replied
+# t2 has replies only, t3 a send after T: neither has a row
+t-09     | c1          | 2026-11-05T08:00:00Z        | t2      | repurchase | replied
+t-10     | c1          | 2026-11-20T12:00:00.000001Z | t3      | repurchase | sent
+# t4 (no type) sends to c1 a day before their order A: A counts for t1 and for t4
+t-11     | c1          | 2026-11-07T10:00:00Z        | t4      |            | sent
+",
+    );
     write_parquet(&fx.landing_dir().join("touches/dt=2026-11-20/a.parquet"), &batch);
     // a re-sent file: its events count once
     write_parquet(&fx.landing_dir().join("touches/dt=2026-11-20/a-again.parquet"), &batch);
@@ -172,16 +152,7 @@ async fn task_results_follow_the_spec_and_reach_the_cli_and_the_api() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("precision"));
 
     // and the API
-    let settings = fx.settings(AS_OF, None).expect("settings");
-    let mut options = settings.serve.clone();
-    options.listen = "127.0.0.1:0".parse().expect("addr");
-    options.reload_interval = Duration::from_millis(100);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = serve::start(settings.warehouse.expect("warehouse"), options, async move {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("server starts");
+    let (server, stop) = serve_fixture(&fx, AS_OF, None).await;
     let mut client = Client::new(server.addr);
     let one = client.get("/v1/tasks/t1").await;
     assert_eq!(one.status, 200, "{}", one.text());
