@@ -206,10 +206,12 @@ const FITS_REMEMBERED: usize = 4;
 
 /// The fit of `summaries`, from memory when the same summaries (in any order) were fit before.
 fn remembered_fit(mut summaries: Vec<Summary>) -> Fit {
+    // A total order (NaN included), so the same summaries always sort, and fit, the same way.
     summaries.sort_by(|a, b| {
-        (a.x, a.t_x, a.t, a.weight)
-            .partial_cmp(&(b.x, b.t_x, b.t, b.weight))
-            .unwrap_or(std::cmp::Ordering::Equal)
+        a.x.total_cmp(&b.x)
+            .then(a.t_x.total_cmp(&b.t_x))
+            .then(a.t.total_cmp(&b.t))
+            .then(a.weight.total_cmp(&b.weight))
     });
     let memory = FITS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, fit)) = memory.iter().find(|(known, _)| *known == summaries) {
