@@ -1,6 +1,7 @@
 //! The top-level error of a tagflow command and its process exit code: the one place where
 //! layer errors become exit codes (documented in the README).
 
+use crate::app::forget::ForgetError;
 use crate::app::preview::PreviewError;
 use crate::config::ConfigError;
 use crate::generate::GenerateError;
@@ -12,6 +13,7 @@ use crate::sources::quarantine::QuarantineError;
 use crate::sources::schema::SchemaError;
 use crate::sources::SourceError;
 use crate::state::StateError;
+use crate::storage::erasure::ErasureError;
 use crate::storage::lock::LockError;
 use crate::storage::{self, Fault, StorageError};
 
@@ -68,6 +70,10 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Forget(#[from] ForgetError),
+    #[error(transparent)]
+    Erasure(#[from] ErasureError),
     /// The SIGINT/SIGTERM handlers could not be registered.
     #[error("cannot catch SIGINT and SIGTERM: {0}")]
     Signals(#[source] std::io::Error),
@@ -95,7 +101,9 @@ impl Error {
             Error::Source(_) | Error::Quarantine(_) => exit::STORAGE,
             Error::Job(JobError::Check { .. }) | Error::Gate(_) => exit::GATE,
             Error::Job(_) => exit::INPUT,
-            Error::Publish(PublishError::NotFound { .. } | PublishError::NoVersionAt { .. }) => exit::INPUT,
+            Error::Publish(
+                PublishError::NotFound { .. } | PublishError::NoVersionAt { .. } | PublishError::Unmerged { .. },
+            ) => exit::INPUT,
             Error::Publish(_) => exit::STORAGE,
             Error::Generate(GenerateError::InvalidOptions(_)) => exit::CONFIG,
             Error::Generate(_) => exit::STORAGE,
@@ -106,6 +114,9 @@ impl Error {
             Error::Preview(_) => exit::CONFIG,
             Error::Serve(ServeError::Bind { .. }) => exit::CONFIG,
             Error::Serve(_) | Error::Signals(_) => exit::INTERNAL,
+            Error::Forget(ForgetError::Unknown { .. }) => exit::INPUT,
+            Error::Forget(_) => exit::CONFIG,
+            Error::Erasure(_) => exit::STORAGE,
         }
     }
 }

@@ -228,6 +228,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Forget customers (GDPR art. 17, PIPL art. 47): record them on the warehouse's
+    /// suppression list (salted hashes) so no later read of the landing zone brings them
+    /// back, then remove them from the state, the quarantine area, customer_tags, tag_changes
+    /// and customer_tags_history. Completes any erasure a killed run left pending first.
+    Forget {
+        #[command(flatten)]
+        locations: Locations,
+        /// A customer id to forget (repeatable).
+        #[arg(long = "customer", value_name = "ID")]
+        customers: Vec<String>,
+        /// A file of customer ids, one per line (`#` comments and blank lines skipped).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Also make every older version of the erased tables unreadable now: vacuum with
+        /// zero retention, checkpoint, delete older log entries (time travel before the
+        /// erasure is gone).
+        #[arg(long)]
+        purge_history: bool,
+        /// Only complete the erasures a killed `forget` left pending.
+        #[arg(long, conflicts_with_all = ["customers", "from_file", "status"])]
+        resume: bool,
+        /// List the erasure requests, pending and completed, with what they removed and when
+        /// erasure is complete; changes nothing.
+        #[arg(long, conflicts_with_all = ["customers", "from_file", "purge_history"])]
+        status: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Per published version, tag and value: segment size, inflow and outflow.
     Segments {
         #[command(flatten)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tagflow::app::metrics::FollowMetrics;
 use tagflow::app::report::RunReport;
-use tagflow::app::{backfill, demo, follow, prepare, preview, run};
+use tagflow::app::{backfill, demo, follow, forget, prepare, preview, run};
 use tagflow::config::{CliSettings, ConfigError, Settings};
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::jobs::CatalogError;
@@ -199,6 +199,31 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
                 .filter(|r| tag.as_ref().is_none_or(|t| &r.tag == t))
                 .collect();
             render::report(&rows, json, || render::segments(&rows));
+        }
+        Command::Forget {
+            locations,
+            customers,
+            from_file,
+            purge_history,
+            resume,
+            status,
+            json,
+        } => {
+            let settings = settings(config, locations, None)?;
+            if status {
+                let requests = forget::status(&settings).await?;
+                render::report(&requests, json, || render::erasures(&requests));
+                return Ok(());
+            }
+            let mut ids = customers;
+            if let Some(file) = from_file {
+                ids.extend(forget::read_id_file(&file)?);
+            }
+            if ids.is_empty() && !resume {
+                return Err(forget::ForgetError::Empty.into());
+            }
+            let report = forget::forget(&settings, ids, purge_history).await?;
+            render::report(&report, json, || render::forget(&report));
         }
         Command::Tasks { locations, since, json } => {
             let settings = settings(config, locations, None)?;

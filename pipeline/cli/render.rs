@@ -1,15 +1,17 @@
 //! Human output of the commands: tables of text for a terminal, and JSON for scripts.
 //!
-//! Owns: the text layout of `jobs list`, `quarantine list`, `snapshots`, `segments`, `tasks`, and of
+//! Owns: the text layout of `jobs list`, `quarantine list`, `snapshots`, `segments`, `tasks`, `forget`, and of
 //! query rows. Must not: compute anything; it lays out what the library returned.
 
 use std::fmt::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use tagflow::app::forget::ForgetReport;
 use tagflow::jobs::Catalog;
 use tagflow::publish::snapshots::{SegmentFlow, Snapshot};
 use tagflow::publish::tasks::{TaskFigures, TaskReport};
 use tagflow::sources::quarantine::Entry;
+use tagflow::storage::erasure::{ErasureRequest, RequestStatus};
 
 /// `value` as pretty JSON with `--json`, else the text `render` makes.
 pub fn report<T: serde::Serialize>(value: &T, json: bool, render: impl FnOnce() -> String) {
@@ -200,4 +202,67 @@ pub fn rows(batches: &[arrow::record_batch::RecordBatch], json: bool) {
             println!("{}", cells.join("\t"));
         }
     }
+}
+
+/// `tagflow forget`: what was removed where, what is left upstream.
+pub fn forget(report: &ForgetReport) -> String {
+    let mut out = format!(
+        "forgot {} customer(s) ({} already forgotten) in {} ms; request(s) {}\n",
+        report.customers,
+        report.already_forgotten,
+        report.duration_ms,
+        report.requests.join(", ")
+    );
+    for (table, count) in &report.removed {
+        out.push_str(&format!("  {table:<24} {count} removed\n"));
+    }
+    for (table, version) in &report.first_readable_version {
+        out.push_str(&format!("  {table:<24} versions before {version} purged\n"));
+    }
+    if let Some(until) = report.history_until {
+        out.push_str(&format!(
+            "  older table versions still hold them until a vacuum after {} (`tagflow compact`), or run with --purge-history\n",
+            until.to_rfc3339()
+        ));
+    }
+    match report.landing_files.len() {
+        0 => out.push_str("  no landing file holds them\n"),
+        n => {
+            out.push_str(&format!(
+                "  {n} landing file(s) still hold them; tagflow never modifies the landing zone: ask its owner to delete them\n"
+            ));
+            for file in &report.landing_files {
+                out.push_str(&format!("    {file}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// `tagflow forget --status`: one line per request.
+pub fn erasures(requests: &[ErasureRequest]) -> String {
+    if requests.is_empty() {
+        return "no erasure requests\n".into();
+    }
+    let mut out = String::new();
+    for r in requests {
+        let complete = match (r.status, r.versions_gone.is_empty(), r.history_until) {
+            (RequestStatus::Pending, ..) => "pending: run `tagflow forget --resume`".to_string(),
+            (_, false, _) => "complete, history purged".to_string(),
+            (_, true, Some(until)) => format!(
+                "current versions erased; older versions until a vacuum after {}",
+                until.to_rfc3339()
+            ),
+            (_, true, None) => "complete".to_string(),
+        };
+        out.push_str(&format!(
+            "{}  {} customer(s)  requested {}  {}  ({} landing file(s) left upstream)\n",
+            r.id,
+            r.customers,
+            r.requested_at.to_rfc3339(),
+            complete,
+            r.landing_files.len()
+        ));
+    }
+    out
 }

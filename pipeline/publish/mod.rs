@@ -10,6 +10,7 @@
 
 pub mod compact;
 mod diff;
+pub mod erasure;
 pub mod history;
 pub mod live;
 pub mod measures;
@@ -64,6 +65,8 @@ pub enum PublishError {
     NotFound { url: String },
     #[error("no published version of customer_tags was evaluated at or before {at}{}", earliest.as_ref().map(|e| format!(" (the earliest retained is as of {e})")).unwrap_or_default())]
     NoVersionAt { at: String, earliest: Option<String> },
+    #[error("{url} has live changes not merged yet (a follow session stopped before its merge): run `tagflow run` to merge them, then erase")]
+    Unmerged { url: String },
     #[error("cannot prepare warehouse folder {url}: {source}")]
     Folder {
         url: String,

@@ -550,7 +550,7 @@ fn as_of_column(as_of: DateTime<Utc>, rows: usize) -> ArrayRef {
 
 /// Commit `actions` (none: a commit that changes no row, which still gets its version and
 /// its metadata) as an append to `table`; returns the table at its new version.
-async fn commit_actions(
+pub(crate) async fn commit_actions(
     table: DeltaTable,
     actions: Vec<Action>,
     commit: CommitProperties,
@@ -657,6 +657,14 @@ async fn append_feed(
     commit_actions(feed, actions, commit).await.map_err(commit_error)
 }
 
+/// Mark `customer_tags` version `to` as covered by the feed, with no rows: for a commit that
+/// changes no row and whose predecessors will not stay readable (an erasure's purge).
+pub(crate) async fn cover_feed(warehouse: &Location, settings: &TableSettings, to: u64) -> Result<(), PublishError> {
+    let feed = open_or_new(warehouse, CHANGES_TABLE).await?;
+    append_feed(warehouse, feed, settings, Vec::new(), None, to.checked_sub(1), to).await?;
+    Ok(())
+}
+
 /// Bring the feed up to the latest `customer_tags` version: every version it misses (a
 /// publish that died after its merge) is diffed against the version before it. Versions
 /// that cannot change rows (compaction, vacuum) need no feed rows. Returns the versions
@@ -710,10 +718,14 @@ async fn catch_up(
         if matches!(operation, "OPTIMIZE" | "VACUUM START" | "VACUUM END") {
             continue;
         }
-        warn!(
-            version,
-            "the change feed misses this customer_tags version; diffing it from the table's history"
-        );
+        let erasure = info.info.get(super::erasure::META_ERASURE).and_then(Value::as_str);
+        match erasure {
+            Some(_) => info!(version, "recording an erasure's exits in the change feed"),
+            None => warn!(
+                version,
+                "the change feed misses this customer_tags version; diffing it from the table's history"
+            ),
+        }
         let as_of = info
             .info
             .get(META_AS_OF)
@@ -731,7 +743,11 @@ async fn catch_up(
             None => Vec::new(),
         };
         let changes = blocking(move || diff::diff(&old, &new, None).changes).await;
-        let rows = feed_rows(&changes, from, version, as_of);
+        let mut rows = feed_rows(&changes, from, version, as_of);
+        // An erasure's version: its exits are recorded without naming the customers.
+        if let Some(request) = erasure {
+            rows = super::erasure::pseudonymise_exits(rows, request);
+        }
         feed = append_feed(warehouse, feed, settings, rows, None, from, version).await?;
         caught_up += 1;
     }
@@ -780,7 +796,7 @@ async fn rows_at(warehouse: &Location, version: u64) -> Result<Vec<RecordBatch>,
 }
 
 /// Every row of `table` (`customer_tags` at the version it is loaded at).
-async fn all_rows(table: &DeltaTable) -> Result<Vec<RecordBatch>, PublishError> {
+pub(crate) async fn all_rows(table: &DeltaTable) -> Result<Vec<RecordBatch>, PublishError> {
     let ctx = SessionContext::new();
     register(&ctx, table, TAGS_TABLE).await?;
     let all = format!("SELECT {ROW_COLUMNS} FROM {TAGS_TABLE}");

@@ -6,7 +6,7 @@
 //! any tag logic. Storage failures fail the read (they are not the file's fault); only bad
 //! files and bad rows are quarantined.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,11 +17,12 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::errors::ParquetError;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -29,6 +30,7 @@ pub mod quarantine;
 pub mod schema;
 
 use crate::storage::dedup::{event_id_hashes, DedupMemory};
+use crate::storage::erasure::{keep_mask, Forgotten, Suppression};
 use crate::storage::progress::Progress;
 use crate::storage::units::Bounded;
 use crate::storage::Location;
@@ -66,6 +68,8 @@ pub enum SourceError {
     NoFiles { url: String, streams: Vec<String> },
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
+    #[error(transparent)]
+    Erasure(#[from] crate::storage::erasure::ErasureError),
     #[error("reader task failed: {0}")]
     Task(String),
 }
@@ -96,6 +100,8 @@ pub struct StreamStats {
     pub rows_quarantined: usize,
     /// Good rows whose `event_id` was already seen.
     pub duplicates_dropped: usize,
+    /// Rows of forgotten customers (`tagflow forget`), dropped before anything else.
+    pub rows_forgotten: usize,
     /// Unique events read so far with `event_time` after the as-of time: kept in the state
     /// until an as-of time reaches them.
     pub after_as_of: usize,
@@ -174,7 +180,9 @@ fn is_hidden(relative: &str) -> bool {
 
 /// Read `files` (in path order), quarantine what is bad and keep the good rows with the hash
 /// of each `event_id`. `ingested_at[i]` is the moment `files[i]` was first ingested: the
-/// reference of the "event_time too far in the future" rule.
+/// reference of the "event_time too far in the future" rule. Every read first loads the
+/// warehouse's suppression list and drops the rows of forgotten customers (`tagflow forget`),
+/// so no recompute brings them back.
 pub async fn read_files(
     landing: &Location,
     warehouse: &Location,
@@ -185,6 +193,7 @@ pub async fn read_files(
     progress_bar: bool,
 ) -> Result<Decoded, SourceError> {
     let quarantine = Quarantine::new(warehouse);
+    let suppression = Arc::new(Suppression::load(warehouse).await?);
     let total = files.len();
     let progress = Progress::bar(progress_bar, "landing files", total);
     let mut decoded = Decoded {
@@ -202,7 +211,12 @@ pub async fn read_files(
     let mut outcomes = futures::stream::iter(files.iter().cloned().zip(ingested_at.iter().copied()))
         .map(|(file, ingested_at)| {
             let schema = schemas.streams[&file.stream].clone();
-            async move { read_file(landing, &file, &schema, ingested_at).await.map(|o| (file, o)) }
+            let suppression = suppression.clone();
+            async move {
+                read_file(landing, &file, &schema, ingested_at, suppression)
+                    .await
+                    .map(|o| (file, o))
+            }
         })
         .buffered(concurrency.max(1));
     let mut done = 0usize;
@@ -222,12 +236,24 @@ pub async fn read_files(
                 stream_stats.files_quarantined += 1;
                 decoded.quarantined.push(
                     quarantine
-                        .put_file(&file.stream, &file.relative, &source_url, bytes, &reason)
+                        .put_file(
+                            &file.stream,
+                            &file.relative,
+                            &source_url,
+                            suppression.is_empty().then_some(bytes),
+                            &reason,
+                        )
                         .await?,
                 );
             }
-            FileOutcome::Read { good, bad, rows } => {
+            FileOutcome::Read {
+                good,
+                bad,
+                rows,
+                forgotten,
+            } => {
                 stream_stats.rows_read += rows;
+                stream_stats.rows_forgotten += forgotten;
                 if let Some(bad) = bad {
                     stream_stats.rows_quarantined += bad.num_rows();
                     let summary = reason_summary(&bad);
@@ -383,6 +409,8 @@ pub enum FileOutcome {
         good: Vec<GoodRows>,
         bad: Option<RecordBatch>,
         rows: usize,
+        /// Rows of forgotten customers, dropped (neither good nor bad).
+        forgotten: usize,
     },
 }
 
@@ -394,6 +422,7 @@ pub async fn read_file(
     file: &LandingFile,
     schema: &StreamSchema,
     ingested_at: DateTime<Utc>,
+    suppression: Arc<Suppression>,
 ) -> Result<FileOutcome, SourceError> {
     let fetch = |source| SourceError::Fetch {
         url: landing.display(&file.path),
@@ -409,14 +438,21 @@ pub async fn read_file(
         .map_err(fetch)?;
     let schema = schema.clone();
     let source = file.relative.clone();
-    tokio::task::spawn_blocking(move || decode_file(bytes, &schema, ingested_at, &source))
+    tokio::task::spawn_blocking(move || decode_file(bytes, &schema, ingested_at, &source, &suppression))
         .await
         .map_err(|e| SourceError::Task(e.to_string()))
 }
 
 /// Decode a whole file in memory. Any decoding error rejects the whole file: nothing of a
-/// file is used unless all of it could be read.
-pub fn decode_file(bytes: Bytes, schema: &StreamSchema, ingested_at: DateTime<Utc>, source: &str) -> FileOutcome {
+/// file is used unless all of it could be read. Rows of customers on the suppression list
+/// are dropped first, good or bad: they are neither counted nor quarantined.
+pub fn decode_file(
+    bytes: Bytes,
+    schema: &StreamSchema,
+    ingested_at: DateTime<Utc>,
+    source: &str,
+    suppression: &Suppression,
+) -> FileOutcome {
     let reject = |bytes: Bytes, reason: String| FileOutcome::Rejected { bytes, reason };
     let builder = match ParquetRecordBatchReaderBuilder::try_new(bytes.clone()) {
         Ok(b) => b,
@@ -438,7 +474,7 @@ pub fn decode_file(bytes: Bytes, schema: &StreamSchema, ingested_at: DateTime<Ut
         Ok(r) => r,
         Err(e) => return reject(bytes, format!("cannot read Parquet file: {e}")),
     };
-    let (mut good, mut bad, mut rows) = (Vec::new(), Vec::new(), 0usize);
+    let (mut good, mut bad, mut rows, mut forgotten) = (Vec::new(), Vec::new(), 0usize, 0usize);
     for batch in reader {
         let batch = match batch {
             Ok(b) => b,
@@ -447,9 +483,15 @@ pub fn decode_file(bytes: Bytes, schema: &StreamSchema, ingested_at: DateTime<Ut
         match normalise_batch(&batch, schema, ingested_at, source, rows) {
             Ok((g, b)) => {
                 rows += batch.num_rows();
+                let (g, dropped) = drop_forgotten(g, suppression);
+                forgotten += dropped;
                 let id_hashes = event_id_hashes(string_column(&g, "event_id"));
                 good.push(GoodRows { batch: g, id_hashes });
-                bad.extend(b);
+                if let Some(b) = b {
+                    let (b, dropped) = drop_forgotten(b, suppression);
+                    forgotten += dropped;
+                    bad.extend((b.num_rows() > 0).then_some(b));
+                }
             }
             Err(reason) => return reject(bytes, reason),
         }
@@ -458,7 +500,27 @@ pub fn decode_file(bytes: Bytes, schema: &StreamSchema, ingested_at: DateTime<Ut
         0 => None,
         _ => Some(arrow::compute::concat_batches(&bad[0].schema(), &bad).expect("same schema")),
     };
-    FileOutcome::Read { good, bad, rows }
+    FileOutcome::Read {
+        good,
+        bad,
+        rows,
+        forgotten,
+    }
+}
+
+/// `batch` without the rows of suppressed customers, and how many were dropped.
+fn drop_forgotten(batch: RecordBatch, suppression: &Suppression) -> (RecordBatch, usize) {
+    if suppression.is_empty() {
+        return (batch, 0);
+    }
+    let Some(keep) = batch
+        .column_by_name("customer_id")
+        .and_then(|ids| keep_mask(ids, |id| suppression.is_suppressed(id)))
+    else {
+        return (batch, 0);
+    };
+    let dropped = keep.false_count();
+    (filter_record_batch(&batch, &keep).expect("mask of the batch's length"), dropped)
 }
 
 /// File-level checks: every required column present, every declared column convertible.
@@ -660,4 +722,81 @@ fn reason_summary(bad: &RecordBatch) -> String {
         .map(|(r, c)| format!("{r} (x{c})"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The landing files that hold a row of one of the `forgotten` customers, and which of
+/// them were found: what an erasure reports for the landing zone's owner to delete (tagflow
+/// never modifies the landing zone). Reads only the `customer_id` column of each file.
+#[derive(Debug, Default)]
+pub struct Holding {
+    /// URLs, in path order.
+    pub files: Vec<String>,
+    /// The salted hashes of the customers found.
+    pub customers: HashSet<u128>,
+}
+
+pub async fn files_holding(
+    landing: &Location,
+    schemas: &Schemas,
+    forgotten: &Arc<Forgotten>,
+    concurrency: usize,
+) -> Result<Holding, SourceError> {
+    let listed = list_files(landing, schemas).await?;
+    let found: Vec<(String, HashSet<u128>)> = futures::stream::iter(listed.files)
+        .map(|file| {
+            let forgotten = forgotten.clone();
+            async move {
+                let fetch = |source| SourceError::Fetch {
+                    url: landing.display(&file.path),
+                    source,
+                };
+                let bytes = landing
+                    .store
+                    .get(&file.path)
+                    .await
+                    .map_err(fetch)?
+                    .bytes()
+                    .await
+                    .map_err(fetch)?;
+                let found = tokio::task::spawn_blocking(move || forgotten_in(bytes, &forgotten))
+                    .await
+                    .map_err(|e| SourceError::Task(e.to_string()))?;
+                Ok::<_, SourceError>((landing.display(&file.path), found))
+            }
+        })
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let mut holding = Holding::default();
+    for (url, customers) in found.into_iter().filter(|(_, c)| !c.is_empty()) {
+        holding.files.push(url);
+        holding.customers.extend(customers);
+    }
+    Ok(holding)
+}
+
+/// The `forgotten` customers a file's bytes hold: its `customer_id` column if it reads as
+/// Parquet, otherwise (a corrupt file) the raw bytes, searched for each id known.
+pub(crate) fn forgotten_in(bytes: Bytes, forgotten: &Forgotten) -> HashSet<u128> {
+    let mut found = HashSet::new();
+    let mut read = || -> Result<(), ParquetError> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?;
+        let Some(index) = builder.schema().fields().iter().position(|f| f.name() == "customer_id") else {
+            return Ok(());
+        };
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+        for batch in builder.with_projection(mask).build()? {
+            let batch = batch.map_err(|e| ParquetError::General(e.to_string()))?;
+            forgotten.find_in(batch.column(0), &mut found);
+        }
+        Ok(())
+    };
+    if read().is_err() {
+        found = forgotten
+            .ids()
+            .filter(|id| !id.is_empty() && bytes.windows(id.len()).any(|w| w == id.as_bytes()))
+            .map(|id| forgotten.hash(id))
+            .collect();
+    }
+    found
 }

@@ -18,7 +18,8 @@ use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::Location;
+use crate::storage::erasure::{keep_mask, Forgotten};
+use crate::storage::{parquet_batches, Location};
 
 pub const QUARANTINE_DIR: &str = "quarantine";
 const MANIFEST_SUFFIX: &str = ".quarantine.json";
@@ -33,6 +34,12 @@ pub enum QuarantineError {
     },
     #[error("cannot encode quarantined rows for {path}: {source}")]
     Encode {
+        path: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("cannot read quarantined rows {path}: {source}")]
+    Decode {
         path: String,
         #[source]
         source: parquet::errors::ParquetError,
@@ -69,6 +76,15 @@ pub enum EntryKind {
     Rows,
 }
 
+/// What an erasure removed from the quarantine area.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuarantineErasure {
+    /// Quarantined rows removed.
+    pub rows: usize,
+    /// Copies of whole rejected files deleted.
+    pub files: usize,
+}
+
 /// Handle on the quarantine area of one warehouse.
 pub struct Quarantine<'a> {
     warehouse: &'a Location,
@@ -84,24 +100,35 @@ impl<'a> Quarantine<'a> {
         self.warehouse.child_url(QUARANTINE_DIR).to_string()
     }
 
-    /// Keep a copy of a whole rejected file.
+    /// Keep a copy of a whole rejected file, or (`bytes` none) only record it: a file that
+    /// cannot be read cannot be checked against the suppression list, so once a customer is
+    /// forgotten no copy is kept (the landing file itself stays for inspection).
     pub async fn put_file(
         &self,
         stream: &str,
         landing_relative: &str,
         source_url: &str,
-        bytes: Bytes,
+        bytes: Option<Bytes>,
         reason: &str,
     ) -> Result<Entry, QuarantineError> {
         let data = self.path(landing_relative, "");
-        self.put(&data, bytes).await?;
+        let (data, reason) = match bytes {
+            Some(bytes) => {
+                self.put(&data, bytes).await?;
+                (self.warehouse.display(&data), reason.to_string())
+            }
+            None => (
+                source_url.to_string(),
+                format!("{reason} (no copy kept: the warehouse has forgotten customers)"),
+            ),
+        };
         let entry = Entry {
             stream: stream.to_string(),
             source: source_url.to_string(),
             kind: EntryKind::File,
-            reason: reason.to_string(),
+            reason,
             rows: 0,
-            data: self.warehouse.display(&data),
+            data,
             quarantined_at: Utc::now(),
         };
         self.put_manifest(landing_relative, &entry).await?;
@@ -118,15 +145,7 @@ impl<'a> Quarantine<'a> {
         reason_summary: &str,
     ) -> Result<Entry, QuarantineError> {
         let data = self.path(landing_relative, ".rows.parquet");
-        let encode = |source| QuarantineError::Encode {
-            path: data.to_string(),
-            source,
-        };
-        let mut buffer = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut buffer, rows.schema(), None).map_err(encode)?;
-        writer.write(rows).map_err(encode)?;
-        writer.close().map_err(encode)?;
-        self.put(&data, Bytes::from(buffer)).await?;
+        self.put(&data, self.encode(&data, rows)?).await?;
         let entry = Entry {
             stream: stream.to_string(),
             source: source_url.to_string(),
@@ -140,8 +159,81 @@ impl<'a> Quarantine<'a> {
         Ok(entry)
     }
 
+    /// Remove the `forgotten` customers from the quarantine area: their rows from each
+    /// `.rows.parquet` (rewritten without them, or deleted when none is left), and the copy
+    /// of a whole rejected file that holds one of them (deleted: a rejected file cannot be
+    /// rewritten row by row). Manifests say what was removed, never whose.
+    pub async fn erase(&self, forgotten: &Forgotten) -> Result<QuarantineErasure, QuarantineError> {
+        let mut erased = QuarantineErasure::default();
+        for (manifest, mut entry) in self.manifests().await? {
+            let landing_relative = manifest
+                .strip_prefix(&format!("{QUARANTINE_DIR}/"))
+                .and_then(|m| m.strip_suffix(MANIFEST_SUFFIX))
+                .unwrap_or_default()
+                .to_string();
+            let data = match entry.kind {
+                EntryKind::File => self.path(&landing_relative, ""),
+                EntryKind::Rows => self.path(&landing_relative, ".rows.parquet"),
+            };
+            let Some(bytes) = self.get(&data).await? else {
+                continue;
+            };
+            match entry.kind {
+                EntryKind::File => {
+                    if super::forgotten_in(bytes, forgotten).is_empty() {
+                        continue;
+                    }
+                    self.delete(&data).await?;
+                    entry.reason = format!("{} (copy deleted by an erasure)", entry.reason);
+                    erased.files += 1;
+                }
+                EntryKind::Rows => {
+                    let (schema, batches) =
+                        parquet_batches(bytes).map_err(|source| QuarantineError::Decode {
+                            path: self.warehouse.display(&data),
+                            source,
+                        })?;
+                    let mut kept = Vec::new();
+                    let mut removed = 0;
+                    for batch in batches {
+                        let keep = batch
+                            .column_by_name("customer_id")
+                            .and_then(|ids| keep_mask(ids, |id| forgotten.contains(id)));
+                        match keep {
+                            None => kept.push(batch),
+                            Some(keep) => {
+                                removed += keep.false_count();
+                                kept.push(arrow::compute::filter_record_batch(&batch, &keep).expect("same length"));
+                            }
+                        }
+                    }
+                    if removed == 0 {
+                        continue;
+                    }
+                    let rows = arrow::compute::concat_batches(&schema, &kept).expect("same schema");
+                    match rows.num_rows() {
+                        0 => self.delete(&data).await?,
+                        _ => self.put(&data, self.encode(&data, &rows)?).await?,
+                    }
+                    entry.rows = rows.num_rows();
+                    entry.reason = format!("{} ({removed} rows removed by an erasure)", entry.reason);
+                    erased.rows += removed;
+                }
+            }
+            self.put_manifest(&landing_relative, &entry).await?;
+        }
+        Ok(erased)
+    }
+
     /// Every entry in the quarantine area, ordered by source.
     pub async fn list(&self) -> Result<Vec<Entry>, QuarantineError> {
+        let mut entries: Vec<Entry> = self.manifests().await?.into_iter().map(|(_, e)| e).collect();
+        entries.sort_by(|a, b| a.source.cmp(&b.source));
+        Ok(entries)
+    }
+
+    /// Every manifest (its path relative to the warehouse) with its entry.
+    async fn manifests(&self) -> Result<Vec<(String, Entry)>, QuarantineError> {
         let root = self.warehouse.path(QUARANTINE_DIR);
         let store = &self.warehouse.store;
         let objects = self
@@ -171,10 +263,43 @@ impl<'a> Quarantine<'a> {
                 .map_err(storage)?;
             let entry: Entry =
                 serde_json::from_slice(&bytes).map_err(|source| QuarantineError::Manifest { path, source })?;
-            entries.push(entry);
+            entries.push((self.warehouse.relative(&meta.location).unwrap_or_default(), entry));
         }
-        entries.sort_by(|a, b| a.source.cmp(&b.source));
         Ok(entries)
+    }
+
+    async fn get(&self, path: &object_store::path::Path) -> Result<Option<Bytes>, QuarantineError> {
+        let failed = |source| QuarantineError::Storage {
+            path: self.warehouse.display(path),
+            source,
+        };
+        match self.warehouse.store.get(path).await {
+            Ok(result) => Ok(Some(result.bytes().await.map_err(failed)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(failed(source)),
+        }
+    }
+
+    async fn delete(&self, path: &object_store::path::Path) -> Result<(), QuarantineError> {
+        match self.warehouse.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(QuarantineError::Storage {
+                path: self.warehouse.display(path),
+                source,
+            }),
+        }
+    }
+
+    fn encode(&self, data: &object_store::path::Path, rows: &RecordBatch) -> Result<Bytes, QuarantineError> {
+        let encode = |source| QuarantineError::Encode {
+            path: data.to_string(),
+            source,
+        };
+        let mut buffer = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut buffer, rows.schema(), None).map_err(encode)?;
+        writer.write(rows).map_err(encode)?;
+        writer.close().map_err(encode)?;
+        Ok(Bytes::from(buffer))
     }
 
     fn path(&self, landing_relative: &str, suffix: &str) -> object_store::path::Path {

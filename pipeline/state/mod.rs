@@ -32,6 +32,7 @@ use tracing::{debug, info};
 pub mod tables;
 
 use crate::storage::dedup::{Day, DedupMemory};
+use crate::storage::erasure::{keep_mask, Forgotten};
 use crate::storage::{arrow_file_batches, arrow_file_bytes, immutable_object_bytes, parquet_batches, Location};
 use tables::{Segment, StateTable, Table};
 
@@ -365,6 +366,60 @@ impl State {
         Ok(count)
     }
 
+    /// Take the rows of the customers `forgotten` says out of every state table (each has a
+    /// `customer_id` column) and out of the held events. A segment that held one is written
+    /// again by the next commit; the others keep their files. Returns the rows removed per
+    /// table (`pending/<stream>` for held events).
+    pub fn erase(&mut self, forgotten: &dyn Fn(&str) -> bool) -> BTreeMap<String, usize> {
+        let mut removed = BTreeMap::new();
+        for (name, table) in self.tables.iter_mut() {
+            for segment in table.segments.iter_mut() {
+                let count = erase_rows(&mut segment.batches, forgotten);
+                if count > 0 {
+                    segment.stored = None;
+                    *removed.entry(name.clone()).or_default() += count;
+                }
+            }
+        }
+        for (stream, batches) in self.pending.iter_mut() {
+            let count = erase_rows(batches, forgotten);
+            if count > 0 {
+                removed.insert(format!("pending/{stream}"), count);
+            }
+        }
+        removed
+    }
+
+    /// The hashes of the `forgotten` customers that a table or the held events hold.
+    pub fn find(&self, forgotten: &Forgotten) -> HashSet<u128> {
+        let mut found = HashSet::new();
+        let tables = self.tables.values().flat_map(|t| t.segments.iter().flat_map(|s| s.batches.iter()));
+        for batch in tables.chain(self.pending.values().flatten()) {
+            if let Some(ids) = batch.column_by_name("customer_id") {
+                forgotten.find_in(ids, &mut found);
+            }
+        }
+        found
+    }
+
+    /// Commit an erasure ([`State::erase`]) as a new version at the same as-of time, then
+    /// delete every file it does not name ([`State::collect_unreferenced`]).
+    pub async fn commit_erasure(&mut self, warehouse: &Location, run_id: &str) -> Result<u64, StateError> {
+        let as_of = self.as_of.unwrap_or_else(Utc::now);
+        let version = self.commit(warehouse, run_id, as_of, i32::MIN).await?;
+        self.collect_unreferenced(warehouse).await?;
+        Ok(version)
+    }
+
+    /// Delete every state file the current version does not name, the previous version's
+    /// included: after an erasure they are the only other copies of the erased rows. The
+    /// previous version is then no longer loadable, which nothing needs (a run loads
+    /// `CURRENT`; the previous version is kept only for readers racing a commit).
+    pub async fn collect_unreferenced(&mut self, warehouse: &Location) -> Result<(), StateError> {
+        self.previous = None;
+        self.collect_garbage(warehouse).await
+    }
+
     /// The version the next [`State::commit`] writes.
     pub fn next_version(&self) -> u64 {
         self.version + 1
@@ -615,6 +670,21 @@ impl State {
         debug!(deleted = count, "state files collected");
         Ok(())
     }
+}
+
+/// Drop the rows of `batches` whose `customer_id` `forgotten` says; returns how many.
+fn erase_rows(batches: &mut [RecordBatch], forgotten: &dyn Fn(&str) -> bool) -> usize {
+    let mut count = 0;
+    for batch in batches.iter_mut() {
+        let keep = batch
+            .column_by_name("customer_id")
+            .and_then(|ids| keep_mask(ids, forgotten));
+        if let Some(keep) = keep {
+            count += keep.false_count();
+            *batch = arrow::compute::filter_record_batch(batch, &keep).expect("mask of the batch's length");
+        }
+    }
+    count
 }
 
 async fn read_table(warehouse: &Location, file: &str) -> Result<Table, StateError> {

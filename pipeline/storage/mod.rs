@@ -29,6 +29,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub mod dedup;
+pub mod erasure;
 pub mod hold;
 pub mod lock;
 pub mod progress;

@@ -6,6 +6,7 @@ mod backfill;
 mod catalog;
 mod end_to_end;
 mod follow;
+mod forget;
 mod gates;
 mod history;
 mod http;
