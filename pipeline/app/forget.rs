@@ -47,7 +47,9 @@ const LOG_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// Bad input to `forget`: nothing was recorded or erased.
 #[derive(Debug, thiserror::Error)]
 pub enum ForgetError {
-    #[error("no customer to forget: give --customer ID or --from-file FILE (or --resume to complete pending erasures)")]
+    #[error(
+        "no customer to forget: give --customer ID or --from-file FILE (or --resume to complete pending erasures)"
+    )]
     Empty,
     #[error("{path}:{line}: {reason}")]
     Malformed { path: String, line: usize, reason: String },
@@ -349,7 +351,11 @@ async fn erase(
     if purge {
         mark_history_purged(warehouse, &first_readable_version, completed_at).await?;
     }
-    info!(requests = requests.len(), customers = forgotten.len(), "erasure completed");
+    info!(
+        requests = requests.len(),
+        customers = forgotten.len(),
+        "erasure completed"
+    );
     Ok(ForgetReport {
         requests: requests.iter().map(|r| r.id.clone()).collect(),
         customers: requests.iter().map(|r| r.customers).sum(),

@@ -111,9 +111,10 @@ fn forgotten_predicate(forgotten: &Arc<Forgotten>) -> Expr {
 
 /// Remove the customers from `customer_tags`: one DELETE commit that carries a publish's
 /// figures (the as-of of the version before: the tags are as they were, minus these
-/// customers), then the feed catches up, recording their exits pseudonymously
-/// ([`pseudonymise_exits`]). Refused while live changes wait on top of the latest version:
-/// they would be left behind on the old version.
+/// customers), then their exits go to the feed, pseudonymous ([`pseudonymise_exits`]).
+/// Only the forgotten rows are read into memory (the scan evaluates the predicate on every
+/// row), and the figures are the previous publish's minus them. Refused while live changes
+/// wait on top of the latest version: they would be left behind on the old version.
 pub async fn erase_tags(
     warehouse: &Location,
     forgotten: &Arc<Forgotten>,
@@ -134,9 +135,108 @@ pub async fn erase_tags(
             url: table_url(warehouse, TAGS_TABLE).to_string(),
         });
     }
-    // A feed behind the table (a publish that died) catches up before this commit.
+    // A feed behind the table (a publish, or an erasure, that died) catches up first.
     tags::catch_up_feed(warehouse, settings).await?;
-    let rows = tags::all_rows(&table).await?;
+    let rows = forgotten_rows(&table, forgotten).await?;
+    if rows.iter().all(|b| b.num_rows() == 0) {
+        erased.version = Some(version);
+        return Ok(erased);
+    }
+    let previous = latest_publish(&table).await?.unwrap_or_default();
+    let as_of = previous
+        .get(META_AS_OF)
+        .and_then(Value::as_str)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let metadata = match figures_without(&previous, &rows) {
+        Some(metadata) => metadata,
+        None => figures_of_all_but(&table, forgotten, as_of).await?,
+    };
+    let deleted = delete(warehouse, TAGS_TABLE, table, forgotten, request_id, metadata).await?;
+    let to = deleted.version.unwrap_or_default();
+    let exits = exits_of(&rows);
+    let feed_rows = pseudonymise_exits(
+        tags::feed_rows(&exits, Some(version), to, as_of.unwrap_or_else(Utc::now)),
+        request_id,
+    );
+    let feed = open_or_new(warehouse, CHANGES_TABLE).await?;
+    tags::append_feed(warehouse, feed, settings, feed_rows, None, Some(version), to).await?;
+    Ok(deleted)
+}
+
+/// The rows of the forgotten customers: `customer_id, family, tag, value, score`.
+async fn forgotten_rows(table: &DeltaTable, forgotten: &Arc<Forgotten>) -> Result<Vec<RecordBatch>, PublishError> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    super::register(&ctx, table, TAGS_TABLE).await?;
+    let predicate = forgotten_predicate(forgotten);
+    let rows = ctx
+        .table(TAGS_TABLE)
+        .await
+        .and_then(|df| df.filter(predicate))
+        .and_then(|df| df.select_columns(&["customer_id", "family", "tag", "value", "score"]));
+    let read = |source| PublishError::Read {
+        url: table.table_url().to_string(),
+        source,
+    };
+    let batches = rows.map_err(read)?.collect().await.map_err(read)?;
+    batches
+        .iter()
+        .map(|b| super::plain_strings(b).map_err(|e| read(e.into())))
+        .collect()
+}
+
+/// A publish's figures (`previous`, its commit metadata) without `rows`, which are every
+/// row of the customers they name: none when `previous` has no figures.
+fn figures_without(previous: &Map<String, Value>, rows: &[RecordBatch]) -> Option<Map<String, Value>> {
+    let mut segments: BTreeMap<String, BTreeMap<String, u64>> =
+        serde_json::from_value(previous.get(META_SEGMENTS)?.clone()).ok()?;
+    let total = previous.get(META_ROWS)?.as_u64()?;
+    let customers = previous.get(META_CUSTOMERS)?.as_u64()?;
+    let mut removed = 0u64;
+    let mut ids = std::collections::HashSet::new();
+    for batch in rows {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .expect("selected")
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .expect("strings")
+        };
+        let (id, tag, value) = (column("customer_id"), column("tag"), column("value"));
+        for i in 0..batch.num_rows() {
+            ids.insert(id.value(i).to_string());
+            removed += 1;
+            if let Some(values) = segments.get_mut(tag.value(i)) {
+                if let Some(size) = values.get_mut(value.value(i)) {
+                    *size = size.saturating_sub(1);
+                }
+                values.retain(|_, size| *size > 0);
+            }
+        }
+    }
+    segments.retain(|_, values| !values.is_empty());
+    let mut metadata = previous.clone();
+    metadata.insert(META_ROWS.into(), json!(total.saturating_sub(removed)));
+    metadata.insert(META_CUSTOMERS.into(), json!(customers.saturating_sub(ids.len() as u64)));
+    metadata.insert(META_SEGMENTS.into(), json!(segments));
+    metadata.insert(
+        META_CHANGES.into(),
+        json!({"entered": 0, "exited": removed, "changed": 0}),
+    );
+    Some(metadata)
+}
+
+/// The figures counted from every row but the forgotten customers' (a table whose last
+/// publish recorded none).
+async fn figures_of_all_but(
+    table: &DeltaTable,
+    forgotten: &Forgotten,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<Map<String, Value>, PublishError> {
+    let rows = tags::all_rows(table).await?;
+    let before: usize = rows.iter().map(RecordBatch::num_rows).sum();
     let kept: Vec<RecordBatch> = rows
         .iter()
         .map(|batch| match keep_mask(batch.column(0), |id| forgotten.contains(id)) {
@@ -144,15 +244,9 @@ pub async fn erase_tags(
             None => batch.clone(),
         })
         .collect();
-    let before: usize = rows.iter().map(RecordBatch::num_rows).sum();
-    let after: usize = kept.iter().map(RecordBatch::num_rows).sum();
-    if before == after {
-        erased.version = Some(version);
-        return Ok(erased);
-    }
     let figures = diff::figures(&[], &kept, None);
     let mut metadata = Map::new();
-    if let Some(as_of) = latest_as_of(&table).await? {
+    if let Some(as_of) = as_of {
         metadata.insert(META_AS_OF.into(), json!(as_of.to_rfc3339()));
     }
     metadata.insert(META_ROWS.into(), json!(figures.rows));
@@ -160,11 +254,32 @@ pub async fn erase_tags(
     metadata.insert(META_SEGMENTS.into(), json!(figures.segments));
     metadata.insert(
         META_CHANGES.into(),
-        json!({"entered": 0, "exited": before - after, "changed": 0}),
+        json!({"entered": 0, "exited": before - figures.rows, "changed": 0}),
     );
-    let deleted = delete(warehouse, TAGS_TABLE, table, forgotten, request_id, metadata).await?;
-    tags::catch_up_feed(warehouse, settings).await?;
-    Ok(deleted)
+    Ok(metadata)
+}
+
+/// The exits of `rows` (every row of the forgotten customers), as diff rows.
+fn exits_of(rows: &[RecordBatch]) -> Vec<RecordBatch> {
+    let schema = diff::tag_diff_schema();
+    rows.iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| {
+            let n = b.num_rows();
+            let column = |name: &str| b.column_by_name(name).expect("selected").clone();
+            let columns: Vec<ArrayRef> = vec![
+                column("customer_id"),
+                column("family"),
+                column("tag"),
+                Arc::new(StringArray::from(vec!["exited"; n])),
+                column("value"),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+                column("score"),
+                Arc::new(Float64Array::from(vec![None; n])),
+            ];
+            RecordBatch::try_new(schema.clone(), columns).expect("diff rows")
+        })
+        .collect()
 }
 
 /// Remove the customers from a table that is not `customer_tags` (`tag_changes`,
@@ -221,31 +336,24 @@ async fn delete(
 /// The `tagflow.*` commit metadata of the latest publish (commits without an as-of time,
 /// compaction's, are skipped).
 async fn latest_publish(table: &DeltaTable) -> Result<Option<Map<String, Value>>, PublishError> {
-    let infos: Vec<deltalake::kernel::CommitInfo> = table
-        .history(None)
-        .try_collect()
-        .await
-        .map_err(|source| PublishError::Open {
-            url: table.table_url().to_string(),
-            source,
-        })?;
-    Ok(infos.into_iter().find(|info| info.info.contains_key(META_AS_OF)).map(|info| {
-        info.info
-            .into_iter()
-            .filter(|(key, _)| key.starts_with("tagflow."))
-            .collect()
-    }))
-}
-
-/// The as-of time of the latest publish.
-async fn latest_as_of(table: &DeltaTable) -> Result<Option<DateTime<Utc>>, PublishError> {
-    Ok(latest_publish(table).await?.and_then(|metadata| {
-        metadata
-            .get(META_AS_OF)
-            .and_then(Value::as_str)
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc))
-    }))
+    let infos: Vec<deltalake::kernel::CommitInfo> =
+        table
+            .history(None)
+            .try_collect()
+            .await
+            .map_err(|source| PublishError::Open {
+                url: table.table_url().to_string(),
+                source,
+            })?;
+    Ok(infos
+        .into_iter()
+        .find(|info| info.info.contains_key(META_AS_OF))
+        .map(|info| {
+            info.info
+                .into_iter()
+                .filter(|(key, _)| key.starts_with("tagflow."))
+                .collect()
+        }))
 }
 
 /// The feed rows of an erasure's `customer_tags` version, made pseudonymous: each forgotten
@@ -368,7 +476,10 @@ mod tests {
         let out = pseudonymise_exits(vec![batch], "r1");
         let ids = out[0].column(0).as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(ids.iter().flatten().collect::<Vec<_>>(), ["erased:r1", "erased:r1"]);
-        assert_eq!(out[0].column(1).as_ref(), &StringArray::from(vec!["champion", "true"]) as &dyn Array);
+        assert_eq!(
+            out[0].column(1).as_ref(),
+            &StringArray::from(vec!["champion", "true"]) as &dyn Array
+        );
         assert_eq!(out[0].column(2).null_count(), 2);
         assert_eq!(out[0].column(3).as_ref(), &Int64Array::from(vec![4, 4]) as &dyn Array);
     }

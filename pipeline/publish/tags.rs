@@ -572,7 +572,7 @@ pub(crate) async fn commit_actions(
 
 /// The feed's rows for `changes` (rows of [`FEED_COLUMNS`]), the move of `customer_tags`
 /// from version `from` to `to`.
-fn feed_rows(changes: &[RecordBatch], from: Option<u64>, to: u64, as_of: DateTime<Utc>) -> Vec<RecordBatch> {
+pub(crate) fn feed_rows(changes: &[RecordBatch], from: Option<u64>, to: u64, as_of: DateTime<Utc>) -> Vec<RecordBatch> {
     let schema = tag_changes_schema();
     changes
         .iter()
@@ -613,7 +613,7 @@ async fn stage_feed(feed: DeltaTable, rows: Vec<RecordBatch>) -> Result<Vec<Acti
 /// written now) to the feed, opened at its latest version, marking version `to` as
 /// covered; live rows (`from` = `to`: on top of version `to`, not merged yet) leave the
 /// version covered as it was. Returns the feed at its new version.
-async fn append_feed(
+pub(crate) async fn append_feed(
     warehouse: &Location,
     feed: DeltaTable,
     settings: &TableSettings,

@@ -520,7 +520,10 @@ fn drop_forgotten(batch: RecordBatch, suppression: &Suppression) -> (RecordBatch
         return (batch, 0);
     };
     let dropped = keep.false_count();
-    (filter_record_batch(&batch, &keep).expect("mask of the batch's length"), dropped)
+    (
+        filter_record_batch(&batch, &keep).expect("mask of the batch's length"),
+        dropped,
+    )
 }
 
 /// File-level checks: every required column present, every declared column convertible.

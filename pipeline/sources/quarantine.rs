@@ -188,11 +188,10 @@ impl<'a> Quarantine<'a> {
                     erased.files += 1;
                 }
                 EntryKind::Rows => {
-                    let (schema, batches) =
-                        parquet_batches(bytes).map_err(|source| QuarantineError::Decode {
-                            path: self.warehouse.display(&data),
-                            source,
-                        })?;
+                    let (schema, batches) = parquet_batches(bytes).map_err(|source| QuarantineError::Decode {
+                        path: self.warehouse.display(&data),
+                        source,
+                    })?;
                     let mut kept = Vec::new();
                     let mut removed = 0;
                     for batch in batches {

@@ -393,7 +393,10 @@ impl State {
     /// The hashes of the `forgotten` customers that a table or the held events hold.
     pub fn find(&self, forgotten: &Forgotten) -> HashSet<u128> {
         let mut found = HashSet::new();
-        let tables = self.tables.values().flat_map(|t| t.segments.iter().flat_map(|s| s.batches.iter()));
+        let tables = self
+            .tables
+            .values()
+            .flat_map(|t| t.segments.iter().flat_map(|s| s.batches.iter()));
         for batch in tables.chain(self.pending.values().flatten()) {
             if let Some(ids) = batch.column_by_name("customer_id") {
                 forgotten.find_in(ids, &mut found);

@@ -202,7 +202,10 @@ fn bad_input_of(fx: &Fixture, ids: &[String]) {
         .map(|(i, id)| cart_add(&format!("bad-{i}"), id, "2026-11-19T09:00:00Z", 1, Some(5.0)).action("teleport"))
         .collect();
     fx.carts("bad-rows.parquet", &carts);
-    fx.raw("clicks/corrupt.parquet", format!("not parquet; {} was here", ids[0]).as_bytes());
+    fx.raw(
+        "clicks/corrupt.parquet",
+        format!("not parquet; {} was here", ids[0]).as_bytes(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,7 +219,10 @@ async fn forgotten_customers_leave_no_trace_and_do_not_come_back() {
     let warehouse = fx.warehouse_dir();
     let before = fx.published(None).await;
     assert!(before.rows.iter().any(|r| r.customer_id == ids[0]));
-    assert!(!traces(&warehouse, &ids).is_empty(), "the customers are in the warehouse before");
+    assert!(
+        !traces(&warehouse, &ids).is_empty(),
+        "the customers are in the warehouse before"
+    );
 
     let list = fx.dir.path().join("ids.txt");
     std::fs::write(&list, format!("# erasure ticket 42\n{}\n\n", ids[1])).unwrap();
@@ -231,7 +237,13 @@ async fn forgotten_customers_leave_no_trace_and_do_not_come_back() {
         ],
     );
     assert_eq!(report["customers"], 2, "{report:#}");
-    for area in ["state", "customer_tags", "tag_changes", "customer_tags_history", "quarantine rows"] {
+    for area in [
+        "state",
+        "customer_tags",
+        "tag_changes",
+        "customer_tags_history",
+        "quarantine rows",
+    ] {
         assert!(report["removed"][area].as_u64().unwrap() > 0, "{area}: {report:#}");
     }
     assert_eq!(report["removed"]["quarantine files"], 1, "{report:#}");
@@ -253,7 +265,10 @@ async fn forgotten_customers_leave_no_trace_and_do_not_come_back() {
     )
     .await
     .unwrap();
-    let exited = exits[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    let exited = exits[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
     assert_eq!(exited as usize, before.rows.len() - others.len());
 
     // The purged tables still publish, compact and list their snapshots.
@@ -279,7 +294,10 @@ async fn forgotten_customers_leave_no_trace_and_do_not_come_back() {
     );
     let run = fx.try_run("2026-11-20T13:00:00Z", None).await.expect("run after");
     assert_eq!(run.streams["clicks"].rows_forgotten, 1);
-    let rebuilt = fx.command(&["run", "--full", "--as-of", "2026-11-20T13:00:00Z"]).output().unwrap();
+    let rebuilt = fx
+        .command(&["run", "--full", "--as-of", "2026-11-20T13:00:00Z"])
+        .output()
+        .unwrap();
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
     assert_eq!(traces(&warehouse, &ids), Vec::<String>::new());
 
@@ -314,13 +332,21 @@ async fn bad_input_changes_nothing() {
     let malformed = fx.dir.path().join("malformed.txt");
     std::fs::write(&malformed, "cust-000001\ncust-000002 cust-000003\n").unwrap();
     let cases: [(Vec<&str>, i32, &str); 4] = [
-        (vec!["--customer", "nobody-here"], exit::INPUT, "1 of the 1 customers given are unknown"),
+        (
+            vec!["--customer", "nobody-here"],
+            exit::INPUT,
+            "1 of the 1 customers given are unknown",
+        ),
         (
             vec!["--customer", "cust-000001", "--customer", "nobody-here"],
             exit::INPUT,
             "positions 2 of the list",
         ),
-        (vec!["--from-file", empty.to_str().unwrap()], exit::CONFIG, "no customer to forget"),
+        (
+            vec!["--from-file", empty.to_str().unwrap()],
+            exit::CONFIG,
+            "no customer to forget",
+        ),
         (
             vec!["--from-file", malformed.to_str().unwrap()],
             exit::CONFIG,
@@ -351,7 +377,10 @@ async fn a_killed_erasure_is_completed_by_the_next_forget() {
     copy_dir(&base.dir.path().join("landing"), &reference.landing_dir());
     copy_dir(&base.warehouse_dir(), &reference.warehouse_dir());
     let started = Instant::now();
-    forget_json(&reference, &["--customer", &ids[0], "--customer", &ids[1], "--purge-history"]);
+    forget_json(
+        &reference,
+        &["--customer", &ids[0], "--customer", &ids[1], "--purge-history"],
+    );
     let full_time = started.elapsed();
     let expected = reference.published(None).await.rows;
 
@@ -361,7 +390,14 @@ async fn a_killed_erasure_is_completed_by_the_next_forget() {
         copy_dir(&base.landing_dir(), &fx.landing_dir());
         copy_dir(&base.warehouse_dir(), &fx.warehouse_dir());
         let mut child = fx
-            .command(&["forget", "--customer", &ids[0], "--customer", &ids[1], "--purge-history"])
+            .command(&[
+                "forget",
+                "--customer",
+                &ids[0],
+                "--customer",
+                &ids[1],
+                "--purge-history",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -393,4 +429,26 @@ async fn a_killed_erasure_is_completed_by_the_next_forget() {
         assert_eq!(fx.published(None).await.rows, expected, "trial {trial}");
         assert_eq!(traces(&fx.warehouse_dir(), &ids), Vec::<String>::new(), "trial {trial}");
     }
+}
+
+/// A running `serve` stops answering for a forgotten customer at its next reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_answers_404_for_a_forgotten_customer_after_its_reload() {
+    let fx = Fixture::new();
+    generate_into(&fx.landing_dir(), 60, 10, 9).await;
+    let tags = fx.run(AS_OF).await;
+    let id = tags.customers("lifecycle")[0].clone();
+    let kept = tags.customers("lifecycle")[1].clone();
+    let (server, _stop) = crate::serve::serve_fixture(&fx, AS_OF, None).await;
+    crate::serve::wait_for_version(&server, 0).await;
+    let mut client = crate::http::Client::new(server.addr);
+    let path = |c: &str| format!("/v1/customers/{c}/tags");
+    assert_eq!(client.get(&path(&id)).await.status, 200);
+    forget_json(&fx, &["--customer", &id]);
+    let started = Instant::now();
+    while client.get(&path(&id)).await.status != 404 {
+        assert!(started.elapsed() < Duration::from_secs(30), "still served after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.get(&path(&kept)).await.status, 200);
 }

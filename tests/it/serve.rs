@@ -120,7 +120,7 @@ pub(crate) async fn serve_fixture(
     (server, stop)
 }
 
-async fn wait_for_version(server: &Server, version: u64) {
+pub(crate) async fn wait_for_version(server: &Server, version: u64) {
     for _ in 0..300 {
         if server.state.current().is_some_and(|i| i.version == version) {
             return;
