@@ -20,15 +20,7 @@ use common::*;
 const DAYS: u32 = 60;
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("TAGFLOW_BENCH_SIZES")
-        .unwrap_or_else(|_| "100000,1000000".into())
-        .split(',')
-        .map(|n| {
-            n.trim()
-                .parse()
-                .expect("TAGFLOW_BENCH_SIZES: customers, comma-separated")
-        })
-        .collect();
+    let sizes = common::sizes();
     let follow_secs = follow_secs();
     let runtime = runtime();
     // The history ends yesterday: the session's batches are evaluated at the wall clock.

@@ -25,11 +25,7 @@ use tagflow::storage::Location;
 const FORGOTTEN: usize = 1_000;
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("TAGFLOW_BENCH_SIZES")
-        .unwrap_or_else(|_| "100000,1000000".into())
-        .split(',')
-        .map(|n| n.trim().parse().expect("TAGFLOW_BENCH_SIZES: numbers"))
-        .collect();
+    let sizes = common::sizes();
     let days: u32 = std::env::var("TAGFLOW_BENCH_DAYS")
         .map(|n| n.parse().expect("TAGFLOW_BENCH_DAYS is a number"))
         .unwrap_or(14);

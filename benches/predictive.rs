@@ -17,6 +17,8 @@ use arrow::array::{Float64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::MemTable;
 use datafusion::prelude::SessionContext;
+mod common;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -24,11 +26,7 @@ use rand_chacha::ChaCha8Rng;
 const HISTORY_DAYS: u32 = 730;
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("TAGFLOW_BENCH_SIZES")
-        .unwrap_or_else(|_| "100000,1000000".into())
-        .split(',')
-        .map(|n| n.trim().parse().expect("TAGFLOW_BENCH_SIZES: numbers"))
-        .collect();
+    let sizes = common::sizes();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

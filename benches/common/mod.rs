@@ -27,6 +27,19 @@ pub fn follow_secs() -> u64 {
         .unwrap_or(60)
 }
 
+/// The customer counts a bench measures: `TAGFLOW_BENCH_SIZES`, default 100,000 and 1M.
+pub fn sizes() -> Vec<usize> {
+    std::env::var("TAGFLOW_BENCH_SIZES")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("TAGFLOW_BENCH_SIZES: customers, comma-separated")
+        })
+        .collect()
+}
+
 /// A multi-threaded Tokio runtime for the bench's own async work (generating data).
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -78,6 +78,8 @@ pub struct ForgetReport {
     pub already_forgotten: usize,
     /// Rows (or files) removed per table or area.
     pub removed: BTreeMap<String, u64>,
+    /// Per Delta table, the data files its erasure rewrote (only those that held them).
+    pub files_rewritten: BTreeMap<String, u64>,
     /// The state version without them (none: no state).
     pub state_version: Option<u64>,
     /// The `customer_tags` version without them.
@@ -166,7 +168,8 @@ pub async fn forget(settings: &Settings, ids: Vec<String>, purge_history: bool) 
             return Err(ForgetError::Empty.into());
         }
         let mut state = State::load(warehouse).await?;
-        let (new, already) = record_request(
+        let resumed = !requests.is_empty();
+        let (new, already, holding) = record_request(
             (warehouse, landing, &schemas),
             &mut suppression,
             state.as_ref(),
@@ -175,12 +178,14 @@ pub async fn forget(settings: &Settings, ids: Vec<String>, purge_history: bool) 
         )
         .await?;
         requests.extend(new);
+        // The landing zone was just read for these customers; resumed ones need a new look.
+        let landing_files = holding.filter(|_| !resumed);
         let mut report = erase(
             (warehouse, landing, &schemas),
             settings,
             &suppression,
             &mut state,
-            (&mut requests, ids),
+            (&mut requests, ids, landing_files),
         )
         .await?;
         report.already_forgotten = already;
@@ -194,27 +199,30 @@ pub async fn forget(settings: &Settings, ids: Vec<String>, purge_history: bool) 
 }
 
 /// Check the new ids and record them as a pending request (suppression list first): the
-/// request, if any ids are new, and how many were forgotten before. Unknown ids (in neither
-/// the state, the suppression list nor the landing zone) refuse the whole list.
+/// request, if any ids are new, how many were forgotten before, and the landing files that
+/// hold any of them (if the landing zone was read). Unknown ids (in neither the state, the
+/// suppression list nor the landing zone) refuse the whole list.
 async fn record_request(
     (warehouse, landing, schemas): (&Location, Option<&Location>, &Schemas),
     suppression: &mut Suppression,
     state: Option<&State>,
     (id, ids, purge_history): (&str, Vec<String>, bool),
     concurrency: usize,
-) -> Result<(Option<ErasureRequest>, usize), Error> {
+) -> Result<(Option<ErasureRequest>, usize, Option<Vec<String>>), Error> {
     let mut seen = HashSet::new();
     let ids: Vec<String> = ids.into_iter().filter(|i| seen.insert(i.clone())).collect();
     if ids.is_empty() {
-        return Ok((None, 0));
+        return Ok((None, 0, None));
     }
     let hashes: Vec<u128> = ids.iter().map(|i| suppression.hash(i)).collect();
     let already = hashes.iter().filter(|h| suppression.contains_hash(**h)).count();
     let candidates = Arc::new(Forgotten::new(suppression, hashes.iter().copied(), ids.clone()));
     let mut known: HashSet<u128> = state.map(|s| s.find(&candidates)).unwrap_or_default();
+    let mut landing_files = None;
     if let Some(landing) = landing {
         let holding = crate::sources::files_holding(landing, schemas, &candidates, concurrency).await?;
         known.extend(holding.customers);
+        landing_files = Some(holding.files);
     }
     let unknown: Vec<usize> = hashes
         .iter()
@@ -232,7 +240,7 @@ async fn record_request(
     }
     let new: Vec<u128> = hashes.into_iter().filter(|h| !suppression.contains_hash(*h)).collect();
     if new.is_empty() {
-        return Ok((None, already));
+        return Ok((None, already, landing_files));
     }
     let request = ErasureRequest {
         id: id.to_string(),
@@ -251,7 +259,7 @@ async fn record_request(
     suppression.add(warehouse, &new).await?;
     request.save(warehouse).await?;
     info!(customers = new.len(), "erasure recorded");
-    Ok((Some(request), already))
+    Ok((Some(request), already, landing_files))
 }
 
 /// "1, 4-6, 9": list positions, runs collapsed (at most 20 shown).
@@ -274,13 +282,14 @@ fn positions(list: &[usize]) -> String {
 
 /// Erase the customers of every request in `requests` (pending ones) everywhere, in one pass,
 /// saving each request's progress after each step; then mark them completed. `ids` are the
-/// ids given now, for what can only be searched as bytes (a corrupt quarantined file).
+/// ids given now, for what can only be searched as bytes (a corrupt quarantined file);
+/// `landing_files`, the landing files holding the customers if already known.
 async fn erase(
     (warehouse, landing, schemas): (&Location, Option<&Location>, &Schemas),
     settings: &Settings,
     suppression: &Suppression,
     state: &mut Option<State>,
-    (requests, ids): (&mut [ErasureRequest], Vec<String>),
+    (requests, ids, landing_files): (&mut [ErasureRequest], Vec<String>, Option<Vec<String>>),
 ) -> Result<ForgetReport, Error> {
     let mut hashes = Vec::new();
     for request in requests.iter() {
@@ -328,13 +337,14 @@ async fn erase(
         history_until = Some(Utc::now() + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX));
     }
 
-    let landing_files = match landing {
-        Some(landing) => {
+    let landing_files = match (landing_files, landing) {
+        (Some(files), _) => files,
+        (None, Some(landing)) => {
             crate::sources::files_holding(landing, schemas, &forgotten, settings.read_concurrency)
                 .await?
                 .files
         }
-        None => Vec::new(),
+        (None, None) => Vec::new(),
     };
     let completed_at = Utc::now();
     for request in requests.iter_mut() {
@@ -361,6 +371,7 @@ async fn erase(
         customers: requests.iter().map(|r| r.customers).sum(),
         already_forgotten: 0,
         removed,
+        files_rewritten: erased.iter().map(|e| (e.table.clone(), e.files_rewritten)).collect(),
         state_version,
         tags_version: erased.first().and_then(|e| e.version),
         landing_files,

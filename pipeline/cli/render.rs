@@ -214,7 +214,11 @@ pub fn forget(report: &ForgetReport) -> String {
         report.requests.join(", ")
     );
     for (table, count) in &report.removed {
-        out.push_str(&format!("  {table:<24} {count} removed\n"));
+        let files = match report.files_rewritten.get(table) {
+            Some(files) => format!(" ({files} data files rewritten)"),
+            None => String::new(),
+        };
+        out.push_str(&format!("  {table:<24} {count} removed{files}\n"));
     }
     for (table, version) in &report.first_readable_version {
         out.push_str(&format!("  {table:<24} versions before {version} purged\n"));

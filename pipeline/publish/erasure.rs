@@ -333,12 +333,15 @@ async fn delete(
     })
 }
 
+/// Commits searched back for the latest publish.
+const PUBLISH_SEARCH: usize = 200;
+
 /// The `tagflow.*` commit metadata of the latest publish (commits without an as-of time,
-/// compaction's, are skipped).
+/// compaction's, are skipped) among the last [`PUBLISH_SEARCH`] commits.
 async fn latest_publish(table: &DeltaTable) -> Result<Option<Map<String, Value>>, PublishError> {
     let infos: Vec<deltalake::kernel::CommitInfo> =
         table
-            .history(None)
+            .history(Some(PUBLISH_SEARCH))
             .try_collect()
             .await
             .map_err(|source| PublishError::Open {

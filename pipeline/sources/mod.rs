@@ -424,23 +424,22 @@ pub async fn read_file(
     ingested_at: DateTime<Utc>,
     suppression: Arc<Suppression>,
 ) -> Result<FileOutcome, SourceError> {
-    let fetch = |source| SourceError::Fetch {
-        url: landing.display(&file.path),
-        source,
-    };
-    let bytes = landing
-        .store
-        .get(&file.path)
-        .await
-        .map_err(fetch)?
-        .bytes()
-        .await
-        .map_err(fetch)?;
+    let bytes = fetch(landing, file).await?;
     let schema = schema.clone();
     let source = file.relative.clone();
     tokio::task::spawn_blocking(move || decode_file(bytes, &schema, ingested_at, &source, &suppression))
         .await
         .map_err(|e| SourceError::Task(e.to_string()))
+}
+
+/// The bytes of a landing file; a storage error names it.
+async fn fetch(landing: &Location, file: &LandingFile) -> Result<Bytes, SourceError> {
+    let failed = |source| SourceError::Fetch {
+        url: landing.display(&file.path),
+        source,
+    };
+    let result = landing.store.get(&file.path).await.map_err(failed)?;
+    result.bytes().await.map_err(failed)
 }
 
 /// Decode a whole file in memory. Any decoding error rejects the whole file: nothing of a
@@ -749,18 +748,7 @@ pub async fn files_holding(
         .map(|file| {
             let forgotten = forgotten.clone();
             async move {
-                let fetch = |source| SourceError::Fetch {
-                    url: landing.display(&file.path),
-                    source,
-                };
-                let bytes = landing
-                    .store
-                    .get(&file.path)
-                    .await
-                    .map_err(fetch)?
-                    .bytes()
-                    .await
-                    .map_err(fetch)?;
+                let bytes = fetch(landing, &file).await?;
                 let found = tokio::task::spawn_blocking(move || forgotten_in(bytes, &forgotten))
                     .await
                     .map_err(|e| SourceError::Task(e.to_string()))?;

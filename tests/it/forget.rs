@@ -95,9 +95,7 @@ fn strings_in(array: &dyn Array, out: &mut Vec<String>) {
     }
 }
 
-/// The files under `dir` (relative paths) in which one of `ids` appears: raw bytes for
-/// every file (JSON logs, manifests, text), and the decoded strings of every Parquet and
-/// Arrow IPC file (compression would hide them from a byte search).
+/// The files under `dir` (relative paths) in which one of `ids` appears ([`traces_in`]).
 fn traces(dir: &Path, ids: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -106,32 +104,38 @@ fn traces(dir: &Path, ids: &[String]) -> Vec<String> {
             stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
             continue;
         }
-        let bytes = Bytes::from(std::fs::read(&path).unwrap());
-        let mut strings = Vec::new();
-        let name = path.to_string_lossy().to_string();
-        let batches: Vec<RecordBatch> = if name.ends_with(".parquet") {
-            ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
-                .map(|b| b.build().unwrap().map(Result::unwrap).collect())
-                .unwrap_or_default()
-        } else if name.ends_with(".arrow") {
-            tagflow::storage::arrow_file_batches(bytes.clone()).unwrap().1
-        } else {
-            Vec::new()
-        };
-        for batch in &batches {
-            for column in batch.columns() {
-                strings_in(column.as_ref(), &mut strings);
-            }
-        }
-        for id in ids {
-            let raw = bytes.windows(id.len()).any(|w| w == id.as_bytes());
-            if raw || strings.iter().any(|s| s.contains(id.as_str())) {
-                found.push(format!("{} holds {id}", path.strip_prefix(dir).unwrap().display()));
-            }
-        }
+        let name = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        found.extend(traces_in(&name, Bytes::from(std::fs::read(&path).unwrap()), ids));
     }
     found.sort();
     found
+}
+
+/// "`name` holds `id`" for each of `ids` a file's bytes hold: raw bytes for every file (JSON
+/// logs, manifests, text), and the decoded strings of a Parquet or Arrow IPC file
+/// (compression would hide them from a byte search).
+pub(crate) fn traces_in(name: &str, bytes: Bytes, ids: &[String]) -> Vec<String> {
+    let batches: Vec<RecordBatch> = if name.ends_with(".parquet") {
+        ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+            .map(|b| b.build().unwrap().map(Result::unwrap).collect())
+            .unwrap_or_default()
+    } else if name.ends_with(".arrow") {
+        tagflow::storage::arrow_file_batches(bytes.clone()).unwrap().1
+    } else {
+        Vec::new()
+    };
+    let mut strings = Vec::new();
+    for batch in &batches {
+        for column in batch.columns() {
+            strings_in(column.as_ref(), &mut strings);
+        }
+    }
+    ids.iter()
+        .filter(|id| {
+            bytes.windows(id.len()).any(|w| w == id.as_bytes()) || strings.iter().any(|s| s.contains(id.as_str()))
+        })
+        .map(|id| format!("{name} holds {id}"))
+        .collect()
 }
 
 /// A copy of the landing zone without the rows of `ids` (files that are not Parquet are

@@ -652,3 +652,72 @@ fn storage_options_are_typed_and_checked() {
         assert!(!shown.contains(secret), "{shown}");
     }
 }
+
+/// `tagflow forget --purge-history` on an S3 warehouse: no object under it holds the
+/// customers afterwards (the state's zstd Arrow files decoded), and a later run drops their
+/// new events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_forget_leaves_no_trace() {
+    let Some(s3) = server("s3_forget_leaves_no_trace") else {
+        return;
+    };
+    let fx = Fixture::new();
+    let root = S3::unique("forget");
+    let (landing, warehouse) = (
+        s3.location(&format!("{root}/landing")),
+        s3.location(&format!("{root}/warehouse")),
+    );
+    let options = tagflow::generate::GenerateOptions {
+        customers: 60,
+        days: 10,
+        seed: 5,
+        end: end_day(),
+        bad_input: false,
+    };
+    tagflow::generate::generate(&landing, &options).await.expect("generate on S3");
+    let as_of = "2026-11-20T12:00:00Z";
+    tagflow::app::run::run(&settings_on(&fx, as_of, &landing, &warehouse))
+        .await
+        .expect("run on S3");
+    let rows = query_published(
+        &warehouse,
+        TAGS_TABLE,
+        None,
+        "SELECT DISTINCT customer_id FROM customer_tags ORDER BY customer_id LIMIT 2",
+    )
+    .await
+    .expect("read");
+    let column = rows[0].column(0).as_any().downcast_ref::<StringArray>().expect("ids");
+    let ids: Vec<String> = column.iter().flatten().map(str::to_string).collect();
+    let settings = settings_on(&fx, as_of, &landing, &warehouse);
+    let report = tagflow::app::forget::forget(&settings, ids.clone(), true)
+        .await
+        .expect("forget on S3");
+    assert_eq!(report.customers, 2);
+    assert!(report.removed["customer_tags"] > 0, "{report:?}");
+    let mut found = Vec::new();
+    for object in warehouse.list_under(&warehouse.prefix).await.expect("list") {
+        let bytes = warehouse
+            .store
+            .get(&object.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        found.extend(crate::forget::traces_in(object.location.as_ref(), bytes, &ids));
+    }
+    assert_eq!(found, Vec::<String>::new());
+
+    fx.clicks("after.parquet", &[view("late-1", &ids[0], "2026-11-20T13:00:00Z")]);
+    let bytes = std::fs::read(fx.landing_dir().join("clicks/after.parquet")).expect("file");
+    landing
+        .store
+        .put(&landing.path("clicks/after.parquet"), bytes.into())
+        .await
+        .expect("upload");
+    let run = tagflow::app::run::run(&settings_on(&fx, "2026-11-20T14:00:00Z", &landing, &warehouse))
+        .await
+        .expect("run after");
+    assert_eq!(run.streams["clicks"].rows_forgotten, 1);
+}
