@@ -108,6 +108,7 @@ fn forget(dir: &Path, landing: &Path, warehouse: &Path, ids: &[&String], purge: 
         if purge { " --purge-history" } else { "" }
     );
     println!("   rows removed        {}", report["removed"]);
+    println!("   steps (ms)          {}", report["stages_ms"]);
     println!(
         "   customer_tags files written {} (of {} data files on disk after)",
         tags_after.difference(&tags_before).count(),

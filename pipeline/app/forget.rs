@@ -90,6 +90,9 @@ pub struct ForgetReport {
     pub first_readable_version: BTreeMap<String, u64>,
     /// Without it: older versions hold them until a vacuum after this time.
     pub history_until: Option<DateTime<Utc>>,
+    /// Milliseconds per step: `check` (ids against the state and the landing zone, and the
+    /// request recorded), `state`, `quarantine`, each table, `purge`, `landing`.
+    pub stages_ms: BTreeMap<String, u64>,
     pub duration_ms: u64,
 }
 
@@ -167,6 +170,7 @@ pub async fn forget(settings: &Settings, ids: Vec<String>, purge_history: bool) 
         if ids.is_empty() && requests.is_empty() {
             return Err(ForgetError::Empty.into());
         }
+        let check = Instant::now();
         let mut state = State::load(warehouse).await?;
         let resumed = !requests.is_empty();
         let (new, already, holding) = record_request(
@@ -177,6 +181,7 @@ pub async fn forget(settings: &Settings, ids: Vec<String>, purge_history: bool) 
             settings.read_concurrency,
         )
         .await?;
+        let check_ms = check.elapsed().as_millis() as u64;
         requests.extend(new);
         // The landing zone was just read for these customers; resumed ones need a new look.
         let landing_files = holding.filter(|_| !resumed);
@@ -189,6 +194,7 @@ pub async fn forget(settings: &Settings, ids: Vec<String>, purge_history: bool) 
         )
         .await?;
         report.already_forgotten = already;
+        report.stages_ms.insert("check".into(), check_ms);
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }
@@ -301,15 +307,18 @@ async fn erase(
     let request_id = requests.last().map(|r| r.id.clone()).unwrap_or_default();
     let mut removed: BTreeMap<String, u64> = BTreeMap::new();
 
+    let mut stages = Stages::default();
     let state_version = erase_state(warehouse, state, &forgotten, &request_id, &mut removed)
         .instrument(info_span!("state"))
         .await?;
     save_progress(warehouse, requests, &before, &removed).await?;
+    stages.done("state");
 
     let quarantine = Quarantine::new(warehouse).erase(&forgotten).await?;
     removed.insert("quarantine rows".into(), quarantine.rows as u64);
     removed.insert("quarantine files".into(), quarantine.files as u64);
     save_progress(warehouse, requests, &before, &removed).await?;
+    stages.done("quarantine");
 
     let table_settings = settings.compaction.table_settings();
     let mut erased: Vec<ErasedTable> = Vec::new();
@@ -319,6 +328,7 @@ async fn erase(
             _ => erasure::erase_tags(warehouse, &forgotten, &request_id, &table_settings).await?,
         };
         erased.push(done);
+        stages.done(table);
     }
     removed.extend(erasure::removed_by_table(&erased));
     save_progress(warehouse, requests, &before, &removed).await?;
@@ -332,6 +342,7 @@ async fn erase(
                 first_readable_version.insert(table.to_string(), version);
             }
         }
+        stages.done("purge");
     } else {
         let retention = settings.compaction.retention.max(LOG_RETENTION);
         history_until = Some(Utc::now() + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX));
@@ -346,6 +357,7 @@ async fn erase(
         }
         (None, None) => Vec::new(),
     };
+    stages.done("landing");
     let completed_at = Utc::now();
     for request in requests.iter_mut() {
         request.status = RequestStatus::Completed;
@@ -377,8 +389,32 @@ async fn erase(
         landing_files,
         first_readable_version,
         history_until,
+        stages_ms: stages.ms,
         duration_ms: 0,
     })
+}
+
+/// Milliseconds per step, for the report.
+struct Stages {
+    ms: BTreeMap<String, u64>,
+    since: Instant,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        Stages {
+            ms: BTreeMap::new(),
+            since: Instant::now(),
+        }
+    }
+}
+
+impl Stages {
+    fn done(&mut self, stage: &str) {
+        self.ms
+            .insert(stage.to_string(), self.since.elapsed().as_millis() as u64);
+        self.since = Instant::now();
+    }
 }
 
 /// The state without the customers: a new version when it held any; either way no file of

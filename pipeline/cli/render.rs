@@ -220,6 +220,8 @@ pub fn forget(report: &ForgetReport) -> String {
         };
         out.push_str(&format!("  {table:<24} {count} removed{files}\n"));
     }
+    let stages: Vec<String> = report.stages_ms.iter().map(|(s, ms)| format!("{s} {ms} ms")).collect();
+    out.push_str(&format!("  steps: {}\n", stages.join(", ")));
     for (table, version) in &report.first_readable_version {
         out.push_str(&format!("  {table:<24} versions before {version} purged\n"));
     }

@@ -674,7 +674,9 @@ async fn s3_forget_leaves_no_trace() {
         end: end_day(),
         bad_input: false,
     };
-    tagflow::generate::generate(&landing, &options).await.expect("generate on S3");
+    tagflow::generate::generate(&landing, &options)
+        .await
+        .expect("generate on S3");
     let as_of = "2026-11-20T12:00:00Z";
     tagflow::app::run::run(&settings_on(&fx, as_of, &landing, &warehouse))
         .await
