@@ -34,7 +34,7 @@ use super::diff;
 use super::tables::{CHANGES_TABLE, HISTORY_TABLE, TAGS_TABLE};
 use super::tags::{self, TableSettings, META_AS_OF, META_CHANGES, META_CUSTOMERS, META_ROWS, META_SEGMENTS};
 use super::{file_count, open_or_new, table_url, PublishError};
-use crate::storage::erasure::{keep_mask, Forgotten};
+use crate::storage::erasure::{drop_customers, keep_mask, Forgotten};
 use crate::storage::Location;
 
 /// Commit metadata of an erasure's commits: the request id.
@@ -235,15 +235,8 @@ async fn figures_of_all_but(
     forgotten: &Forgotten,
     as_of: Option<DateTime<Utc>>,
 ) -> Result<Map<String, Value>, PublishError> {
-    let rows = tags::all_rows(table).await?;
-    let before: usize = rows.iter().map(RecordBatch::num_rows).sum();
-    let kept: Vec<RecordBatch> = rows
-        .iter()
-        .map(|batch| match keep_mask(batch.column(0), |id| forgotten.contains(id)) {
-            Some(keep) => arrow::compute::filter_record_batch(batch, &keep).expect("same length"),
-            None => batch.clone(),
-        })
-        .collect();
+    let mut kept = tags::all_rows(table).await?;
+    let exited = drop_customers(&mut kept, |id| forgotten.contains(id));
     let figures = diff::figures(&[], &kept, None);
     let mut metadata = Map::new();
     if let Some(as_of) = as_of {
@@ -254,7 +247,7 @@ async fn figures_of_all_but(
     metadata.insert(META_SEGMENTS.into(), json!(figures.segments));
     metadata.insert(
         META_CHANGES.into(),
-        json!({"entered": 0, "exited": before - figures.rows, "changed": 0}),
+        json!({"entered": 0, "exited": exited, "changed": 0}),
     );
     Ok(metadata)
 }

@@ -30,7 +30,7 @@ pub mod quarantine;
 pub mod schema;
 
 use crate::storage::dedup::{event_id_hashes, DedupMemory};
-use crate::storage::erasure::{keep_mask, Forgotten, Suppression};
+use crate::storage::erasure::{drop_customers, Forgotten, Suppression};
 use crate::storage::progress::Progress;
 use crate::storage::units::Bounded;
 use crate::storage::Location;
@@ -512,17 +512,10 @@ fn drop_forgotten(batch: RecordBatch, suppression: &Suppression) -> (RecordBatch
     if suppression.is_empty() {
         return (batch, 0);
     }
-    let Some(keep) = batch
-        .column_by_name("customer_id")
-        .and_then(|ids| keep_mask(ids, |id| suppression.is_suppressed(id)))
-    else {
-        return (batch, 0);
-    };
-    let dropped = keep.false_count();
-    (
-        filter_record_batch(&batch, &keep).expect("mask of the batch's length"),
-        dropped,
-    )
+    let mut batches = [batch];
+    let dropped = drop_customers(&mut batches, |id| suppression.is_suppressed(id));
+    let [batch] = batches;
+    (batch, dropped)
 }
 
 /// File-level checks: every required column present, every declared column convertible.

@@ -18,7 +18,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::erasure::{keep_mask, Forgotten};
+use crate::storage::erasure::{drop_customers, Forgotten};
 use crate::storage::{parquet_batches, Location};
 
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -192,20 +192,8 @@ impl<'a> Quarantine<'a> {
                         path: self.warehouse.display(&data),
                         source,
                     })?;
-                    let mut kept = Vec::new();
-                    let mut removed = 0;
-                    for batch in batches {
-                        let keep = batch
-                            .column_by_name("customer_id")
-                            .and_then(|ids| keep_mask(ids, |id| forgotten.contains(id)));
-                        match keep {
-                            None => kept.push(batch),
-                            Some(keep) => {
-                                removed += keep.false_count();
-                                kept.push(arrow::compute::filter_record_batch(&batch, &keep).expect("same length"));
-                            }
-                        }
-                    }
+                    let mut kept = batches;
+                    let removed = drop_customers(&mut kept, |id| forgotten.contains(id));
                     if removed == 0 {
                         continue;
                     }

@@ -32,7 +32,7 @@ use tracing::{debug, info};
 pub mod tables;
 
 use crate::storage::dedup::{Day, DedupMemory};
-use crate::storage::erasure::{keep_mask, Forgotten};
+use crate::storage::erasure::{drop_customers, Forgotten};
 use crate::storage::{arrow_file_batches, arrow_file_bytes, immutable_object_bytes, parquet_batches, Location};
 use tables::{Segment, StateTable, Table};
 
@@ -374,7 +374,7 @@ impl State {
         let mut removed = BTreeMap::new();
         for (name, table) in self.tables.iter_mut() {
             for segment in table.segments.iter_mut() {
-                let count = erase_rows(&mut segment.batches, forgotten);
+                let count = drop_customers(&mut segment.batches, forgotten);
                 if count > 0 {
                     segment.stored = None;
                     *removed.entry(name.clone()).or_default() += count;
@@ -382,7 +382,7 @@ impl State {
             }
         }
         for (stream, batches) in self.pending.iter_mut() {
-            let count = erase_rows(batches, forgotten);
+            let count = drop_customers(batches, forgotten);
             if count > 0 {
                 removed.insert(format!("pending/{stream}"), count);
             }
@@ -673,21 +673,6 @@ impl State {
         debug!(deleted = count, "state files collected");
         Ok(())
     }
-}
-
-/// Drop the rows of `batches` whose `customer_id` `forgotten` says; returns how many.
-fn erase_rows(batches: &mut [RecordBatch], forgotten: &dyn Fn(&str) -> bool) -> usize {
-    let mut count = 0;
-    for batch in batches.iter_mut() {
-        let keep = batch
-            .column_by_name("customer_id")
-            .and_then(|ids| keep_mask(ids, forgotten));
-        if let Some(keep) = keep {
-            count += keep.false_count();
-            *batch = arrow::compute::filter_record_batch(batch, &keep).expect("mask of the batch's length");
-        }
-    }
-    count
 }
 
 async fn read_table(warehouse: &Location, file: &str) -> Result<Table, StateError> {

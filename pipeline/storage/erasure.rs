@@ -18,14 +18,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hasher;
 
-use arrow::array::{Array, BooleanArray, StringArray};
-use arrow::datatypes::DataType;
+use arrow::array::{Array, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128, SipHasher24};
 
+use super::rows::text;
 use super::Location;
 
 /// Folder of the erasure records under the warehouse.
@@ -90,16 +92,8 @@ impl Forgotten {
 
     /// Add to `found` the hashes of the customers of this erasure that `column` holds.
     pub fn find_in(&self, column: &dyn Array, found: &mut HashSet<u128>) {
-        let owned;
-        let strings = match column.as_any().downcast_ref::<StringArray>() {
-            Some(strings) => strings,
-            None => match arrow::compute::cast(&arrow::array::make_array(column.to_data()), &DataType::Utf8) {
-                Ok(cast) => {
-                    owned = cast;
-                    owned.as_any().downcast_ref::<StringArray>().expect("cast to Utf8")
-                }
-                Err(_) => return,
-            },
+        let Some(strings) = text(column) else {
+            return;
         };
         for id in strings.iter().flatten() {
             let hash = salted_hash(&self.key, id);
@@ -177,10 +171,6 @@ impl Suppression {
         self.hashes.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.hashes.len()
-    }
-
     /// The salted hash of a customer id.
     pub fn hash(&self, id: &str) -> u128 {
         salted_hash(&self.key, id)
@@ -215,16 +205,24 @@ impl Suppression {
 /// nothing to copy). Rows whose id `drop` says are dropped; nulls are kept. Any string
 /// type is accepted (Utf8, LargeUtf8, Utf8View, dictionaries of them).
 pub fn keep_mask(column: &dyn Array, drop: impl Fn(&str) -> bool) -> Option<BooleanArray> {
-    let owned;
-    let strings = match column.as_any().downcast_ref::<StringArray>() {
-        Some(strings) => strings,
-        None => {
-            owned = arrow::compute::cast(&arrow::array::make_array(column.to_data()), &DataType::Utf8).ok()?;
-            owned.as_any().downcast_ref::<StringArray>()?
-        }
-    };
-    let keep: BooleanArray = strings.iter().map(|id| Some(!id.is_some_and(&drop))).collect();
+    let keep: BooleanArray = text(column)?.iter().map(|id| Some(!id.is_some_and(&drop))).collect();
     (keep.false_count() > 0).then_some(keep)
+}
+
+/// Drop from `batches` the rows whose `customer_id` `drop` names; returns how many. A batch
+/// without such a row (or without the column) is kept as it is, not copied.
+pub fn drop_customers(batches: &mut [RecordBatch], drop: impl Fn(&str) -> bool) -> usize {
+    let mut dropped = 0;
+    for batch in batches.iter_mut() {
+        let keep = batch
+            .column_by_name("customer_id")
+            .and_then(|ids| keep_mask(ids, &drop));
+        if let Some(keep) = keep {
+            dropped += keep.false_count();
+            *batch = filter_record_batch(batch, &keep).expect("mask of the batch's length");
+        }
+    }
+    dropped
 }
 
 /// How far an erasure request got.
@@ -390,6 +388,7 @@ async fn put(warehouse: &Location, relative: &str, bytes: Bytes) -> Result<(), E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::StringArray;
 
     #[test]
     fn salted_hashes_differ_by_salt_and_by_id() {

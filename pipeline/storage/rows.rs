@@ -3,14 +3,22 @@
 //! Owns: reading a column as text and splitting a batch by a mask. Must not: know any
 //! table; callers name their columns.
 
-use arrow::array::{BooleanArray, StringArray};
+use arrow::array::{make_array, Array, BooleanArray, StringArray};
 use arrow::compute::{cast, filter_record_batch, not};
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 
 /// The column `name` of `batch` as text (`None`: no such column, or not castable).
 pub fn text_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
-    let text = cast(batch.column_by_name(name)?, &DataType::Utf8).ok()?;
+    text(batch.column_by_name(name)?)
+}
+
+/// An array as text (`None`: not castable): any string type, dictionaries included.
+pub fn text(array: &dyn Array) -> Option<StringArray> {
+    if let Some(strings) = array.as_any().downcast_ref::<StringArray>() {
+        return Some(strings.clone());
+    }
+    let text = cast(&make_array(array.to_data()), &DataType::Utf8).ok()?;
     text.as_any().downcast_ref::<StringArray>().cloned()
 }
 
