@@ -456,3 +456,24 @@ async fn serve_answers_404_for_a_forgotten_customer_after_its_reload() {
     }
     assert_eq!(client.get(&path(&kept)).await.status, 200);
 }
+
+/// An erasure without `--purge-history` waits for a vacuum (its status says until when); a
+/// later purge completes it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_purge_completes_earlier_erasures_history() {
+    let fx = Fixture::new();
+    generate_into(&fx.landing_dir(), 60, 10, 13).await;
+    let ids = chosen(&fx.run(AS_OF).await);
+    let first = forget_json(&fx, &["--customer", &ids[0]]);
+    assert!(first["history_until"].is_string(), "{first:#}");
+    let status = forget_json(&fx, &["--status"]);
+    assert!(status[0]["history_until"].is_string(), "{status:#}");
+    assert_eq!(status[0]["versions_gone"], serde_json::json!({}), "{status:#}");
+    forget_json(&fx, &["--customer", &ids[1], "--purge-history"]);
+    let status = forget_json(&fx, &["--status"]);
+    for request in status.as_array().unwrap() {
+        assert!(request["history_until"].is_null(), "{status:#}");
+        assert!(request["versions_gone"]["customer_tags"].is_string(), "{status:#}");
+    }
+    assert_eq!(traces(&fx.warehouse_dir(), &ids), Vec::<String>::new());
+}
