@@ -8,7 +8,8 @@
 //! projection to 10M customers from that growth.
 //!
 //! `cargo bench --bench follow`; `TAGFLOW_BENCH_SIZES=100000,1000000` (customers),
-//! `TAGFLOW_BENCH_FOLLOW_SECS=60`.
+//! `TAGFLOW_BENCH_FOLLOW_SECS=60`; `TAGFLOW_BENCH_FOLLOW_EVERY=10` lands a file every 10 s
+//! instead of every second, so each batch holds one file (its cost measured apart).
 
 use std::time::{Duration, Instant};
 

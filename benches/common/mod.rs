@@ -7,7 +7,7 @@
 #[path = "../../tests/it/http.rs"]
 mod http;
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -25,6 +25,14 @@ pub fn follow_secs() -> u64 {
     std::env::var("TAGFLOW_BENCH_FOLLOW_SECS")
         .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_SECS is a number"))
         .unwrap_or(60)
+}
+
+/// Seconds between two files of a `follow` session: `TAGFLOW_BENCH_FOLLOW_EVERY`, default 1
+/// (one file a second). At 10, every batch holds one file: a file's cost measured apart.
+pub fn follow_every() -> u64 {
+    std::env::var("TAGFLOW_BENCH_FOLLOW_EVERY")
+        .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_EVERY is a number"))
+        .unwrap_or(1)
 }
 
 /// The customer counts a bench measures: `TAGFLOW_BENCH_SIZES`, default 100,000 and 1M.
@@ -173,6 +181,10 @@ pub fn wait_with_rusage(pid: u32) -> (i32, f64) {
 /// What a `follow` session measured.
 pub struct FollowFigures {
     pub files: usize,
+    /// The session's first batch (everyone evaluated), before the feed started (ms).
+    pub first_batch_ms: u64,
+    /// Its stages (ms).
+    pub first_stages: String,
     /// Per file: from its appearance to the publish that includes it (ms), sorted.
     pub lags_ms: Vec<u64>,
     /// Per published batch that read files (ms), sorted.
@@ -205,11 +217,12 @@ pub const FOLLOW_INTERVAL: &str = "250ms";
 pub const SERVE_RELOAD: &str = "100ms";
 
 /// A `tagflow follow` session (the shipped gates on) fed one file of 50k product views of
-/// random customers per second for `length`, with `tagflow serve` beside it: each file also
+/// random customers every [`follow_every`] seconds for `length`, with `tagflow serve` beside it: each file also
 /// holds one view by a new probe customer, and a prober asks the lookup API for it until it
 /// answers (landing → lookup-API freshness).
 pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Duration) -> FollowFigures {
-    let files = length.as_secs() as usize;
+    let every = follow_every();
+    let files = (length.as_secs() / every) as usize;
     let folder = landing.join("clicks/follow");
     std::fs::create_dir_all(&folder).unwrap();
     #[allow(clippy::zombie_processes)] // reaped by wait4 in wait_with_rusage
@@ -221,11 +234,15 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         .stdout(Stdio::piped())
         .spawn()
         .expect("start tagflow follow");
+    // Follow's report lines, as they come: the first one is awaited before the feed starts.
     let stdout = child.stdout.take().unwrap();
+    let (line_sender, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        std::io::BufReader::new(stdout).read_to_string(&mut text).unwrap();
-        text
+        for line in std::io::BufReader::new(stdout).lines() {
+            if line_sender.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
     });
     let config = warehouse.with_extension("serve.toml");
     std::fs::write(&config, format!("[serve]\nreload_interval = \"{SERVE_RELOAD}\"\n")).unwrap();
@@ -241,7 +258,18 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
     let addr = http::listening_address(&mut server);
     let (probes, probed) = std::sync::mpsc::channel::<(usize, Instant)>();
     let prober = std::thread::spawn(move || probe_lookups(addr, probed));
-    std::thread::sleep(Duration::from_secs(2)); // the first batch catches up
+    // The session's first batch evaluates everyone (a session starts with no evaluation to
+    // reuse, and its day is new after the history's run): it is measured on its own, and
+    // the feed starts once it has published.
+    let first = lines
+        .recv_timeout(Duration::from_secs(3600))
+        .expect("follow's first batch reports within an hour");
+    let first: serde_json::Value = serde_json::from_str(&first).expect("JSON line");
+    let first_batch_ms = first["duration_ms"].as_u64().unwrap_or(0);
+    let first_stages: Vec<String> = first["stages_ms"]
+        .as_object()
+        .map(|stages| stages.iter().map(|(s, ms)| format!("{s} {ms}")).collect())
+        .unwrap_or_default();
     let started = Instant::now();
     for i in 0..files {
         let bytes = click_file(i, customers);
@@ -250,7 +278,7 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         std::fs::write(&hidden, &bytes).unwrap();
         std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
         probes.send((i, Instant::now())).unwrap();
-        let next = started + Duration::from_secs(i as u64 + 1);
+        let next = started + Duration::from_secs((i as u64 + 1) * every);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     drop(probes);
@@ -261,13 +289,16 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         libc::kill(child.id() as i32, libc::SIGTERM);
         libc::kill(server.id() as i32, libc::SIGTERM);
     }
-    let text = reader.join().unwrap();
+    reader.join().unwrap();
+    let text: Vec<String> = lines.into_iter().collect();
     let (status, peak_rss_mib) = wait_with_rusage(child.id());
     assert_eq!(status, 0, "follow exits 0 on SIGTERM");
     let (_, serve_peak_rss_mib) = wait_with_rusage(server.id());
 
     let mut figures = FollowFigures {
         files,
+        first_batch_ms,
+        first_stages: first_stages.join(", "),
         lags_ms: Vec::new(),
         batch_ms: Vec::new(),
         stages_p50_ms: Default::default(),
@@ -280,7 +311,7 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
     };
     let mut jobs = std::collections::BTreeMap::new();
     let mut stages = std::collections::BTreeMap::new();
-    for line in text.lines() {
+    for line in &text {
         let report: serde_json::Value = serde_json::from_str(line).expect("JSON line");
         let Some(freshness) = report.get("freshness") else {
             continue;
@@ -341,9 +372,14 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
 impl FollowFigures {
     pub fn print(&self) {
         println!(
-            "\n-- follow: {} files of {FOLLOW_FILE_EVENTS} events, one per second, interval {FOLLOW_INTERVAL}, shipped gates; \
+            "\n-- follow: {} files of {FOLLOW_FILE_EVENTS} events, one every {} s, interval {FOLLOW_INTERVAL}, shipped gates; \
              serve beside it (reload {SERVE_RELOAD})",
-            self.files
+            self.files,
+            follow_every()
+        );
+        println!(
+            "first batch        {} ms (the session's first: everyone evaluated; the feed started after it): {}",
+            self.first_batch_ms, self.first_stages
         );
         println!(
             "files published    {} (each counted at its batch's max lag)",
