@@ -49,7 +49,7 @@ pub async fn follow(
     };
     // The first scheduled full recompute: the cron's next time after the first batch's.
     let (mut next_full, mut first_batch) = (None, true);
-    let mut session = Session::default();
+    let mut session = Session::following();
     let mut published = 0usize;
     let mut failures = 0u32;
     let outcome = loop {
@@ -100,7 +100,7 @@ pub async fn follow(
                 metrics.failed(error);
                 // Drop what is in memory: the next batch starts from the committed state
                 // and the published table.
-                session = Session::default();
+                session = Session::following();
                 failures += 1;
                 warn!(%error, failures, "batch failed");
             }

@@ -28,6 +28,7 @@ use serde::Serialize;
 use tracing::{info, info_span, Instrument};
 
 use super::run::release;
+use super::Steps;
 use crate::app::error::Error;
 use crate::app::prepare::check_locations;
 use crate::config::Settings;
@@ -307,7 +308,7 @@ async fn erase(
     let request_id = requests.last().map(|r| r.id.clone()).unwrap_or_default();
     let mut removed: BTreeMap<String, u64> = BTreeMap::new();
 
-    let mut stages = Stages::default();
+    let mut stages = Steps::start();
     let state_version = erase_state(warehouse, state, &forgotten, &request_id, &mut removed)
         .instrument(info_span!("state"))
         .await?;
@@ -392,29 +393,6 @@ async fn erase(
         stages_ms: stages.ms,
         duration_ms: 0,
     })
-}
-
-/// Milliseconds per step, for the report.
-struct Stages {
-    ms: BTreeMap<String, u64>,
-    since: Instant,
-}
-
-impl Default for Stages {
-    fn default() -> Self {
-        Stages {
-            ms: BTreeMap::new(),
-            since: Instant::now(),
-        }
-    }
-}
-
-impl Stages {
-    fn done(&mut self, stage: &str) {
-        self.ms
-            .insert(stage.to_string(), self.since.elapsed().as_millis() as u64);
-        self.since = Instant::now();
-    }
 }
 
 /// The state without the customers: a new version when it held any; either way no file of

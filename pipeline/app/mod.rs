@@ -15,3 +15,27 @@ pub mod prepare;
 pub mod preview;
 pub mod report;
 pub mod run;
+
+/// Milliseconds per step of a command, each step timed from the end of the one before (a
+/// run report's and an erasure report's `stages_ms`).
+pub(crate) struct Steps {
+    pub ms: std::collections::BTreeMap<String, u64>,
+    since: std::time::Instant,
+}
+
+impl Steps {
+    /// The clock of the first step starts now.
+    pub fn start() -> Self {
+        Steps {
+            ms: Default::default(),
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Record `step` as ending now; the next step starts now.
+    pub fn done(&mut self, step: &str) {
+        self.ms
+            .insert(step.to_string(), self.since.elapsed().as_millis() as u64);
+        self.since = std::time::Instant::now();
+    }
+}

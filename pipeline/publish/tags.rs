@@ -177,6 +177,11 @@ pub struct TagsBase {
 }
 
 impl TagsBase {
+    /// The live view's rows.
+    pub fn rows(&self) -> &[RecordBatch] {
+        &self.rows
+    }
+
     /// Open both tables and read `customer_tags`' rows (none before the first publish).
     pub async fn open(warehouse: &Location, settings: &TableSettings) -> Result<Self, PublishError> {
         if [TAGS_TABLE, CHANGES_TABLE]

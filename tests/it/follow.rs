@@ -1,6 +1,7 @@
 //! `tagflow follow`: the Prometheus endpoint (`--metrics-listen`) counts what the batches
 //! did, including quality-gate failures, which end the session with the gate's exit code
-//! after the consecutive-failure limit; a cron schedule of full recomputes; Ctrl-C.
+//! after the consecutive-failure limit; a cron schedule of full recomputes; Ctrl-C; the
+//! numbering of customers after a batch that evaluated everyone.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -160,6 +161,40 @@ fn a_cron_schedule_runs_full_recomputes_inside_follow() {
         reasons[1..].iter().all(|r| r == "scheduled by [follow] full_cron"),
         "{reasons:?}"
     );
+}
+
+/// A session numbers the state's and the published view's customers after a batch that
+/// evaluated everyone (its first), so the next batch selects rows by number at once: the
+/// report's `number_ahead` step. An incremental batch that reuses the last evaluation does
+/// not, and a single run (no next batch) does not either.
+#[test]
+fn follow_numbers_customers_ahead_after_a_batch_that_evaluated_everyone() {
+    use std::io::BufRead;
+    let fx = Fixture::new();
+    let at = |minutes_ago: i64| (Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
+    fx.clicks("a.parquet", &[view("k1", "c1", &at(5))]);
+    let run = fx.command(&["run", "--json"]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(report["stages_ms"]["jobs"].is_u64(), "{report:#}");
+    assert!(report["stages_ms"].get("number_ahead").is_none(), "{report:#}");
+
+    let mut child = fx
+        .command(&["follow", "--json", "--interval", "200ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_report =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().expect("a report line").unwrap()).unwrap() };
+    let first = next_report();
+    assert!(first["stages_ms"]["number_ahead"].is_u64(), "{first:#}");
+    fx.clicks("b.parquet", &[view("k2", "c2", &at(1))]);
+    let second = next_report();
+    assert_eq!(second["mode"], "incremental", "{second:#}");
+    assert!(second["stages_ms"].get("number_ahead").is_none(), "{second:#}");
+    assert!(stop_with(&mut child, libc::SIGTERM, Duration::from_secs(30)).success());
 }
 
 /// Ctrl-C (SIGINT) ends a session as SIGTERM does: after the current batch, with exit code
