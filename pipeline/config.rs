@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::jobs::ParamOverrides;
 use crate::publish::compact::CompactionSettings;
 use crate::publish::live::{self, MergePolicy};
+use crate::serve::pg::PgSettings;
 use crate::serve::query::QueryLimits;
 use crate::serve::ServeSettings;
 use crate::sources;
@@ -134,6 +135,16 @@ pub struct ServeConfig {
     pub query_timeout: Option<String>,
     /// `POST /v1/query`: memory limit in MiB (default 256).
     pub query_memory_mb: Option<usize>,
+    /// Also speak the PostgreSQL wire protocol on this address (or `--pg-listen`); off
+    /// when unset. Queries share the `query_*` limits.
+    pub pg_listen: Option<String>,
+    /// The PostgreSQL user (default `tagflow`).
+    pub pg_user: Option<String>,
+    /// Its password (or `TAGFLOW_PG_PASSWORD`, which wins); required with `pg_listen`.
+    pub pg_password: Option<String>,
+    /// TLS for the PostgreSQL front: a PEM certificate chain and its PKCS#8 key.
+    pub pg_tls_cert: Option<PathBuf>,
+    pub pg_tls_key: Option<PathBuf>,
 }
 
 /// `[compaction]`: every key is optional (defaults in [`CompactionSettings`]).
@@ -176,6 +187,10 @@ pub struct CliSettings {
     pub listen: Option<String>,
     /// `TAGFLOW_SERVE_TOKEN`.
     pub serve_token: Option<String>,
+    /// `tagflow serve --pg-listen`.
+    pub pg_listen: Option<String>,
+    /// `TAGFLOW_PG_PASSWORD`.
+    pub pg_password: Option<String>,
 }
 
 /// Everything a command needs, resolved and validated.
@@ -419,6 +434,7 @@ fn serve_settings(config: &ServeConfig, cli: &CliSettings) -> Result<ServeSettin
         }
     }
     Ok(ServeSettings {
+        pg: pg_settings(config, cli)?,
         listen,
         token,
         reload_interval: duration(
@@ -457,6 +473,51 @@ fn serve_settings(config: &ServeConfig, cli: &CliSettings) -> Result<ServeSettin
                 * 1024,
         },
     })
+}
+
+/// The PostgreSQL front's settings: none unless an address is given; then a password is
+/// required, and TLS takes a certificate and a key together.
+fn pg_settings(config: &ServeConfig, cli: &CliSettings) -> Result<Option<PgSettings>, ConfigError> {
+    let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+        key,
+        message: message.to_string(),
+    };
+    let Some(text) = cli.pg_listen.as_ref().or(config.pg_listen.as_ref()) else {
+        return Ok(None);
+    };
+    let listen = text.parse().map_err(|_| {
+        invalid(
+            "serve.pg_listen",
+            &format!("'{text}' is not an address such as 127.0.0.1:5433"),
+        )
+    })?;
+    let user = config.pg_user.clone().unwrap_or_else(|| "tagflow".into());
+    if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("serve.pg_user", "must be a name without spaces"));
+    }
+    let Some(password) = cli.pg_password.clone().or(config.pg_password.clone()) else {
+        return Err(invalid(
+            "serve.pg_password",
+            "the PostgreSQL front needs a password: set TAGFLOW_PG_PASSWORD or [serve] pg_password",
+        ));
+    };
+    if password.len() < 8 {
+        return Err(invalid(
+            "serve.pg_password",
+            "must be at least 8 characters (the password itself is not shown)",
+        ));
+    }
+    let tls = match (&config.pg_tls_cert, &config.pg_tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => return Err(invalid("serve.pg_tls_cert", "pg_tls_cert and pg_tls_key go together")),
+    };
+    Ok(Some(PgSettings {
+        listen,
+        user,
+        password,
+        tls,
+    }))
 }
 
 /// Read the config file: the explicit one (which must exist) or `./tagflow.toml` if present.

@@ -216,6 +216,11 @@ pub enum Command {
         /// Address to listen on (default 127.0.0.1:8080; port 0 picks a free port).
         #[arg(long, env = "TAGFLOW_LISTEN")]
         listen: Option<String>,
+        /// Also speak the PostgreSQL wire protocol (read-only) on this address, e.g.
+        /// 127.0.0.1:5433. The password comes from TAGFLOW_PG_PASSWORD or
+        /// `[serve] pg_password` (never from a flag).
+        #[arg(long, env = "TAGFLOW_PG_LISTEN")]
+        pg_listen: Option<String>,
     },
     /// Did the marketing tasks work (task_results): each task's sends, replies, orders and
     /// rates, newest first, and totals per day and per ISO week of the tasks' first sends.

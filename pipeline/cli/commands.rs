@@ -157,7 +157,11 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
             }
             render::rows(&batches, json);
         }
-        Command::Serve { locations, listen } => {
+        Command::Serve {
+            locations,
+            listen,
+            pg_listen,
+        } => {
             // First, before any work: see Follow.
             let stop = StopSignals::install()?;
             let settings = Settings::resolve(&CliSettings {
@@ -165,6 +169,8 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
                 warehouse: locations.warehouse,
                 listen,
                 serve_token: std::env::var("TAGFLOW_SERVE_TOKEN").ok(),
+                pg_listen,
+                pg_password: std::env::var("TAGFLOW_PG_PASSWORD").ok(),
                 ..Default::default()
             })?;
             let warehouse = settings.warehouse()?.clone();
@@ -173,6 +179,9 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
             let server = tagflow::serve::start(warehouse, settings.serve, stop.received()).await?;
             // Scripts and tests read the bound address (useful with port 0) from this line.
             println!("listening on http://{}", server.addr);
+            if let Some(addr) = server.pg_addr {
+                println!("listening on postgres://{addr}");
+            }
             server.wait().await?;
         }
         Command::Compact { locations, json } => {

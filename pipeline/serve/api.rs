@@ -23,7 +23,7 @@ use super::error::{ApiError, ErrorBody};
 use super::index::{SharedIndex, TagView};
 use super::live::LiveView;
 use super::query::{self, QueryResult};
-use super::AppState;
+use super::{changes, AppState};
 use crate::publish::snapshots::{self, Snapshot};
 use crate::publish::tables::CHANGES_TABLE;
 use crate::publish::tags::ChangeCounts;
@@ -38,8 +38,8 @@ const DEFAULT_PAGE: usize = 100;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tagflow tag lookup API", description = "Customer tags from the latest (or a pinned) published customer_tags snapshot."),
-    paths(customer_tags, batch_get, segment, segment_summary, customer_changes, list_snapshots, list_tasks, one_task, run_query, healthz, readyz, metrics),
-    components(schemas(CustomerTags, TagView, BatchGetRequest, BatchGetResponse, SegmentPage, SegmentMember, SegmentSummary, ValueSize, ChangesPage, QueryRequest, QueryResult, query::Column, Snapshot, ChangeCounts, TaskReport, TaskResult, TaskFigures, PeriodTotals, ErrorBody)),
+    paths(customer_tags, batch_get, segment, segment_summary, customer_changes, all_changes, change_stream, list_snapshots, list_tasks, one_task, run_query, healthz, readyz, metrics),
+    components(schemas(CustomerTags, TagView, BatchGetRequest, BatchGetResponse, SegmentPage, SegmentMember, SegmentSummary, ValueSize, ChangesPage, FeedPage, QueryRequest, QueryResult, query::Column, Snapshot, ChangeCounts, TaskReport, TaskResult, TaskFigures, PeriodTotals, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -65,6 +65,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/customers/{customer_id}/changes", get(customer_changes))
         .route("/v1/segments/{tag}", get(segment))
         .route("/v1/segments/{tag}/summary", get(segment_summary))
+        .route("/v1/changes", get(all_changes))
+        .route("/v1/changes/stream", get(change_stream))
         .route("/v1/snapshots", get(list_snapshots))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{task_id}", get(one_task))
@@ -593,6 +595,99 @@ async fn customer_changes(
         changes: query::rows_json(&batches)?,
     })
     .into_response())
+}
+
+// ---- the change feed ----
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct FeedParams {
+    /// Changes after this customer_tags version: rows with `from_version >= since_version`,
+    /// live ones included (default: the whole feed, from the rows that made version 0).
+    since_version: Option<u64>,
+    /// Only changes of this tag.
+    tag: Option<String>,
+    /// Only changes into or out of this value (with `tag`: one segment's inflow and outflow).
+    value: Option<String>,
+    /// Changes per page (default 100, at most `max_page`); per event for the stream.
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page (not for the stream: it resumes from `Last-Event-ID`).
+    cursor: Option<String>,
+}
+
+impl FeedParams {
+    fn filter(&self) -> changes::Filter {
+        changes::Filter {
+            since_version: self.since_version,
+            tag: self.tag.clone(),
+            value: self.value.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FeedPage {
+    /// Rows of tag_changes in feed order: customer_id, family, tag, change, old/new value
+    /// and score, from_version, to_version, as_of.
+    #[schema(value_type = Vec<Object>)]
+    pub changes: Vec<serde_json::Value>,
+    /// Pass as `cursor` to read on: always given, also when caught up (later publishes
+    /// come after it).
+    pub next_cursor: String,
+    /// True when the page holds every change published so far (fewer than `limit`).
+    pub caught_up: bool,
+}
+
+/// Every customer's changes after a version, in publish order, a page at a time: stable
+/// under concurrent publishes (a cursor resumes exactly after its last change).
+#[utoipa::path(get, path = "/v1/changes", params(FeedParams),
+    responses((status = 200, body = FeedPage), (status = 400, body = ErrorBody)))]
+async fn all_changes(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<FeedParams>,
+) -> Result<Json<FeedPage>, ApiError> {
+    let limit = check_limit(params.limit, state.settings.max_page)?;
+    let filter = params.filter();
+    let from = match &params.cursor {
+        Some(text) => changes::Position::decode(text, &filter)?,
+        None => changes::Position::START,
+    };
+    let page = changes::page(&state.warehouse, &filter, from, limit).await?;
+    Ok(Json(FeedPage {
+        changes: page.json()?,
+        next_cursor: page.next.encode(&filter),
+        caught_up: page.count < limit,
+    }))
+}
+
+/// Server-Sent Events: the changes after a version, then each publish's changes as it
+/// lands. Each `changes` event holds up to `limit` changes as a JSON array; its id is the
+/// position after them, so a client reconnecting with `Last-Event-ID` resumes exactly
+/// there.
+#[utoipa::path(get, path = "/v1/changes/stream", params(FeedParams),
+    responses((status = 200, description = "text/event-stream of `changes` events"), (status = 400, body = ErrorBody)))]
+async fn change_stream(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<FeedParams>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if params.cursor.is_some() {
+        return Err(ApiError::BadRequest(
+            "the stream resumes from the Last-Event-ID header, not from `cursor`".into(),
+        ));
+    }
+    let limit = check_limit(params.limit, state.settings.max_page)?;
+    let filter = params.filter();
+    let from = match headers.get("last-event-id").map(|v| v.to_str()) {
+        Some(Ok(text)) => changes::Position::decode(text, &filter)?,
+        Some(Err(_)) => return Err(ApiError::BadRequest("Last-Event-ID is not text".into())),
+        None => changes::Position::START,
+    };
+    let events = changes::stream(state, filter, from, limit);
+    Ok(axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
 }
 
 /// The versions of customer_tags in the log, newest first.

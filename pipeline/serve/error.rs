@@ -1,5 +1,6 @@
 //! API errors and their HTTP statuses: the one place where the lookup service turns what
-//! went wrong into a status code and a JSON body `{"error": {"code", "message"}}`.
+//! went wrong into a status code and a JSON body `{"error": {"code", "message"}}`, and a
+//! query's failure into a PostgreSQL SQLSTATE ([`sqlstate`]) for the wire protocol.
 //!
 //! Owns: the mapping of every failure a request can meet to a status.
 //! Must not: decide anything else; handlers return these errors and never build error
@@ -132,5 +133,26 @@ impl From<PublishError> for ApiError {
             PublishError::NoVersionAt { .. } => ApiError::NotFound(error.to_string()),
             other => ApiError::Unavailable(other.to_string()),
         }
+    }
+}
+
+/// The SQLSTATE of a query that failed in DataFusion (PostgreSQL's error codes appendix).
+pub fn sqlstate(error: &datafusion::error::DataFusionError) -> &'static str {
+    use datafusion::error::DataFusionError as E;
+    match error.find_root() {
+        E::SQL(..) => "42601",               // syntax_error
+        E::ResourcesExhausted(_) => "53200", // out_of_memory
+        E::NotImplemented(_) => "0A000",     // feature_not_supported
+        E::SchemaError(error, _) => match **error {
+            datafusion::common::SchemaError::FieldNotFound { .. } => "42703", // undefined_column
+            datafusion::common::SchemaError::AmbiguousReference { .. } => "42702", // ambiguous_column
+            _ => "42P10",
+        },
+        E::Plan(message) if message.contains("table") && message.contains("not found") => "42P01", // undefined_table
+        E::Plan(message) if message.contains("function") || message.contains("Invalid function") => "42883", // undefined_function
+        E::Plan(_) => "42000",                          // syntax_error_or_access_rule_violation
+        E::ArrowError(..) | E::Execution(_) => "22000", // data_exception
+        E::ObjectStore(_) | E::IoError(_) => "58030",   // io_error
+        _ => "XX000",                                   // internal_error
     }
 }

@@ -2,6 +2,8 @@
 //! now?" from an in-memory index of the latest merged `customer_tags` version with the
 //! change feed's rows since applied ([`live`]): each reload applies what a new feed version
 //! changed, and a newer merged version is indexed in the background and swapped atomically.
+//! Beside it: every customer's changes in publish order, paged and as Server-Sent Events
+//! ([`changes`]), and the PostgreSQL wire protocol for BI tools ([`pg`]).
 //!
 //! Owns: the HTTP server (axum), the served index and its reloads, auth, limits, metrics.
 //! Must not: write to the warehouse. It only reads published snapshots: a request takes one
@@ -9,10 +11,12 @@
 //! requests in flight finish on theirs, and an old index is freed when its last reader ends.
 
 mod api;
+pub mod changes;
 pub mod error;
 pub mod index;
 pub mod live;
 pub(crate) mod metrics;
+pub mod pg;
 pub mod query;
 
 use std::collections::VecDeque;
@@ -50,6 +54,8 @@ pub struct ServeSettings {
     /// Pinned (non-latest) versions kept indexed in memory.
     pub pinned_versions: usize,
     pub query: QueryLimits,
+    /// The PostgreSQL wire protocol front (`--pg-listen`), if wanted.
+    pub pg: Option<pg::PgSettings>,
 }
 
 impl Default for ServeSettings {
@@ -67,6 +73,7 @@ impl Default for ServeSettings {
                 timeout: Duration::from_secs(10),
                 memory_bytes: 256 * 1024 * 1024,
             },
+            pg: None,
         }
     }
 }
@@ -81,6 +88,8 @@ pub enum ServeError {
     },
     #[error("the HTTP server failed: {0}")]
     Server(#[source] std::io::Error),
+    #[error("cannot use {path} for TLS: {message}")]
+    Tls { path: std::path::PathBuf, message: String },
 }
 
 /// What every request handler shares.
@@ -95,6 +104,10 @@ pub struct AppState {
     /// Indexes of pinned versions, most recently used first.
     pinned: Mutex<VecDeque<SharedIndex>>,
     metrics: Metrics,
+    /// The change feed's version the live view has applied: change streams wait on it.
+    feed_seen: watch::Sender<Option<u64>>,
+    /// True once the server shuts down (change streams end).
+    stopping: watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -172,6 +185,7 @@ impl AppState {
             let mut live = self.live.write().expect("live lock");
             let view = live.as_mut().expect("loaded above");
             view.apply(&changes, feed.version());
+            self.feed_seen.send_replace(feed.version());
             self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
             tracing::debug!(
                 version = view.version,
@@ -223,6 +237,8 @@ impl AppState {
         // The swap: new requests see the new index; the old one lives until its last reader ends.
         *self.current.write().expect("index lock") = Some(base);
         *self.live.write().expect("live lock") = Some(view);
+        self.feed_seen
+            .send_replace(tables.feed.as_ref().and_then(DeltaTable::version));
         Ok(true)
     }
 
@@ -280,6 +296,8 @@ struct Tables {
 pub struct Server {
     /// The address it listens on (the real port when the setting asked for port 0).
     pub addr: SocketAddr,
+    /// The PostgreSQL front's address, when it was asked for.
+    pub pg_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -307,6 +325,7 @@ pub async fn start(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServeError::Server)?;
+    let (stop, stopped) = watch::channel(false);
     let state = Arc::new(AppState {
         warehouse,
         settings,
@@ -314,12 +333,17 @@ pub async fn start(
         live: RwLock::new(None),
         pinned: Mutex::new(VecDeque::new()),
         metrics: Metrics::default(),
+        feed_seen: watch::Sender::new(None),
+        stopping: stopped.clone(),
     });
-    let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop.send(true);
     });
+    let pg_addr = match state.settings.pg.clone() {
+        Some(pg) => Some(pg::start(state.clone(), pg, stopped.clone()).await?),
+        None => None,
+    };
     tokio::spawn(reload_loop(state.clone(), stopped.clone()));
     let app = api::router(state.clone());
     let mut on_stop = stopped;
@@ -332,7 +356,12 @@ pub async fn start(
             .map_err(ServeError::Server)
     });
     tracing::info!(%addr, "tag lookup API listening");
-    Ok(Server { addr, state, task })
+    Ok(Server {
+        addr,
+        pg_addr,
+        state,
+        task,
+    })
 }
 
 /// Check for a new version every `reload_interval` until shutdown.

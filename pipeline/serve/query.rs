@@ -59,7 +59,7 @@ async fn execute(warehouse: &Location, version: u64, sql: &str, limits: &QueryLi
     if sql.trim().is_empty() {
         return Err(ApiError::BadRequest("`sql` is empty".into()));
     }
-    let ctx = sandbox(limits)?;
+    let ctx = sandbox(limits, false)?;
     let tags = open_published(warehouse, TAGS_TABLE, Some(version)).await?;
     tags.update_datafusion_session(&ctx.state())
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -129,8 +129,9 @@ pub fn rows_json(batches: &[RecordBatch]) -> Result<Vec<serde_json::Value>, ApiE
     serde_json::from_slice(&bytes).map_err(|e| encode(&e))
 }
 
-/// A session with a memory cap, no spilling, no URL tables and no information schema.
-fn sandbox(limits: &QueryLimits) -> Result<SessionContext, ApiError> {
+/// A session with a memory cap, no spilling and no URL tables (the PostgreSQL front wants
+/// the information schema that BI tools browse; the JSON endpoint does not).
+pub(super) fn sandbox(limits: &QueryLimits, information_schema: bool) -> Result<SessionContext, ApiError> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
@@ -138,7 +139,7 @@ fn sandbox(limits: &QueryLimits) -> Result<SessionContext, ApiError> {
         .map_err(unavailable)?;
     let config = SessionConfig::new()
         .with_target_partitions(2)
-        .with_information_schema(false);
+        .with_information_schema(information_schema);
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 

@@ -129,3 +129,82 @@ impl Client {
             .await
     }
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// A Server-Sent Events response read as it arrives.
+pub struct Events {
+    pub status: u16,
+    body: hyper::body::Incoming,
+    buffer: String,
+    _sender: SendRequest<Full<Bytes>>,
+}
+
+impl Events {
+    /// `GET path` with `Accept: text/event-stream` (and `Last-Event-ID` when resuming).
+    pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Events {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .uri(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = sender
+            .send_request(request.body(Full::new(Bytes::new())).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status().as_u16();
+        Events {
+            status,
+            body: response.into_body(),
+            buffer: String::new(),
+            _sender: sender,
+        }
+    }
+
+    /// The next event (comments and keep-alives skipped); None when the stream ended.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = Event {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim_start().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event.event = Some(v.trim_start().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        if !event.data.is_empty() {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if event.event.is_some() || !event.data.is_empty() {
+                    return Some(event);
+                }
+                continue;
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buffer.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+}

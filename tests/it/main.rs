@@ -4,6 +4,7 @@ mod support;
 
 mod backfill;
 mod catalog;
+mod changes;
 mod end_to_end;
 mod follow;
 mod forget;
@@ -13,6 +14,7 @@ mod http;
 mod incremental;
 mod layers;
 mod lock;
+mod pg;
 mod predictive;
 mod preview;
 mod publishing;

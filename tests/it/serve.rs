@@ -64,14 +64,14 @@ pub(crate) fn api_rows(customer: &Value) -> BTreeSet<(String, String, String, Op
 }
 
 /// A generated history; `publish(i)` lands its share and runs publish `i` (version `i`).
-struct History {
-    fx: Fixture,
+pub(crate) struct History {
+    pub fx: Fixture,
     arrivals: Arrivals,
     landed: usize,
 }
 
 impl History {
-    async fn new(seed: u64) -> Self {
+    pub async fn new(seed: u64) -> Self {
         let fx = Fixture::new();
         let arrivals = Arrivals::generate(&fx, seed, 150, 60).await;
         History {
@@ -81,7 +81,7 @@ impl History {
         }
     }
 
-    async fn publish(&mut self, i: usize) {
+    pub async fn publish(&mut self, i: usize) {
         let (as_of, share) = PUBLISHES[i];
         let upto = self.arrivals.upto(share);
         self.arrivals.land(&self.fx, self.landed, upto);
@@ -91,7 +91,11 @@ impl History {
     }
 
     /// Start a server on port 0 with `config` (a tagflow.toml body) and wait for `version`.
-    async fn serve(&self, config: Option<&str>, version: Option<u64>) -> (Server, tokio::sync::oneshot::Sender<()>) {
+    pub async fn serve(
+        &self,
+        config: Option<&str>,
+        version: Option<u64>,
+    ) -> (Server, tokio::sync::oneshot::Sender<()>) {
         let (server, stop) = serve_fixture(&self.fx, PUBLISHES[0].0, config).await;
         if let Some(version) = version {
             wait_for_version(&server, version).await;
@@ -713,6 +717,11 @@ fn serve_cli_starts_reports_its_address_and_stops_on_sigterm() {
         ("[serve]\ntoken = \"short\"\n", "serve.token"),
         ("[serve]\nreload_interval = \"0s\"\n", "serve.reload_interval"),
         ("[serve]\nmax_batch = 0\n", "serve.max_batch"),
+        ("[serve]\npg_listen = \"127.0.0.1:0\"\n", "serve.pg_password"),
+        (
+            "[serve]\npg_listen = \"127.0.0.1:0\"\npg_password = \"short\"\n",
+            "serve.pg_password",
+        ),
         ("[serve]\nlisen = \"127.0.0.1:1\"\n", "lisen"),
     ] {
         let path = history.fx.dir.path().join("bad.toml");
