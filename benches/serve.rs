@@ -10,6 +10,10 @@
 //! paced requests leave in bursts up to a millisecond late; the open-loop lines therefore
 //! also give the latency from each request's actual send.
 //!
+//! Then the same snapshot over the PostgreSQL wire protocol (pgbench point lookups, when
+//! pgbench is installed) and a Server-Sent Events fan-out: 100 change streams, and a
+//! publish that moves 1% of the customers' `rfm_tier`.
+//!
 //! `cargo bench --bench serve`. Environment: `TAGFLOW_BENCH_CUSTOMERS` (default 1,000,000),
 //! `TAGFLOW_BENCH_RATE` (default 20000), `TAGFLOW_BENCH_SECONDS` per step (default 10).
 
@@ -29,7 +33,159 @@ use tagflow::publish::customer_tags_schema;
 use tagflow::publish::tags::{publish_tags, TableSettings, TagsBase, TagsUpdate};
 use tagflow::storage::Location;
 
-use http::{listening_address, Client};
+use http::{Client, Events};
+
+const PG_PASSWORD: &str = "bench-password";
+
+/// The HTTP and PostgreSQL addresses `tagflow serve` prints on its first two lines.
+fn listening_addresses(child: &mut std::process::Child) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let mut next = |scheme: &str| {
+        let line = lines.next().expect("a line").expect("stdout");
+        line.strip_prefix(&format!("listening on {scheme}://"))
+            .unwrap_or_else(|| panic!("unexpected line: {line:?}"))
+            .parse()
+            .expect("an address")
+    };
+    (next("http"), next("postgres"))
+}
+
+/// Point lookups over the PostgreSQL wire protocol with pgbench (when installed), at 1 and
+/// 4 clients: the same question as `GET /v1/customers/{id}/tags`, answered by a scan of
+/// the Delta snapshot instead of an index.
+fn wire_lookups(pg: std::net::SocketAddr, customers: usize, seconds: Duration) {
+    if Command::new("pgbench").arg("--version").output().is_err() {
+        println!("PostgreSQL point lookups: skipped (no pgbench)");
+        return;
+    }
+    let script = std::env::temp_dir().join("tagflow-bench-lookup.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set id random(0, {})\nSELECT tag, value FROM customer_tags WHERE customer_id = 'c' || lpad(CAST(:id AS VARCHAR), 8, '0');\n",
+            customers - 1
+        ),
+    )
+    .expect("script");
+    println!("PostgreSQL point lookups (pgbench, simple protocol), {seconds:?} per step:");
+    for clients in [1, 4] {
+        let out = Command::new("pgbench")
+            .args(["-n", "-M", "simple", "-j", "1", "-h"])
+            .arg(pg.ip().to_string())
+            .args([
+                "-p",
+                &pg.port().to_string(),
+                "-U",
+                "tagflow",
+                "-c",
+                &clients.to_string(),
+            ])
+            .args(["-T", &seconds.as_secs().max(1).to_string(), "-f"])
+            .arg(&script)
+            .arg("tagflow")
+            .env("PGPASSWORD", PG_PASSWORD)
+            .output()
+            .expect("pgbench runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pick = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .map(|l| l.trim().to_string())
+                .unwrap_or_else(|| format!("{prefix}: none ({})", String::from_utf8_lossy(&out.stderr).trim()))
+        };
+        println!("  {clients} clients: {}; {}", pick("tps"), pick("latency average"));
+    }
+}
+
+/// Server-Sent Events fan-out: `clients` streams wait for the changes after version 0; a publish changes
+/// `rfm_tier` for 1% of the customers; each stream's time from the commit to its first
+/// change and to the last.
+async fn fan_out(addr: std::net::SocketAddr, location: &Location, customers: usize, clients: usize) {
+    let mut streams = Vec::new();
+    for _ in 0..clients {
+        let events = Events::open(addr, "/v1/changes/stream?since_version=0&limit=1000", None).await;
+        assert_eq!(events.status, 200);
+        streams.push(events);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let as_of: DateTime<Utc> = "2026-11-21T00:00:00Z".parse().unwrap();
+    let settings = TableSettings {
+        checkpoint_interval: 10,
+        file_retention: Duration::from_secs(7 * 86_400),
+    };
+    let base = TagsBase::open(location, &settings).await.expect("open customer_tags");
+    let update = TagsUpdate {
+        rows: moved(rows(customers, "2026-11-20T00:00:00Z".parse().unwrap())),
+        scope: None,
+        as_of,
+        metadata: Default::default(),
+        narrowed: None,
+        policy: Default::default(),
+    };
+    let started = Instant::now();
+    let published = publish_tags(location, base, update, &settings)
+        .await
+        .expect("publish")
+        .0;
+    let committed = started.elapsed();
+    let expected = published.changes.map(|c| c.total()).unwrap_or(0) as usize;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut events| {
+            tokio::spawn(async move {
+                let (mut got, mut first) = (0usize, None);
+                while got < expected {
+                    let event = events.next().await.expect("the stream stays open");
+                    let changes: Vec<serde_json::Value> = serde_json::from_str(&event.data).expect("JSON");
+                    got += changes.len();
+                    first.get_or_insert_with(|| started.elapsed());
+                }
+                (first.unwrap_or_default(), started.elapsed())
+            })
+        })
+        .collect();
+    let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (first, last) = task.await.expect("stream task");
+        firsts.push(first.as_micros() as u64);
+        lasts.push(last.as_micros() as u64);
+    }
+    firsts.sort_unstable();
+    lasts.sort_unstable();
+    println!(
+        "SSE fan-out to {clients} clients of a publish changing {expected} rows (commit {:.0} ms after its start):",
+        committed.as_secs_f64() * 1000.0
+    );
+    println!("  first change received: {}", summary(&firsts));
+    println!("  all changes received:  {}", summary(&lasts));
+}
+
+/// The rows with `rfm_tier` of every 100th customer moved to another value.
+fn moved(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    use arrow::array::AsArray;
+    batches
+        .into_iter()
+        .map(|batch| {
+            let ids = batch.column(0).as_string::<i32>();
+            let tags = batch.column(2).as_string::<i32>();
+            let values = batch.column(3).as_string::<i32>();
+            let value: StringArray = (0..batch.num_rows())
+                .map(|i| {
+                    let every_100th = ids.value(i)[1..].parse::<usize>().is_ok_and(|n| n % 100 == 0);
+                    Some(match (tags.value(i), every_100th) {
+                        ("rfm_tier", true) if values.value(i) == "champion" => "prospect",
+                        ("rfm_tier", true) => "champion",
+                        _ => values.value(i),
+                    })
+                })
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns[3] = Arc::new(value);
+            RecordBatch::try_new(batch.schema(), columns).expect("rows")
+        })
+        .collect()
+}
 
 /// (family, tag, values, share of customers carrying it).
 const CATALOG: [(&str, &str, &[&str], f64); 12] = [
@@ -274,14 +430,22 @@ fn main() {
 
     let started = Instant::now();
     let mut server = Command::new(env!("CARGO_BIN_EXE_tagflow"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--warehouse"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
+            "--warehouse",
+        ])
         .arg(&warehouse)
         .env("TAGFLOW_LOG", "warn")
+        .env("TAGFLOW_PG_PASSWORD", PG_PASSWORD)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start tagflow serve");
-    let addr = listening_address(&mut server);
+    let (addr, pg_addr) = listening_addresses(&mut server);
     runtime.block_on(async {
         let mut client = Client::new(addr);
         while client.get("/readyz").await.status != 200 {
@@ -311,6 +475,8 @@ fn main() {
     });
     let (rss, peak) = memory_mib(server.id());
     println!("server memory after the load: RSS {rss:.0} MiB, peak {peak:.0} MiB");
+    wire_lookups(pg_addr, customers, seconds);
+    runtime.block_on(fan_out(addr, &location, customers, 100));
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let status = server.wait().expect("server exits");
     println!("server stopped: {status}");
