@@ -149,7 +149,7 @@ pub fn sqlstate(error: &datafusion::error::DataFusionError) -> &'static str {
             _ => "42P10",
         },
         E::Plan(message) if message.contains("table") && message.contains("not found") => "42P01", // undefined_table
-        E::Plan(message) if message.contains("function") || message.contains("Invalid function") => "42883", // undefined_function
+        E::Plan(message) if message.contains("function") => "42883",                               // undefined_function
         E::Plan(_) => "42000",                          // syntax_error_or_access_rule_violation
         E::ArrowError(..) | E::Execution(_) => "22000", // data_exception
         E::ObjectStore(_) | E::IoError(_) => "58030",   // io_error

@@ -318,13 +318,7 @@ pub async fn start(
     settings: ServeSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Server, ServeError> {
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(ServeError::Server)?;
+    let (listener, addr) = bind(settings.listen).await?;
     let (stop, stopped) = watch::channel(false);
     let state = Arc::new(AppState {
         warehouse,
@@ -362,6 +356,15 @@ pub async fn start(
         state,
         task,
     })
+}
+
+/// Listen on `addr`; also returns the bound address (the real port when `addr` asked for 0).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(ServeError::Server)?;
+    Ok((listener, bound))
 }
 
 /// Check for a new version every `reload_interval` until shutdown.

@@ -95,25 +95,14 @@ pub(super) async fn start(
     settings: PgSettings,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<SocketAddr, ServeError> {
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(|(cert, key)| tls_acceptor(cert, key))
-        .transpose()?;
-    let cert_pem = match &settings.tls {
-        Some((cert, _)) => Some(std::fs::read(cert).map_err(|source| ServeError::Tls {
-            path: cert.clone(),
-            message: source.to_string(),
-        })?),
-        None => None,
+    let (tls, cert_pem) = match &settings.tls {
+        Some((cert, key)) => {
+            let (acceptor, pem) = tls_acceptor(cert, key)?;
+            (Some(acceptor), Some(pem))
+        }
+        None => (None, None),
     };
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(ServeError::Server)?;
+    let (listener, addr) = super::bind(settings.listen).await?;
     let front = Arc::new(Front {
         snapshots: Arc::new(Snapshots {
             catalogs: Arc::new(Catalogs {
@@ -149,15 +138,18 @@ pub(super) async fn start(
     Ok(addr)
 }
 
-fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServeError> {
+/// The TLS acceptor of a certificate chain and key, and the chain's PEM (for SCRAM
+/// channel binding).
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<(TlsAcceptor, Vec<u8>), ServeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let failed = |path: &PathBuf, message: String| ServeError::Tls {
         path: path.clone(),
         message,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = std::fs::read(cert).map_err(|e| failed(cert, e.to_string()))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| failed(cert, e.to_string()))?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| failed(key, e.to_string()))?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -165,7 +157,7 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServeError
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
         .map_err(|e| failed(cert, e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), pem))
 }
 
 /// The one user and its salted password.
@@ -310,18 +302,16 @@ impl Catalogs {
         Ok(service)
     }
 
-    /// The statement's time limit: the client's `statement_timeout` up to `serve.query_timeout`.
-    fn limit_time<C: ClientInfo>(&self, client: &mut C) -> Duration {
+    /// The statement's time limit: the client's `statement_timeout` (which `SET` keeps in
+    /// the connection's metadata) up to `serve.query_timeout`.
+    fn limit_time<C: ClientInfo>(&self, client: &C) -> Duration {
         let most = self.state.settings.query.timeout;
-        let key = "statement_timeout_ms";
         let asked = client
             .metadata()
-            .get(key)
+            .get("statement_timeout_ms")
             .and_then(|ms| ms.parse().ok())
             .map(Duration::from_millis);
-        let limit = asked.filter(|d| !d.is_zero() && *d <= most).unwrap_or(most);
-        client.metadata_mut().insert(key.into(), limit.as_millis().to_string());
-        limit
+        asked.filter(|d| !d.is_zero() && *d <= most).unwrap_or(most)
     }
 }
 
