@@ -21,7 +21,7 @@ use foldhash::fast::RandomState;
 
 use super::customer_tags_schema;
 use super::tags::ChangeCounts;
-use crate::storage::rows::split_batch;
+use crate::storage::rows::{split_batch, typed_column};
 
 /// The columns of a diff's changes: the feed's columns without versions and as-of.
 /// `change` is `entered`, `exited` or `changed`.
@@ -66,12 +66,12 @@ struct Side<'a> {
 impl<'a> Side<'a> {
     fn of(batches: &'a [RecordBatch]) -> Self {
         Side {
-            ids: batches.iter().map(|b| column(b, "customer_id")).collect(),
-            families: batches.iter().map(|b| column(b, "family")).collect(),
-            tags: batches.iter().map(|b| column(b, "tag")).collect(),
-            values: batches.iter().map(|b| column(b, "value")).collect(),
-            scores: batches.iter().map(|b| column(b, "score")).collect(),
-            as_ofs: batches.iter().map(|b| column(b, "as_of")).collect(),
+            ids: batches.iter().map(|b| typed_column(b, "customer_id")).collect(),
+            families: batches.iter().map(|b| typed_column(b, "family")).collect(),
+            tags: batches.iter().map(|b| typed_column(b, "tag")).collect(),
+            values: batches.iter().map(|b| typed_column(b, "value")).collect(),
+            scores: batches.iter().map(|b| typed_column(b, "score")).collect(),
+            as_ofs: batches.iter().map(|b| typed_column(b, "as_of")).collect(),
         }
     }
 
@@ -113,14 +113,6 @@ impl<'a> Side<'a> {
             || self.families[o.0].value(o.1) != new.families[n.0].value(n.1)
             || !same_score
     }
-}
-
-/// The column `name` of `customer_tags` rows, typed.
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .unwrap_or_else(|| panic!("customer_tags rows have a typed {name} column"))
 }
 
 /// A row: (batch, index in the batch).
@@ -313,7 +305,7 @@ pub fn without_tags(rows: &[RecordBatch], tags: &[String]) -> Vec<RecordBatch> {
 
 /// The rows of `batch` whose tag `of` accepts, and the others (`None`: no such row).
 pub fn split_by_tags(batch: &RecordBatch, of: impl Fn(&str) -> bool) -> (Option<RecordBatch>, Option<RecordBatch>) {
-    let tags = column::<StringArray>(batch, "tag");
+    let tags = typed_column::<StringArray>(batch, "tag");
     // Rows come in runs of one tag: each run is judged once.
     let mut mask = Vec::with_capacity(batch.num_rows());
     let mut last: Option<(&str, bool)> = None;
@@ -430,7 +422,7 @@ mod tests {
     fn changes(diff: &Diff) -> Vec<Seen> {
         let mut out = Vec::new();
         for batch in &diff.changes {
-            let text = |name| column::<StringArray>(batch, name);
+            let text = |name| typed_column::<StringArray>(batch, name);
             for i in 0..batch.num_rows() {
                 let at = |a: &StringArray| a.is_valid(i).then(|| a.value(i).to_string());
                 out.push((
@@ -452,9 +444,9 @@ mod tests {
         for batch in &diff.next_rows {
             for i in 0..batch.num_rows() {
                 out.push((
-                    column::<StringArray>(batch, "customer_id").value(i).to_string(),
-                    column::<StringArray>(batch, "tag").value(i).to_string(),
-                    column::<TimestampMicrosecondArray>(batch, "as_of").value(i),
+                    typed_column::<StringArray>(batch, "customer_id").value(i).to_string(),
+                    typed_column::<StringArray>(batch, "tag").value(i).to_string(),
+                    typed_column::<TimestampMicrosecondArray>(batch, "as_of").value(i),
                 ));
             }
         }

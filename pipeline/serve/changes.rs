@@ -26,6 +26,7 @@ use super::query::rows_json;
 use super::AppState;
 use crate::publish::tables::CHANGES_TABLE;
 use crate::publish::{query_published, PublishError};
+use crate::storage::rows::typed_column;
 use crate::storage::Location;
 
 /// What a reader asks for: the whole feed, or the changes after `customer_tags` version
@@ -153,8 +154,8 @@ fn next_position(rows: &[RecordBatch], from: Position) -> Position {
     let publishes: Vec<(i64, i64)> = rows
         .iter()
         .flat_map(|batch| {
-            let versions = column::<Int64Array>(batch, "to_version");
-            let as_ofs = column::<TimestampMicrosecondArray>(batch, "as_of");
+            let versions = typed_column::<Int64Array>(batch, "to_version");
+            let as_ofs = typed_column::<TimestampMicrosecondArray>(batch, "as_of");
             (0..batch.num_rows()).map(move |i| (versions.value(i), as_ofs.value(i)))
         })
         .collect();
@@ -176,13 +177,6 @@ fn next_position(rows: &[RecordBatch], from: Position) -> Position {
         as_of,
         delivered,
     }
-}
-
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .unwrap_or_else(|| panic!("tag_changes has a {name} column of its type"))
 }
 
 /// The stream of `changes` events from `from`: pages while there are changes, then a wait

@@ -1,6 +1,6 @@
 //! Small Arrow helpers every stage that holds rows in memory shares.
 //!
-//! Owns: reading a column as text and splitting a batch by a mask. Must not: know any
+//! Owns: reading a column as text or as its known type, and splitting a batch by a mask. Must not: know any
 //! table; callers name their columns.
 
 use arrow::array::{make_array, Array, BooleanArray, StringArray};
@@ -11,6 +11,21 @@ use arrow::record_batch::RecordBatch;
 /// The column `name` of `batch` as text (`None`: no such column, or not castable).
 pub fn text_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
     text(batch.column_by_name(name)?)
+}
+
+/// The column `name` of `batch` as the array type `T` the caller's table gives it. Panics
+/// when there is no such column of that type: the table's schema is broken, not the input.
+pub fn typed_column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .unwrap_or_else(|| {
+            panic!(
+                "rows with the schema {} have no column {name} of type {}",
+                batch.schema(),
+                std::any::type_name::<T>()
+            )
+        })
 }
 
 /// An array as text (`None`: not castable): any string type, dictionaries included.
