@@ -33,23 +33,9 @@ use tagflow::publish::customer_tags_schema;
 use tagflow::publish::tags::{publish_tags, TableSettings, TagsBase, TagsUpdate};
 use tagflow::storage::Location;
 
-use http::{Client, Events};
+use http::{listening_addresses, Client, Events};
 
 const PG_PASSWORD: &str = "bench-password";
-
-/// The HTTP and PostgreSQL addresses `tagflow serve` prints on its first two lines.
-fn listening_addresses(child: &mut std::process::Child) -> (std::net::SocketAddr, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-    let mut next = |scheme: &str| {
-        let line = lines.next().expect("a line").expect("stdout");
-        line.strip_prefix(&format!("listening on {scheme}://"))
-            .unwrap_or_else(|| panic!("unexpected line: {line:?}"))
-            .parse()
-            .expect("an address")
-    };
-    (next("http"), next("postgres"))
-}
 
 /// Point lookups over the PostgreSQL wire protocol with pgbench (when installed), at 1 and
 /// 4 clients: the same question as `GET /v1/customers/{id}/tags`, answered by a scan of
@@ -445,7 +431,9 @@ fn main() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start tagflow serve");
-    let (addr, pg_addr) = listening_addresses(&mut server);
+    let [addr, pg_addr] = listening_addresses(&mut server, &["http", "postgres"])[..] else {
+        unreachable!("two schemes asked, two addresses read")
+    };
     runtime.block_on(async {
         let mut client = Client::new(addr);
         while client.get("/readyz").await.status != 200 {

@@ -12,16 +12,25 @@ use hyper_util::rt::TokioIo;
 
 /// The address a `tagflow serve` child prints on its first stdout line.
 pub fn listening_address(child: &mut std::process::Child) -> SocketAddr {
+    listening_addresses(child, &["http"])[0]
+}
+
+/// The addresses a `tagflow serve` child prints on its first lines, one per scheme in
+/// order (`http`, then `postgres` when it was given `--pg-listen`).
+pub fn listening_addresses(child: &mut std::process::Child, schemes: &[&str]) -> Vec<SocketAddr> {
     use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout is piped"))
-        .read_line(&mut line)
-        .expect("read stdout");
-    line.trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .parse()
-        .expect("an address")
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    schemes
+        .iter()
+        .map(|scheme| {
+            let line = lines.next().expect("a line").expect("read stdout");
+            line.trim()
+                .strip_prefix(&format!("listening on {scheme}://"))
+                .unwrap_or_else(|| panic!("unexpected line: {line:?}"))
+                .parse()
+                .expect("an address")
+        })
+        .collect()
 }
 
 pub struct Client {
