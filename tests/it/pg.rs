@@ -245,3 +245,77 @@ async fn an_open_cursor_stays_on_its_version_across_a_reload() {
     let _ = stop.send(());
     server.wait().await.expect("server stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_channel_binding_and_a_clear_error_for_a_missing_certificate() {
+    if clients("tls_with_channel_binding_and_a_clear_error_for_a_missing_certificate").is_none() {
+        return;
+    }
+    let mut history = History::new(63).await;
+    history.publish(0).await;
+    let dir = history.fx.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (.ci/run installs it)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+
+    // A certificate that is not there: the server does not start, and says which file.
+    let missing = dir.join("missing.pem");
+    let config = format!(
+        "{CONFIG}pg_tls_cert = {:?}\npg_tls_key = {:?}\n",
+        missing.display().to_string(),
+        key.display().to_string()
+    );
+    let settings = history
+        .fx
+        .settings("2026-06-20T00:00:00Z", Some(&config))
+        .expect("settings");
+    let error = tagflow::serve::start(
+        settings.warehouse.clone().unwrap(),
+        settings.serve,
+        std::future::pending(),
+    )
+    .await
+    .err()
+    .expect("no server without its certificate");
+    assert!(error.to_string().contains("missing.pem"), "{error}");
+
+    // TLS, and SCRAM-SHA-256-PLUS bound to the TLS channel.
+    let config = format!(
+        "{CONFIG}pg_tls_cert = {:?}\npg_tls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let (server, stop) = history.serve(Some(&config), Some(0)).await;
+    let addr = server.pg_addr.expect("the PostgreSQL front listens");
+    let out = env(&mut Command::new("psql"), addr)
+        .env("PGSSLMODE", "require")
+        .env("PGCHANNELBINDING", "require")
+        .args(["-X", "-At", "-c", "SELECT count(*) FROM customer_tags"])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let published = read_tags(&history.fx.warehouse_dir(), Some(0)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        published.rows.len().to_string()
+    );
+    let _ = stop.send(());
+    server.wait().await.expect("server stops");
+}
