@@ -286,6 +286,8 @@ impl From<&RunReport> for runs::Summary {
             published_version: r.published.version,
             jobs: tags.chain(measures).collect(),
             forced: r.gates.forced,
+            freshness_p95_ms: r.freshness.as_ref().map(|f| f.p95_ms),
+            freshness_max_ms: r.freshness.as_ref().map(|f| f.max_ms),
             ..Default::default()
         };
         summary.count_streams(r.streams.values());

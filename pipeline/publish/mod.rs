@@ -216,7 +216,9 @@ async fn write(
     write_to(warehouse, table, delta, batches, mode, metadata).await
 }
 
-/// Append `batches` to `delta`, the table `table` opened earlier ([`open_or_new`]).
+/// Append `batches` to `delta`, the table `table` opened earlier ([`open_or_new`]). Columns
+/// the table lacks are added (a table written by an older tagflow gains them; its earlier
+/// rows read them as null).
 pub(crate) async fn append_to(
     warehouse: &Location,
     table: &str,
@@ -239,8 +241,10 @@ async fn write_to(
     let rows = batches.iter().map(|b| b.num_rows()).sum();
     let commit = CommitProperties::default().with_metadata(metadata);
     let mut write = delta.write(batches).with_save_mode(mode);
-    if mode == SaveMode::Overwrite {
-        write = write.with_schema_mode(SchemaMode::Overwrite);
+    match mode {
+        SaveMode::Overwrite => write = write.with_schema_mode(SchemaMode::Overwrite),
+        SaveMode::Append => write = write.with_schema_mode(SchemaMode::Merge),
+        _ => {}
     }
     let delta = write
         .with_table_name(table)

@@ -42,6 +42,8 @@ pub fn job_runs_schema() -> SchemaRef {
         Field::new("customers", DataType::Int64, true),
         Field::new("published_version", DataType::UInt64, true),
         Field::new("jobs", DataType::Utf8, true),
+        Field::new("freshness_p95_ms", DataType::Int64, true),
+        Field::new("freshness_max_ms", DataType::Int64, true),
     ]))
 }
 
@@ -78,6 +80,9 @@ pub struct Summary {
     pub jobs: Vec<serde_json::Value>,
     /// Published although checks failed (`--force`).
     pub forced: bool,
+    /// Landing-to-publish lag of the files read, p95 and max (runs that read files).
+    pub freshness_p95_ms: Option<u64>,
+    pub freshness_max_ms: Option<u64>,
 }
 
 impl Summary {
@@ -127,6 +132,9 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
         Arc::new(TimestampMicrosecondArray::from(vec![t.timestamp_micros()]).with_timezone("UTC"))
     };
     let summary = run.outcome.as_ref().ok();
+    let lag = |f: fn(&Summary) -> Option<u64>| -> ArrayRef {
+        Arc::new(Int64Array::from(vec![summary.and_then(f).map(|ms| ms as i64)]))
+    };
     let count =
         |f: fn(&Summary) -> usize| -> ArrayRef { Arc::new(Int64Array::from(vec![summary.map(|s| f(s) as i64)])) };
     let (status, exit_code, error) = match &run.outcome {
@@ -170,6 +178,8 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
         count(|s| s.customers),
         Arc::new(UInt64Array::from(vec![summary.map(|s| s.published_version)])),
         Arc::new(StringArray::from(vec![jobs])),
+        lag(|s| s.freshness_p95_ms),
+        lag(|s| s.freshness_max_ms),
     ];
     RecordBatch::try_new(job_runs_schema(), columns).expect("job_runs row matches its schema")
 }
