@@ -22,13 +22,15 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::index::{SharedIndex, TagView};
 use super::live::LiveView;
+use super::overview::{self, DayFlow};
 use super::query::{self, QueryResult};
-use super::{changes, AppState};
+use super::{changes, console, AppState};
 use crate::publish::snapshots::{self, Snapshot};
 use crate::publish::tables::CHANGES_TABLE;
 use crate::publish::tags::ChangeCounts;
 use crate::publish::tasks::{self, PeriodTotals, TaskFigures, TaskReport, TaskResult};
 use crate::publish::{query_published, PublishError};
+use crate::sources::quarantine::{Entry, EntryKind};
 
 /// Longest customer id accepted.
 const MAX_ID_BYTES: usize = 256;
@@ -38,8 +40,8 @@ const DEFAULT_PAGE: usize = 100;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "tagflow tag lookup API", description = "Customer tags from the latest (or a pinned) published customer_tags snapshot."),
-    paths(customer_tags, batch_get, segment, segment_summary, customer_changes, all_changes, change_stream, list_snapshots, list_tasks, one_task, run_query, healthz, readyz, metrics),
-    components(schemas(CustomerTags, TagView, BatchGetRequest, BatchGetResponse, SegmentPage, SegmentMember, SegmentSummary, ValueSize, ChangesPage, FeedPage, QueryRequest, QueryResult, query::Column, Snapshot, ChangeCounts, TaskReport, TaskResult, TaskFigures, PeriodTotals, ErrorBody)),
+    paths(customer_tags, batch_get, all_segments, segment, segment_summary, segment_daily, customer_changes, all_changes, change_stream, list_snapshots, list_runs, list_quarantine, list_tasks, one_task, run_query, healthz, readyz, metrics),
+    components(schemas(CustomerTags, TagView, BatchGetRequest, BatchGetResponse, SegmentsOverview, SegmentPage, SegmentMember, SegmentSummary, ValueSize, SegmentDays, DayFlow, RunsPage, Entry, EntryKind, ChangesPage, FeedPage, QueryRequest, QueryResult, query::Column, Snapshot, ChangeCounts, TaskReport, TaskResult, TaskFigures, PeriodTotals, ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -63,17 +65,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/customers/{customer_id}/tags", get(customer_tags))
         .route("/v1/customers:batchGet", post(batch_get))
         .route("/v1/customers/{customer_id}/changes", get(customer_changes))
+        .route("/v1/segments", get(all_segments))
         .route("/v1/segments/{tag}", get(segment))
         .route("/v1/segments/{tag}/summary", get(segment_summary))
+        .route("/v1/segments/{tag}/daily", get(segment_daily))
         .route("/v1/changes", get(all_changes))
         .route("/v1/changes/stream", get(change_stream))
         .route("/v1/snapshots", get(list_snapshots))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/tasks/{task_id}", get(one_task))
+        .route("/v1/runs", get(list_runs))
+        .route("/v1/quarantine", get(list_quarantine))
         .route("/v1/query", post(run_query))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .merge(v1)
+        .merge(console::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -541,6 +548,110 @@ async fn segment_summary(
     .into_response())
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct SegmentsOverview<'a> {
+    pub version: u64,
+    pub as_of: Option<&'a str>,
+    /// Customers with at least one tag.
+    pub customers: usize,
+    /// Every tag of the version, in name order, with its sizes per value.
+    #[schema(value_type = Vec<SegmentSummary>)]
+    pub tags: Vec<SegmentSummary<'a>>,
+}
+
+/// Every tag with its segment sizes per value (one version; `summary` for one tag).
+#[utoipa::path(get, path = "/v1/segments", params(Pin),
+    responses((status = 200, body = SegmentsOverview), (status = 400, body = ErrorBody)))]
+async fn all_segments(State(state): State<Arc<AppState>>, Query(pin): Query<Pin>) -> Result<Response, ApiError> {
+    let index = pin.resolve(&state).await?;
+    let tags = index
+        .tags()
+        .filter_map(|(tag, family)| {
+            let values = index.summary(tag)?;
+            Some(SegmentSummary {
+                tag,
+                family,
+                version: index.version,
+                as_of: index.as_of_text(),
+                customers: values.iter().map(|(_, n)| n).sum(),
+                values: values
+                    .into_iter()
+                    .map(|(value, customers)| ValueSize { value, customers })
+                    .collect(),
+            })
+        })
+        .collect();
+    Ok(axum::Json(SegmentsOverview {
+        version: index.version,
+        as_of: index.as_of_text(),
+        customers: index.customer_count(),
+        tags,
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct DailyParams {
+    /// Only this value of the tag.
+    value: Option<String>,
+    /// Only the last this many days (default: every day known).
+    days: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SegmentDays {
+    pub tag: String,
+    pub value: Option<String>,
+    /// The newest merged version the days stand on.
+    pub version: u64,
+    /// Per day and value, oldest day first: the size at the end of the day, and the
+    /// inflow and outflow over its publishes (每日流入与流出).
+    pub days: Vec<DayFlow>,
+}
+
+/// A tag's segments per UTC day: size at each day's last published version, and the
+/// customers who flowed in and out over the day's publishes (live follow batches
+/// included). Days before the oldest retained version come from `customer_tags_history`
+/// (sizes only).
+#[utoipa::path(get, path = "/v1/segments/{tag}/daily", params(("tag" = String, Path), DailyParams),
+    responses((status = 200, body = SegmentDays), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn segment_daily(
+    State(state): State<Arc<AppState>>,
+    Path(tag): Path<String>,
+    Query(params): Query<DailyParams>,
+) -> Result<Json<SegmentDays>, ApiError> {
+    if params.days == Some(0) {
+        return Err(ApiError::BadRequest("`days` must be at least 1".into()));
+    }
+    let index = state.latest()?;
+    if index.family_of(&tag).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no tag '{tag}' at version {}",
+            index.version
+        )));
+    }
+    let (version, feed_version, _) = state.live_position().ok_or(ApiError::NotReady)?;
+    let flows = state.flows.flows(&state.warehouse, (version, feed_version)).await?;
+    let value = params.value.as_deref();
+    let published = overview::daily(&flows, &tag, value);
+    let mut days = overview::with_history(&state.warehouse, published, &tag, value).await?;
+    if let Some(keep) = params.days {
+        let mut distinct: Vec<_> = days.iter().map(|d| d.day).collect();
+        distinct.dedup();
+        if let Some(first) = distinct.len().checked_sub(keep).map(|skip| distinct[skip]) {
+            days.retain(|d| d.day >= first);
+        }
+    }
+    Ok(Json(SegmentDays {
+        tag,
+        value: params.value,
+        version: index.version,
+        days,
+    }))
+}
+
 // ---- history ----
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -694,6 +805,44 @@ async fn change_stream(
 #[utoipa::path(get, path = "/v1/snapshots", responses((status = 200, body = Vec<Snapshot>)))]
 async fn list_snapshots(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     Ok(axum::Json(snapshots::list(&state.warehouse).await?).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RunsParams {
+    /// Newest runs first, at most this many (default 100, at most `max_page`).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunsPage {
+    /// Rows of job_runs, newest first: run_id, status, exit_code, as_of, started_at,
+    /// finished_at, files_read, events, files_quarantined, rows_quarantined,
+    /// published_version, error, jobs (per job: rows, ms and any failed checks),
+    /// freshness_p95_ms, freshness_max_ms.
+    #[schema(value_type = Vec<Object>)]
+    pub runs: Vec<serde_json::Value>,
+}
+
+/// The latest runs, follow batches and backfills of `job_runs`, with their status, failed
+/// checks and freshness (landing to publish).
+#[utoipa::path(get, path = "/v1/runs", params(RunsParams),
+    responses((status = 200, body = RunsPage), (status = 400, body = ErrorBody)))]
+async fn list_runs(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<RunsParams>,
+) -> Result<Json<RunsPage>, ApiError> {
+    let limit = check_limit(params.limit, state.settings.max_page)?;
+    Ok(Json(RunsPage {
+        runs: overview::latest_runs(&state.warehouse, limit).await?,
+    }))
+}
+
+/// The quarantine area: each rejected landing file or set of rows, newest first.
+#[utoipa::path(get, path = "/v1/quarantine", responses((status = 200, body = Vec<Entry>)))]
+async fn list_quarantine(State(state): State<Arc<AppState>>) -> Result<Json<Vec<Entry>>, ApiError> {
+    Ok(Json(overview::quarantined(&state.warehouse).await?))
 }
 
 // ---- marketing tasks ----

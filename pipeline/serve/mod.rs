@@ -12,10 +12,12 @@
 
 mod api;
 pub mod changes;
+mod console;
 pub mod error;
 pub mod index;
 pub mod live;
 pub(crate) mod metrics;
+pub mod overview;
 pub mod pg;
 pub mod query;
 
@@ -108,6 +110,8 @@ pub struct AppState {
     feed_seen: watch::Sender<Option<u64>>,
     /// True once the server shuts down (change streams end).
     stopping: watch::Receiver<bool>,
+    /// Segment flows per version, for the overviews.
+    flows: overview::FlowCache,
 }
 
 impl AppState {
@@ -329,6 +333,7 @@ pub async fn start(
         metrics: Metrics::default(),
         feed_seen: watch::Sender::new(None),
         stopping: stopped.clone(),
+        flows: overview::FlowCache::default(),
     });
     tokio::spawn(async move {
         shutdown.await;

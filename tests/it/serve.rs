@@ -937,3 +937,159 @@ async fn lookups_see_live_changes_before_customer_tags_merges_them() {
     let _ = stop_server.send(());
     server.wait().await.expect("server stops");
 }
+
+/// (tag, value) → customers of one published version.
+fn members(tags: &Tags) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut members: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for r in &tags.rows {
+        members
+            .entry((r.tag.clone(), r.value.clone()))
+            .or_default()
+            .insert(r.customer_id.clone());
+    }
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overviews_for_dashboards_match_the_tables() {
+    let mut history = History::new(55).await;
+    for i in 0..3 {
+        history.publish(i).await;
+    }
+    let (server, _stop) = history.serve(None, Some(2)).await;
+    let mut client = Client::new(server.addr);
+    let warehouse = history.fx.warehouse_dir();
+    let versions: Vec<_> = [
+        read_tags(&warehouse, Some(0)).await,
+        read_tags(&warehouse, Some(1)).await,
+        read_tags(&warehouse, Some(2)).await,
+    ]
+    .iter()
+    .map(members)
+    .collect();
+
+    // Every tag's sizes per value at the served version.
+    let overview = client.get("/v1/segments").await.json();
+    assert_eq!(overview["version"], 2);
+    let mut shown = BTreeMap::new();
+    for tag in overview["tags"].as_array().unwrap() {
+        let mut sum = 0;
+        for v in tag["values"].as_array().unwrap() {
+            let n = v["customers"].as_u64().unwrap();
+            sum += n;
+            shown.insert(
+                (
+                    tag["tag"].as_str().unwrap().to_string(),
+                    v["value"].as_str().unwrap().to_string(),
+                ),
+                n as usize,
+            );
+        }
+        assert_eq!(tag["customers"].as_u64(), Some(sum));
+    }
+    let expected: BTreeMap<_, _> = versions[2].iter().map(|(k, ids)| (k.clone(), ids.len())).collect();
+    assert_eq!(shown, expected);
+
+    // Per day (each publish is on its own day): the size at the version, and who entered
+    // and left the segment since the version before, worked out from the tables.
+    let days: Vec<String> = PUBLISHES.iter().map(|(t, _)| t[..10].to_string()).collect();
+    let tags: BTreeSet<String> = versions.iter().flat_map(|v| v.keys().map(|(t, _)| t.clone())).collect();
+    let empty = BTreeSet::new();
+    for tag in &tags {
+        let body = client.get(&format!("/v1/segments/{tag}/daily")).await.json();
+        let got: BTreeSet<(String, String, u64, u64, u64)> = body["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["day"].as_str().unwrap().to_string(),
+                    d["value"].as_str().unwrap().to_string(),
+                    d["size"].as_u64().unwrap(),
+                    d["inflow"].as_u64().unwrap(),
+                    d["outflow"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let mut want = BTreeSet::new();
+        for (i, now) in versions.iter().enumerate() {
+            let values: BTreeSet<&String> = now
+                .keys()
+                .chain(if i > 0 { versions[i - 1].keys() } else { now.keys() })
+                .filter(|(t, _)| t == tag)
+                .map(|(_, v)| v)
+                .collect();
+            for value in values {
+                let key = (tag.clone(), value.clone());
+                let at = now.get(&key).unwrap_or(&empty);
+                let before = if i > 0 {
+                    versions[i - 1].get(&key).unwrap_or(&empty)
+                } else {
+                    &empty
+                };
+                let (inflow, outflow) = (at.difference(before).count(), before.difference(at).count());
+                if at.is_empty() && outflow == 0 {
+                    continue;
+                }
+                want.insert((
+                    days[i].clone(),
+                    value.clone(),
+                    at.len() as u64,
+                    inflow as u64,
+                    outflow as u64,
+                ));
+            }
+        }
+        assert_eq!(got, want, "{tag}");
+        let last = client.get(&format!("/v1/segments/{tag}/daily?days=1")).await.json();
+        assert!(
+            last["days"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["day"] == days[2].as_str()),
+            "{tag}: {last}"
+        );
+    }
+    let unknown = client.get("/v1/segments/no_such_tag/daily").await;
+    assert_eq!((unknown.status, unknown.error_code().as_str()), (404, "not_found"));
+
+    // The runs, newest first, and the quarantine area.
+    let runs = client.get("/v1/runs?limit=10").await.json();
+    let runs = runs["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.iter()
+            .map(|r| (r["status"].as_str(), r["published_version"].as_u64()))
+            .collect::<Vec<_>>(),
+        [
+            (Some("succeeded"), Some(2)),
+            (Some("succeeded"), Some(1)),
+            (Some("succeeded"), Some(0))
+        ]
+    );
+    assert!(runs.iter().all(|r| r["jobs"].is_array()), "jobs as JSON");
+    let quarantine = client.get("/v1/quarantine").await.json();
+    let entries = tagflow::sources::quarantine::Quarantine::new(&location(&warehouse))
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(quarantine.as_array().unwrap().len(), entries.len());
+
+    // The console's assets: no token needed, a policy that allows only this server.
+    let page = client.get("/ui/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert!(page.text().contains("app.js"));
+    let script = client.get("/ui/app.js").await;
+    assert!(script.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert_eq!(client.get("/ui/vendor/uPlot.LICENSE").await.status, 200);
+    assert_eq!(client.get("/ui/../Cargo.toml").await.status, 404);
+    assert_eq!(client.get("/ui/nothing.js").await.status, 404);
+}
