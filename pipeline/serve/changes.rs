@@ -8,13 +8,21 @@
 //! rows were delivered, so a page or an event resumes exactly after it: nothing is skipped
 //! or repeated, whatever was published meanwhile (publishes only append).
 //!
-//! Owns: positions and their text form (`next_cursor`, SSE event ids), reading a page,
-//! the event stream.
-//! Must not: cache pages between requests (every read is of the published feed).
+//! **Shared pages.** Readers that follow the feed closely ask for the same page at the same
+//! moment (a publish wakes every stream at the position it caught up to), so a page is read
+//! once per (filter, position, limit, feed version the server has loaded) and shared:
+//! the first reader reads it, the others wait for that read ([`Pages`]). A page read under
+//! an older feed version is never given out under a newer one, so a reader sees what a
+//! fresh read would have shown when it asked, or more.
+//!
+//! Owns: positions and their text form (`next_cursor`, SSE event ids), reading and sharing
+//! pages, the event stream.
+//! Must not: keep pages past the feed version after the one they were read under.
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Int64Array, TimestampMicrosecondArray};
 use arrow::record_batch::RecordBatch;
@@ -22,6 +30,7 @@ use axum::response::sse::Event;
 use futures::Stream;
 
 use super::error::ApiError;
+use super::metrics::PageLabels;
 use super::query::rows_json;
 use super::AppState;
 use crate::publish::tables::CHANGES_TABLE;
@@ -32,7 +41,7 @@ use crate::storage::Location;
 /// What a reader asks for: the whole feed, or the changes after `customer_tags` version
 /// `since_version` (`from_version >= since_version`; the rows that made version 0 have
 /// none), optionally of one tag and one value (entering or leaving it).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Filter {
     pub since_version: Option<u64>,
     pub tag: Option<String>,
@@ -40,7 +49,7 @@ pub struct Filter {
 }
 
 /// Where a reader stands: after `delivered` rows of the publish `(to_version, as_of)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Position {
     pub to_version: i64,
     /// Microseconds since the epoch.
@@ -110,6 +119,80 @@ pub struct Page {
 impl Page {
     pub fn json(&self) -> Result<Vec<serde_json::Value>, ApiError> {
         rows_json(&self.rows)
+    }
+}
+
+/// A page as readers receive it: its rows as a JSON array (the text of an SSE event).
+#[derive(Debug)]
+pub struct SharedPage {
+    pub json: String,
+    pub count: usize,
+    pub next: Position,
+}
+
+/// Most pages kept: beyond them the oldest are dropped (they are read again if asked for).
+const MAX_SHARED_PAGES: usize = 1024;
+
+type PageKey = (Filter, Position, usize, Option<u64>);
+type PageSlot = Arc<tokio::sync::OnceCell<Arc<SharedPage>>>;
+
+/// Pages shared between readers (see the module head).
+#[derive(Default)]
+pub(crate) struct Pages {
+    slots: Mutex<(HashMap<PageKey, PageSlot>, VecDeque<PageKey>)>,
+}
+
+impl Pages {
+    /// The page of `filter` after `from` under feed version `feed`: shared if another
+    /// reader read it or is reading it, else read now (then the flag is true). A failed
+    /// read is not kept.
+    pub async fn get(
+        &self,
+        warehouse: &Location,
+        filter: &Filter,
+        from: Position,
+        limit: usize,
+        feed: Option<u64>,
+    ) -> Result<(Arc<SharedPage>, bool), ApiError> {
+        let slot = self.slot((filter.clone(), from, limit, feed));
+        let mut read = false;
+        let page = slot
+            .get_or_try_init(|| async {
+                read = true;
+                let page = page(warehouse, filter, from, limit).await?;
+                let json = serde_json::to_string(&page.json()?)
+                    .map_err(|e| ApiError::BadRequest(format!("cannot encode the changes as JSON: {e}")))?;
+                Ok::<_, ApiError>(Arc::new(SharedPage {
+                    json,
+                    count: page.count,
+                    next: page.next,
+                }))
+            })
+            .await?;
+        Ok((page.clone(), read))
+    }
+
+    /// The slot of `key`, made if new; pages of feed versions before `key`'s previous one
+    /// and the oldest beyond [`MAX_SHARED_PAGES`] are dropped.
+    fn slot(&self, key: PageKey) -> PageSlot {
+        let mut guard = self.slots.lock().expect("pages lock");
+        let (slots, order) = &mut *guard;
+        if let Some(slot) = slots.get(&key) {
+            return slot.clone();
+        }
+        let feed = key.3;
+        let stale = |k: &PageKey| k.3.unwrap_or(0) + 1 < feed.unwrap_or(0);
+        slots.retain(|k, _| !stale(k));
+        order.retain(|k| !stale(k));
+        while order.len() >= MAX_SHARED_PAGES {
+            if let Some(oldest) = order.pop_front() {
+                slots.remove(&oldest);
+            }
+        }
+        let slot = PageSlot::default();
+        slots.insert(key.clone(), slot.clone());
+        order.push_back(key);
+        slot
     }
 }
 
@@ -200,14 +283,18 @@ pub fn stream(
                     }
                     // Mark the feed version seen before reading: a publish landing during
                     // the read wakes the wait below.
-                    feed.borrow_and_update();
-                    match page(&state.warehouse, &filter, from, limit).await {
-                        Ok(page) if page.count > 0 => {
+                    let seen = *feed.borrow_and_update();
+                    let read = state.pages.get(&state.warehouse, &filter, from, limit, seen).await;
+                    if let Ok((_, fresh)) = &read {
+                        let source = if *fresh { "read" } else { "shared" };
+                        state.metrics.feed_pages.get_or_create(&PageLabels { source }).inc();
+                    }
+                    match read {
+                        Ok((page, _)) if page.count > 0 => {
                             let event = Event::default()
                                 .event("changes")
                                 .id(page.next.encode(&filter))
-                                .json_data(page.json().unwrap_or_default())
-                                .expect("JSON rows serialise");
+                                .data(page.json.as_str());
                             return Some((Ok(event), (state, feed, stopping, page.next)));
                         }
                         Ok(_) => {}

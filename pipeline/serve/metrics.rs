@@ -30,6 +30,12 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PageLabels {
+    /// `read` (from the table) or `shared` (another reader's read).
+    pub source: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -44,6 +50,7 @@ pub struct Metrics {
     pub snapshot_customers: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
     pub reload_seconds: Histogram,
+    pub feed_pages: Family<PageLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -56,6 +63,7 @@ impl Default for Metrics {
         let snapshot_customers = Gauge::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let reload_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 12));
+        let feed_pages = Family::<PageLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -87,6 +95,11 @@ impl Default for Metrics {
             "Time to load and index a new version",
             reload_seconds.clone(),
         );
+        registry.register(
+            "change_stream_pages",
+            "Change-stream pages sent, read from tag_changes or shared with readers at the same position",
+            feed_pages.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -96,6 +109,7 @@ impl Default for Metrics {
             snapshot_customers,
             reloads,
             reload_seconds,
+            feed_pages,
         }
     }
 }

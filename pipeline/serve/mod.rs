@@ -112,6 +112,8 @@ pub struct AppState {
     stopping: watch::Receiver<bool>,
     /// Segment flows per version, for the overviews.
     flows: overview::FlowCache,
+    /// Change feed pages shared between readers at the same position.
+    pages: changes::Pages,
 }
 
 impl AppState {
@@ -334,6 +336,7 @@ pub async fn start(
         feed_seen: watch::Sender::new(None),
         stopping: stopped.clone(),
         flows: overview::FlowCache::default(),
+        pages: changes::Pages::default(),
     });
     tokio::spawn(async move {
         shutdown.await;

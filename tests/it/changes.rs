@@ -96,6 +96,18 @@ async fn poll(addr: SocketAddr, target: watch::Receiver<Option<usize>>) -> Vec<V
     rows
 }
 
+/// Change-stream pages sent so far, (read from the table, shared), from `/metrics`.
+async fn stream_pages(client: &mut Client) -> (u64, u64) {
+    let text = client.get("/metrics").await.text();
+    let count = |source: &str| -> u64 {
+        let prefix = format!("tagflow_change_stream_pages_total{{source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    };
+    (count("read"), count("shared"))
+}
+
 /// Every change exactly once (as a multiset equal to the table's rows), in publish order.
 fn assert_exactly_once_in_order(who: &str, got: &[Value], expected: &BTreeMap<String, usize>) {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -210,6 +222,24 @@ async fn every_reader_gets_every_change_once_in_order_while_publishes_land() {
     assert_eq!(client.get("/v1/changes?limit=0").await.status, 400);
     let stream = Events::open(server.addr, "/v1/changes/stream", Some("1.2.3")).await;
     assert_eq!(stream.status, 400);
+
+    // Streams at the same position share one read of the page (no publish lands now).
+    let before = stream_pages(&mut client).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        streams.push(Events::open(server.addr, "/v1/changes/stream?limit=1000", None).await);
+    }
+    for stream in &mut streams {
+        let event = stream.next().await.expect("the first page");
+        let rows: Vec<Value> = serde_json::from_str(&event.data).expect("JSON");
+        assert_eq!(rows.len(), table.len());
+    }
+    let after = stream_pages(&mut client).await;
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 4),
+        "read once, shared four times"
+    );
 
     let _open = Events::open(server.addr, "/v1/changes/stream", None).await;
     let _ = stop.send(());
