@@ -12,7 +12,7 @@
 //!
 //! Then the same snapshot over the PostgreSQL wire protocol (pgbench point lookups, when
 //! pgbench is installed) and a Server-Sent Events fan-out: 100 change streams, and a
-//! publish that moves 1% of the customers' `rfm_tier`.
+//! publish that moves 1% of the customers' `rfm_tier`. Last, the console's API calls.
 //!
 //! `cargo bench --bench serve`. Environment: `TAGFLOW_BENCH_CUSTOMERS` (default 1,000,000),
 //! `TAGFLOW_BENCH_RATE` (default 20000), `TAGFLOW_BENCH_SECONDS` per step (default 10).
@@ -145,6 +145,38 @@ async fn fan_out(addr: std::net::SocketAddr, location: &Location, customers: usi
     );
     println!("  first change received: {}", summary(&firsts));
     println!("  all changes received:  {}", summary(&lasts));
+}
+
+/// The calls the console (`/ui`) makes for its views, each 20 times in a row: the first
+/// (cold: the daily flows are read on first use per version) and the p50 of the rest.
+async fn console_calls(addr: std::net::SocketAddr) {
+    println!("console calls (20 each, one connection):");
+    let mut client = Client::new(addr);
+    for path in [
+        "/ui/app.js",
+        "/v1/segments",
+        "/v1/segments/rfm_tier/daily?days=90",
+        "/v1/segments/rfm_tier?value=champion&limit=50",
+        "/v1/runs?limit=20",
+        "/v1/snapshots",
+        "/v1/quarantine",
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let started = Instant::now();
+            let reply = client.get(path).await;
+            assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+            times.push(started.elapsed().as_micros() as u64);
+        }
+        let first = times[0];
+        let mut rest = times[1..].to_vec();
+        rest.sort_unstable();
+        println!(
+            "  {path:<48} first {:>9.3} ms, then p50 {:>9.3} ms",
+            first as f64 / 1000.0,
+            percentile(&rest, 50.0)
+        );
+    }
 }
 
 /// The rows with `rfm_tier` of every 100th customer moved to another value.
@@ -465,6 +497,7 @@ fn main() {
     println!("server memory after the load: RSS {rss:.0} MiB, peak {peak:.0} MiB");
     wire_lookups(pg_addr, customers, seconds);
     runtime.block_on(fan_out(addr, &location, customers, 100));
+    runtime.block_on(console_calls(addr));
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let status = server.wait().expect("server exits");
     println!("server stopped: {status}");
