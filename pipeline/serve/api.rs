@@ -20,7 +20,7 @@ use siphasher::sip::SipHasher13;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
-use super::index::{SharedIndex, TagView};
+use super::index::{SharedIndex, TagIndex, TagView};
 use super::live::LiveView;
 use super::overview::{self, DayFlow};
 use super::query::{self, QueryResult};
@@ -528,15 +528,21 @@ async fn segment_summary(
     Query(pin): Query<Pin>,
 ) -> Result<Response, ApiError> {
     let index = pin.resolve(&state).await?;
-    let (Some(values), Some(family)) = (index.summary(&tag), index.family_of(&tag)) else {
+    let Some(summary) = tag_summary(&index, &tag) else {
         return Err(ApiError::NotFound(format!(
             "no tag '{tag}' at version {}",
             index.version
         )));
     };
-    Ok(axum::Json(SegmentSummary {
-        tag: &tag,
-        family,
+    Ok(axum::Json(summary).into_response())
+}
+
+/// The sizes of `tag` per value at `index`'s version; `None` for a tag it does not hold.
+fn tag_summary<'a>(index: &'a TagIndex, tag: &'a str) -> Option<SegmentSummary<'a>> {
+    let values = index.summary(tag)?;
+    Some(SegmentSummary {
+        tag,
+        family: index.family_of(tag)?,
         version: index.version,
         as_of: index.as_of_text(),
         customers: values.iter().map(|(_, n)| n).sum(),
@@ -545,7 +551,6 @@ async fn segment_summary(
             .map(|(value, customers)| ValueSize { value, customers })
             .collect(),
     })
-    .into_response())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -564,23 +569,7 @@ pub struct SegmentsOverview<'a> {
     responses((status = 200, body = SegmentsOverview), (status = 400, body = ErrorBody)))]
 async fn all_segments(State(state): State<Arc<AppState>>, Query(pin): Query<Pin>) -> Result<Response, ApiError> {
     let index = pin.resolve(&state).await?;
-    let tags = index
-        .tags()
-        .filter_map(|(tag, family)| {
-            let values = index.summary(tag)?;
-            Some(SegmentSummary {
-                tag,
-                family,
-                version: index.version,
-                as_of: index.as_of_text(),
-                customers: values.iter().map(|(_, n)| n).sum(),
-                values: values
-                    .into_iter()
-                    .map(|(value, customers)| ValueSize { value, customers })
-                    .collect(),
-            })
-        })
-        .collect();
+    let tags = index.tags().filter_map(|(tag, _)| tag_summary(&index, tag)).collect();
     Ok(axum::Json(SegmentsOverview {
         version: index.version,
         as_of: index.as_of_text(),

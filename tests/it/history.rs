@@ -58,3 +58,43 @@ async fn every_run_is_recorded_in_job_runs_and_listed_newest_first() {
     assert_eq!(lifecycle["rows"], 1);
     assert_eq!(jobs.as_array().unwrap().len(), 27, "19 tags and 8 measures");
 }
+
+/// A `job_runs` written before the freshness columns existed gains them with the next run;
+/// its earlier rows read them as null.
+#[tokio::test]
+async fn a_job_runs_table_without_the_freshness_columns_gains_them() {
+    use std::sync::Arc;
+
+    use arrow::record_batch::RecordBatch;
+    use tagflow::publish::runs::job_runs_schema;
+
+    let fx = Fixture::new();
+    fx.clicks("a.parquet", &[view("k1", "c1", "2026-11-19T10:00:00Z")]);
+    fx.try_run("2026-11-20T00:00:00Z", None).await.unwrap();
+    let warehouse = location(&fx.warehouse_dir());
+    let all = tagflow::publish::query_published(&warehouse, "job_runs", None, "SELECT * FROM job_runs")
+        .await
+        .unwrap();
+    // The same row as an older tagflow wrote it: without the last two columns (types as
+    // Delta stores them).
+    assert_eq!(all[0].num_columns(), job_runs_schema().fields().len());
+    let old_fields: Vec<_> = all[0].schema().fields()[..15].to_vec();
+    assert_eq!(old_fields.last().unwrap().name(), "jobs");
+    let old_schema = Arc::new(arrow::datatypes::Schema::new(old_fields));
+    let old_row = RecordBatch::try_new(old_schema, all[0].columns()[..15].to_vec()).unwrap();
+    std::fs::remove_dir_all(fx.warehouse_dir().join("job_runs")).unwrap();
+    tagflow::publish::append(&warehouse, "job_runs", vec![old_row], Default::default())
+        .await
+        .unwrap();
+
+    fx.try_run("2026-11-21T00:00:00Z", None).await.unwrap();
+    let sql = "SELECT as_of, freshness_p95_ms IS NULL AS old FROM job_runs ORDER BY as_of";
+    let rows = tagflow::serve::query::rows_json(
+        &tagflow::publish::query_published(&warehouse, "job_runs", None, sql)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["old"], true, "the older row has no freshness");
+}
