@@ -86,7 +86,7 @@ async fn number_ahead(session: &Session) {
     let mut batches: Vec<RecordBatch> = session
         .published
         .as_ref()
-        .map(|b| b.rows().to_vec())
+        .map(|b| b.rows().batches().cloned().collect())
         .unwrap_or_default();
     if let Some(state) = &session.state {
         for table in state

@@ -201,6 +201,32 @@ impl Numbering {
         }
     }
 
+    /// The rows of a numbered `batch` (its rows' `numbers`) that `mask` selects: `None` for
+    /// none, the batch itself for all, else a copy whose numbers are recorded.
+    pub fn select_by_mask(
+        &self,
+        batch: &RecordBatch,
+        numbers: &UInt32Array,
+        mask: &BooleanArray,
+    ) -> Option<RecordBatch> {
+        match mask.true_count() {
+            0 => None,
+            n if n == batch.num_rows() => Some(batch.clone()),
+            _ => Some(self.select_rows(batch, numbers, mask)),
+        }
+    }
+
+    /// Numbered `batches` (at least one) as one batch, whose numbers are recorded.
+    pub fn concat(&self, batches: &[RecordBatch]) -> RecordBatch {
+        let numbers: Vec<UInt32Array> = batches.iter().map(|b| self.numbers(b)).collect();
+        let rows = arrow::compute::concat_batches(&batches[0].schema(), batches).expect("batches of one schema");
+        let refs: Vec<&dyn Array> = numbers.iter().map(|n| n as &dyn Array).collect();
+        let numbers = arrow::compute::concat(&refs).expect("number arrays");
+        let numbers = numbers.as_any().downcast_ref::<UInt32Array>().expect("numbers").clone();
+        self.record(&rows, numbers);
+        rows
+    }
+
     /// The rows of a numbered `batch` that `mask` selects, their numbers recorded.
     /// The numbers of the links' columns go with the selection too, where they are known
     /// (a fold splitting `device_days` by customer keeps its device numbers).

@@ -49,5 +49,5 @@ pub use catalog::{
 pub use checks::{
     evaluate as evaluate_checks, Baseline, CheckFailure, Checks, Drift, GateError, GateReport, OnData, Segments,
 };
-pub use customers::{CustomerBits, Numbering, CUSTOMER_ID};
+pub use customers::{members, CustomerBits, Numbering, CUSTOMER_ID};
 pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Reuse, StateRun};

@@ -305,6 +305,11 @@ pub fn without_tags(rows: &[RecordBatch], tags: &[String]) -> Vec<RecordBatch> {
 
 /// The rows of `batch` whose tag `of` accepts, and the others (`None`: no such row).
 pub fn split_by_tags(batch: &RecordBatch, of: impl Fn(&str) -> bool) -> (Option<RecordBatch>, Option<RecordBatch>) {
+    split_batch(batch, &tag_mask(batch, of))
+}
+
+/// Which rows of `batch` have a tag that `of` accepts.
+pub fn tag_mask(batch: &RecordBatch, of: impl Fn(&str) -> bool) -> BooleanArray {
     let tags = typed_column::<StringArray>(batch, "tag");
     // Rows come in runs of one tag: each run is judged once.
     let mut mask = Vec::with_capacity(batch.num_rows());
@@ -318,7 +323,7 @@ pub fn split_by_tags(batch: &RecordBatch, of: impl Fn(&str) -> bool) -> (Option<
         last = Some((tag, accepted));
         mask.push(accepted);
     }
-    split_batch(batch, &BooleanArray::from(mask))
+    BooleanArray::from(mask)
 }
 
 #[derive(Clone, Copy)]

@@ -44,11 +44,12 @@ use super::diff::{self, Diff};
 use super::live::{self, Live, MergePolicy};
 use super::tables::CHANGES_TABLE;
 pub use super::tables::TAGS_TABLE;
+use super::view::View;
 use super::{
     collect, customer_tags_schema, file_count, open_or_new, register, table_url, writer_properties, PublishError,
     Published,
 };
-use crate::jobs::{CustomerBits, Numbering};
+use crate::jobs::{members, CustomerBits, Numbering};
 use crate::storage::rows::{split_batch, text_column};
 use crate::storage::Location;
 
@@ -148,17 +149,17 @@ pub struct Narrowed {
 }
 
 impl Narrowed {
-    /// The rows of `rows` this update covers, and the others.
-    fn split(&self, rows: &[RecordBatch]) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
-        let (mut whole, mut partial) = (Vec::new(), Vec::new());
-        for batch in rows {
-            let (of_whole, others) = diff::split_by_tags(batch, |tag| self.whole.contains(tag));
-            whole.extend(of_whole);
-            partial.extend(others);
-        }
-        let (mut covered, rest) = self.numbering.split(&partial, &self.customers);
-        covered.extend(whole);
-        (covered, rest)
+    /// The rows of `rows` this update covers (copied out), and the view without them
+    /// (masked, not copied: [`View`]).
+    fn split(&self, rows: View) -> (Vec<RecordBatch>, View) {
+        rows.take(&self.numbering, |batch| {
+            let customers = members(&self.numbering.numbers(batch), &self.customers);
+            if self.whole.is_empty() {
+                return customers;
+            }
+            let whole = diff::tag_mask(batch, |tag| self.whole.contains(tag));
+            arrow::compute::or(&customers, &whole).expect("masks of one batch")
+        })
     }
 }
 
@@ -172,13 +173,13 @@ pub struct TagsBase {
     /// create it, and nothing is created before a run publishes.
     tables: Option<(DeltaTable, DeltaTable)>,
     /// The live view: the version's rows with the live changes on top of it applied.
-    rows: Vec<RecordBatch>,
+    rows: View,
     live: Live,
 }
 
 impl TagsBase {
     /// The live view's rows.
-    pub fn rows(&self) -> &[RecordBatch] {
+    pub fn rows(&self) -> &View {
         &self.rows
     }
 
@@ -190,7 +191,7 @@ impl TagsBase {
         {
             return Ok(Self {
                 tables: None,
-                rows: Vec::new(),
+                rows: View::default(),
                 live: Live::default(),
             });
         }
@@ -211,10 +212,10 @@ impl TagsBase {
     ) -> Result<Self, PublishError> {
         let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
         let (rows, live) = match table.version() {
-            None => (Vec::new(), Live::default()),
+            None => (View::default(), Live::default()),
             Some(version) => {
                 let (rows, changes) = tokio::try_join!(all_rows(&table), live::live_rows(&feed, version))?;
-                (live::apply(rows, &changes), Live::of(&changes))
+                (View::from_batches(live::apply(rows, &changes)), Live::of(&changes))
             }
         };
         Ok(Self {
@@ -229,7 +230,7 @@ impl TagsBase {
         self,
         warehouse: &Location,
         settings: &TableSettings,
-    ) -> Result<(DeltaTable, DeltaTable, Vec<RecordBatch>, Live), PublishError> {
+    ) -> Result<(DeltaTable, DeltaTable, View, Live), PublishError> {
         let loaded = match self.tables {
             Some(_) => self,
             None => Self::load(warehouse, settings).await?,
@@ -305,8 +306,8 @@ pub async fn publish_tags(
     let narrowed = update.narrowed.map(Arc::new);
     // A micro-batch compares only the rows it covers; the others stay as they are.
     let (old_covered, old_rest) = match &narrowed {
-        Some(narrowed) => narrowed.split(&old_rows),
-        None => (old_rows.clone(), Vec::new()),
+        Some(narrowed) => narrowed.split(old_rows),
+        None => (old_rows.to_batches(), View::default()),
     };
     // The comparison of the old and new rows serves the feed (the changed rows) and the
     // write (every new row of a changed tag); a whole update's next version's figures are
@@ -316,7 +317,8 @@ pub async fn publish_tags(
         blocking(move || diff::diff(&old, &new, scope.as_deref()))
     };
     let count = {
-        let (old, new, scope) = (old_rows.clone(), new_rows.clone(), update.scope.clone());
+        // A whole update covers every old row.
+        let (old, new, scope) = (old_covered.clone(), new_rows.clone(), update.scope.clone());
         let whole = narrowed.is_none();
         blocking(move || whole.then(|| diff::figures(&old, &new, scope.as_deref())))
     };
@@ -335,11 +337,14 @@ pub async fn publish_tags(
     let mut rows = old_rest;
     rows.extend(diff::without_tags(&old_covered, &changed_tags));
     rows.extend(next_rows.iter().cloned());
+    if let Some(narrowed) = &narrowed {
+        rows = rows.compacted(&narrowed.numbering);
+    }
     let stats = match (stats, &narrowed) {
         (Some(stats), _) => stats,
         (None, Some(narrowed)) => diff::Figures {
-            rows: rows.iter().map(|b| b.num_rows()).sum(),
-            customers: narrowed.numbering.customers_in(&rows).len(),
+            rows: rows.row_count(),
+            customers: rows.customers(&narrowed.numbering).len(),
             segments: narrowed.segments.clone(),
         },
         (None, None) => unreachable!("a whole update counts its figures"),
@@ -397,7 +402,7 @@ pub async fn publish_tags(
                 .with_commit_properties(commit)
                 .await
                 .map_err(commit_error)?;
-            rows = new_rows;
+            rows = View::from_batches(new_rows);
             (table, written)
         }
         Some(_) if rewritten.is_empty() => (
@@ -408,6 +413,7 @@ pub async fn publish_tags(
             // The rewritten tags' partitions are replaced whole: cheaper than a row-level
             // merge when, as usual, most of a partition's rows are rewritten anyway.
             let mut written_rows: Vec<RecordBatch> = rows
+                .to_batches()
                 .iter()
                 .filter_map(|b| diff::split_by_tags(b, |tag| rewritten.iter().any(|t| t == tag)).0)
                 .collect();
@@ -473,7 +479,7 @@ pub async fn publish_tags(
 async fn publish_live(
     (warehouse, settings): (&Location, &TableSettings),
     (table, feed): (DeltaTable, DeltaTable),
-    rows: Vec<RecordBatch>,
+    rows: View,
     mut live: Live,
     (changes, counts, changed_tags): (&[RecordBatch], ChangeCounts, &[String]),
     stats: diff::Figures,
