@@ -653,7 +653,7 @@ pub(crate) async fn evaluate_at(
     });
     let unchanged = state_runs
         .iter()
-        .filter(|run| run.changed_customers.as_ref().is_some_and(|c| c.len() == 0))
+        .filter(|run| run.changed_customers.as_ref().is_some_and(|c| c.is_empty()))
         .map(|run| run.job.clone())
         .collect();
     let reuse = match (previous, changed, numbering) {

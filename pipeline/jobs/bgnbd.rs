@@ -361,7 +361,7 @@ mod tests {
     fn hyp2f1_matches_closed_forms() {
         // 2F1(1, 1; 2; z) = -ln(1 - z) / z
         for z in [0.1, 0.5, 0.9, 0.99] {
-            let expected = -(1.0 - z as f64).ln() / z;
+            let expected = -(1.0_f64 - z).ln() / z;
             assert!(
                 (hyp2f1(1.0, 1.0, 2.0, z) - expected).abs() < 1e-12 * expected,
                 "z = {z}"

@@ -140,8 +140,14 @@ fn decode(batches: &[RecordBatch]) -> Result<(Vec<TaskResult>, Option<String>), 
             .collect::<Result<_, _>>()?;
         let amounts: Vec<_> = amounts.iter().map(|c| c.as_primitive::<Float64Type>()).collect();
         for i in 0..batch.num_rows() {
-            let count = |c: usize| counts[c].is_valid(i).then(|| counts[c].value(i)).unwrap_or(0);
-            let amount = |c: usize| amounts[c].is_valid(i).then(|| amounts[c].value(i)).unwrap_or(0.0);
+            let count = |c: usize| if counts[c].is_valid(i) { counts[c].value(i) } else { 0 };
+            let amount = |c: usize| {
+                if amounts[c].is_valid(i) {
+                    amounts[c].value(i)
+                } else {
+                    0.0
+                }
+            };
             as_of = as_of.or_else(|| rfc3339(stamps.value(i)));
             tasks.push(TaskResult {
                 task_id: ids.value(i).to_string(),

@@ -23,7 +23,7 @@ const number = (text) => (text.trim() === "–" ? null : Number(text.replace(/,/
 
 const browser = await chromium.launch({
   executablePath: process.env.TAGFLOW_TEST_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync"],
 });
 const report = { views: {} };
