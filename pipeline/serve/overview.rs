@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, Date32Array, Int64Array, StringArray};
+use arrow::array::{Date32Array, Int64Array, StringArray};
 use chrono::NaiveDate;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -19,6 +19,7 @@ use crate::publish::snapshots::{self, SegmentFlow};
 use crate::publish::tables::HISTORY_TABLE;
 use crate::publish::{query_published, runs, PublishError};
 use crate::sources::quarantine::{Entry, Quarantine};
+use crate::storage::rows::try_typed_column;
 use crate::storage::Location;
 
 /// The per-version flows of every segment, computed once per served position (merged
@@ -133,9 +134,9 @@ pub async fn with_history(
     let published: std::collections::HashSet<NaiveDate> = days.iter().map(|d| d.day).collect();
     for batch in &batches {
         let (Some(dates), Some(values), Some(sizes)) = (
-            column::<Date32Array>(batch, "snapshot_date"),
-            column::<StringArray>(batch, "value"),
-            column::<Int64Array>(batch, "size"),
+            try_typed_column::<Date32Array>(batch, "snapshot_date"),
+            try_typed_column::<StringArray>(batch, "value"),
+            try_typed_column::<Int64Array>(batch, "size"),
         ) else {
             return Err(ApiError::Unavailable(format!(
                 "{HISTORY_TABLE} has an unexpected schema: {}",
@@ -159,10 +160,6 @@ pub async fn with_history(
     }
     days.sort_by(|a, b| (a.day, &a.value).cmp(&(b.day, &b.value)));
     Ok(days)
-}
-
-fn column<'b, T: 'static>(batch: &'b arrow::record_batch::RecordBatch, name: &str) -> Option<&'b T> {
-    batch.column_by_name(name)?.as_any().downcast_ref::<T>()
 }
 
 /// The latest `limit` rows of `job_runs`, newest first, as JSON objects; the `jobs` column

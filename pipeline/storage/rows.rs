@@ -16,16 +16,19 @@ pub fn text_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
 /// The column `name` of `batch` as the array type `T` the caller's table gives it. Panics
 /// when there is no such column of that type: the table's schema is broken, not the input.
 pub fn typed_column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .unwrap_or_else(|| {
-            panic!(
-                "rows with the schema {} have no column {name} of type {}",
-                batch.schema(),
-                std::any::type_name::<T>()
-            )
-        })
+    try_typed_column(batch, name).unwrap_or_else(|| {
+        panic!(
+            "rows with the schema {} have no column {name} of type {}",
+            batch.schema(),
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// The column `name` of `batch` as the array type `T`, if it has one: for rows read from a
+/// table a caller does not vouch for (it answers with an error, not a panic).
+pub fn try_typed_column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Option<&'a T> {
+    batch.column_by_name(name)?.as_any().downcast_ref::<T>()
 }
 
 /// An array as text (`None`: not castable): any string type, dictionaries included.
