@@ -621,8 +621,7 @@ async fn segment_daily(
             index.version
         )));
     }
-    let (version, feed_version, _) = state.live_position().ok_or(ApiError::NotReady)?;
-    let flows = state.flows.flows(&state.warehouse, (version, feed_version)).await?;
+    let flows = state.segment_flows().await?;
     let value = params.value.as_deref();
     let published = overview::daily(&flows, &tag, value);
     let mut days = overview::with_history(&state.warehouse, published, &tag, value).await?;

@@ -37,7 +37,7 @@ use live::LiveView;
 use metrics::{Metrics, ReloadLabels};
 use query::QueryLimits;
 
-use crate::publish::{open_published, PublishError, CHANGES_TABLE, TAGS_TABLE};
+use crate::publish::{self, open_published, PublishError, CHANGES_TABLE, TAGS_TABLE};
 use crate::storage::Location;
 
 /// `[serve]` settings, resolved (see `config::ServeConfig` for the file keys).
@@ -205,6 +205,13 @@ impl AppState {
         }
         self.rebuild_base_if_behind(tables);
         Ok(swapped)
+    }
+
+    /// Size, inflow and outflow per published version, tag and value, read once per
+    /// served position and shared (the daily overview and the PostgreSQL `segments` table).
+    async fn segment_flows(&self) -> Result<Arc<Vec<publish::snapshots::SegmentFlow>>, ApiError> {
+        let (version, feed_version, _) = self.live_position().ok_or(ApiError::NotReady)?;
+        self.flows.flows(&self.warehouse, (version, feed_version)).await
     }
 
     /// `(version, feed version, as-of of the live rows applied)` of the live view.

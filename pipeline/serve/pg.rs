@@ -58,12 +58,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::{sqlstate, ApiError};
-use super::query::{sandbox, QueryLimits};
+use super::query::sandbox;
 use super::{AppState, ServeError};
-use crate::publish::snapshots::{self, SegmentFlow};
+use crate::publish::snapshots::SegmentFlow;
 use crate::publish::tables::{CHANGES_TABLE, HISTORY_TABLE, RUNS_TABLE, TASKS_TABLE};
 use crate::publish::{open_published, register, PublishError, TAGS_TABLE};
-use crate::storage::Location;
 
 /// SCRAM iterations (RFC 7677's minimum is 4096).
 const SCRAM_ITERATIONS: usize = 4096;
@@ -280,7 +279,7 @@ impl Catalogs {
             }
         }
         let started = std::time::Instant::now();
-        let ctx = catalog(&self.state.warehouse, version, &self.state.settings.query)
+        let ctx = catalog(&self.state, version)
             .await
             .map_err(|error| refusal("58030", format!("cannot open version {version}: {error}")))?;
         tracing::info!(
@@ -530,9 +529,10 @@ impl QueryHook for ReadOnly {
 }
 
 /// The tables of `customer_tags` version `version`, in a sandbox with the query limits.
-async fn catalog(warehouse: &Location, version: u64, limits: &QueryLimits) -> Result<SessionContext, ApiError> {
+async fn catalog(state: &AppState, version: u64) -> Result<SessionContext, ApiError> {
     let unavailable = |e: datafusion::error::DataFusionError| ApiError::Unavailable(e.to_string());
-    let ctx = sandbox(limits, true)?;
+    let warehouse = &state.warehouse;
+    let ctx = sandbox(&state.settings.query, true)?;
     let tags = open_published(warehouse, TAGS_TABLE, Some(version)).await?;
     register(&ctx, &tags, TAGS_TABLE).await?;
     for table in [CHANGES_TABLE, HISTORY_TABLE, RUNS_TABLE, TASKS_TABLE] {
@@ -551,8 +551,13 @@ async fn catalog(warehouse: &Location, version: u64, limits: &QueryLimits) -> Re
         ctx.register_table(CHANGES_TABLE, upto.into_view())
             .map_err(unavailable)?;
     }
-    let flows = snapshots::segments(warehouse, None).await?;
-    let flows: Vec<SegmentFlow> = flows.into_iter().filter(|f| f.version <= version).collect();
+    let flows: Vec<SegmentFlow> = state
+        .segment_flows()
+        .await?
+        .iter()
+        .filter(|f| f.version <= version)
+        .cloned()
+        .collect();
     let segments = segments_batch(&flows);
     let segments = MemTable::try_new(segments.schema(), vec![vec![segments]]).map_err(unavailable)?;
     ctx.register_table("segments", Arc::new(segments))
