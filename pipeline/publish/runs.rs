@@ -184,11 +184,16 @@ fn row(run: &RunRecord<'_>) -> RecordBatch {
     RecordBatch::try_new(job_runs_schema(), columns).expect("job_runs row matches its schema")
 }
 
-/// The latest `limit` runs, newest first, with the columns `tagflow runs` shows.
+/// The latest `limit` runs, newest first, with the columns `tagflow runs` and `/v1/runs` show:
+/// the named ones, then the later ones a table has (the freshness columns, which a table
+/// written by an older tagflow gains with its next run).
 pub async fn latest(warehouse: &Location, limit: usize) -> Result<Vec<RecordBatch>, PublishError> {
     let sql = format!(
         "SELECT run_id, status, exit_code, as_of, started_at, finished_at, files_read, events, \
-         files_quarantined, rows_quarantined, published_version, error, jobs \
+         files_quarantined, rows_quarantined, published_version, error, jobs, \
+         * EXCLUDE (run_id, status, exit_code, as_of, started_at, finished_at, files_read, events, \
+                    files_quarantined, rows_quarantined, published_version, error, jobs, \
+                    duplicates_dropped, customers) \
          FROM {RUNS_TABLE} ORDER BY started_at DESC LIMIT {limit}"
     );
     publish::query_published(warehouse, RUNS_TABLE, None, &sql).await

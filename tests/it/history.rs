@@ -87,8 +87,16 @@ async fn a_job_runs_table_without_the_freshness_columns_gains_them() {
         .await
         .unwrap();
 
-    fx.try_run("2026-11-21T00:00:00Z", None).await.unwrap();
-    let sql = "SELECT as_of, freshness_p95_ms IS NULL AS old FROM job_runs ORDER BY as_of";
+    let listed = tagflow::publish::runs::latest(&warehouse, 10)
+        .await
+        .expect("listed without the columns");
+    assert_eq!(listed.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+
+    fx.clicks("b.parquet", &[view("k2", "c1", "2026-11-20T10:00:00Z")]);
+    let report = fx.try_run("2026-11-21T00:00:00Z", None).await.unwrap();
+    let freshness = report.freshness.expect("the run read a file");
+    let sql = "SELECT as_of, freshness_p95_ms IS NULL AS old, freshness_p95_ms AS p95, freshness_max_ms AS max \
+               FROM job_runs ORDER BY as_of";
     let rows = tagflow::serve::query::rows_json(
         &tagflow::publish::query_published(&warehouse, "job_runs", None, sql)
             .await
@@ -97,4 +105,13 @@ async fn a_job_runs_table_without_the_freshness_columns_gains_them() {
     .unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0]["old"], true, "the older row has no freshness");
+    // The new row records the run's landing-to-publish lag.
+    assert_eq!(rows[1]["p95"], freshness.p95_ms);
+    assert_eq!(rows[1]["max"], freshness.max_ms);
+    let listed =
+        tagflow::serve::query::rows_json(&tagflow::publish::runs::latest(&warehouse, 10).await.unwrap()).unwrap();
+    assert_eq!(
+        listed[0]["freshness_p95_ms"], freshness.p95_ms,
+        "runs list the freshness"
+    );
 }

@@ -1068,6 +1068,11 @@ async fn overviews_for_dashboards_match_the_tables() {
         ]
     );
     assert!(runs.iter().all(|r| r["jobs"].is_array()), "jobs as JSON");
+    assert!(
+        runs.iter()
+            .all(|r| r["freshness_p95_ms"].is_u64() && r["freshness_max_ms"].is_u64()),
+        "each run read files, so it has a freshness: {runs:?}"
+    );
     let quarantine = client.get("/v1/quarantine").await.json();
     let entries = tagflow::sources::quarantine::Quarantine::new(&location(&warehouse))
         .list()
