@@ -412,11 +412,7 @@ pub async fn publish_tags(
         Some(_) => {
             // The rewritten tags' partitions are replaced whole: cheaper than a row-level
             // merge when, as usual, most of a partition's rows are rewritten anyway.
-            let mut written_rows: Vec<RecordBatch> = rows
-                .to_batches()
-                .iter()
-                .filter_map(|b| diff::split_by_tags(b, |tag| rewritten.iter().any(|t| t == tag)).0)
-                .collect();
+            let mut written_rows = rows.select(|b| diff::tag_mask(b, |tag| rewritten.iter().any(|t| t == tag)));
             if written_rows.is_empty() {
                 // Every row of the rewritten tags exited: the partitions are replaced by nothing.
                 written_rows.push(RecordBatch::new_empty(customer_tags_schema()));

@@ -80,6 +80,29 @@ impl View {
             .collect()
     }
 
+    /// The view's rows that `selects` marks in each batch, copied once (a merge's rows of
+    /// the tags it rewrites).
+    pub fn select(&self, selects: impl Fn(&RecordBatch) -> BooleanArray) -> Vec<RecordBatch> {
+        self.parts
+            .iter()
+            .filter_map(|part| {
+                let marked = selects(&part.batch);
+                let marked = match &part.kept {
+                    None => marked.values().clone(),
+                    Some(kept) => marked.values() & kept,
+                };
+                match marked.count_set_bits() {
+                    0 => None,
+                    n if n == part.batch.num_rows() => Some(part.batch.clone()),
+                    _ => Some(
+                        filter_record_batch(&part.batch, &BooleanArray::from(marked))
+                            .expect("a mask of the batch's length"),
+                    ),
+                }
+            })
+            .collect()
+    }
+
     /// Take out the rows `covers` marks in each batch: they are returned (selected through
     /// `numbering`, so they keep their customer numbers) and masked out of the view.
     pub fn take(
@@ -194,6 +217,7 @@ mod tests {
         assert_eq!(ids(&taken), ["c"]);
         view.extend([batch(&["c"])]);
         assert_eq!(ids(&view.to_batches()), ["b", "d", "c"]);
+        assert_eq!(ids(&view.select(of(&["c", "d"]))), ["d", "c"]);
         assert_eq!(view.customers(numbering).len(), 3);
         // Compaction keeps the rows and their order.
         let compacted = view.clone().compacted(numbering);
