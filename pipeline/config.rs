@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::jobs::ParamOverrides;
+use crate::jobs::{Engine, ParamOverrides};
 use crate::publish::compact::CompactionSettings;
 use crate::publish::live::{self, MergePolicy};
 use crate::serve::pg::PgSettings;
@@ -87,6 +87,22 @@ pub struct FileConfig {
     /// How `follow` publishes: `[publish]`.
     #[serde(default)]
     pub publish: PublishConfig,
+    /// Where the jobs of full recomputes and backfills run: `[engine]`.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// `[engine]`: every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `embedded` (the default: in this process), or an Apache DataFusion Ballista cluster's
+    /// scheduler, `df://host:port` (or `--engine`, `TAGFLOW_ENGINE`): `run --full` and
+    /// `backfill` run their jobs there.
+    pub url: Option<String>,
+    /// Every shuffle read goes through the executors' Flight service, even between tasks
+    /// of one executor (default false; tests use it to make shuffles cross the network).
+    pub remote_shuffle_reads: Option<bool>,
 }
 
 /// `[publish]`: every key is optional (defaults in [`live`]).
@@ -191,6 +207,8 @@ pub struct CliSettings {
     pub pg_listen: Option<String>,
     /// `TAGFLOW_PG_PASSWORD`.
     pub pg_password: Option<String>,
+    /// `--engine`, `TAGFLOW_ENGINE`.
+    pub engine: Option<String>,
 }
 
 /// Everything a command needs, resolved and validated.
@@ -219,6 +237,8 @@ pub struct Settings {
     pub serve: ServeSettings,
     /// When `follow` runs a full recompute (`[follow] full_cron`).
     pub full_cron: Option<croner::Cron>,
+    /// Where the jobs of full recomputes and backfills run (`[engine]`).
+    pub engine: Engine,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -292,6 +312,15 @@ impl Settings {
                 })
             })
             .transpose()?;
+        let engine = match cli.engine.as_ref().or(file.engine.url.as_ref()) {
+            None => Engine::Embedded,
+            Some(text) => Engine::parse(text, file.engine.remote_shuffle_reads.unwrap_or(false)).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "engine",
+                    message: e.to_string(),
+                }
+            })?,
+        };
         Ok(Settings {
             landing,
             warehouse,
@@ -310,8 +339,17 @@ impl Settings {
             merge,
             serve,
             full_cron,
+            engine,
             config_file,
         })
+    }
+
+    /// The cluster full evaluations run their jobs on, if one is set.
+    pub fn cluster(&self) -> Option<&crate::jobs::Cluster> {
+        match &self.engine {
+            Engine::Cluster(cluster) => Some(cluster),
+            Engine::Embedded => None,
+        }
     }
 
     pub fn landing(&self) -> Result<&Location, ConfigError> {

@@ -17,6 +17,7 @@
 //! never changes what is served, so it may run beside `follow`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -29,7 +30,7 @@ use crate::app::error::Error;
 use crate::app::prepare::{check_locations, prepare};
 use crate::app::run::record;
 use crate::config::{ConfigError, Settings};
-use crate::jobs::{Baseline, GateReport, JobKind, Segments};
+use crate::jobs::{Baseline, ClusterRun, GateReport, JobKind, Segments};
 use crate::publish;
 use crate::publish::history::replace_day;
 use crate::publish::runs::Summary;
@@ -128,6 +129,9 @@ pub async fn backfill(
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
     check_locations(&[landing, warehouse]).await?;
+    if let Some(cluster) = settings.cluster() {
+        cluster.check().await.map_err(crate::jobs::JobError::from)?;
+    }
     let run_id = uuid::Uuid::new_v4().to_string();
     let started_at = Utc::now();
     let span = info_span!("backfill", run_id = %run_id, from = %range.from, to = %range.to);
@@ -217,6 +221,9 @@ async fn run_days(
                 force: settings.force,
                 previous: None,
                 numbering: None,
+                cluster: settings
+                    .cluster()
+                    .map(|cluster| Arc::new(ClusterRun::new(cluster, warehouse, &format!("{run_id}-{date}")))),
             },
         )
         .instrument(span.clone())

@@ -31,8 +31,8 @@ use crate::app::report::{
 };
 use crate::config::Settings;
 use crate::jobs::{
-    evaluate_checks, fold_state, run_jobs, Baseline, CustomerBits, Definitions, GateError, GateReport, JobKind,
-    JobOutput, JobRun, Numbering, Reuse, StateRun, CUSTOMER_ID,
+    evaluate_checks, fold_state, run_jobs, Baseline, Cluster, ClusterRun, CustomerBits, Definitions, GateError,
+    GateReport, JobKind, JobOutput, JobRun, Numbering, Reuse, StateRun, CUSTOMER_ID,
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
@@ -114,6 +114,8 @@ pub(super) struct Batch<'a> {
     pub as_of: DateTime<Utc>,
     /// Why this batch must recompute from every landing file, if it must.
     pub full: Option<&'static str>,
+    /// Where a full evaluation runs its jobs (`run`'s engine; `follow` stays embedded).
+    pub cluster: Option<&'a Cluster>,
 }
 
 /// The published side of a batch: the base of its publish and the last publish's snapshot,
@@ -188,6 +190,9 @@ impl Batch<'_> {
             .filter(|last| last.day == day && input.full_because.is_none() && self.settings.jobs.is_empty());
         let mut stages_ms = BTreeMap::from([("read".to_string(), started.elapsed().as_millis() as u64)]);
 
+        let cluster = self
+            .cluster_for(input.full_because.is_some())
+            .map(|cluster| Arc::new(ClusterRun::new(cluster, self.warehouse, self.run_id)));
         let evaluated = evaluate_at(
             self.project,
             state,
@@ -203,6 +208,7 @@ impl Batch<'_> {
                 force: self.settings.force,
                 previous: last.as_ref().map(|l| &l.runs),
                 numbering: Some(session.numbering.clone()),
+                cluster,
             },
         )
         .await?;
@@ -252,6 +258,12 @@ impl Batch<'_> {
             None => None,
         };
         Ok(PublishedBase { base, baseline })
+    }
+
+    /// The cluster this batch's jobs run on: `run`'s engine, for a full evaluation (an
+    /// incremental one follows what changed, in this process).
+    fn cluster_for(&self, full: bool) -> Option<&Cluster> {
+        self.cluster.filter(|_| full)
     }
 
     /// Why this batch must read every landing file, given the state in memory (if any):
@@ -533,6 +545,9 @@ impl Batch<'_> {
                 Some(_) => Mode::Full,
                 None => Mode::Incremental,
             },
+            engine: self
+                .cluster_for(input.full_because.is_some())
+                .map_or_else(|| "embedded".to_string(), |c| c.url.clone()),
             full_because: input.full_because,
             streams: input.data.stats,
             state: StateReport {
@@ -600,6 +615,8 @@ pub(crate) struct Evaluation<'a> {
     pub previous: Option<&'a BTreeMap<String, JobRun>>,
     /// A `follow` session's numbering of customers, kept across its batches.
     pub numbering: Option<Arc<Numbering>>,
+    /// Run the jobs on this cluster (a full evaluation's; see [`run_jobs`]).
+    pub cluster: Option<Arc<ClusterRun>>,
 }
 
 /// Evaluate the tags as `how` says: the events that count now (`new_events` and held ones
@@ -620,6 +637,7 @@ pub(crate) async fn evaluate_at(
         force,
         previous,
         numbering,
+        cluster,
     } = how;
     let mut counted = BTreeMap::new();
     for (name, schema) in &project.schemas.streams {
@@ -665,9 +683,13 @@ pub(crate) async fn evaluate_at(
         }),
         _ => None,
     };
-    let output = run_jobs(catalog, &state.tables, as_of, reuse)
+    let output = run_jobs(catalog, &state.tables, as_of, reuse, cluster.clone())
         .instrument(info_span!("jobs"))
-        .await?;
+        .await;
+    if let Some(cluster) = &cluster {
+        cluster.remove().await;
+    }
+    let output = output?;
     steps.done("jobs");
     // Quality gates: a failure publishes nothing and commits no state (the next run reads
     // the same files again), unless forced.

@@ -1,6 +1,7 @@
 //! The top-level error of a tagflow command and its process exit code: the one place where
 //! layer errors become exit codes (documented in the README).
 
+use crate::app::cluster::ClusterError;
 use crate::app::forget::ForgetError;
 use crate::app::preview::PreviewError;
 use crate::config::ConfigError;
@@ -74,6 +75,8 @@ pub enum Error {
     Forget(#[from] ForgetError),
     #[error(transparent)]
     Erasure(#[from] ErasureError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The SIGINT/SIGTERM handlers could not be registered.
     #[error("cannot catch SIGINT and SIGTERM: {0}")]
     Signals(#[source] std::io::Error),
@@ -100,6 +103,9 @@ impl Error {
             Error::Source(SourceError::NoFiles { .. }) => exit::INPUT,
             Error::Source(_) | Error::Quarantine(_) => exit::STORAGE,
             Error::Job(JobError::Check { .. }) | Error::Gate(_) => exit::GATE,
+            // The cluster could not be reached, lost a job past its retries, or its inputs
+            // could not be staged: nothing was published, worth retrying.
+            Error::Job(JobError::Cluster { .. } | JobError::Engine(_)) => exit::STORAGE,
             Error::Job(_) => exit::INPUT,
             Error::Publish(
                 PublishError::NotFound { .. } | PublishError::NoVersionAt { .. } | PublishError::Unmerged { .. },
@@ -117,6 +123,8 @@ impl Error {
             Error::Forget(ForgetError::Unknown { .. }) => exit::INPUT,
             Error::Forget(_) => exit::CONFIG,
             Error::Erasure(_) => exit::STORAGE,
+            Error::Cluster(ClusterError::Bind { .. } | ClusterError::Invalid { .. }) => exit::CONFIG,
+            Error::Cluster(ClusterError::Failed { .. }) => exit::INTERNAL,
         }
     }
 }

@@ -75,6 +75,9 @@ pub async fn follow(
             started_at,
             as_of: started_at,
             full,
+            // Micro-batches follow what changed; a session's full recomputes stay embedded too
+            // (a session keeps its state in memory between batches).
+            cluster: None,
         };
         // The first batch, and the first after a failure, always publish: a crash or a failed
         // publish may have left the state newer than the table.

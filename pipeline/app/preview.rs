@@ -120,7 +120,7 @@ pub async fn preview(settings: &Settings, file: &Path, sample: usize) -> Result<
         }
         catalog.select(&affected.iter().cloned().collect::<Vec<_>>())?;
         let as_of = state.as_of.unwrap_or(settings.as_of);
-        let output = run_jobs(catalog, &state.tables, as_of, None)
+        let output = run_jobs(catalog, &state.tables, as_of, None, None)
             .instrument(info_span!("jobs"))
             .await?;
         let tags: Vec<&JobRun> = output

@@ -29,6 +29,8 @@ pub struct RunReport {
     /// Why a run that could have been incremental was full.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub full_because: Option<String>,
+    /// Where the measure and tag jobs ran: `embedded`, or the cluster's `df://host:port`.
+    pub engine: String,
     /// Per stream, counts of this run's files (new files only, when incremental).
     pub streams: BTreeMap<String, StreamStats>,
     pub state: StateReport,
@@ -163,6 +165,7 @@ impl RunReport {
             "  mode      {mode}, state version {} -> {}, {} events held for a later as-of",
             self.state.from_version, self.state.version, self.state.held_events
         );
+        let _ = writeln!(w, "  engine    {}", self.engine);
         if let Some(f) = &self.freshness {
             let _ = writeln!(
                 w,

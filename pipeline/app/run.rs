@@ -27,6 +27,9 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
     check_locations(&[landing, warehouse]).await?;
+    if let Some(cluster) = settings.cluster() {
+        cluster.check().await.map_err(crate::jobs::JobError::from)?;
+    }
     let run_id = uuid::Uuid::new_v4().to_string();
     let started_at = Utc::now();
     let span = info_span!("run", run_id = %run_id, as_of = %settings.as_of.to_rfc3339());
@@ -45,6 +48,7 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
             started_at,
             as_of: settings.as_of,
             full: settings.full.then_some("--full"),
+            cluster: settings.cluster(),
         };
         let outcome = batch.run(&mut Session::default(), false).await;
         release(lock).await;

@@ -71,6 +71,10 @@ pub enum Command {
         /// job_runs record that it was forced. Built-in checks (one row per customer) still hold.
         #[arg(long)]
         force: bool,
+        /// Where a full evaluation runs its jobs: `embedded` (default) or a cluster's
+        /// scheduler, `df://host:port` (see `tagflow cluster`).
+        #[arg(long, env = "TAGFLOW_ENGINE")]
+        engine: Option<String>,
     },
     /// Watch the landing zone and publish after every micro-batch of new files, until
     /// SIGINT or SIGTERM (which end the session after the current batch).
@@ -113,6 +117,17 @@ pub enum Command {
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Where each day's jobs run: `embedded` (default) or a cluster's scheduler,
+        /// `df://host:port` (see `tagflow cluster`).
+        #[arg(long, env = "TAGFLOW_ENGINE")]
+        engine: Option<String>,
+    },
+    /// Run a process of an Apache DataFusion Ballista cluster, on which `run --full` and
+    /// `backfill --engine df://host:port` run their jobs. Each process reads the landing zone
+    /// and the warehouse itself: give it the same locations and `[storage.*]` options.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Evaluate a new or edited tag (or measure) definition against the committed state,
     /// without writing anything, and show per value how many customers would enter, exit
@@ -299,6 +314,47 @@ pub enum JobsCommand {
         job: String,
         #[command(flatten)]
         locations: Locations,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The scheduler: plans the jobs drivers submit and hands their tasks to executors.
+    /// Prints `listening on df://<addr>` once bound.
+    Scheduler {
+        #[command(flatten)]
+        locations: Locations,
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        listen: std::net::SocketAddr,
+        /// An executor silent this long is taken as lost and its tasks run elsewhere: `30s`,
+        /// `3m` (Ballista's default: 180s).
+        #[arg(long, default_value = "180s", value_parser = parse_interval)]
+        executor_timeout: std::time::Duration,
+    },
+    /// An executor: runs tasks, `--slots` at once, and serves its shuffle output to the
+    /// others. One per machine.
+    Executor {
+        #[command(flatten)]
+        locations: Locations,
+        /// The scheduler, host:port.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// Address of this executor's Flight service (a fixed port).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// The host name others reach this executor by (default: the --listen address).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Tasks run at once (default: the cores).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Where shuffle files are written (default: a temporary folder).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Seconds to keep trying to reach the scheduler at start.
+        #[arg(long, default_value_t = 30)]
+        connect_timeout: u16,
     },
 }
 

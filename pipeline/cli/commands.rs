@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tagflow::app::metrics::FollowMetrics;
 use tagflow::app::report::RunReport;
-use tagflow::app::{backfill, demo, follow, forget, prepare, preview, run};
+use tagflow::app::{backfill, cluster, demo, follow, forget, prepare, preview, run};
 use tagflow::config::{CliSettings, ConfigError, Settings};
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::jobs::CatalogError;
@@ -18,7 +18,7 @@ use tagflow::sources::quarantine::Quarantine;
 use tagflow::storage::{hold, progress};
 use tagflow::Error;
 
-use super::args::{Command, JobsCommand, Locations, QuarantineCommand};
+use super::args::{ClusterCommand, Command, JobsCommand, Locations, QuarantineCommand};
 use super::render;
 use super::signals::StopSignals;
 
@@ -37,8 +37,9 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
             jobs,
             full,
             force,
+            engine,
         } => {
-            let mut settings = settings(config, locations, as_of)?;
+            let mut settings = settings_on(config, locations, as_of, engine)?;
             settings.jobs = jobs;
             settings.full = full;
             settings.force = force;
@@ -67,8 +68,9 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
             every,
             force,
             json,
+            engine,
         } => {
-            let mut settings = settings(config, locations, None)?;
+            let mut settings = settings_on(config, locations, None, engine)?;
             settings.force = force;
             settings.progress = progress::wanted(json);
             let range = backfill::Range::new(from, to, every)?;
@@ -128,6 +130,7 @@ pub async fn execute(config: Option<PathBuf>, command: Command) -> Result<(), Er
             print!("{}", result.render());
         }
         Command::Jobs { command } => jobs(config, command).await?,
+        Command::Cluster { command } => cluster(config, command).await?,
         Command::Quarantine { command } => {
             let QuarantineCommand::List { json, locations } = command;
             let settings = settings(config, locations, None)?;
@@ -314,6 +317,16 @@ async fn jobs(config: &Option<PathBuf>, command: JobsCommand) -> Result<(), Erro
 }
 
 fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String>) -> Result<Settings, ConfigError> {
+    settings_on(config, locations, as_of, None)
+}
+
+/// [`settings`] with `--engine`.
+fn settings_on(
+    config: &Option<PathBuf>,
+    locations: Locations,
+    as_of: Option<String>,
+    engine: Option<String>,
+) -> Result<Settings, ConfigError> {
     Settings::resolve(&CliSettings {
         config: config.clone(),
         landing: locations.landing,
@@ -321,8 +334,50 @@ fn settings(config: &Option<PathBuf>, locations: Locations, as_of: Option<String
         as_of,
         sql_dir: locations.sql_dir,
         schemas_dir: locations.schemas_dir,
+        engine,
         ..Default::default()
     })
+}
+
+/// `tagflow cluster ...`: a scheduler or an executor, until stopped.
+async fn cluster(config: &Option<PathBuf>, command: ClusterCommand) -> Result<(), Error> {
+    match command {
+        ClusterCommand::Scheduler {
+            locations,
+            listen,
+            executor_timeout,
+        } => {
+            let stop = StopSignals::install()?;
+            let settings = settings(config, locations, None)?;
+            let scheduler = cluster::Scheduler::bind(&settings, listen, executor_timeout).await?;
+            // Scripts and tests read the bound address (useful with port 0) from this line.
+            println!("listening on df://{}", scheduler.addr);
+            scheduler.serve(stop.received()).await?;
+        }
+        ClusterCommand::Executor {
+            locations,
+            scheduler,
+            listen,
+            advertise,
+            slots,
+            work_dir,
+            connect_timeout,
+        } => {
+            let settings = settings(config, locations, None)?;
+            let slots = slots.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let options = cluster::ExecutorOptions {
+                scheduler,
+                listen,
+                advertise,
+                slots,
+                work_dir,
+                connect_timeout_secs: connect_timeout,
+            };
+            println!("executor on {listen}, {slots} slots");
+            cluster::executor(&settings, options).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A UTC day (`YYYY-MM-DD`, from its midnight) or an RFC 3339 time given with `option`.

@@ -23,6 +23,7 @@ use crate::storage::rows::split_batch;
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
 use super::customers::{customer_ids, members, CustomerBits, Numbering, CUSTOMER_ID};
+use super::engine::{ClusterRun, EngineError, FileTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -39,6 +40,18 @@ pub enum JobError {
         file: PathBuf,
         message: String,
     },
+    /// A job's query failed on the cluster (a task failed past Ballista's retries, an
+    /// executor was lost, the scheduler went away): nothing was published.
+    #[error("job '{job}' ({}) failed on the cluster at {url}: {source}", file.display())]
+    Cluster {
+        job: String,
+        file: PathBuf,
+        url: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// A built-in quality gate (one row per customer, no null id or value) failed; unlike
     /// the header's checks it cannot be forced, since `customer_tags` is keyed by customer
     /// and tag.
@@ -184,7 +197,7 @@ async fn fold_one(
     numbering: Option<Arc<Numbering>>,
 ) -> Result<(StateTable, StateRun), JobError> {
     let started = Instant::now();
-    let derived = run_one(&job, &streams, as_of, partitions)
+    let derived = run_one(&job, &Inputs::Memory(streams.as_ref().clone()), as_of, partitions)
         .instrument(info_span!("derive"))
         .await?;
     let schema = Arc::new(state_schema(&derived.schema));
@@ -228,9 +241,14 @@ async fn fold_one(
         inputs.insert(CURRENT_ROWS.to_string(), mem_table(schema.clone(), touched, partitions));
         inputs.insert(NEW_ROWS.to_string(), mem_table(schema.clone(), new_rows, partitions));
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let (batches, _) = execute(&job, &inputs, &job.merge_sql(&columns, as_of), partitions)
-            .instrument(info_span!("merge"))
-            .await?;
+        let (batches, _) = execute(
+            &job,
+            &Inputs::Memory(inputs),
+            &job.merge_sql(&columns, as_of),
+            partitions,
+        )
+        .instrument(info_span!("merge"))
+        .await?;
         merged = conform(&job, batches, &schema)?;
     }
     match &day_column {
@@ -326,6 +344,7 @@ fn take_touched_rows(
                     split_batch(&batch, &hit)
                 }
             };
+            segment.trimmed |= hit.iter().any(|b| b.num_rows() > 0);
             touched.extend(hit);
             kept.extend(others);
         }
@@ -363,6 +382,7 @@ fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
         for batch in std::mem::take(&mut segment.batches) {
             let keys = key_rows(job, &batch);
             let newest: BooleanArray = keys.iter().map(|k| Some(seen.insert(k.as_ref().to_vec()))).collect();
+            segment.trimmed |= newest.true_count() < batch.num_rows();
             kept.extend(split_batch(&batch, &newest).0);
         }
         segment.batches = kept;
@@ -638,12 +658,20 @@ enum Plan {
 /// independent jobs run concurrently). With `reuse`, a job of [`Scope::Customer`] is
 /// evaluated only for the customers whose inputs changed (see [`plan`]); every job's output
 /// is still whole: the same rows as evaluating everyone.
+///
+/// With a `cluster` and no `reuse` (a full evaluation), every job runs on the cluster; the
+/// executors read the state tables from their segments' files and the outputs other jobs
+/// read from staged files (see [`super::engine`]). Evaluations for some customers stay in
+/// this process: their cost follows what changed, and a cluster's round trips would cost
+/// more than they do.
 pub async fn run_jobs(
     catalog: &Catalog,
     state: &BTreeMap<String, StateTable>,
     as_of: DateTime<Utc>,
     reuse: Option<Reuse<'_>>,
+    cluster: Option<Arc<ClusterRun>>,
 ) -> Result<JobOutput, JobError> {
+    let cluster = cluster.filter(|_| reuse.is_none());
     // Every table in one partition: most jobs run with one (a share of the cores), and a
     // table split wider would be merged back by each of them (measured: a fifth of the
     // jobs' CPU time); the few that get more cores split their input themselves.
@@ -683,6 +711,13 @@ pub async fn run_jobs(
         .flat_map(|j| j.reads())
         .map(String::as_str)
         .collect();
+    // On a cluster: every table a job reads, as files.
+    let mut files: BTreeMap<String, FileTable> = BTreeMap::new();
+    if let Some(run) = &cluster {
+        for (name, table) in state.iter().filter(|(name, _)| read_by_others.contains(name.as_str())) {
+            files.insert(name.clone(), run.state_table(name, table).await?);
+        }
+    }
     let mut waiting: Vec<&Job> = catalog.jobs.iter().filter(|j| j.kind != JobKind::State).collect();
     let mut running = tokio::task::JoinSet::new();
     let mut done: BTreeMap<String, JobRun> = BTreeMap::new();
@@ -699,10 +734,14 @@ pub async fn run_jobs(
             let previous = reuse.as_ref().and_then(|r| r.previous.get(&job.name).cloned());
             let diff_needed = read_by_others.contains(job.name.as_str());
             let numbering = reuse.as_ref().map(|r| r.numbering.clone());
+            let on_cluster = cluster.as_ref().map(|run| Inputs::Cluster(run.clone(), files.clone()));
             let job = job.clone();
             running.spawn(
                 async move {
-                    let (run, evaluated_for, fresh) = evaluate_job(&job, reads, plan, as_of, partitions).await?;
+                    let (run, evaluated_for, fresh) = match on_cluster {
+                        Some(inputs) => (run_one(&job, &inputs, as_of, partitions).await?, None, None),
+                        None => evaluate_job(&job, reads, plan, as_of, partitions).await?,
+                    };
                     let changed = match (evaluated_for, previous, numbering) {
                         // Evaluated for some customers: theirs are the rows that may differ
                         // (the state's own set stays itself: the plan recognises it by identity).
@@ -738,6 +777,10 @@ pub async fn run_jobs(
                     batches: fresh,
                 },
             );
+        }
+        if let (Some(cluster), true) = (&cluster, read_by_others.contains(run.job.name.as_str())) {
+            let staged = cluster.rows(&run.job.name, &run.schema, &run.batches).await?;
+            files.insert(run.job.name.clone(), staged);
         }
         tables.insert(
             run.job.name.clone(),
@@ -864,7 +907,7 @@ async fn evaluate_job(
             Ok((run, Some(nobody), None))
         }
         Plan::Everyone => Ok((
-            run_one(job, &as_mem_tables(reads), as_of, partitions).await?,
+            run_one(job, &Inputs::Memory(as_mem_tables(reads)), as_of, partitions).await?,
             None,
             None,
         )),
@@ -895,7 +938,11 @@ async fn evaluate_job(
             });
             let fresh = match dirty.is_empty() {
                 true => Vec::new(),
-                false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
+                false => {
+                    run_one(job, &Inputs::Memory(as_mem_tables(inputs)), as_of, partitions)
+                        .await?
+                        .batches
+                }
             };
             check_scope(job, &fresh, &dirty, &numbering)?;
             let run = splice(job, &previous, &dirty, &fresh, &numbering, started);
@@ -932,7 +979,11 @@ async fn evaluate_job(
                 .collect();
             let fresh = match dirty.is_empty() {
                 true => Vec::new(),
-                false => run_one(job, &as_mem_tables(inputs), as_of, partitions).await?.batches,
+                false => {
+                    run_one(job, &Inputs::Memory(as_mem_tables(inputs)), as_of, partitions)
+                        .await?
+                        .batches
+                }
             };
             // Rows of customers outside the linked ones (they share an unchanged link with
             // one of them) are as they were.
@@ -1045,15 +1096,9 @@ fn customers_with_other_rows(before: &JobRun, after: &JobRun, numbering: &Number
     changed
 }
 
-async fn run_one(
-    job: &Job,
-    tables: &BTreeMap<String, Arc<MemTable>>,
-    as_of: DateTime<Utc>,
-    partitions: usize,
-) -> Result<JobRun, JobError> {
+async fn run_one(job: &Job, inputs: &Inputs, as_of: DateTime<Utc>, partitions: usize) -> Result<JobRun, JobError> {
     let started = Instant::now();
-    let reads: BTreeMap<String, Arc<MemTable>> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
-    let (batches, planned) = execute(job, &reads, &job.render_sql(as_of), partitions).await?;
+    let (batches, planned) = execute(job, &inputs.read_by(job), &job.render_sql(as_of), partitions).await?;
     let (batches, schema, values) = match job.kind {
         JobKind::Measure | JobKind::State => {
             let schema = nullable_as_batches_say(planned, &batches);
@@ -1121,10 +1166,33 @@ fn value_counts(batches: &[RecordBatch]) -> BTreeMap<String, u64> {
     counts.into_iter().map(|(value, n)| (value.to_string(), n)).collect()
 }
 
-/// Run `sql` for `job` in a session that holds only `tables`.
+/// A job's input tables, where its session reads them.
+#[derive(Clone)]
+enum Inputs {
+    /// In this process's memory (the embedded engine).
+    Memory(BTreeMap<String, Arc<MemTable>>),
+    /// As files, which a cluster's executors read.
+    Cluster(Arc<ClusterRun>, BTreeMap<String, FileTable>),
+}
+
+impl Inputs {
+    /// The tables `job` reads, alone.
+    fn read_by(&self, job: &Job) -> Inputs {
+        match self {
+            Inputs::Memory(tables) => Inputs::Memory(job.reads().map(|n| (n.clone(), tables[n].clone())).collect()),
+            Inputs::Cluster(run, tables) => Inputs::Cluster(
+                run.clone(),
+                job.reads().map(|n| (n.clone(), tables[n].clone())).collect(),
+            ),
+        }
+    }
+}
+
+/// Run `sql` for `job` in a session that holds only `inputs`: in this process, or on the
+/// cluster (whose failures, past planning, are the cluster's: [`JobError::Cluster`]).
 async fn execute(
     job: &Job,
-    tables: &BTreeMap<String, Arc<MemTable>>,
+    inputs: &Inputs,
     sql: &str,
     partitions: usize,
 ) -> Result<(Vec<RecordBatch>, SchemaRef), JobError> {
@@ -1133,15 +1201,36 @@ async fn execute(
         file: job.file.clone(),
         source,
     };
-    let config = SessionConfig::new().with_target_partitions(partitions);
-    let ctx = SessionContext::new_with_config(config);
-    super::functions::register(&ctx);
-    for (name, table) in tables {
-        ctx.register_table(name.as_str(), table.clone()).map_err(failed)?;
-    }
+    let (ctx, cluster_url) = match inputs {
+        Inputs::Memory(tables) => {
+            let config = SessionConfig::new().with_target_partitions(partitions);
+            let ctx = SessionContext::new_with_config(config);
+            super::functions::register(&ctx);
+            for (name, table) in tables {
+                ctx.register_table(name.as_str(), table.clone()).map_err(failed)?;
+            }
+            (ctx, None)
+        }
+        Inputs::Cluster(run, tables) => {
+            let ctx = run.cluster.context(&job.name).await.map_err(failed)?;
+            for (name, table) in tables {
+                ctx.register_table(name.as_str(), table.provider().map_err(failed)?)
+                    .map_err(failed)?;
+            }
+            (ctx, Some(run.cluster.url.clone()))
+        }
+    };
     let frame = ctx.sql(sql).await.map_err(failed)?;
     let planned: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.map_err(failed)?;
+    let batches = frame.collect().await.map_err(|source| match &cluster_url {
+        Some(url) => JobError::Cluster {
+            job: job.name.clone(),
+            file: job.file.clone(),
+            url: url.clone(),
+            source,
+        },
+        None => failed(source),
+    })?;
     Ok((batches, planned))
 }
 

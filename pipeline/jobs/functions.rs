@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListArray};
 use arrow::datatypes::{DataType, Field, Fields, Float64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
-use datafusion::logical_expr::{create_udaf, create_udf, Accumulator, ColumnarValue, Volatility};
+use datafusion::logical_expr::{
+    create_udaf, create_udf, Accumulator, AggregateUDF, ColumnarValue, ScalarUDF, Volatility,
+};
 use datafusion::prelude::SessionContext;
 use tracing::info;
 
@@ -28,25 +30,35 @@ use super::bgnbd::{self, Fit, Params, Summary};
 
 /// Register every tagflow function in `ctx`.
 pub fn register(ctx: &SessionContext) {
-    ctx.register_udaf(fit_function());
-    ctx.register_udf(create_udf(
-        "bgnbd_p_alive",
-        vec![DataType::Float64; 7],
-        DataType::Float64,
-        Volatility::Immutable,
-        Arc::new(|args| per_row(args, |v| bgnbd::p_alive(&params(v), &summary(&v[4..7])))),
-    ));
-    ctx.register_udf(create_udf(
-        "bgnbd_expected",
-        vec![DataType::Float64; 8],
-        DataType::Float64,
-        Volatility::Immutable,
-        Arc::new(|args| {
-            per_row(args, |v| {
-                bgnbd::expected_purchases(&params(v), &summary(&v[4..7]), v[7])
-            })
-        }),
-    ));
+    let (scalars, aggregates) = all();
+    scalars.into_iter().for_each(|f| ctx.register_udf(f));
+    aggregates.into_iter().for_each(|f| ctx.register_udaf(f));
+}
+
+/// Every tagflow function: the scalar ones and the aggregates. A cluster's scheduler and
+/// executors register the same ones (`jobs::engine`), so a job plans and runs there as here.
+pub fn all() -> (Vec<ScalarUDF>, Vec<AggregateUDF>) {
+    let scalars = vec![
+        create_udf(
+            "bgnbd_p_alive",
+            vec![DataType::Float64; 7],
+            DataType::Float64,
+            Volatility::Immutable,
+            Arc::new(|args| per_row(args, |v| bgnbd::p_alive(&params(v), &summary(&v[4..7])))),
+        ),
+        create_udf(
+            "bgnbd_expected",
+            vec![DataType::Float64; 8],
+            DataType::Float64,
+            Volatility::Immutable,
+            Arc::new(|args| {
+                per_row(args, |v| {
+                    bgnbd::expected_purchases(&params(v), &summary(&v[4..7]), v[7])
+                })
+            }),
+        ),
+    ];
+    (scalars, vec![fit_function()])
 }
 
 /// The fields of `bgnbd_fit`'s result.
@@ -63,7 +75,7 @@ fn fit_fields() -> Fields {
     ])
 }
 
-fn fit_function() -> datafusion::logical_expr::AggregateUDF {
+fn fit_function() -> AggregateUDF {
     let list = DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)));
     create_udaf(
         "bgnbd_fit",

@@ -3,7 +3,8 @@
 //!
 //! Owns: the job header format, parameters, dependency order, planning and execution.
 //! Must not: read landing files (it gets the counted events from `sources`) or write
-//! anything (it hands its rows to `publish`).
+//! anything (it hands its rows to `publish`) but the input files it stages for a cluster's
+//! executors ([`engine`]).
 //!
 //! A job is a `.sql` file whose leading `--` comment block is a TOML header:
 //!
@@ -38,6 +39,7 @@ pub mod bgnbd;
 mod catalog;
 mod checks;
 mod customers;
+pub mod engine;
 mod exec;
 pub mod functions;
 mod header;
@@ -50,4 +52,5 @@ pub use checks::{
     evaluate as evaluate_checks, Baseline, CheckFailure, Checks, Drift, GateError, GateReport, OnData, Segments,
 };
 pub use customers::{members, CustomerBits, Numbering, CUSTOMER_ID};
+pub use engine::{Cluster, ClusterRun, Engine, EngineError};
 pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Reuse, StateRun};

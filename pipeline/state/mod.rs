@@ -320,6 +320,7 @@ impl State {
                 day: segment.day,
                 batches: rows.batches,
                 stored: Some(segment.file),
+                trimmed: false,
             });
         }
         Ok(tables)

@@ -169,6 +169,26 @@ impl std::fmt::Debug for Location {
     }
 }
 
+/// The object stores of `locations` as a DataFusion registry (the local file system is
+/// always in it): what a cluster's scheduler and executors read the landing zone and the
+/// warehouse through, with the same options as every other reader here.
+pub fn object_store_registry(
+    locations: &[&Location],
+) -> Arc<datafusion::execution::object_store::DefaultObjectStoreRegistry> {
+    use datafusion::execution::object_store::ObjectStoreRegistry;
+    let registry = datafusion::execution::object_store::DefaultObjectStoreRegistry::new();
+    for location in locations.iter().filter(|l| !l.is_local()) {
+        let root = Url::parse(&format!(
+            "{}://{}",
+            location.url.scheme(),
+            location.url.host_str().unwrap_or_default()
+        ))
+        .expect("a scheme and a bucket make a URL");
+        registry.register_store(&root, location.store.clone());
+    }
+    Arc::new(registry)
+}
+
 /// Register delta-rs's S3 handlers once: they build every S3 store tagflow uses.
 pub fn register_object_stores() {
     static ONCE: std::sync::Once = std::sync::Once::new();

@@ -5,6 +5,7 @@ mod support;
 mod backfill;
 mod catalog;
 mod changes;
+mod cluster;
 mod console;
 mod end_to_end;
 mod follow;

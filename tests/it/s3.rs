@@ -28,7 +28,7 @@ use crate::serve::{api_rows, by_customer, encode};
 use crate::support::*;
 
 /// The S3 server for `test`, or `None` after telling the terminal that `test` is skipped.
-fn server(test: &str) -> Option<S3> {
+pub(crate) fn server(test: &str) -> Option<S3> {
     if let Some(s3) = S3::from_env() {
         return Some(s3);
     }

@@ -1,0 +1,327 @@
+//! Where the jobs' SQL runs: the embedded DataFusion engine in this process (the default),
+//! or an Apache DataFusion Ballista cluster (`--engine df://host:port`, `[engine] url`,
+//! `TAGFLOW_ENGINE`) for the jobs of full recomputes and backfills.
+//!
+//! On a cluster a job's SQL is planned by the scheduler and run by the executors, which read
+//! its inputs from files: Ballista ships plans, not the driver's memory. The state tables are
+//! read from their segments' files (the files a state version names, never a folder listing:
+//! a folder also holds leftovers of interrupted commits); a segment that exists in memory only
+//! (new, or with rows taken out since its file was written) and a job's output that other jobs
+//! read are staged first, as Arrow IPC files under `<warehouse>/_tagflow/cluster/<run>/`,
+//! which the run deletes when its jobs are done.
+//!
+//! Owns: the engine setting, the cluster's reachability check, the client session a job runs
+//! in on a cluster, the staging of its inputs, and what every process of a cluster must
+//! share to plan and run tagflow's SQL (its functions, [`cluster_session_state`]).
+//! Must not: start or stop cluster processes (the application does) or decide which jobs run
+//! where ([`super::exec`] does).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use datafusion::datasource::file_format::arrow::ArrowFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use tracing::{info, warn};
+use url::Url;
+
+use crate::state::tables::StateTable;
+use crate::storage::{arrow_file_bytes, Location};
+
+/// The default port of a Ballista scheduler.
+pub const DEFAULT_PORT: u16 = 50050;
+/// How long the reachability check waits for the scheduler to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The folder under the warehouse where runs stage the files executors read.
+pub const STAGING_DIR: &str = "_tagflow/cluster";
+
+/// Where jobs run.
+#[derive(Debug, Clone, Default)]
+pub enum Engine {
+    /// In this process (DataFusion).
+    #[default]
+    Embedded,
+    /// On a Ballista cluster.
+    Cluster(Cluster),
+}
+
+/// A Ballista cluster, by its scheduler's address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// `df://host:port`, as the user wrote it (port filled in).
+    pub url: String,
+    host: String,
+    port: u16,
+    /// Every shuffle read goes through the executors' Flight service, even between tasks of
+    /// one executor (`[engine] remote_shuffle_reads`; tests use it to make every shuffle
+    /// cross the network).
+    pub remote_shuffle_reads: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid engine '{url}': {message} (expected df://host:port, e.g. df://127.0.0.1:{DEFAULT_PORT})")]
+    Invalid { url: String, message: String },
+    #[error("cannot reach the cluster's scheduler at {url}: {detail}; nothing was run")]
+    Unreachable { url: String, detail: String },
+    #[error("cannot stage the inputs of the cluster's jobs at {path}: {source}")]
+    Staging {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Engine {
+    /// Parse an engine setting: `embedded`, or a cluster's `df://host[:port]`.
+    pub fn parse(text: &str, remote_shuffle_reads: bool) -> Result<Self, EngineError> {
+        let invalid = |message: &str| EngineError::Invalid {
+            url: text.to_string(),
+            message: message.to_string(),
+        };
+        if text == "embedded" {
+            return Ok(Engine::Embedded);
+        }
+        let url = Url::parse(text).map_err(|e| invalid(&e.to_string()))?;
+        if url.scheme() != "df" {
+            return Err(invalid("the scheme must be df://"));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| invalid("no host"))?;
+        if !(url.path().is_empty() || url.path() == "/") || url.query().is_some() {
+            return Err(invalid("a scheduler's address has no path or query"));
+        }
+        let port = url.port().unwrap_or(DEFAULT_PORT);
+        Ok(Engine::Cluster(Cluster {
+            url: format!("df://{host}:{port}"),
+            host: host.to_string(),
+            port,
+            remote_shuffle_reads,
+        }))
+    }
+}
+
+impl Cluster {
+    /// Check that the scheduler accepts connections, before anything runs.
+    pub async fn check(&self) -> Result<(), EngineError> {
+        let address = (self.host.as_str(), self.port);
+        let unreachable = |detail: String| EngineError::Unreachable {
+            url: self.url.clone(),
+            detail,
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(unreachable(error.to_string())),
+            Err(_) => Err(unreachable(format!("no answer in {CONNECT_TIMEOUT:?}"))),
+        }
+    }
+
+    /// A client session on the cluster, with tagflow's functions, named for `job`.
+    pub async fn context(&self, job: &str) -> Result<SessionContext, DataFusionError> {
+        let config = SessionConfig::new_with_ballista()
+            .with_ballista_job_name(&format!("tagflow {job}"))
+            .with_ballista_shuffle_reader_force_remote_read(self.remote_shuffle_reads);
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .build();
+        let ctx = SessionContext::remote_with_state(&self.url, state).await?;
+        super::functions::register(&ctx);
+        Ok(ctx)
+    }
+}
+
+/// A table the executors read: its schema and its files' URLs.
+#[derive(Debug, Clone)]
+pub struct FileTable {
+    pub schema: SchemaRef,
+    pub files: Vec<String>,
+}
+
+impl FileTable {
+    /// The table as a DataFusion listing table over exactly its files.
+    pub fn provider(&self) -> Result<Arc<ListingTable>, DataFusionError> {
+        let urls = self
+            .files
+            .iter()
+            .map(|f| ListingTableUrl::parse(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = ListingOptions::new(Arc::new(ArrowFormat)).with_file_extension(".arrow");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(self.schema.clone());
+        Ok(Arc::new(ListingTable::try_new(config)?))
+    }
+}
+
+/// One run's jobs on a cluster: the cluster, and the files the run stages for its executors
+/// under `<warehouse>/_tagflow/cluster/<run>/`.
+pub struct ClusterRun {
+    pub cluster: Cluster,
+    warehouse: Location,
+    dir: String,
+    written: std::sync::atomic::AtomicUsize,
+}
+
+impl ClusterRun {
+    pub fn new(cluster: &Cluster, warehouse: &Location, run_id: &str) -> Self {
+        ClusterRun {
+            cluster: cluster.clone(),
+            warehouse: warehouse.clone(),
+            dir: format!("{STAGING_DIR}/{run_id}"),
+            written: Default::default(),
+        }
+    }
+
+    /// The URL of `relative` under the warehouse, as the executors open it.
+    fn url(&self, relative: &str) -> String {
+        format!("{}/{relative}", self.warehouse.url.as_str().trim_end_matches('/'))
+    }
+
+    /// A state table as files: each segment's stored file where it holds exactly the
+    /// segment's rows, a staged file for the others.
+    pub async fn state_table(&self, name: &str, table: &StateTable) -> Result<FileTable, EngineError> {
+        let mut files = Vec::with_capacity(table.segments.len());
+        for segment in &table.segments {
+            match (&segment.stored, segment.trimmed) {
+                (Some(stored), false) => files.push(self.url(&format!("{}/{stored}", crate::state::STATE_DIR))),
+                _ => files.push(self.write(name, &table.schema, &segment.batches).await?),
+            }
+        }
+        Ok(FileTable {
+            schema: table.schema.clone(),
+            files,
+        })
+    }
+
+    /// Rows (a job's output) as one staged file.
+    pub async fn rows(
+        &self,
+        name: &str,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<FileTable, EngineError> {
+        Ok(FileTable {
+            schema: schema.clone(),
+            files: vec![self.write(name, schema, batches).await?],
+        })
+    }
+
+    /// Write `batches` as the next staged file of `name` and return its URL.
+    async fn write(&self, name: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, EngineError> {
+        let n = self.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let relative = format!("{}/{name}/{n}.arrow", self.dir);
+        let path = self.warehouse.path(&relative);
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| EngineError::Staging {
+            path: self.warehouse.display(&path),
+            source,
+        };
+        let (schema, batches, compress) = (schema.clone(), batches.to_vec(), !self.warehouse.is_local());
+        let bytes = tokio::task::spawn_blocking(move || arrow_file_bytes(schema, &batches, compress))
+            .await
+            .map_err(|e| failed(Box::new(e)))?
+            .map_err(|e| failed(Box::new(e)))?;
+        self.warehouse
+            .store
+            .put(&path, bytes.into())
+            .await
+            .map_err(|e| failed(Box::new(e)))?;
+        Ok(self.url(&relative))
+    }
+
+    /// Delete the staged files (best effort: a leftover is only disk space, and the next
+    /// run of the same id never comes).
+    pub async fn remove(&self) {
+        let prefix = self.warehouse.path(&self.dir);
+        let removed = async {
+            let listed = self.warehouse.list_under(&prefix).await?;
+            futures::stream::iter(listed)
+                .map(|meta| async move { self.warehouse.store.delete(&meta.location).await })
+                .buffer_unordered(16)
+                .try_collect::<Vec<()>>()
+                .await
+        };
+        match removed.await {
+            Ok(files) => info!(files = files.len(), "staged cluster inputs removed"),
+            Err(error) => {
+                warn!(%error, dir = %self.warehouse.display(&prefix), "cannot remove the staged cluster inputs")
+            }
+        }
+    }
+}
+
+/// The session state a cluster's scheduler builds for a job: Ballista's default, with
+/// tagflow's functions and `runtime`'s object stores (those of the landing zone and the
+/// warehouse this process was given).
+pub fn cluster_session_state(
+    config: SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> Result<datafusion::execution::SessionState, DataFusionError> {
+    let state = ballista_core::utils::default_session_builder(config)?;
+    let (scalars, aggregates) = super::functions::all();
+    let mut state = SessionStateBuilder::new_from_existing(state)
+        .with_runtime_env(runtime)
+        .build();
+    use datafusion::execution::FunctionRegistry;
+    for f in scalars {
+        state.register_udf(Arc::new(f))?;
+    }
+    for f in aggregates {
+        state.register_udaf(Arc::new(f))?;
+    }
+    Ok(state)
+}
+
+/// Tagflow's functions in the form a Ballista executor takes them.
+pub fn executor_functions() -> ballista_core::registry::BallistaFunctionRegistry {
+    let mut registry = ballista_core::registry::BallistaFunctionRegistry::default();
+    let (scalars, aggregates) = super::functions::all();
+    for f in scalars {
+        registry.scalar_functions.insert(f.name().to_string(), Arc::new(f));
+    }
+    for f in aggregates {
+        registry.aggregate_functions.insert(f.name().to_string(), Arc::new(f));
+    }
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster_url(text: &str) -> String {
+        match Engine::parse(text, false).expect(text) {
+            Engine::Cluster(cluster) => cluster.url,
+            Engine::Embedded => panic!("{text} is a cluster"),
+        }
+    }
+
+    #[test]
+    fn engine_settings_name_a_scheduler_or_the_embedded_engine() {
+        assert!(matches!(Engine::parse("embedded", false), Ok(Engine::Embedded)));
+        assert_eq!(cluster_url("df://sched:7000"), "df://sched:7000");
+        assert_eq!(cluster_url("df://10.0.0.5"), format!("df://10.0.0.5:{DEFAULT_PORT}"));
+        for bad in [
+            "http://sched:50050",
+            "df://",
+            "df://sched:1/jobs",
+            "sched:50050",
+            "df://sched?x=1",
+        ] {
+            let error = Engine::parse(bad, false).expect_err(bad).to_string();
+            assert!(
+                error.contains(bad) && error.contains("df://host:port"),
+                "{bad}: {error}"
+            );
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The Ballista cluster engine (`--engine df://host:port`): a scheduler and two executors run
+//! as separate `tagflow cluster` processes on loopback, with every shuffle read forced through
+//! the executors' Flight services; `run --full` and `backfill` on the cluster publish the same
+//! tables, row for row, as the embedded engine, on local files and on the S3 server; an
+//! unreachable cluster fails with exit 5 and names its URL.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tagflow::jobs::engine::STAGING_DIR;
+use tagflow::publish::{query_published, HISTORY_TABLE};
+use tagflow::storage::Location;
+
+use crate::incremental::assert_same;
+use crate::s3::server as s3_server;
+use crate::s3_server::S3;
+use crate::support::*;
+
+/// A cluster of `tagflow cluster` processes: one scheduler and executors of one slot each,
+/// killed when dropped (a failed test stops them too).
+struct Cluster {
+    scheduler: Child,
+    executors: Vec<Child>,
+    /// Each executor's log so far (read as it is written: a full pipe would stall it).
+    logs: Vec<Arc<Mutex<String>>>,
+    url: String,
+}
+
+impl Cluster {
+    /// Start the processes, each with the config file `config` (locations and storage).
+    fn start(config: &Path, executors: usize) -> Cluster {
+        let mut scheduler = tagflow()
+            // A lost executor is found within seconds (Ballista's default waits three minutes).
+            .args([
+                "cluster",
+                "scheduler",
+                "--listen",
+                "127.0.0.1:0",
+                "--executor-timeout",
+                "5s",
+                "--config",
+            ])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the scheduler");
+        let addr = listening_on(&mut scheduler, "df");
+        let executors: Vec<Child> = (0..executors)
+            .map(|_| {
+                tagflow()
+                    .args(["cluster", "executor", "--slots", "1", "--scheduler"])
+                    .arg(addr.to_string())
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{}", free_port()))
+                    .arg("--config")
+                    .arg(config)
+                    .env("TAGFLOW_LOG", "tagflow=info,ballista_executor=info,warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start an executor")
+            })
+            .collect();
+        let mut cluster = Cluster {
+            scheduler,
+            executors,
+            logs: Vec::new(),
+            url: format!("df://{addr}"),
+        };
+        for executor in &mut cluster.executors {
+            let log = Arc::new(Mutex::new(String::new()));
+            let (stderr, sink) = (executor.stderr.take().expect("piped"), log.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            cluster.logs.push(log);
+        }
+        cluster
+    }
+
+    /// Executor `i`'s log so far.
+    fn log(&self, i: usize) -> String {
+        self.logs[i].lock().unwrap().clone()
+    }
+
+    /// Stop every process (SIGTERM); each executor's log.
+    fn stop(mut self) -> Vec<String> {
+        for executor in &mut self.executors {
+            stop_with(executor, libc::SIGTERM, Duration::from_secs(30));
+        }
+        stop_with(&mut self.scheduler, libc::SIGTERM, Duration::from_secs(30));
+        (0..self.logs.len()).map(|i| self.log(i)).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.executors.iter_mut().chain([&mut self.scheduler]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The address a child prints as `listening on <scheme>://<addr>`.
+fn listening_on(child: &mut Child, scheme: &str) -> SocketAddr {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let prefix = format!("listening on {scheme}://");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read stdout");
+        if let Some(addr) = line.strip_prefix(&prefix) {
+            return addr.parse().expect("an address");
+        }
+    }
+    panic!("the process exited without printing '{prefix}...'");
+}
+
+/// A port nobody listens on now (an executor needs a fixed one).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `tagflow <args> --config <config>` with `TAGFLOW_ENGINE=<engine>`: its stdout, or its
+/// exit code and stderr.
+fn run_tagflow(args: &[&str], config: &Path, engine: &str) -> Result<String, (i32, String)> {
+    let output = tagflow()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("TAGFLOW_ENGINE", engine)
+        .output()
+        .expect("run tagflow");
+    match output.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        code => Err((code.unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())),
+    }
+}
+
+/// Every row of the history table, by day, tag and customer.
+async fn history(warehouse: &Location) -> Tags {
+    let sql = format!(
+        "SELECT customer_id, family, tag, value, score FROM {HISTORY_TABLE} \
+         ORDER BY snapshot_date, tag, customer_id"
+    );
+    tags_from(&query_published(warehouse, HISTORY_TABLE, None, &sql).await.unwrap())
+}
+
+/// Tasks an executor's log says it ran.
+fn tasks_run(log: &str) -> usize {
+    log.matches("Received task").count()
+}
+
+/// A config file at `path`: `body`, and every shuffle read through the network.
+fn config_file(path: PathBuf, body: &str) -> PathBuf {
+    std::fs::write(&path, format!("{body}\n[engine]\nremote_shuffle_reads = true\n")).unwrap();
+    path
+}
+
+/// One side of the comparison: a config file (landing, warehouse, storage) and the
+/// warehouse it names.
+struct Side {
+    config: PathBuf,
+    warehouse: Location,
+}
+
+/// On `cluster` (with `on_cluster`'s config) and on the embedded engine: `run --full`, then a
+/// backfill of four days. The tables must be equal row for row, the staged inputs gone, and
+/// both executors must have run tasks.
+async fn cluster_equals_embedded(cluster: Cluster, on_cluster: &Side, embedded: &Side) {
+    let as_of = "2026-11-20T00:00:00Z";
+    let run = |side: &Side, engine: &str| {
+        run_tagflow(&["run", "--full", "--json", "--as-of", as_of], &side.config, engine)
+            .unwrap_or_else(|(code, stderr)| panic!("run on {engine} failed with exit {code}:\n{stderr}"))
+    };
+    run(embedded, "embedded");
+    let report: serde_json::Value = serde_json::from_str(&run(on_cluster, &cluster.url)).unwrap();
+    assert_eq!(report["mode"], "full", "{report}");
+    assert_eq!(report["engine"], cluster.url.as_str(), "{report}");
+    let (a, b) = (
+        read_tags_at(&on_cluster.warehouse, None).await,
+        read_tags_at(&embedded.warehouse, None).await,
+    );
+    assert!(a.rows.len() > 1000, "{} rows", a.rows.len());
+    assert_same(&a, &b, "run --full: cluster vs embedded");
+
+    let backfill = |side: &Side, engine: &str| {
+        let args = ["backfill", "--from", "2026-11-16", "--to", "2026-11-19", "--json"];
+        run_tagflow(&args, &side.config, engine)
+            .unwrap_or_else(|(code, stderr)| panic!("backfill on {engine} failed with exit {code}:\n{stderr}"))
+    };
+    backfill(embedded, "embedded");
+    backfill(on_cluster, &cluster.url);
+    let (a, b) = (history(&on_cluster.warehouse).await, history(&embedded.warehouse).await);
+    assert!(a.rows.len() > 4000, "{} rows", a.rows.len());
+    assert_same(&a, &b, "backfill of 4 days: cluster vs embedded");
+
+    let staged = on_cluster
+        .warehouse
+        .list_under(&on_cluster.warehouse.path(STAGING_DIR))
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "staged files left behind: {staged:?}");
+    for (i, log) in cluster.stop().iter().enumerate() {
+        assert!(tasks_run(log) > 0, "executor {i} ran no task:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let landing = dir.path().join("landing");
+    generate_into(&landing, 300, 45, 11).await;
+    let side = |name: &str| {
+        let warehouse = dir.path().join(name);
+        let body = format!("landing = {landing:?}\nwarehouse = {warehouse:?}\n");
+        Side {
+            config: config_file(dir.path().join(format!("{name}.toml")), &body),
+            warehouse: location(&warehouse),
+        }
+    };
+    let (on_cluster, embedded) = (side("cluster"), side("embedded"));
+    let cluster = Cluster::start(&on_cluster.config, 2);
+    cluster_equals_embedded(cluster, &on_cluster, &embedded).await;
+}
+
+/// The same with the landing zone (with bad input) and both warehouses on the S3 server: the
+/// scheduler and the executors read them with the config's `[storage.*]` options.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_s3_full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
+    let Some(s3) = s3_server("on_s3_full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = S3::unique("cluster");
+    let options = tagflow::generate::GenerateOptions {
+        customers: 300,
+        days: 45,
+        seed: 11,
+        end: end_day(),
+        bad_input: true,
+    };
+    tagflow::generate::generate(&s3.location(&format!("{root}/landing")), &options)
+        .await
+        .expect("generate on S3");
+    let body = s3.config(&root, &s3.endpoint, &s3.secret_access_key, "");
+    let on_cluster = Side {
+        config: config_file(dir.path().join("cluster.toml"), &body),
+        warehouse: s3.location(&format!("{root}/warehouse")),
+    };
+    let embedded_body = body.replace(
+        &s3.url(&format!("{root}/warehouse")),
+        &s3.url(&format!("{root}/embedded")),
+    );
+    let embedded = Side {
+        config: config_file(dir.path().join("embedded.toml"), &embedded_body),
+        warehouse: s3.location(&format!("{root}/embedded")),
+    };
+    let cluster = Cluster::start(&on_cluster.config, 2);
+    cluster_equals_embedded(cluster, &on_cluster, &embedded).await;
+}
+
+#[test]
+fn an_unreachable_cluster_fails_with_exit_5_and_names_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let landing = dir.path().join("landing");
+    std::fs::create_dir_all(&landing).unwrap();
+    let warehouse = dir.path().join("warehouse");
+    let body = format!("landing = {landing:?}\nwarehouse = {warehouse:?}\n");
+    let config = config_file(dir.path().join("tagflow.toml"), &body);
+    let url = format!("df://127.0.0.1:{}", free_port());
+    let (code, stderr) = run_tagflow(&["run", "--full"], &config, &url).expect_err("no cluster there");
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(!warehouse.join("customer_tags").exists(), "nothing is published");
+
+    let (code, stderr) = run_tagflow(&["run", "--full"], &config, "http://x").expect_err("not df://");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("df://host:port"), "{stderr}");
+}
+
+/// An executor killed (SIGKILL) while it runs a task of `run --full`: the run either still
+/// publishes the exact table (Ballista runs the lost tasks again on the other executor) or
+/// fails with exit 5, a message naming the cluster, and nothing published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_executor_is_survived_or_fails_the_run_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let landing = dir.path().join("landing");
+    generate_into(&landing, 1500, 60, 5).await;
+    let config = |name: &str| {
+        let warehouse = dir.path().join(name);
+        let body = format!("landing = {landing:?}\nwarehouse = {warehouse:?}\n");
+        (config_file(dir.path().join(format!("{name}.toml")), &body), warehouse)
+    };
+    let ((on_cluster, cluster_warehouse), (embedded, embedded_warehouse)) = (config("cluster"), config("embedded"));
+    let mut cluster = Cluster::start(&on_cluster, 2);
+    let as_of = "2026-11-20T00:00:00Z";
+    let mut run = tagflow()
+        .args(["run", "--full", "--as-of", as_of, "--config"])
+        .arg(&on_cluster)
+        .env("TAGFLOW_ENGINE", &cluster.url)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
+        .spawn()
+        .expect("start the run");
+    // Kill the first executor as soon as it has a task.
+    let started = std::time::Instant::now();
+    while tasks_run(&cluster.log(0)) == 0 {
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before executor 0 got a task"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120), "executor 0 got no task");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.executors[0].kill().expect("kill the executor");
+    let status = wait_within(&mut run, Duration::from_secs(300));
+    let stderr = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    match status.code() {
+        Some(0) => {
+            run_tagflow(&["run", "--full", "--as-of", as_of], &embedded, "embedded").expect("embedded run");
+            assert_same(
+                &read_tags(&cluster_warehouse, None).await,
+                &read_tags(&embedded_warehouse, None).await,
+                "run --full with an executor killed: cluster vs embedded",
+            );
+            eprintln!("the run survived the killed executor");
+        }
+        code => {
+            assert_eq!(code, Some(5), "{stderr}");
+            assert!(stderr.contains(&cluster.url), "{stderr}");
+            assert!(
+                !cluster_warehouse.join("customer_tags").exists(),
+                "nothing is published"
+            );
+            eprintln!("the run failed cleanly: {stderr}");
+        }
+    }
+}
