@@ -172,6 +172,28 @@ struct Side {
     warehouse: Location,
 }
 
+impl Side {
+    /// `landing` and the warehouse `dir/name`, on local files.
+    fn local(dir: &Path, landing: &Path, name: &str) -> Side {
+        let warehouse = dir.join(name);
+        let body = format!("landing = {landing:?}\nwarehouse = {warehouse:?}\n");
+        Side {
+            config: config_file(dir.join(format!("{name}.toml")), &body),
+            warehouse: location(&warehouse),
+        }
+    }
+
+    /// Whether a `customer_tags` table exists (local warehouses only).
+    fn published(&self) -> bool {
+        self.warehouse
+            .url
+            .to_file_path()
+            .unwrap()
+            .join("customer_tags")
+            .exists()
+    }
+}
+
 /// On `cluster` (with `on_cluster`'s config) and on the embedded engine: `run --full`, then a
 /// backfill of four days. The tables must be equal row for row, the staged inputs gone, and
 /// both executors must have run tasks.
@@ -219,15 +241,10 @@ async fn full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
     let dir = tempfile::tempdir().unwrap();
     let landing = dir.path().join("landing");
     generate_into(&landing, 300, 45, 11).await;
-    let side = |name: &str| {
-        let warehouse = dir.path().join(name);
-        let body = format!("landing = {landing:?}\nwarehouse = {warehouse:?}\n");
-        Side {
-            config: config_file(dir.path().join(format!("{name}.toml")), &body),
-            warehouse: location(&warehouse),
-        }
-    };
-    let (on_cluster, embedded) = (side("cluster"), side("embedded"));
+    let (on_cluster, embedded) = (
+        Side::local(dir.path(), &landing, "cluster"),
+        Side::local(dir.path(), &landing, "embedded"),
+    );
     let cluster = Cluster::start(&on_cluster.config, 2);
     cluster_equals_embedded(cluster, &on_cluster, &embedded).await;
 }
@@ -273,16 +290,14 @@ fn an_unreachable_cluster_fails_with_exit_5_and_names_its_url() {
     let dir = tempfile::tempdir().unwrap();
     let landing = dir.path().join("landing");
     std::fs::create_dir_all(&landing).unwrap();
-    let warehouse = dir.path().join("warehouse");
-    let body = format!("landing = {landing:?}\nwarehouse = {warehouse:?}\n");
-    let config = config_file(dir.path().join("tagflow.toml"), &body);
+    let side = Side::local(dir.path(), &landing, "warehouse");
     let url = format!("df://127.0.0.1:{}", free_port());
-    let (code, stderr) = run_tagflow(&["run", "--full"], &config, &url).expect_err("no cluster there");
+    let (code, stderr) = run_tagflow(&["run", "--full"], &side.config, &url).expect_err("no cluster there");
     assert_eq!(code, 5, "{stderr}");
     assert!(stderr.contains(&url), "{stderr}");
-    assert!(!warehouse.join("customer_tags").exists(), "nothing is published");
+    assert!(!side.published(), "nothing is published");
 
-    let (code, stderr) = run_tagflow(&["run", "--full"], &config, "http://x").expect_err("not df://");
+    let (code, stderr) = run_tagflow(&["run", "--full"], &side.config, "http://x").expect_err("not df://");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("df://host:port"), "{stderr}");
 }
@@ -295,17 +310,15 @@ async fn a_killed_executor_is_survived_or_fails_the_run_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let landing = dir.path().join("landing");
     generate_into(&landing, 1500, 60, 5).await;
-    let config = |name: &str| {
-        let warehouse = dir.path().join(name);
-        let body = format!("landing = {landing:?}\nwarehouse = {warehouse:?}\n");
-        (config_file(dir.path().join(format!("{name}.toml")), &body), warehouse)
-    };
-    let ((on_cluster, cluster_warehouse), (embedded, embedded_warehouse)) = (config("cluster"), config("embedded"));
-    let mut cluster = Cluster::start(&on_cluster, 2);
+    let (on_cluster, embedded) = (
+        Side::local(dir.path(), &landing, "cluster"),
+        Side::local(dir.path(), &landing, "embedded"),
+    );
+    let mut cluster = Cluster::start(&on_cluster.config, 2);
     let as_of = "2026-11-20T00:00:00Z";
     let mut run = tagflow()
         .args(["run", "--full", "--as-of", as_of, "--config"])
-        .arg(&on_cluster)
+        .arg(&on_cluster.config)
         .env("TAGFLOW_ENGINE", &cluster.url)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("run.log")).unwrap())
@@ -326,10 +339,10 @@ async fn a_killed_executor_is_survived_or_fails_the_run_cleanly() {
     let stderr = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
     match status.code() {
         Some(0) => {
-            run_tagflow(&["run", "--full", "--as-of", as_of], &embedded, "embedded").expect("embedded run");
+            run_tagflow(&["run", "--full", "--as-of", as_of], &embedded.config, "embedded").expect("embedded run");
             assert_same(
-                &read_tags(&cluster_warehouse, None).await,
-                &read_tags(&embedded_warehouse, None).await,
+                &read_tags_at(&on_cluster.warehouse, None).await,
+                &read_tags_at(&embedded.warehouse, None).await,
                 "run --full with an executor killed: cluster vs embedded",
             );
             eprintln!("the run survived the killed executor");
@@ -337,10 +350,7 @@ async fn a_killed_executor_is_survived_or_fails_the_run_cleanly() {
         code => {
             assert_eq!(code, Some(5), "{stderr}");
             assert!(stderr.contains(&cluster.url), "{stderr}");
-            assert!(
-                !cluster_warehouse.join("customer_tags").exists(),
-                "nothing is published"
-            );
+            assert!(!on_cluster.published(), "nothing is published");
             eprintln!("the run failed cleanly: {stderr}");
         }
     }
