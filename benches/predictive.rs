@@ -25,6 +25,9 @@ use rand_chacha::ChaCha8Rng;
 /// Days of history the buyers' first purchases spread over.
 const HISTORY_DAYS: u32 = 730;
 
+/// A purchase pattern (x, t_x, t in days) and its customers.
+type Pattern = ((u32, u32, u32), u64);
+
 fn main() {
     let sizes = common::sizes();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -62,7 +65,7 @@ async fn measure(buyers: usize) {
         let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(column).collect()).unwrap();
         Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
     };
-    let pick = |f: fn(&((u32, u32, u32), u64)) -> f64| patterns.iter().map(|(k, v)| f(&(*k, *v))).collect::<Vec<f64>>();
+    let pick = |f: fn(&Pattern) -> f64| patterns.iter().map(|(k, v)| f(&(*k, *v))).collect::<Vec<f64>>();
     ctx.register_table(
         "patterns",
         table(

@@ -27,7 +27,7 @@ use tracing::{info, info_span, Instrument};
 
 use crate::app::batch::{evaluate_at, Evaluation};
 use crate::app::error::Error;
-use crate::app::prepare::{check_locations, prepare};
+use crate::app::prepare::{check_cluster, check_locations, prepare};
 use crate::app::run::record;
 use crate::config::{ConfigError, Settings};
 use crate::jobs::{Baseline, ClusterRun, GateReport, JobKind, Segments};
@@ -129,9 +129,7 @@ pub async fn backfill(
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
     check_locations(&[landing, warehouse]).await?;
-    if let Some(cluster) = settings.cluster() {
-        cluster.check().await.map_err(crate::jobs::JobError::from)?;
-    }
+    check_cluster(settings).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let started_at = Utc::now();
     let span = info_span!("backfill", run_id = %run_id, from = %range.from, to = %range.to);

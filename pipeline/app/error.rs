@@ -59,8 +59,10 @@ pub enum Error {
     Job(#[from] JobError),
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// Boxed: a Delta error is the largest of all, and every `Result` of a command would
+    /// carry its size.
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Publish(Box<PublishError>),
     #[error(transparent)]
     Preview(#[from] PreviewError),
     #[error(transparent)]
@@ -80,6 +82,12 @@ pub enum Error {
     /// The SIGINT/SIGTERM handlers could not be registered.
     #[error("cannot catch SIGINT and SIGTERM: {0}")]
     Signals(#[source] std::io::Error),
+}
+
+impl From<PublishError> for Error {
+    fn from(error: PublishError) -> Self {
+        Error::Publish(Box::new(error))
+    }
 }
 
 impl Error {
@@ -107,9 +115,14 @@ impl Error {
             // could not be staged: nothing was published, worth retrying.
             Error::Job(JobError::Cluster { .. } | JobError::Engine(_)) => exit::STORAGE,
             Error::Job(_) => exit::INPUT,
-            Error::Publish(
-                PublishError::NotFound { .. } | PublishError::NoVersionAt { .. } | PublishError::Unmerged { .. },
-            ) => exit::INPUT,
+            Error::Publish(error)
+                if matches!(
+                    **error,
+                    PublishError::NotFound { .. } | PublishError::NoVersionAt { .. } | PublishError::Unmerged { .. }
+                ) =>
+            {
+                exit::INPUT
+            }
             Error::Publish(_) => exit::STORAGE,
             Error::Generate(GenerateError::InvalidOptions(_)) => exit::CONFIG,
             Error::Generate(_) => exit::STORAGE,

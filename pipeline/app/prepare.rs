@@ -78,3 +78,16 @@ pub async fn check_locations(locations: &[&Location]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Check that the cluster the settings name (if any) answers, before anything is read: an
+/// unreachable scheduler is reported with its URL.
+pub async fn check_cluster(settings: &Settings) -> Result<(), Error> {
+    if let Some(cluster) = settings.cluster() {
+        cluster
+            .check()
+            .instrument(info_span!("check_cluster", url = %cluster.url))
+            .await
+            .map_err(crate::jobs::JobError::from)?;
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@ use deltalake::DeltaTable;
 use tracing::{info_span, warn, Instrument};
 
 use super::batch::{Batch, Session};
-use super::prepare::{check_locations, prepare};
+use super::prepare::{check_cluster, check_locations, prepare};
 use crate::app::error::Error;
 use crate::app::report::RunReport;
 use crate::config::Settings;
@@ -27,9 +27,7 @@ pub async fn run(settings: &Settings) -> Result<RunReport, Error> {
     let landing = settings.landing()?;
     let warehouse = settings.warehouse()?;
     check_locations(&[landing, warehouse]).await?;
-    if let Some(cluster) = settings.cluster() {
-        cluster.check().await.map_err(crate::jobs::JobError::from)?;
-    }
+    check_cluster(settings).await?;
     let run_id = uuid::Uuid::new_v4().to_string();
     let started_at = Utc::now();
     let span = info_span!("run", run_id = %run_id, as_of = %settings.as_of.to_rfc3339());

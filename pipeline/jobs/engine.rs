@@ -153,7 +153,7 @@ impl FileTable {
         let urls = self
             .files
             .iter()
-            .map(|f| ListingTableUrl::parse(f))
+            .map(ListingTableUrl::parse)
             .collect::<Result<Vec<_>, _>>()?;
         let options = ListingOptions::new(Arc::new(ArrowFormat)).with_file_extension(".arrow");
         let config = ListingTableConfig::new_with_multi_paths(urls)

@@ -48,7 +48,7 @@ pub enum JobError {
         file: PathBuf,
         url: String,
         #[source]
-        source: datafusion::error::DataFusionError,
+        source: Box<datafusion::error::DataFusionError>,
     },
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -1227,7 +1227,7 @@ async fn execute(
             job: job.name.clone(),
             file: job.file.clone(),
             url: url.clone(),
-            source,
+            source: Box::new(source),
         },
         None => failed(source),
     })?;
