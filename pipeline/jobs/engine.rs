@@ -3,12 +3,10 @@
 //! `TAGFLOW_ENGINE`) for the jobs of full recomputes and backfills.
 //!
 //! On a cluster a job's SQL is planned by the scheduler and run by the executors, which read
-//! its inputs from files: Ballista ships plans, not the driver's memory. The state tables are
-//! read from their segments' files (the files a state version names, never a folder listing:
-//! a folder also holds leftovers of interrupted commits); a segment that exists in memory only
-//! (new, or with rows taken out since its file was written) and a job's output that other jobs
-//! read are staged first, as Arrow IPC files under `<warehouse>/_tagflow/cluster/<run>/`,
-//! which the run deletes when its jobs are done.
+//! its inputs from files: Ballista ships plans, not the driver's memory. Each segment of a
+//! state table and each job output that other jobs read is staged first, as an Arrow IPC
+//! file under `<warehouse>/_tagflow/cluster/<run>/`; a table is registered by its list of
+//! files (never a folder listing), and the run deletes the folder when its jobs are done.
 //!
 //! Owns: the engine setting, the cluster's reachability check, the client session a job runs
 //! in on a cluster, the staging of its inputs, and what every process of a cluster must
@@ -182,20 +180,13 @@ impl ClusterRun {
         }
     }
 
-    /// The URL of `relative` under the warehouse, as the executors open it.
-    fn url(&self, relative: &str) -> String {
-        format!("{}/{relative}", self.warehouse.url.as_str().trim_end_matches('/'))
-    }
-
-    /// A state table as files: each segment's stored file where it holds exactly the
-    /// segment's rows, a staged file for the others.
+    /// A state table as files, one staged file per segment. The cluster evaluates full runs
+    /// and backfills only, whose state is built in memory and has no stored segment yet (a
+    /// stored one may also hold rows a later fold moved to a newer segment).
     pub async fn state_table(&self, name: &str, table: &StateTable) -> Result<FileTable, EngineError> {
         let mut files = Vec::with_capacity(table.segments.len());
         for segment in &table.segments {
-            match (&segment.stored, segment.trimmed) {
-                (Some(stored), false) => files.push(self.url(&format!("{}/{stored}", crate::state::STATE_DIR))),
-                _ => files.push(self.write(name, &table.schema, &segment.batches).await?),
-            }
+            files.push(self.write(name, &table.schema, &segment.batches).await?);
         }
         Ok(FileTable {
             schema: table.schema.clone(),
@@ -235,7 +226,7 @@ impl ClusterRun {
             .put(&path, bytes.into())
             .await
             .map_err(|e| failed(Box::new(e)))?;
-        Ok(self.url(&relative))
+        Ok(self.warehouse.display(&path))
     }
 
     /// Delete the staged files (best effort: a leftover is only disk space, and the next

@@ -344,7 +344,6 @@ fn take_touched_rows(
                     split_batch(&batch, &hit)
                 }
             };
-            segment.trimmed |= hit.iter().any(|b| b.num_rows() > 0);
             touched.extend(hit);
             kept.extend(others);
         }
@@ -382,7 +381,6 @@ fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
         for batch in std::mem::take(&mut segment.batches) {
             let keys = key_rows(job, &batch);
             let newest: BooleanArray = keys.iter().map(|k| Some(seen.insert(k.as_ref().to_vec()))).collect();
-            segment.trimmed |= newest.true_count() < batch.num_rows();
             kept.extend(split_batch(&batch, &newest).0);
         }
         segment.batches = kept;
@@ -660,8 +658,8 @@ enum Plan {
 /// is still whole: the same rows as evaluating everyone.
 ///
 /// With a `cluster` and no `reuse` (a full evaluation), every job runs on the cluster; the
-/// executors read the state tables from their segments' files and the outputs other jobs
-/// read from staged files (see [`super::engine`]). Evaluations for some customers stay in
+/// executors read the state tables and the outputs other jobs read from staged files (see
+/// [`super::engine`]). Evaluations for some customers stay in
 /// this process: their cost follows what changed, and a cluster's round trips would cost
 /// more than they do.
 pub async fn run_jobs(

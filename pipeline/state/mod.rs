@@ -320,7 +320,6 @@ impl State {
                 day: segment.day,
                 batches: rows.batches,
                 stored: Some(segment.file),
-                trimmed: false,
             });
         }
         Ok(tables)

@@ -67,10 +67,6 @@ pub struct Segment {
     pub batches: Vec<RecordBatch>,
     /// Where the state stores the segment; `None` until it is committed.
     pub stored: Option<String>,
-    /// Rows were taken out of the segment in memory since its file was read or written
-    /// (a fold moved their keys to a newer segment): the stored file holds more rows than
-    /// the segment, which a reader of the files alone must not see.
-    pub trimmed: bool,
 }
 
 impl Segment {
@@ -79,7 +75,6 @@ impl Segment {
             day,
             batches,
             stored: None,
-            trimmed: false,
         }
     }
 
