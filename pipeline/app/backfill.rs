@@ -222,6 +222,7 @@ async fn run_days(
                 cluster: settings
                     .cluster()
                     .map(|cluster| Arc::new(ClusterRun::new(cluster, warehouse, &format!("{run_id}-{date}")))),
+                folded: None,
             },
         )
         .instrument(span.clone())

@@ -32,7 +32,7 @@ use crate::app::report::{
 use crate::config::Settings;
 use crate::jobs::{
     evaluate_checks, fold_state, run_jobs, Baseline, Cluster, ClusterRun, CustomerBits, Definitions, GateError,
-    GateReport, JobKind, JobOutput, JobRun, Numbering, Reuse, StateRun, CUSTOMER_ID,
+    GateReport, JobKind, JobOutput, JobRun, Numbering, RebuildInput, Reuse, StateRun, CUSTOMER_ID,
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
@@ -135,6 +135,8 @@ struct NewInput {
     /// De-duplication ids read from the state for the days the events fall on.
     seen_ids_loaded: usize,
     data: LandingData,
+    /// The files are read on the cluster (a full rebuild there): `data` holds no events yet.
+    on_cluster: bool,
 }
 
 /// The new landing files, listed and decoded, before de-duplication.
@@ -143,7 +145,8 @@ struct NewFiles {
     ignored: BTreeMap<String, usize>,
     files: Vec<LandingFile>,
     ingest_times: Vec<DateTime<Utc>>,
-    decoded: Decoded,
+    /// `None`: the files are left to the cluster to read.
+    decoded: Option<Decoded>,
 }
 
 /// What the commit-and-publish step landed, with the figures counted beside it.
@@ -193,6 +196,14 @@ impl Batch<'_> {
         let cluster = self
             .cluster_for(input.full_because.is_some())
             .map(|cluster| Arc::new(ClusterRun::new(cluster, self.warehouse, self.run_id)));
+        let folded = match (&cluster, input.on_cluster) {
+            (Some(run), true) => {
+                let (rebuilt, ms) = timed(self.rebuild_on(run, state, &mut input)).await;
+                stages_ms.insert("rebuild_state".to_string(), ms);
+                Some(rebuilt?)
+            }
+            _ => None,
+        };
         let evaluated = evaluate_at(
             self.project,
             state,
@@ -209,6 +220,7 @@ impl Batch<'_> {
                 previous: last.as_ref().map(|l| &l.runs),
                 numbering: Some(session.numbering.clone()),
                 cluster,
+                folded,
             },
         )
         .await?;
@@ -220,6 +232,11 @@ impl Batch<'_> {
             .commit_and_publish(state, &evaluated.output, base, previous, &session.numbering)
             .await?;
         session.published = Some(next_base);
+        if input.on_cluster {
+            // Its tables are files the executors wrote, not rows in memory: a later batch
+            // of this process loads the committed state instead.
+            session.state = None;
+        }
         session.evaluated = Some(LastEvaluation {
             day,
             runs: evaluated
@@ -240,6 +257,44 @@ impl Batch<'_> {
         Ok(Some(
             self.report(started, input, evaluated, landed, compaction, stages_ms),
         ))
+    }
+
+    /// Rebuild the state on the cluster from every landing file (a full batch there): the
+    /// state adopts the files the executors wrote, the read's counts and quarantine entries
+    /// join `input`'s; returns the state jobs' runs.
+    async fn rebuild_on(
+        &self,
+        run: &ClusterRun,
+        state: &mut State,
+        input: &mut NewInput,
+    ) -> Result<Vec<StateRun>, Error> {
+        let rebuilt = run
+            .rebuild_state(
+                &self.project.catalog,
+                RebuildInput {
+                    streams: &self.project.schemas.streams,
+                    landing: self.landing,
+                    files: &input.files,
+                    ingest_times: &input.ingest_times,
+                    as_of: self.as_of,
+                    version: state.next_version(),
+                },
+            )
+            .instrument(info_span!("rebuild_state"))
+            .await;
+        let rebuilt = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(error) => {
+                run.remove().await;
+                return Err(error.into());
+            }
+        };
+        for (stream, stats) in rebuilt.stats {
+            input.data.stats.entry(stream).or_default().add(&stats);
+        }
+        input.data.quarantined.extend(rebuilt.quarantined);
+        state.adopt(rebuilt.written);
+        Ok(rebuilt.runs)
     }
 
     /// Open (or, in a session, refresh) the published tags and find the last publish.
@@ -325,11 +380,17 @@ impl Batch<'_> {
         if let Some(tables) = tables {
             state.tables = tables;
         }
-        let seen_ids_loaded = state
-            .load_days(self.warehouse, &new_files.decoded.days())
-            .instrument(info_span!("load_seen"))
-            .await?;
-        let mut data = new_files.decoded.deduplicate(&mut state.seen);
+        let on_cluster = new_files.decoded.is_none();
+        let (seen_ids_loaded, mut data) = match new_files.decoded {
+            Some(decoded) => {
+                let loaded = state
+                    .load_days(self.warehouse, &decoded.days())
+                    .instrument(info_span!("load_seen"))
+                    .await?;
+                (loaded, decoded.deduplicate(&mut state.seen))
+            }
+            None => (0, LandingData::default()),
+        };
         for (stream, ignored) in new_files.ignored {
             data.stats.entry(stream).or_default().files_ignored = ignored;
         }
@@ -339,6 +400,7 @@ impl Batch<'_> {
             ingest_times: new_files.ingest_times,
             seen_ids_loaded,
             data,
+            on_cluster,
         }))
     }
 
@@ -366,17 +428,22 @@ impl Batch<'_> {
             .iter()
             .map(|f| head.files.get(&f.relative).copied().unwrap_or(self.started_at))
             .collect();
-        let decoded = sources::read_files(
-            self.landing,
-            self.warehouse,
-            &self.project.schemas,
-            &files,
-            &ingest_times,
-            self.settings.read_concurrency,
-            self.settings.progress,
-        )
-        .instrument(info_span!("read"))
-        .await?;
+        let decoded = match self.cluster_for(full) {
+            Some(_) => None,
+            None => Some(
+                sources::read_files(
+                    self.landing,
+                    self.warehouse,
+                    &self.project.schemas,
+                    &files,
+                    &ingest_times,
+                    self.settings.read_concurrency,
+                    self.settings.progress,
+                )
+                .instrument(info_span!("read"))
+                .await?,
+            ),
+        };
         Ok(Some(NewFiles {
             ignored: listing.ignored,
             files,
@@ -617,6 +684,9 @@ pub(crate) struct Evaluation<'a> {
     pub numbering: Option<Arc<Numbering>>,
     /// Run the jobs on this cluster (a full evaluation's; see [`run_jobs`]).
     pub cluster: Option<Arc<ClusterRun>>,
+    /// The state was built already (on the cluster, which wrote its tables): these are its
+    /// state jobs' runs, and there is nothing to fold.
+    pub folded: Option<Vec<StateRun>>,
 }
 
 /// Evaluate the tags as `how` says: the events that count now (`new_events` and held ones
@@ -627,7 +697,7 @@ pub(crate) struct Evaluation<'a> {
 pub(crate) async fn evaluate_at(
     project: &Project,
     state: &mut State,
-    mut new_events: BTreeMap<String, Vec<RecordBatch>>,
+    new_events: BTreeMap<String, Vec<RecordBatch>>,
     stats: &mut BTreeMap<String, StreamStats>,
     how: Evaluation<'_>,
 ) -> Result<Evaluated, Error> {
@@ -638,32 +708,20 @@ pub(crate) async fn evaluate_at(
         previous,
         numbering,
         cluster,
+        folded,
     } = how;
-    let mut counted = BTreeMap::new();
-    for (name, schema) in &project.schemas.streams {
-        let mut batches = state.pending.remove(name).unwrap_or_default();
-        batches.extend(new_events.remove(name).unwrap_or_default());
-        let (now, later) = sources::split_at(batches, as_of);
-        let stats = stats.entry(name.clone()).or_default();
-        stats.events += now.iter().map(|b| b.num_rows()).sum::<usize>();
-        stats.after_as_of = later.iter().map(|b| b.num_rows()).sum();
-        state.pending.insert(name.clone(), later);
-        counted.insert(
-            name.clone(),
-            Table {
-                schema: schema.arrow_schema(),
-                batches: now,
-            },
-        );
-    }
-    let catalog = &project.catalog;
     let mut steps = Steps::start();
-    let (tables, state_runs) = fold_state(catalog, &state.tables, &counted, as_of, numbering.as_ref())
-        .instrument(info_span!("fold_state"))
-        .await?;
-    drop(counted);
-    state.tables = tables;
-    steps.done("fold_state");
+    let state_runs = match folded {
+        Some(runs) => runs,
+        None => {
+            let runs = fold_new_events(project, state, new_events, stats, as_of, numbering.as_ref())
+                .instrument(info_span!("fold_state"))
+                .await?;
+            steps.done("fold_state");
+            runs
+        }
+    };
+    let catalog = &project.catalog;
     // Every state table must say whose rows it changed for any reuse to be exact.
     let changed: Option<CustomerBits> = state_runs.iter().try_fold(CustomerBits::default(), |mut all, run| {
         all.add(run.changed_customers.as_ref()?);
@@ -714,6 +772,38 @@ pub(crate) async fn evaluate_at(
         gates,
         stages_ms: steps.ms,
     })
+}
+
+/// Fold the events that count at `as_of` (`new_events` and held ones whose time has come;
+/// later ones are held in `state.pending`) into the state tables, counting them in `stats`.
+async fn fold_new_events(
+    project: &Project,
+    state: &mut State,
+    mut new_events: BTreeMap<String, Vec<RecordBatch>>,
+    stats: &mut BTreeMap<String, StreamStats>,
+    as_of: DateTime<Utc>,
+    numbering: Option<&Arc<Numbering>>,
+) -> Result<Vec<StateRun>, Error> {
+    let mut counted = BTreeMap::new();
+    for (name, schema) in &project.schemas.streams {
+        let mut batches = state.pending.remove(name).unwrap_or_default();
+        batches.extend(new_events.remove(name).unwrap_or_default());
+        let (now, later) = sources::split_at(batches, as_of);
+        let stats = stats.entry(name.clone()).or_default();
+        stats.events += now.iter().map(|b| b.num_rows()).sum::<usize>();
+        stats.after_as_of = later.iter().map(|b| b.num_rows()).sum();
+        state.pending.insert(name.clone(), later);
+        counted.insert(
+            name.clone(),
+            Table {
+                schema: schema.arrow_schema(),
+                batches: now,
+            },
+        );
+    }
+    let (tables, state_runs) = fold_state(&project.catalog, &state.tables, &counted, as_of, numbering).await?;
+    state.tables = tables;
+    Ok(state_runs)
 }
 
 /// The rows a batch publishes: of a micro-batch, every row of the tags evaluated for

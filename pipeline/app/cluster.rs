@@ -27,6 +27,7 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tracing::info;
 
 use crate::config::Settings;
+use crate::jobs::codec;
 use crate::jobs::engine::{cluster_session_state, executor_functions};
 use crate::storage::object_store_registry;
 
@@ -80,6 +81,8 @@ impl Scheduler {
             executor_timeout_seconds: timeout,
             // Look for lost executors often enough to honour a short timeout.
             expire_dead_executor_interval_seconds: (timeout / 3).clamp(1, 15),
+            override_logical_codec: Some(codec::logical()),
+            override_physical_codec: Some(codec::physical()),
             ..SchedulerConfig::default()
         }
         .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
@@ -158,6 +161,8 @@ pub async fn executor(settings: &Settings, options: ExecutorOptions) -> Result<(
         print_thread_info: false,
         override_function_registry: Some(Arc::new(executor_functions())),
         override_runtime_producer: Some(Arc::new(move |_| Ok(runtime.clone()))),
+        override_logical_codec: Some(codec::logical()),
+        override_physical_codec: Some(codec::physical()),
         ..Default::default()
     };
     info!(

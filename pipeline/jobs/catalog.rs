@@ -156,7 +156,7 @@ pub struct StateSpec {
     pub day_column: Option<String>,
 }
 
-fn quote(identifier: &str) -> String {
+pub(super) fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
@@ -309,6 +309,49 @@ impl Job {
         }
     }
 
+    /// A state job's table built from nothing at `as_of`: its rows derived from every event
+    /// (`derived`, its SQL), merged by key by its rules, within its retention. The same rows
+    /// as [`Job::merge_sql`] folding them into an empty table (one row of a key is its own
+    /// merge). `columns` are the job's output columns, in order.
+    pub fn rebuild_sql(&self, derived: &str, columns: &[String], as_of: DateTime<Utc>) -> String {
+        let retention = self
+            .retention_filter(as_of)
+            .map(|filter| format!("\nWHERE {filter}"))
+            .unwrap_or_default();
+        format!(
+            "SELECT * FROM (\n\
+             SELECT {} FROM (\n{derived}\n) AS new_rows GROUP BY {}\n\
+             ) AS merged_rows{retention}",
+            self.merged_columns(columns),
+            self.key_list()
+        )
+    }
+
+    /// The select list merging a key's rows: each column by its rule, keys as they are.
+    fn merged_columns(&self, columns: &[String]) -> String {
+        let spec = self.state.as_ref().expect("a state job");
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| match spec.merge.get(c) {
+                Some(rule) => format!("{} AS {}", rule.to_sql(c), quote(c)),
+                None => quote(c),
+            })
+            .collect();
+        select.join(", ")
+    }
+
+    /// The condition a state table's rows meet at `as_of`: within its retention (`None`: a
+    /// table kept whole).
+    pub fn retention_filter(&self, as_of: DateTime<Utc>) -> Option<String> {
+        let spec = self.state.as_ref()?;
+        let (day, days) = (spec.day_column.as_ref()?, self.retain_days()?);
+        Some(format!(
+            "{} > {} - {days}",
+            quote(day),
+            as_of.timestamp().div_euclid(86_400)
+        ))
+    }
+
     /// The SQL that folds a state job's new rows (`new_rows`) into its current table
     /// (`current_rows`) at `as_of`: one row per key, each column merged by its rule, rows
     /// older than the retention dropped. Only rows whose key the batch touches are
@@ -322,24 +365,13 @@ impl Job {
     /// vectorised, and for them the extra pass over the touched rows would cost more.
     pub fn merge_sql(&self, columns: &[String], as_of: DateTime<Utc>) -> String {
         let spec = self.state.as_ref().expect("a state job");
-        let select: Vec<String> = columns
-            .iter()
-            .map(|c| match spec.merge.get(c) {
-                Some(rule) => format!("{} AS {}", rule.to_sql(c), quote(c)),
-                None => quote(c),
-            })
-            .collect();
-        let retention = match (&spec.day_column, self.retain_days()) {
-            (Some(day), Some(days)) => format!(
-                "\nWHERE {} > {} - {days}",
-                quote(day),
-                as_of.timestamp().div_euclid(86_400)
-            ),
-            _ => String::new(),
-        };
+        let select = self.merged_columns(columns);
+        let retention = self
+            .retention_filter(as_of)
+            .map(|filter| format!("\nWHERE {filter}"))
+            .unwrap_or_default();
         let keys = self.key_list();
         let (on_touched, on_repeated) = (self.key_match("t"), self.key_match("r"));
-        let select = select.join(", ");
         let touched = format!(
             "WITH touched_keys AS (SELECT DISTINCT {keys} FROM {NEW_ROWS}),\n\
              touched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT SEMI JOIN touched_keys t ON {on_touched}),\n\

@@ -14,6 +14,7 @@
 //! Must not: start or stop cluster processes (the application does) or decide which jobs run
 //! where ([`super::exec`] does).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,15 @@ pub enum EngineError {
     Invalid { url: String, message: String },
     #[error("cannot reach the cluster's scheduler at {url}: {detail}; nothing was run")]
     Unreachable { url: String, detail: String },
+    /// Reading a stream's landing files, or writing the state from them, failed on the
+    /// cluster: nothing was committed or published.
+    #[error("building the state from stream '{stream}' failed on the cluster at {url}: {source}")]
+    Rebuild {
+        stream: String,
+        url: String,
+        #[source]
+        source: Box<DataFusionError>,
+    },
     #[error("cannot stage the inputs of the cluster's jobs at {path}: {source}")]
     Staging {
         path: String,
@@ -127,7 +137,9 @@ impl Cluster {
     pub async fn context(&self, job: &str) -> Result<SessionContext, DataFusionError> {
         let config = SessionConfig::new_with_ballista()
             .with_ballista_job_name(&format!("tagflow {job}"))
-            .with_ballista_shuffle_reader_force_remote_read(self.remote_shuffle_reads);
+            .with_ballista_shuffle_reader_force_remote_read(self.remote_shuffle_reads)
+            .with_ballista_logical_extension_codec(super::codec::logical())
+            .with_ballista_physical_extension_codec(super::codec::physical());
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
@@ -165,9 +177,13 @@ impl FileTable {
 /// under `<warehouse>/_tagflow/cluster/<run>/`.
 pub struct ClusterRun {
     pub cluster: Cluster,
-    warehouse: Location,
-    dir: String,
-    written: std::sync::atomic::AtomicUsize,
+    pub(super) warehouse: Location,
+    pub(super) run_id: String,
+    /// The run's staging folder, relative to the warehouse.
+    pub(super) dir: String,
+    staged: std::sync::atomic::AtomicUsize,
+    /// State tables the executors wrote ([`super::rebuild`]), read in place.
+    pub(super) written: std::sync::Mutex<BTreeMap<String, FileTable>>,
 }
 
 impl ClusterRun {
@@ -175,15 +191,21 @@ impl ClusterRun {
         ClusterRun {
             cluster: cluster.clone(),
             warehouse: warehouse.clone(),
+            run_id: run_id.to_string(),
             dir: format!("{STAGING_DIR}/{run_id}"),
+            staged: Default::default(),
             written: Default::default(),
         }
     }
 
-    /// A state table as files, one staged file per segment. The cluster evaluates full runs
-    /// and backfills only, whose state is built in memory and has no stored segment yet (a
-    /// stored one may also hold rows a later fold moved to a newer segment).
+    /// A state table as files: the segments the executors wrote, or else one staged file
+    /// per segment. The cluster evaluates full runs and backfills only, whose state is
+    /// built on it or in memory, with no segment of an earlier version (a stored one may
+    /// also hold rows a later fold moved to a newer segment).
     pub async fn state_table(&self, name: &str, table: &StateTable) -> Result<FileTable, EngineError> {
+        if let Some(written) = self.written.lock().expect("not poisoned").get(name) {
+            return Ok(written.clone());
+        }
         let mut files = Vec::with_capacity(table.segments.len());
         for segment in &table.segments {
             files.push(self.write(name, &table.schema, &segment.batches).await?);
@@ -209,7 +231,7 @@ impl ClusterRun {
 
     /// Write `batches` as the next staged file of `name` and return its URL.
     async fn write(&self, name: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, EngineError> {
-        let n = self.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let relative = format!("{}/{name}/{n}.arrow", self.dir);
         let path = self.warehouse.path(&relative);
         let failed = |source: Box<dyn std::error::Error + Send + Sync>| EngineError::Staging {

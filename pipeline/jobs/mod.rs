@@ -38,11 +38,13 @@
 pub mod bgnbd;
 mod catalog;
 mod checks;
+pub mod codec;
 mod customers;
 pub mod engine;
 mod exec;
 pub mod functions;
 mod header;
+mod rebuild;
 
 pub use catalog::{
     timestamp_literal, Catalog, CatalogError, Definitions, Job, JobKind, MergeFn, MergeRule, ParamOverrides,
@@ -54,3 +56,4 @@ pub use checks::{
 pub use customers::{members, CustomerBits, Numbering, CUSTOMER_ID};
 pub use engine::{Cluster, ClusterRun, Engine, EngineError};
 pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Reuse, StateRun};
+pub use rebuild::{RebuildInput, Rebuilt};

@@ -23,10 +23,11 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::errors::ParquetError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 pub mod quarantine;
+pub mod scan;
 pub mod schema;
 
 use crate::storage::dedup::{event_id_hashes, DedupMemory};
@@ -86,7 +87,7 @@ pub struct LandingFile {
 }
 
 /// Counts per stream for the run report.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StreamStats {
     /// Landing files read (including quarantined ones).
     pub files: usize,
@@ -110,7 +111,23 @@ pub struct StreamStats {
     pub events: usize,
 }
 
+impl StreamStats {
+    /// Add `other`'s counts to these.
+    pub fn add(&mut self, other: &StreamStats) {
+        self.files += other.files;
+        self.files_quarantined += other.files_quarantined;
+        self.files_ignored += other.files_ignored;
+        self.rows_read += other.rows_read;
+        self.rows_quarantined += other.rows_quarantined;
+        self.duplicates_dropped += other.duplicates_dropped;
+        self.rows_forgotten += other.rows_forgotten;
+        self.after_as_of += other.after_as_of;
+        self.events += other.events;
+    }
+}
+
 /// What the landing zone yields for one run.
+#[derive(Default)]
 pub struct LandingData {
     /// Unique events per stream, normalised to the stream schema (+ `event_day`).
     pub events: BTreeMap<String, Vec<RecordBatch>>,
@@ -227,49 +244,88 @@ pub async fn read_files(
         if done.is_multiple_of(100) || done == total {
             info!(done, total, "landing files read");
         }
-        let stream_stats = decoded.stats.get_mut(&file.stream).expect("declared stream");
-        stream_stats.files += 1;
-        let source_url = landing.display(&file.path);
-        match outcome {
-            FileOutcome::Rejected { bytes, reason } => {
-                warn!(file = %source_url, %reason, "file quarantined");
-                stream_stats.files_quarantined += 1;
-                decoded.quarantined.push(
-                    quarantine
-                        .put_file(
-                            &file.stream,
-                            &file.relative,
-                            &source_url,
-                            suppression.is_empty().then_some(bytes),
-                            &reason,
-                        )
-                        .await?,
-                );
-            }
-            FileOutcome::Read {
-                good,
-                bad,
-                rows,
-                forgotten,
-            } => {
-                stream_stats.rows_read += rows;
-                stream_stats.rows_forgotten += forgotten;
-                if let Some(bad) = bad {
-                    stream_stats.rows_quarantined += bad.num_rows();
-                    let summary = reason_summary(&bad);
-                    warn!(file = %source_url, rows = bad.num_rows(), reasons = %summary, "rows quarantined");
-                    decoded.quarantined.push(
-                        quarantine
-                            .put_rows(&file.stream, &file.relative, &source_url, &bad, &summary)
-                            .await?,
-                    );
-                }
-                decoded.good.extend(good.into_iter().map(|g| (file.stream.clone(), g)));
-            }
-        }
+        let settled = settle(&quarantine, landing, &file, outcome, suppression.is_empty()).await?;
+        decoded
+            .stats
+            .get_mut(&file.stream)
+            .expect("declared stream")
+            .add(&settled.counts);
+        decoded.quarantined.extend(settled.quarantined);
+        decoded
+            .good
+            .extend(settled.good.into_iter().map(|g| (file.stream.clone(), g)));
     }
     progress.finish();
     Ok(decoded)
+}
+
+/// One file's read, settled: its counts (`files`, `files_quarantined`, `rows_read`,
+/// `rows_quarantined`, `rows_forgotten`), the quarantine entries written for it and its good
+/// rows.
+pub struct Settled {
+    pub counts: StreamStats,
+    pub quarantined: Vec<Entry>,
+    pub good: Vec<GoodRows>,
+}
+
+/// Quarantine what `outcome` says is bad in `file` (a whole file, or rows) and count it:
+/// the one place a read's outcome becomes quarantine entries and counts, in this process
+/// and on a cluster's executors alike. `keep_copy`: no customer is forgotten, so a rejected
+/// file's bytes may be kept.
+pub async fn settle(
+    quarantine: &Quarantine<'_>,
+    landing: &Location,
+    file: &LandingFile,
+    outcome: FileOutcome,
+    keep_copy: bool,
+) -> Result<Settled, SourceError> {
+    let mut settled = Settled {
+        counts: StreamStats {
+            files: 1,
+            ..Default::default()
+        },
+        quarantined: Vec::new(),
+        good: Vec::new(),
+    };
+    let source_url = landing.display(&file.path);
+    match outcome {
+        FileOutcome::Rejected { bytes, reason } => {
+            warn!(file = %source_url, %reason, "file quarantined");
+            settled.counts.files_quarantined = 1;
+            settled.quarantined.push(
+                quarantine
+                    .put_file(
+                        &file.stream,
+                        &file.relative,
+                        &source_url,
+                        keep_copy.then_some(bytes),
+                        &reason,
+                    )
+                    .await?,
+            );
+        }
+        FileOutcome::Read {
+            good,
+            bad,
+            rows,
+            forgotten,
+        } => {
+            settled.counts.rows_read = rows;
+            settled.counts.rows_forgotten = forgotten;
+            if let Some(bad) = bad {
+                settled.counts.rows_quarantined = bad.num_rows();
+                let summary = reason_summary(&bad);
+                warn!(file = %source_url, rows = bad.num_rows(), reasons = %summary, "rows quarantined");
+                settled.quarantined.push(
+                    quarantine
+                        .put_rows(&file.stream, &file.relative, &source_url, &bad, &summary)
+                        .await?,
+                );
+            }
+            settled.good = good;
+        }
+    }
+    Ok(settled)
 }
 
 /// Good rows of the files read, in path order, before de-duplication.

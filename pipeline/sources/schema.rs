@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Name of the column every stream gets after reading: the UTC day of `event_time`,
 /// as days since 1970-01-01. Tag SQL compares it with `{{as_of_day}}` for day windows.
@@ -34,7 +34,7 @@ pub enum SchemaError {
 }
 
 /// Column types a schema may declare; the Arrow type each is normalised to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
     Utf8,
@@ -74,7 +74,7 @@ impl ColumnType {
 }
 
 /// One declared column and its row rules.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     pub name: String,
@@ -95,7 +95,7 @@ fn default_true() -> bool {
 }
 
 /// One stream's schema file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSchema {
     pub stream: String,

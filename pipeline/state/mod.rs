@@ -29,6 +29,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+pub mod sink;
 pub mod tables;
 
 use crate::storage::dedup::{Day, DedupMemory};
@@ -84,11 +85,29 @@ struct Manifest {
     run_id: String,
     committed_at: DateTime<Utc>,
     tables: BTreeMap<String, StoredTable>,
-    pending: BTreeMap<String, String>,
+    pending: BTreeMap<String, HeldFiles>,
     /// stream → event day → id segments.
     seen: BTreeMap<String, BTreeMap<i32, Vec<String>>>,
     /// Segments of the processed-files list.
     files: Vec<String>,
+}
+
+/// A stream's held events: one file (written by this process), or one per partition of a
+/// cluster's write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum HeldFiles {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HeldFiles {
+    fn files(&self) -> Vec<String> {
+        match self {
+            HeldFiles::One(file) => vec![file.clone()],
+            HeldFiles::Many(files) => files.clone(),
+        }
+    }
 }
 
 /// A state table's files.
@@ -126,7 +145,7 @@ impl Manifest {
         self.tables
             .values()
             .flat_map(|t| t.segments().into_iter().map(|s| s.file))
-            .chain(self.pending.values().cloned())
+            .chain(self.pending.values().flat_map(HeldFiles::files))
             .chain(self.seen.values().flat_map(|days| days.values().flatten()).cloned())
             .chain(self.files.iter().cloned())
     }
@@ -139,6 +158,24 @@ struct ProcessedFile {
     ingested_at: DateTime<Utc>,
 }
 
+/// The files a cluster wrote for a state version, relative to [`STATE_DIR`].
+#[derive(Debug, Default)]
+pub struct Written {
+    pub tables: BTreeMap<String, WrittenTable>,
+    /// Per stream: the held events' files.
+    pub held: BTreeMap<String, Vec<String>>,
+    pub held_rows: usize,
+    /// Per stream and event day: the id files.
+    pub seen: BTreeMap<String, BTreeMap<i32, Vec<String>>>,
+}
+
+/// A state table a cluster wrote: its schema and segments (file, day).
+#[derive(Debug)]
+pub struct WrittenTable {
+    pub schema: SchemaRef,
+    pub segments: Vec<(String, Option<i64>)>,
+}
+
 /// The state in memory.
 pub struct State {
     /// Version of the committed state this was loaded from or last committed (0: none).
@@ -149,6 +186,11 @@ pub struct State {
     pub tables: BTreeMap<String, StateTable>,
     /// Unique events after the as-of time, per stream.
     pub pending: BTreeMap<String, Vec<RecordBatch>>,
+    /// Held events a cluster wrote, per stream (state-relative files, not loaded): a state
+    /// built on a cluster ([`State::adopt`]) names them in its commit.
+    pub pending_files: BTreeMap<String, Vec<String>>,
+    /// The rows of `pending_files`.
+    pending_file_rows: usize,
     pub seen: DedupMemory,
     /// Landing files processed (relative path) → when they were ingested.
     pub files: BTreeMap<String, DateTime<Utc>>,
@@ -168,6 +210,8 @@ impl State {
             fingerprint: fingerprint.to_string(),
             tables: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_files: BTreeMap::new(),
+            pending_file_rows: 0,
             seen: DedupMemory::default(),
             files: BTreeMap::new(),
             unsaved_files: Vec::new(),
@@ -184,8 +228,51 @@ impl State {
         self.fingerprint = fingerprint.to_string();
         self.tables.clear();
         self.pending.clear();
+        self.pending_files.clear();
+        self.pending_file_rows = 0;
         self.seen = DedupMemory::default();
         self.rewrite = true;
+    }
+
+    /// Take the files a cluster wrote for the next version (after [`State::reset`]) as this
+    /// state's tables, held events and de-duplication ids: the next commit names them as
+    /// they are, none of them read into memory.
+    pub fn adopt(&mut self, written: Written) {
+        self.tables = written
+            .tables
+            .into_iter()
+            .map(|(name, WrittenTable { schema, segments })| {
+                let segments = segments
+                    .into_iter()
+                    .map(|(file, day)| Segment {
+                        day,
+                        batches: Vec::new(),
+                        stored: Some(file),
+                    })
+                    .collect();
+                let table = StateTable {
+                    schema,
+                    segments,
+                    exclusive: true,
+                };
+                (name, table)
+            })
+            .collect();
+        self.pending.clear();
+        self.pending_files = written.held;
+        self.pending_file_rows = written.held_rows;
+        for (stream, days) in written.seen {
+            let entry = self.seen.streams.entry(stream).or_default();
+            for (day, segments) in days {
+                entry.insert(
+                    day,
+                    Day {
+                        segments,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
     }
 
     /// Record a landing file as processed by the next commit.
@@ -197,7 +284,7 @@ impl State {
 
     /// Rows held for a later as-of, all streams.
     pub fn pending_events(&self) -> usize {
-        self.pending.values().flatten().map(|b| b.num_rows()).sum()
+        self.pending.values().flatten().map(|b| b.num_rows()).sum::<usize>() + self.pending_file_rows
     }
 
     /// Load the committed state of `warehouse`, if any, tables included.
@@ -243,14 +330,17 @@ impl State {
                 message: format!("state table '{name}' lists no segment"),
             });
         }
-        let pending =
-            futures::stream::iter(manifest.pending.clone())
-                .map(|(stream, file)| async move {
-                    Ok::<_, StateError>((stream, read_table(warehouse, &file).await?.batches))
-                })
-                .buffer_unordered(IO_CONCURRENCY)
-                .try_collect::<BTreeMap<_, _>>()
-                .await?;
+        let pending = futures::stream::iter(manifest.pending.clone())
+            .map(|(stream, held)| async move {
+                let mut batches = Vec::new();
+                for file in held.files() {
+                    batches.extend(read_table(warehouse, &file).await?.batches);
+                }
+                Ok::<_, StateError>((stream, batches))
+            })
+            .buffer_unordered(IO_CONCURRENCY)
+            .try_collect::<BTreeMap<_, _>>()
+            .await?;
         let mut files = BTreeMap::new();
         for segment in &manifest.files {
             let bytes = require(warehouse, segment).await?;
@@ -282,6 +372,8 @@ impl State {
             fingerprint: manifest.fingerprint.clone(),
             tables: BTreeMap::new(),
             pending,
+            pending_files: BTreeMap::new(),
+            pending_file_rows: 0,
             seen,
             files,
             unsaved_files: Vec::new(),
@@ -511,7 +603,7 @@ impl State {
         (
             Vec<(String, Bytes)>,
             BTreeMap<String, StoredTable>,
-            BTreeMap<String, String>,
+            BTreeMap<String, HeldFiles>,
         ),
         StateError,
     > {
@@ -537,7 +629,10 @@ impl State {
         for (stream, batches) in self.pending.iter().filter(|(_, b)| !b.is_empty()) {
             let path = format!("pending/{stream}-{version}.arrow");
             to_encode.push((path.clone(), batches[0].schema(), batches.clone()));
-            pending.insert(stream.clone(), path);
+            pending.insert(stream.clone(), HeldFiles::One(path));
+        }
+        for (stream, files) in self.pending_files.iter().filter(|(_, f)| !f.is_empty()) {
+            pending.insert(stream.clone(), HeldFiles::Many(files.clone()));
         }
         let encoded = to_encode.into_iter().map(|(path, schema, batches)| {
             tokio::task::spawn_blocking(move || {
@@ -692,7 +787,7 @@ async fn read_table(warehouse: &Location, file: &str) -> Result<Table, StateErro
     Ok(Table { schema, batches })
 }
 
-fn encode_ids<'a>(ids: impl Iterator<Item = &'a u128>) -> Bytes {
+pub(crate) fn encode_ids<'a>(ids: impl Iterator<Item = &'a u128>) -> Bytes {
     let mut out = Vec::new();
     for id in ids {
         out.extend_from_slice(&id.to_le_bytes());

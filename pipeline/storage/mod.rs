@@ -267,6 +267,32 @@ impl Location {
         }
     }
 
+    /// A location at `url` served by `store`: how a cluster's executor opens the landing
+    /// zone and the warehouse a plan names, through the stores its own settings built (no
+    /// option or secret travels with a plan).
+    pub fn with_store(url: &str, store: Arc<dyn ObjectStore>) -> Result<Self, StorageError> {
+        let invalid = |reason: String| StorageError::InvalidLocation {
+            location: url.to_string(),
+            reason,
+        };
+        let url = trim_trailing_slash(Url::parse(url).map_err(|e| invalid(e.to_string()))?);
+        let prefix = match url.scheme() {
+            "file" => {
+                let fs_path = url
+                    .to_file_path()
+                    .map_err(|_| invalid("file URL without a local path".into()))?;
+                Path::from_absolute_path(&fs_path).map_err(|e| invalid(e.to_string()))?
+            }
+            _ => Path::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?,
+        };
+        Ok(Location {
+            url,
+            store,
+            prefix,
+            options: BTreeMap::new(),
+        })
+    }
+
     /// The endpoint this location talks to, for messages (` (endpoint http://...)`).
     fn endpoint_note(&self) -> String {
         // As the store resolves it: the option first, then the environment.

@@ -11,6 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use object_store::ObjectStoreExt;
 use tagflow::jobs::engine::STAGING_DIR;
 use tagflow::publish::{query_published, HISTORY_TABLE};
 use tagflow::storage::Location;
@@ -194,25 +195,103 @@ impl Side {
     }
 }
 
-/// On `cluster` (with `on_cluster`'s config) and on the embedded engine: `run --full`, then a
-/// backfill of four days. The tables must be equal row for row, the staged inputs gone, and
-/// both executors must have run tasks.
-async fn cluster_equals_embedded(cluster: Cluster, on_cluster: &Side, embedded: &Side) {
-    let as_of = "2026-11-20T00:00:00Z";
-    let run = |side: &Side, engine: &str| {
-        run_tagflow(&["run", "--full", "--json", "--as-of", as_of], &side.config, engine)
-            .unwrap_or_else(|(code, stderr)| panic!("run on {engine} failed with exit {code}:\n{stderr}"))
+/// The quarantine entries of a run report, without where each copy is kept (each side
+/// keeps its own) or when.
+fn quarantined(report: &serde_json::Value) -> Vec<String> {
+    let mut entries: Vec<String> = report["quarantine"]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {} {}",
+                e["stream"], e["source"], e["kind"], e["reason"], e["rows"]
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Copy the clicks files of the last generated day to `clicks/resent/`: every event in them
+/// was counted already.
+async fn resend_last_day_of_clicks(landing: &Location) {
+    let day = format!("dt={}", end_day());
+    for meta in landing.list_under(&landing.path("clicks")).await.unwrap() {
+        let relative = landing.relative(&meta.location).unwrap();
+        if relative.contains(&day) && relative.contains("part-") {
+            let name = relative.rsplit('/').next().unwrap();
+            let to = landing.path(&format!("clicks/resent/{name}"));
+            landing.store.copy(&meta.location, &to).await.unwrap();
+        }
+    }
+}
+
+/// On `cluster` (with `on_cluster`'s config) and on the embedded engine: `run --full`, an
+/// incremental run over re-sent files, then a backfill of four days. The tables must be
+/// equal row for row, and so must the run reports' input counts, quarantine entries, held
+/// events and state table sizes (the cluster read the landing files and wrote the state);
+/// the staged inputs must be gone, and both executors must have run tasks.
+async fn cluster_equals_embedded(cluster: Cluster, landing: &Location, on_cluster: &Side, embedded: &Side) {
+    let run = |side: &Side, engine: &str, args: &[&str]| -> serde_json::Value {
+        let args = [&["run", "--json"], args].concat();
+        let out = run_tagflow(&args, &side.config, engine)
+            .unwrap_or_else(|(code, stderr)| panic!("run on {engine} failed with exit {code}:\n{stderr}"));
+        serde_json::from_str(&out).unwrap()
     };
-    run(embedded, "embedded");
-    let report: serde_json::Value = serde_json::from_str(&run(on_cluster, &cluster.url)).unwrap();
+    let full = ["--full", "--as-of", "2026-11-20T00:00:00Z"];
+    let expected = run(embedded, "embedded", &full);
+    let report = run(on_cluster, &cluster.url, &full);
     assert_eq!(report["mode"], "full", "{report}");
     assert_eq!(report["engine"], cluster.url.as_str(), "{report}");
+    assert!(
+        report["stages_ms"]["rebuild_state"].is_u64(),
+        "the state was built on the cluster: {report}"
+    );
     let (a, b) = (
         read_tags_at(&on_cluster.warehouse, None).await,
         read_tags_at(&embedded.warehouse, None).await,
     );
     assert!(a.rows.len() > 1000, "{} rows", a.rows.len());
     assert_same(&a, &b, "run --full: cluster vs embedded");
+    assert_eq!(
+        report["streams"], expected["streams"],
+        "input counts: cluster vs embedded"
+    );
+    assert!(
+        expected["streams"]["clicks"]["duplicates_dropped"].as_u64() > Some(0),
+        "the history repeats events: {expected}"
+    );
+    assert!(!quarantined(&expected).is_empty(), "the history has bad input");
+    assert_eq!(
+        quarantined(&report),
+        quarantined(&expected),
+        "quarantine: cluster vs embedded"
+    );
+    assert_eq!(report["state"]["held_events"], expected["state"]["held_events"]);
+    for (table, figures) in expected["state"]["tables"].as_object().unwrap() {
+        assert_eq!(
+            report["state"]["tables"][table]["rows"], figures["rows"],
+            "state table {table}"
+        );
+    }
+
+    // The state the executors wrote (segments, held events, ids) serves an incremental run:
+    // a re-sent day of clicks is all duplicates there too.
+    resend_last_day_of_clicks(landing).await;
+    let later = ["--as-of", "2026-11-20T06:00:00Z"];
+    let expected = run(embedded, "embedded", &later);
+    let report = run(on_cluster, &cluster.url, &later);
+    assert_eq!(report["mode"], "incremental", "{report}");
+    assert_eq!(report["streams"], expected["streams"], "incremental input counts");
+    let resent = &report["streams"]["clicks"];
+    assert!(resent["duplicates_dropped"].as_u64() > Some(0), "{resent}");
+    assert_eq!(resent["events"], 0, "{resent}");
+    assert_same(
+        &read_tags_at(&on_cluster.warehouse, None).await,
+        &read_tags_at(&embedded.warehouse, None).await,
+        "incremental run on the state the cluster wrote vs embedded",
+    );
 
     let backfill = |side: &Side, engine: &str| {
         let args = ["backfill", "--from", "2026-11-16", "--to", "2026-11-19", "--json"];
@@ -240,13 +319,22 @@ async fn cluster_equals_embedded(cluster: Cluster, on_cluster: &Side, embedded: 
 async fn full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
     let dir = tempfile::tempdir().unwrap();
     let landing = dir.path().join("landing");
-    generate_into(&landing, 300, 45, 11).await;
+    let options = tagflow::generate::GenerateOptions {
+        customers: 300,
+        days: 45,
+        seed: 11,
+        end: end_day(),
+        bad_input: true,
+    };
+    tagflow::generate::generate(&location(&landing), &options)
+        .await
+        .expect("generate");
     let (on_cluster, embedded) = (
         Side::local(dir.path(), &landing, "cluster"),
         Side::local(dir.path(), &landing, "embedded"),
     );
     let cluster = Cluster::start(&on_cluster.config, 2);
-    cluster_equals_embedded(cluster, &on_cluster, &embedded).await;
+    cluster_equals_embedded(cluster, &location(&landing), &on_cluster, &embedded).await;
 }
 
 /// The same with the landing zone (with bad input) and both warehouses on the S3 server: the
@@ -282,7 +370,8 @@ async fn on_s3_full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() 
         warehouse: s3.location(&format!("{root}/embedded")),
     };
     let cluster = Cluster::start(&on_cluster.config, 2);
-    cluster_equals_embedded(cluster, &on_cluster, &embedded).await;
+    let landing = s3.location(&format!("{root}/landing"));
+    cluster_equals_embedded(cluster, &landing, &on_cluster, &embedded).await;
 }
 
 #[test]
