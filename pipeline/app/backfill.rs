@@ -5,7 +5,9 @@
 //! The landing zone is read once; the events are then folded into a state kept in memory,
 //! day by day, exactly as `follow` folds them when time passes (events after a day's end
 //! are held until a later day reaches them), so day `D` equals a `run --full` as of the
-//! end of `D` over the same files. What the landing zone holds now is taken as known then:
+//! end of `D` over the same files. On a cluster the read and each day's fold run there
+//! (the state is files the executors wrote, a day's tables folded from the day before's),
+//! and this process holds no event. What the landing zone holds now is taken as known then:
 //! a backfill restates history with late events included.
 //!
 //! Each day's quality gates measure drift against the day before (the first day has no
@@ -20,6 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::json;
@@ -30,13 +33,13 @@ use crate::app::error::Error;
 use crate::app::prepare::{check_cluster, check_locations, prepare};
 use crate::app::run::record;
 use crate::config::{ConfigError, Settings};
-use crate::jobs::{Baseline, ClusterRun, GateReport, JobKind, Segments};
+use crate::jobs::{Baseline, ClusterRun, Events, GateReport, JobKind, ReadInput, Segments};
 use crate::publish;
 use crate::publish::history::replace_day;
 use crate::publish::runs::Summary;
 use crate::publish::tables::HISTORY_TABLE;
 use crate::sources::{self, StreamStats};
-use crate::state::State;
+use crate::state::{State, Written};
 use crate::storage::progress::Progress;
 
 /// Which days to backfill.
@@ -133,9 +136,13 @@ pub async fn backfill(
     let run_id = uuid::Uuid::new_v4().to_string();
     let started_at = Utc::now();
     let span = info_span!("backfill", run_id = %run_id, from = %range.from, to = %range.to);
-    let outcome = run_days(settings, range, &run_id, &mut on_day)
+    let mut staged = Vec::new();
+    let outcome = run_days(settings, range, &run_id, &mut on_day, &mut staged)
         .instrument(span.clone())
         .await;
+    for run in staged {
+        run.remove().await;
+    }
     let summary = outcome.as_ref().map(|report| {
         let mut summary = Summary {
             published_version: report.days.last().map_or(0, |d| d.version),
@@ -159,11 +166,23 @@ pub async fn backfill(
     outcome
 }
 
+/// The events a backfill folds day by day.
+enum Input {
+    /// Read here: folded in this process (the first day takes them all; later days take
+    /// the held ones whose time came).
+    Local(BTreeMap<String, Vec<RecordBatch>>),
+    /// Read on the cluster and staged there: each day's fold runs on it.
+    Cluster(Events),
+}
+
+/// Evaluate the days in order. Runs on a cluster are pushed to `staged` while their files
+/// may still be read, for the caller to remove whatever happens.
 async fn run_days(
     settings: &Settings,
     range: Range,
     run_id: &str,
     on_day: &mut impl FnMut(&BackfillDay, usize),
+    staged: &mut Vec<Arc<ClusterRun>>,
 ) -> Result<BackfillReport, Error> {
     let started = Instant::now();
     let (landing, warehouse) = (settings.landing()?, settings.warehouse()?);
@@ -175,39 +194,78 @@ async fn run_days(
         .instrument(info_span!("list"))
         .await?;
     let appeared: Vec<DateTime<Utc>> = listing.files.iter().map(|f| f.appeared_at).collect();
-    let decoded = sources::read_files(
-        landing,
-        warehouse,
-        &project.schemas,
-        &listing.files,
-        &appeared,
-        settings.read_concurrency,
-        settings.progress,
-    )
-    .instrument(info_span!("read"))
-    .await?;
     let mut state = State::empty(&project.catalog.state_fingerprint());
-    let mut data = decoded.deduplicate(&mut state.seen);
+    let cluster = settings.cluster();
+    let (mut input, mut stats) = match cluster {
+        Some(cluster) => {
+            let run = Arc::new(ClusterRun::new(cluster, warehouse, run_id));
+            staged.push(run.clone());
+            let read = ReadInput {
+                streams: &project.schemas.streams,
+                landing,
+                files: &listing.files,
+                ingest_times: &appeared,
+                as_of: end_of(range.to),
+            };
+            let events = run.read_events(&read, None).instrument(info_span!("read")).await?;
+            let stats = events.stats.clone();
+            (Input::Cluster(events), stats)
+        }
+        None => {
+            let decoded = sources::read_files(
+                landing,
+                warehouse,
+                &project.schemas,
+                &listing.files,
+                &appeared,
+                settings.read_concurrency,
+                settings.progress,
+            )
+            .instrument(info_span!("read"))
+            .await?;
+            let mut data = decoded.deduplicate(&mut state.seen);
+            (Input::Local(std::mem::take(&mut data.events)), data.stats)
+        }
+    };
     info!(
         files = listing.files.len(),
         days = days.len(),
         "landing zone read; evaluating the days in order"
     );
 
-    let mut events = std::mem::take(&mut data.events);
     let definitions = project.catalog.definitions();
     let mut previous: Option<(u64, Segments)> = None;
     let mut written = Vec::with_capacity(days.len());
     let progress = Progress::bar(settings.progress, "days", days.len());
+    // The day before's run on the cluster (its state tables are the next fold's start).
+    let mut day_before: Option<(Arc<ClusterRun>, DateTime<Utc>)> = None;
     for (i, date) in days.iter().copied().enumerate() {
         let day_started = Instant::now();
         let as_of = end_of(date);
         let span = info_span!("day", date = %date, n = i + 1, of = days.len());
+        let day_run = cluster.map(|cluster| Arc::new(ClusterRun::new(cluster, warehouse, &format!("{run_id}-{date}"))));
+        let (new_events, folded) = match (&mut input, &day_run) {
+            (Input::Cluster(events), Some(run)) => {
+                staged.push(run.clone());
+                let (before, from) = day_before.as_ref().map(|(run, at)| (run.as_ref(), *at)).unzip();
+                let (runs, tables) = run
+                    .fold_day(&project.catalog, events, before, from, as_of)
+                    .instrument(info_span!(parent: &span, "fold_state"))
+                    .await?;
+                state.adopt(Written {
+                    tables,
+                    ..Default::default()
+                });
+                (BTreeMap::new(), Some(runs))
+            }
+            (Input::Local(events), _) => (std::mem::take(events), None),
+            (Input::Cluster(_), None) => unreachable!("a cluster read has a cluster"),
+        };
         let evaluated = evaluate_at(
             &project,
             &mut state,
-            std::mem::take(&mut events),
-            &mut data.stats,
+            new_events,
+            &mut stats,
             Evaluation {
                 as_of,
                 // One definition for every day of a backfill: drift between days is the data's.
@@ -219,10 +277,8 @@ async fn run_days(
                 force: settings.force,
                 previous: None,
                 numbering: None,
-                cluster: settings
-                    .cluster()
-                    .map(|cluster| Arc::new(ClusterRun::new(cluster, warehouse, &format!("{run_id}-{date}")))),
-                folded: None,
+                cluster: day_run.clone(),
+                folded,
             },
         )
         .instrument(span.clone())
@@ -263,6 +319,13 @@ async fn run_days(
         on_day(&day, days.len());
         previous = Some((day.version, day.segments.clone()));
         written.push(day);
+        // The day before's tables are folded into this day's: its staged files go.
+        if let Some(run) = day_run {
+            if let Some((before, _)) = day_before.replace((run, as_of)) {
+                before.remove().await;
+                staged.retain(|r| !Arc::ptr_eq(r, &before));
+            }
+        }
     }
     progress.finish();
     Ok(BackfillReport {
@@ -271,7 +334,7 @@ async fn run_days(
         from: range.from,
         to: range.to,
         every_days: range.every_days,
-        streams: data.stats,
+        streams: stats,
         days: written,
         duration_ms: started.elapsed().as_millis() as u64,
     })

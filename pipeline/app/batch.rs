@@ -32,7 +32,7 @@ use crate::app::report::{
 use crate::config::Settings;
 use crate::jobs::{
     evaluate_checks, fold_state, run_jobs, Baseline, Cluster, ClusterRun, CustomerBits, Definitions, GateError,
-    GateReport, JobKind, JobOutput, JobRun, Numbering, RebuildInput, Reuse, StateRun, CUSTOMER_ID,
+    GateReport, JobKind, JobOutput, JobRun, Numbering, ReadInput, Reuse, StateRun, CUSTOMER_ID,
 };
 use crate::publish::compact::{self, CompactReport};
 use crate::publish::snapshots::{self, Snapshot};
@@ -219,11 +219,15 @@ impl Batch<'_> {
                 force: self.settings.force,
                 previous: last.as_ref().map(|l| &l.runs),
                 numbering: Some(session.numbering.clone()),
-                cluster,
+                cluster: cluster.clone(),
                 folded,
             },
         )
-        .await?;
+        .await;
+        if let Some(run) = &cluster {
+            run.remove().await;
+        }
+        let evaluated = evaluated?;
         for (file, at) in input.files.iter().zip(&input.ingest_times) {
             state.record_file(&file.relative, *at);
         }
@@ -271,14 +275,14 @@ impl Batch<'_> {
         let rebuilt = run
             .rebuild_state(
                 &self.project.catalog,
-                RebuildInput {
+                ReadInput {
                     streams: &self.project.schemas.streams,
                     landing: self.landing,
                     files: &input.files,
                     ingest_times: &input.ingest_times,
                     as_of: self.as_of,
-                    version: state.next_version(),
                 },
+                state.next_version(),
             )
             .instrument(info_span!("rebuild_state"))
             .await;
@@ -682,7 +686,8 @@ pub(crate) struct Evaluation<'a> {
     pub previous: Option<&'a BTreeMap<String, JobRun>>,
     /// A `follow` session's numbering of customers, kept across its batches.
     pub numbering: Option<Arc<Numbering>>,
-    /// Run the jobs on this cluster (a full evaluation's; see [`run_jobs`]).
+    /// Run the jobs on this cluster (a full evaluation's; see [`run_jobs`]). The caller
+    /// removes what the run staged.
     pub cluster: Option<Arc<ClusterRun>>,
     /// The state was built already (on the cluster, which wrote its tables): these are its
     /// state jobs' runs, and there is nothing to fold.
@@ -741,13 +746,9 @@ pub(crate) async fn evaluate_at(
         }),
         _ => None,
     };
-    let output = run_jobs(catalog, &state.tables, as_of, reuse, cluster.clone())
+    let output = run_jobs(catalog, &state.tables, as_of, reuse, cluster)
         .instrument(info_span!("jobs"))
-        .await;
-    if let Some(cluster) = &cluster {
-        cluster.remove().await;
-    }
-    let output = output?;
+        .await?;
     steps.done("jobs");
     // Quality gates: a failure publishes nothing and commits no state (the next run reads
     // the same files again), unless forced.

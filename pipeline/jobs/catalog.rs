@@ -309,10 +309,11 @@ impl Job {
         }
     }
 
-    /// A state job's table built from nothing at `as_of`: its rows derived from every event
-    /// (`derived`, its SQL), merged by key by its rules, within its retention. The same rows
-    /// as [`Job::merge_sql`] folding them into an empty table (one row of a key is its own
-    /// merge). `columns` are the job's output columns, in order.
+    /// A state job's table from the rows of the query `derived` (its rows derived from
+    /// events, or those with a table's current rows): merged by key by its rules, within its
+    /// retention at `as_of`. The same rows as [`Job::merge_sql`] folding them into an empty
+    /// table (a key's single row is its own merge). `columns` are the job's output columns,
+    /// in order.
     pub fn rebuild_sql(&self, derived: &str, columns: &[String], as_of: DateTime<Utc>) -> String {
         let retention = self
             .retention_filter(as_of)

@@ -3,10 +3,12 @@
 //! `TAGFLOW_ENGINE`) for the jobs of full recomputes and backfills.
 //!
 //! On a cluster a job's SQL is planned by the scheduler and run by the executors, which read
-//! its inputs from files: Ballista ships plans, not the driver's memory. Each segment of a
-//! state table and each job output that other jobs read is staged first, as an Arrow IPC
-//! file under `<warehouse>/_tagflow/cluster/<run>/`; a table is registered by its list of
-//! files (never a folder listing), and the run deletes the folder when its jobs are done.
+//! its inputs from files: Ballista ships plans, not the driver's memory. The state tables
+//! of a full rebuild are files the executors wrote ([`super::rebuild`]); any other input
+//! (a job output that other jobs read, a state built in memory) is staged first, as an
+//! Arrow IPC file under `<warehouse>/_tagflow/cluster/<run>/`. A table is registered by its
+//! list of files (never a folder listing); the run's owner deletes the folder when its
+//! jobs are done. Every process of a cluster uses tagflow's codecs ([`super::codec`]).
 //!
 //! Owns: the engine setting, the cluster's reachability check, the client session a job runs
 //! in on a cluster, the staging of its inputs, and what every process of a cluster must

@@ -1,10 +1,12 @@
 //! Jobs: discover the SQL tag jobs under `sql/`, order them by their dependencies, plan
 //! them with DataFusion and run them at an as-of time.
 //!
-//! Owns: the job header format, parameters, dependency order, planning and execution.
-//! Must not: read landing files (it gets the counted events from `sources`) or write
-//! anything (it hands its rows to `publish`) but the input files it stages for a cluster's
-//! executors ([`engine`]).
+//! Owns: the job header format, parameters, dependency order, planning and execution, and
+//! on a cluster the order of a full rebuild's queries ([`rebuild`]).
+//! Must not: read landing files itself (it gets the counted events from `sources`, or, on a
+//! cluster, plans `sources`' landing scan for the executors) or write anything (it hands
+//! its rows to `publish`) but the input files it stages for a cluster's executors
+//! ([`engine`]).
 //!
 //! A job is a `.sql` file whose leading `--` comment block is a TOML header:
 //!
@@ -56,4 +58,4 @@ pub use checks::{
 pub use customers::{members, CustomerBits, Numbering, CUSTOMER_ID};
 pub use engine::{Cluster, ClusterRun, Engine, EngineError};
 pub use exec::{fold_state, run_jobs, JobError, JobOutput, JobRun, Reuse, StateRun};
-pub use rebuild::{RebuildInput, Rebuilt};
+pub use rebuild::{Events, ReadInput, Rebuilt};

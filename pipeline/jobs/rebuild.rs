@@ -30,7 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tracing::{info, info_span, Instrument};
 
-use super::catalog::{quote, state_schema, Catalog, Job};
+use super::catalog::{quote, state_schema, timestamp_literal, Catalog, Job, CURRENT_ROWS};
 use super::engine::{ClusterRun, EngineError, FileTable};
 use super::exec::{JobError, StateRun};
 use crate::sources::quarantine::Entry;
@@ -47,16 +47,25 @@ type Tables<'a> = Vec<(&'a str, Arc<dyn TableProvider>)>;
 /// Receipts read at once.
 const RECEIPT_READS: usize = 16;
 
-/// What a rebuild reads.
-pub struct RebuildInput<'a> {
+/// What a read of the landing zone on the cluster reads.
+pub struct ReadInput<'a> {
     pub streams: &'a BTreeMap<String, StreamSchema>,
     pub landing: &'a crate::storage::Location,
     /// Every landing file, in path order, and when each was first ingested.
     pub files: &'a [LandingFile],
     pub ingest_times: &'a [DateTime<Utc>],
+    /// Events up to this time count; later ones are held.
     pub as_of: DateTime<Utc>,
-    /// The state version the written files are for.
-    pub version: u64,
+}
+
+/// The landing zone read on the cluster: per stream, the unique events up to the as-of time,
+/// staged as files, and the counts and quarantine entries of the read.
+pub struct Events {
+    due: BTreeMap<String, FileTable>,
+    pub stats: BTreeMap<String, StreamStats>,
+    pub quarantined: Vec<Entry>,
+    /// The held events and ids, as files of a state version (a rebuild's read).
+    pub written: Written,
 }
 
 /// What a rebuild wrote and counted.
@@ -78,47 +87,120 @@ struct StreamRead {
     quarantined: Vec<Entry>,
 }
 
+/// Which events a state job folds, and into what.
+struct Fold<'a> {
+    /// Only the events after the first time (if any) and up to the second; `None`: every
+    /// staged event.
+    window: Option<(Option<DateTime<Utc>>, DateTime<Utc>)>,
+    /// The table's rows before (`None`: it starts empty).
+    current: Option<FileTable>,
+    /// Where its segments go, relative to the warehouse.
+    dir: String,
+    events: &'a BTreeMap<String, FileTable>,
+}
+
 impl ClusterRun {
-    /// Rebuild the state from every landing file on the cluster, as version
-    /// `input.version`. The state tables stay registered for the jobs that read them.
-    pub async fn rebuild_state(&self, catalog: &Catalog, input: RebuildInput<'_>) -> Result<Rebuilt, JobError> {
-        let tag = format!("{}-{}", input.version, self.run_id);
+    /// Read every landing file on the cluster. With `state_version`, the held events and
+    /// the ids of the unique events are written as files of that state version (a
+    /// rebuild's); without, the held events are only staged (a backfill's).
+    pub async fn read_events(&self, input: &ReadInput<'_>, state_version: Option<u64>) -> Result<Events, JobError> {
+        let tag = state_version.map(|version| format!("{version}-{}", self.run_id));
         let reads = input.streams.values().map(|schema| {
             let span = info_span!("read_stream", stream = %schema.stream);
-            self.read_stream(schema, &input, &tag).instrument(span)
+            self.read_stream(schema, input, tag.as_deref()).instrument(span)
         });
         let streams = futures::future::try_join_all(reads).await?;
-        let due: BTreeMap<String, FileTable> = streams.iter().map(|s| (s.stream.clone(), s.due.clone())).collect();
-        let builds = catalog.state_jobs().map(|job| {
-            let span = info_span!("state", job = %job.name);
-            self.build_table(job, &due, input.as_of, &tag).instrument(span)
-        });
-        let built = futures::future::try_join_all(builds).await?;
-        let mut rebuilt = Rebuilt {
-            written: Written::default(),
+        let mut events = Events {
+            due: BTreeMap::new(),
             stats: BTreeMap::new(),
             quarantined: Vec::new(),
-            runs: Vec::new(),
+            written: Written::default(),
         };
         for stream in streams {
-            rebuilt.written.held_rows += stream.held_rows;
+            events.written.held_rows += stream.held_rows;
             if !stream.held.is_empty() {
-                rebuilt.written.held.insert(stream.stream.clone(), stream.held);
+                events.written.held.insert(stream.stream.clone(), stream.held);
             }
             if !stream.seen.is_empty() {
-                rebuilt.written.seen.insert(stream.stream.clone(), stream.seen);
+                events.written.seen.insert(stream.stream.clone(), stream.seen);
             }
-            rebuilt.stats.insert(stream.stream, stream.stats);
-            rebuilt.quarantined.extend(stream.quarantined);
+            events.due.insert(stream.stream.clone(), stream.due);
+            events.stats.insert(stream.stream, stream.stats);
+            events.quarantined.extend(stream.quarantined);
         }
-        for (run, schema, segments) in built {
-            rebuilt
-                .written
-                .tables
-                .insert(run.job.clone(), WrittenTable { schema, segments });
-            rebuilt.runs.push(run);
+        Ok(events)
+    }
+
+    /// Rebuild the state from every landing file on the cluster, as version `version`.
+    /// The state tables stay registered for the jobs that read them.
+    pub async fn rebuild_state(
+        &self,
+        catalog: &Catalog,
+        input: ReadInput<'_>,
+        version: u64,
+    ) -> Result<Rebuilt, JobError> {
+        let events = self.read_events(&input, Some(version)).await?;
+        let tag = format!("{version}-{}", self.run_id);
+        let folds = catalog.state_jobs().map(|job| Fold {
+            window: None,
+            current: None,
+            dir: format!("{STATE_DIR}/tables/{}/{tag}", job.name),
+            events: &events.due,
+        });
+        let runs = self.fold_tables(catalog, folds.collect(), input.as_of).await?;
+        let mut written = events.written;
+        let mut state_runs = Vec::new();
+        for (run, table) in runs {
+            written.tables.insert(run.job.clone(), table);
+            state_runs.push(run);
         }
-        Ok(rebuilt)
+        Ok(Rebuilt {
+            written,
+            stats: events.stats,
+            quarantined: events.quarantined,
+            runs: state_runs,
+        })
+    }
+
+    /// Fold the events of one backfill day (after `from`, if any, up to `as_of`) into the
+    /// state tables `previous` (the day before's run) wrote, or into empty tables; this
+    /// run's staging folder gets the day's tables, registered for its jobs.
+    pub async fn fold_day(
+        &self,
+        catalog: &Catalog,
+        events: &Events,
+        previous: Option<&ClusterRun>,
+        from: Option<DateTime<Utc>>,
+        as_of: DateTime<Utc>,
+    ) -> Result<(Vec<StateRun>, BTreeMap<String, WrittenTable>), JobError> {
+        let folds = catalog.state_jobs().map(|job| Fold {
+            window: Some((from, as_of)),
+            current: previous.and_then(|run| run.written.lock().expect("not poisoned").get(&job.name).cloned()),
+            dir: format!("{}/state/{}", self.dir, job.name),
+            events: &events.due,
+        });
+        let runs = self.fold_tables(catalog, folds.collect(), as_of).await?;
+        let mut tables = BTreeMap::new();
+        let mut state_runs = Vec::new();
+        for (run, table) in runs {
+            tables.insert(run.job.clone(), table);
+            state_runs.push(run);
+        }
+        Ok((state_runs, tables))
+    }
+
+    /// Each state job's fold (in catalog order), side by side.
+    async fn fold_tables(
+        &self,
+        catalog: &Catalog,
+        folds: Vec<Fold<'_>>,
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<(StateRun, WrittenTable)>, JobError> {
+        let builds = catalog.state_jobs().zip(folds).map(|(job, fold)| {
+            let span = info_span!("state", job = %job.name);
+            self.build_table(job, fold, as_of).instrument(span)
+        });
+        futures::future::try_join_all(builds).await
     }
 
     /// Read one stream's landing files on the cluster: the unique events (due ones staged,
@@ -126,8 +208,8 @@ impl ClusterRun {
     async fn read_stream(
         &self,
         schema: &StreamSchema,
-        input: &RebuildInput<'_>,
-        tag: &str,
+        input: &ReadInput<'_>,
+        tag: Option<&str>,
     ) -> Result<StreamRead, JobError> {
         let stream = schema.stream.clone();
         let events_schema = schema.arrow_schema();
@@ -173,7 +255,10 @@ impl ClusterRun {
             let events = Sink {
                 kind: SinkKind::Events {
                     as_of_micros: input.as_of.timestamp_micros(),
-                    held: format!("{STATE_DIR}/pending/{stream}/{tag}"),
+                    held: match tag {
+                        Some(tag) => format!("{STATE_DIR}/pending/{stream}/{tag}"),
+                        None => format!("{}/held/{stream}", self.dir),
+                    },
                 },
                 warehouse: self.warehouse.url.to_string(),
                 dir: format!("{}/events/{stream}", self.dir),
@@ -211,7 +296,7 @@ impl ClusterRun {
             read.held_rows = held.iter().map(|f| f.rows).sum();
             read.held = held.iter().map(|f| state_relative(&f.path)).collect();
             let held_urls: Vec<String> = held.iter().map(|f| self.url(&f.path)).collect();
-            if unique > 0 {
+            if let (Some(tag), true) = (tag, unique > 0) {
                 read.seen = self
                     .write_ids(&stream, &events_schema, &read, &held_urls, tag)
                     .await
@@ -282,14 +367,13 @@ impl ClusterRun {
         Ok(seen)
     }
 
-    /// Run one state job on the staged events and write its table's segments.
+    /// Run one state job's fold on the cluster and write its table's segments.
     async fn build_table(
         &self,
         job: &Job,
-        events: &BTreeMap<String, FileTable>,
+        fold: Fold<'_>,
         as_of: DateTime<Utc>,
-        tag: &str,
-    ) -> Result<(StateRun, SchemaRef, Vec<(String, Option<i64>)>), JobError> {
+    ) -> Result<(StateRun, WrittenTable), JobError> {
         let started = Instant::now();
         let failed = |source: DataFusionError| JobError::Cluster {
             job: job.name.clone(),
@@ -297,11 +381,16 @@ impl ClusterRun {
             url: self.cluster.url.clone(),
             source: Box::new(source),
         };
-        let derived = job.render_sql(as_of);
+        let (derived, sources) = derived_sql(job, &fold, as_of);
         let inputs = || -> Result<Tables<'_>, DataFusionError> {
-            job.reads()
-                .map(|name| Ok((name.as_str(), events[name].provider()? as Arc<dyn TableProvider>)))
-                .collect()
+            let mut tables: Tables<'_> = Vec::new();
+            for (name, table) in &sources {
+                tables.push((name.as_str(), table.provider()?));
+            }
+            if let Some(current) = &fold.current {
+                tables.push((CURRENT_ROWS, current.provider()?));
+            }
+            Ok(tables)
         };
         let schema = {
             let ctx = self
@@ -312,8 +401,18 @@ impl ClusterRun {
             Arc::new(state_schema(frame.schema().as_arrow()))
         };
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-        let rebuilt = job.rebuild_sql(&derived, &columns, as_of);
-        let dir = format!("{STATE_DIR}/tables/{}/{tag}", job.name);
+        // Folding into current rows is merging their union with the new rows by key: one
+        // aggregation (a key's single row is its own merge), which a cluster runs in one
+        // shuffle, where the local fold's joins of touched keys would take several.
+        let rebuilt = match fold.current {
+            Some(_) => {
+                let union =
+                    format!("SELECT * FROM {CURRENT_ROWS}\nUNION ALL\nSELECT * FROM (\n{derived}\n) AS new_rows");
+                job.rebuild_sql(&union, &columns, as_of)
+            }
+            None => job.rebuild_sql(&derived, &columns, as_of),
+        };
+        let dir = fold.dir.clone();
         let day_column = job.state.as_ref().and_then(|s| s.day_column.clone());
         let sink = Sink {
             kind: SinkKind::Table {
@@ -359,7 +458,7 @@ impl ClusterRun {
             duration: started.elapsed(),
         };
         info!(rows, "state table written on the cluster");
-        Ok((run, schema, segments))
+        Ok((run, WrittenTable { schema, segments }))
     }
 
     /// A client session named for `what`, with `tables`.
@@ -444,6 +543,34 @@ impl ClusterRun {
         }
         Ok((good, stats, quarantined))
     }
+}
+
+/// A state job's SQL over `fold`'s events, and the tables it reads by their registered
+/// names. With a window, each stream it reads is its staged events in the window (a CTE of
+/// the stream's name over the staged table `staged_<stream>`).
+fn derived_sql<'a>(job: &Job, fold: &Fold<'a>, as_of: DateTime<Utc>) -> (String, Vec<(String, &'a FileTable)>) {
+    let sql = job.render_sql(as_of);
+    let Some((from, to)) = fold.window else {
+        let sources = job.reads().map(|name| (name.clone(), &fold.events[name])).collect();
+        return (sql, sources);
+    };
+    let after = from
+        .map(|from| format!("event_time > {} AND ", timestamp_literal(from)))
+        .unwrap_or_default();
+    let mut ctes = Vec::new();
+    let mut sources = Vec::new();
+    for name in job.reads() {
+        let staged = format!("staged_{name}");
+        ctes.push(format!(
+            "{} AS (SELECT * FROM {} WHERE {after}event_time <= {})",
+            quote(name),
+            quote(&staged),
+            timestamp_literal(to)
+        ));
+        sources.push((staged, &fold.events[name]));
+    }
+    let sql = format!("WITH {}\nSELECT * FROM (\n{sql}\n) AS derived_rows", ctes.join(",\n"));
+    (sql, sources)
 }
 
 /// A warehouse-relative path under the state, relative to the state.

@@ -2,8 +2,8 @@
 //! de-duplicate by `event_id` and keep the events that count at the as-of time.
 //!
 //! Owns: the interpretation of landing files against `schemas/` (the input contract).
-//! Must not: write anything but the quarantine area, modify or delete landing files, or know
-//! any tag logic. Storage failures fail the read (they are not the file's fault); only bad
+//! Must not: write anything but the quarantine area (and, read on a cluster, the receipts of
+//! [`scan`]), modify or delete landing files, or know any tag logic. Storage failures fail the read (they are not the file's fault); only bad
 //! files and bad rows are quarantined.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
