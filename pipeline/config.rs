@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::jobs::{Engine, ParamOverrides};
+use crate::jobs::{engine, Engine, ParamOverrides};
 use crate::publish::compact::CompactionSettings;
 use crate::publish::live::{self, MergePolicy};
 use crate::serve::pg::PgSettings;
@@ -103,6 +103,9 @@ pub struct EngineConfig {
     /// Every shuffle read goes through the executors' Flight service, even between tasks
     /// of one executor (default false; tests use it to make shuffles cross the network).
     pub remote_shuffle_reads: Option<bool>,
+    /// Partitions of a query's stages on the cluster (default: the driver's cores), so also
+    /// the share of the landing files, the events and the state one task holds.
+    pub partitions: Option<usize>,
 }
 
 /// `[publish]`: every key is optional (defaults in [`live`]).
@@ -312,7 +315,7 @@ impl Settings {
                 })
             })
             .transpose()?;
-        let engine = match cli.engine.as_ref().or(file.engine.url.as_ref()) {
+        let mut engine = match cli.engine.as_ref().or(file.engine.url.as_ref()) {
             None => Engine::Embedded,
             Some(text) => Engine::parse(text, file.engine.remote_shuffle_reads.unwrap_or(false)).map_err(|e| {
                 ConfigError::Invalid {
@@ -321,6 +324,9 @@ impl Settings {
                 }
             })?,
         };
+        if let (Engine::Cluster(cluster), Some(partitions)) = (&mut engine, file.engine.partitions) {
+            cluster.partitions = Some(within("engine.partitions", Some(partitions), engine::PARTITIONS)?);
+        }
         Ok(Settings {
             landing,
             warehouse,

@@ -34,6 +34,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::state::tables::StateTable;
+use crate::storage::units::Bounded;
 use crate::storage::{arrow_file_bytes, Location};
 
 /// The default port of a Ballista scheduler.
@@ -64,7 +65,16 @@ pub struct Cluster {
     /// one executor (`[engine] remote_shuffle_reads`; tests use it to make every shuffle
     /// cross the network).
     pub remote_shuffle_reads: bool,
+    /// Partitions of a query's stages (`[engine] partitions`; `None`: the driver's cores).
+    pub partitions: Option<usize>,
 }
+
+/// `[engine] partitions`.
+pub const PARTITIONS: Bounded<usize> = Bounded {
+    default: 16,
+    min: 1,
+    max: 4096,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -116,6 +126,7 @@ impl Engine {
             host: host.to_string(),
             port,
             remote_shuffle_reads,
+            partitions: None,
         }))
     }
 }
@@ -137,7 +148,11 @@ impl Cluster {
 
     /// A client session on the cluster, with tagflow's functions, named for `job`.
     pub async fn context(&self, job: &str) -> Result<SessionContext, DataFusionError> {
-        let config = SessionConfig::new_with_ballista()
+        let mut config = SessionConfig::new_with_ballista();
+        if let Some(partitions) = self.partitions {
+            config = config.with_target_partitions(partitions);
+        }
+        let config = config
             .with_ballista_job_name(&format!("tagflow {job}"))
             .with_ballista_shuffle_reader_force_remote_read(self.remote_shuffle_reads)
             .with_ballista_logical_extension_codec(super::codec::logical())

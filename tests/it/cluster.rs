@@ -338,7 +338,8 @@ async fn full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
 }
 
 /// The same with the landing zone (with bad input) and both warehouses on the S3 server: the
-/// scheduler and the executors read them with the config's `[storage.*]` options.
+/// scheduler and the executors read them with the config's `[storage.*]` options; each
+/// query's stages have 3 partitions.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_s3_full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
     let Some(s3) = s3_server("on_s3_full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine") else {
@@ -361,6 +362,9 @@ async fn on_s3_full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() 
         config: config_file(dir.path().join("cluster.toml"), &body),
         warehouse: s3.location(&format!("{root}/warehouse")),
     };
+    // The config file ends with its [engine] section.
+    let with_partitions = std::fs::read_to_string(&on_cluster.config).unwrap() + "partitions = 3\n";
+    std::fs::write(&on_cluster.config, with_partitions).unwrap();
     let embedded_body = body.replace(
         &s3.url(&format!("{root}/warehouse")),
         &s3.url(&format!("{root}/embedded")),
@@ -389,6 +393,14 @@ fn an_unreachable_cluster_fails_with_exit_5_and_names_its_url() {
     let (code, stderr) = run_tagflow(&["run", "--full"], &side.config, "http://x").expect_err("not df://");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("df://host:port"), "{stderr}");
+
+    // The config file ends with its [engine] section.
+    let zero = dir.path().join("zero.toml");
+    let body = std::fs::read_to_string(&side.config).unwrap();
+    std::fs::write(&zero, format!("{body}partitions = 0\n")).unwrap();
+    let (code, stderr) = run_tagflow(&["run", "--full"], &zero, &url).expect_err("no partition");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("engine.partitions"), "{stderr}");
 }
 
 /// An executor killed (SIGKILL) while it runs a task of `run --full`: the run either still
