@@ -315,10 +315,8 @@ async fn cluster_equals_embedded(cluster: Cluster, landing: &Location, on_cluste
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
-    let dir = tempfile::tempdir().unwrap();
-    let landing = dir.path().join("landing");
+/// The compared history: 300 customers over 45 days, with bad input.
+async fn generate_history(landing: &Location) {
     let options = tagflow::generate::GenerateOptions {
         customers: 300,
         days: 45,
@@ -326,9 +324,14 @@ async fn full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
         end: end_day(),
         bad_input: true,
     };
-    tagflow::generate::generate(&location(&landing), &options)
-        .await
-        .expect("generate");
+    tagflow::generate::generate(landing, &options).await.expect("generate");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let landing = dir.path().join("landing");
+    generate_history(&location(&landing)).await;
     let (on_cluster, embedded) = (
         Side::local(dir.path(), &landing, "cluster"),
         Side::local(dir.path(), &landing, "embedded"),
@@ -347,16 +350,7 @@ async fn on_s3_full_runs_and_backfills_on_a_cluster_equal_the_embedded_engine() 
     };
     let dir = tempfile::tempdir().unwrap();
     let root = S3::unique("cluster");
-    let options = tagflow::generate::GenerateOptions {
-        customers: 300,
-        days: 45,
-        seed: 11,
-        end: end_day(),
-        bad_input: true,
-    };
-    tagflow::generate::generate(&s3.location(&format!("{root}/landing")), &options)
-        .await
-        .expect("generate on S3");
+    generate_history(&s3.location(&format!("{root}/landing"))).await;
     let body = s3.config(&root, &s3.endpoint, &s3.secret_access_key, "");
     let on_cluster = Side {
         config: config_file(dir.path().join("cluster.toml"), &body),
