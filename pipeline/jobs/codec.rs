@@ -180,3 +180,109 @@ pub fn logical() -> Arc<dyn LogicalExtensionCodec> {
 pub fn physical() -> Arc<dyn PhysicalExtensionCodec> {
     Arc::new(PhysicalCodec::default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::scan::ScanFile;
+    use crate::sources::schema::Schemas;
+    use crate::state::sink::SinkKind;
+    use datafusion::physical_plan::empty::EmptyExec;
+    use datafusion::prelude::SessionContext;
+    use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+
+    fn scan() -> LandingScan {
+        let schemas = Schemas::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap();
+        LandingScan {
+            schema: schemas.streams["clicks"].clone(),
+            landing: "file:///landing".into(),
+            warehouse: "s3://bucket/warehouse".into(),
+            receipts: "_tagflow/cluster/run/receipts/clicks".into(),
+            files: vec![ScanFile {
+                seq: 7,
+                relative: "clicks/dt=2026-11-19/part-0000.parquet".into(),
+                ingested_at: chrono::DateTime::from_timestamp(1_763_500_000, 0).unwrap(),
+            }],
+        }
+    }
+
+    #[test]
+    fn tagflow_table_providers_travel_and_others_go_to_ballista() {
+        let ctx = SessionContext::new().task_ctx();
+        let codec = LogicalCodec::default();
+        let table = TableReference::bare("landing_rows");
+        let landing: Arc<dyn TableProvider> = Arc::new(LandingTable { scan: Arc::new(scan()) });
+        let mut buf = Vec::new();
+        codec
+            .try_encode_table_provider(&table, landing.clone(), &mut buf)
+            .unwrap();
+        let decoded = codec
+            .try_decode_table_provider(&buf, &table, landing.schema(), &ctx)
+            .unwrap();
+        let decoded = (decoded.as_ref() as &dyn Any)
+            .downcast_ref::<LandingTable>()
+            .expect("a landing table");
+        assert_eq!(decoded.scan.files[0].relative, "clicks/dt=2026-11-19/part-0000.parquet");
+        assert_eq!(decoded.scan.files[0].seq, 7);
+        assert_eq!(decoded.scan.schema.stream, "clicks");
+        assert_eq!(decoded.schema(), landing.schema());
+
+        let sink = Sink {
+            kind: SinkKind::Seen,
+            warehouse: "file:///w".into(),
+            dir: "_tagflow/state/seen/clicks/1-run".into(),
+        };
+        let schema = landing.schema();
+        let target: Arc<dyn TableProvider> = Arc::new(SinkTable {
+            sink: Arc::new(sink),
+            schema: schema.clone(),
+        });
+        let mut buf = Vec::new();
+        codec.try_encode_table_provider(&table, target, &mut buf).unwrap();
+        let decoded = codec.try_decode_table_provider(&buf, &table, schema, &ctx).unwrap();
+        let decoded = (decoded.as_ref() as &dyn Any)
+            .downcast_ref::<SinkTable>()
+            .expect("a sink");
+        assert_eq!(decoded.sink.dir, "_tagflow/state/seen/clicks/1-run");
+
+        // Not tagflow's: Ballista's codec answers (and cannot read this).
+        assert!(codec
+            .try_decode_table_provider(b"\x01\x02", &table, landing.schema(), &ctx)
+            .is_err());
+    }
+
+    #[test]
+    fn tagflow_plan_nodes_travel_with_their_input() {
+        let ctx = SessionContext::new().task_ctx();
+        let codec = PhysicalCodec::default();
+        let converter = DefaultPhysicalProtoConverter {};
+        let input: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(Arc::new(arrow::datatypes::Schema::empty())));
+        let node: Arc<dyn ExecutionPlan> =
+            Arc::new(LandingScanExec::new(Arc::new(scan()), input.clone(), Some(vec![0, 1])));
+        let mut buf = Vec::new();
+        codec.try_encode(node.clone(), &mut buf, &converter).unwrap();
+        let decoded = codec
+            .try_decode(&buf, std::slice::from_ref(&input), &ctx, &converter)
+            .unwrap();
+        let decoded = decoded.downcast_ref::<LandingScanExec>().expect("a landing scan");
+        assert_eq!(decoded.projection, Some(vec![0, 1]));
+        assert_eq!(decoded.schema(), node.schema());
+
+        let sink = Sink {
+            kind: SinkKind::Table {
+                day_column: Some("event_day".into()),
+                keys: vec!["customer_id".into()],
+            },
+            warehouse: "file:///w".into(),
+            dir: "t".into(),
+        };
+        let node: Arc<dyn ExecutionPlan> = Arc::new(SinkExec::new(Arc::new(sink), input.clone()));
+        let mut buf = Vec::new();
+        codec.try_encode(node, &mut buf, &converter).unwrap();
+        let decoded = codec.try_decode(&buf, &[input], &ctx, &converter).unwrap();
+        let decoded = decoded.downcast_ref::<SinkExec>().expect("a sink");
+        assert!(
+            matches!(&decoded.sink.kind, SinkKind::Table { day_column: Some(d), keys } if d == "event_day" && keys == &["customer_id"])
+        );
+    }
+}

@@ -417,6 +417,7 @@ impl ClusterRun {
         let sink = Sink {
             kind: SinkKind::Table {
                 day_column: day_column.clone(),
+                keys: job.state.as_ref().map(|s| s.key.clone()).unwrap_or_default(),
             },
             warehouse: self.warehouse.url.to_string(),
             dir: dir.clone(),

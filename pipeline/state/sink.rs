@@ -58,8 +58,12 @@ pub enum SinkKind {
     /// jobs' input), later ones, the state's held events, under `held`.
     Events { as_of_micros: i64, held: String },
     /// A state table's rows: one segment per value of `day_column` (the input is
-    /// partitioned by it, so a day is in one partition), else one per partition.
-    Table { day_column: Option<String> },
+    /// partitioned by it, so a day is in one partition), else one per partition. A null in
+    /// a `keys` column fails the write, as it fails a local fold.
+    Table {
+        day_column: Option<String>,
+        keys: Vec<String>,
+    },
     /// A stream's de-duplication ids (input: `event_day`, `event_id`): the hashes of one
     /// event day per file.
     Seen,
@@ -190,7 +194,7 @@ impl SinkExec {
     /// The column whose values must not be split across partitions (one file per value).
     fn grouping_column(&self) -> Option<&str> {
         match &self.sink.kind {
-            SinkKind::Table { day_column } => day_column.as_deref(),
+            SinkKind::Table { day_column, .. } => day_column.as_deref(),
             SinkKind::Seen => Some(EVENT_DAY),
             SinkKind::Events { .. } => None,
         }
@@ -293,12 +297,15 @@ fn sink_files(sink: &Sink, batches: Vec<RecordBatch>) -> DfResult<Vec<SinkFile>>
             files.push(rows_file(dir, None, false, due));
             files.push(rows_file(held, None, true, later));
         }
-        SinkKind::Table { day_column: None } => files.push(rows_file(dir, None, false, batches)),
-        SinkKind::Table {
-            day_column: Some(column),
-        } => {
-            for (day, rows) in by_day(&batches, column)? {
-                files.push(rows_file(dir, Some(day), false, rows));
+        SinkKind::Table { day_column, keys } => {
+            check_keys(&batches, keys)?;
+            match day_column {
+                None => files.push(rows_file(dir, None, false, batches)),
+                Some(column) => {
+                    for (day, rows) in by_day(&batches, column)? {
+                        files.push(rows_file(dir, Some(day), false, rows));
+                    }
+                }
             }
         }
         SinkKind::Seen => {
@@ -325,6 +332,23 @@ fn sink_files(sink: &Sink, batches: Vec<RecordBatch>) -> DfResult<Vec<SinkFile>>
     }
     files.retain(|f| f.written.rows > 0);
     Ok(files)
+}
+
+/// Fail on a null key, with the message of a local fold.
+fn check_keys(batches: &[RecordBatch], keys: &[String]) -> DfResult<()> {
+    for key in keys {
+        let nulls: usize = batches
+            .iter()
+            .filter_map(|b| b.column_by_name(key))
+            .map(|c| c.null_count())
+            .sum();
+        if nulls > 0 {
+            return Err(DataFusionError::Execution(format!(
+                "key column '{key}' is null in {nulls} rows (filter them out in the query)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `batches`' rows grouped by the value of `column` (an integer day).
@@ -372,4 +396,101 @@ async fn write_files(warehouse: &Location, files: Vec<SinkFile>) -> DfResult<()>
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+
+    fn rows(days: &[i32], keys: &[Option<&str>]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("event_day", DataType::Int32, false),
+        ]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(keys.to_vec())),
+            Arc::new(Int32Array::from(days.to_vec())),
+        ];
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    fn table_sink(day_column: Option<&str>) -> Sink {
+        Sink {
+            kind: SinkKind::Table {
+                day_column: day_column.map(String::from),
+                keys: vec!["customer_id".into(), "event_day".into()],
+            },
+            warehouse: "file:///w".into(),
+            dir: "t".into(),
+        }
+    }
+
+    #[test]
+    fn a_day_segmented_table_gets_one_file_per_day_under_new_names() {
+        let batch = rows(&[3, 1, 3, 3], &[Some("a"), Some("b"), Some("c"), Some("d")]);
+        let files = sink_files(&table_sink(Some("event_day")), vec![batch.clone()]).unwrap();
+        let mut days: Vec<(Option<i64>, usize)> = files.iter().map(|f| (f.written.day, f.written.rows)).collect();
+        days.sort();
+        assert_eq!(days, vec![(Some(1), 1), (Some(3), 3)]);
+        assert!(files
+            .iter()
+            .all(|f| f.written.path.starts_with("t/") && !f.written.held));
+        let again = sink_files(&table_sink(Some("event_day")), vec![batch]).unwrap();
+        assert!(
+            files
+                .iter()
+                .all(|f| again.iter().all(|g| g.written.path != f.written.path)),
+            "a task run again writes new files, never over another's"
+        );
+        let whole = sink_files(&table_sink(None), vec![rows(&[3, 1], &[Some("a"), Some("b")])]).unwrap();
+        assert_eq!(whole.len(), 1);
+        assert_eq!((whole[0].written.day, whole[0].written.rows), (None, 2));
+    }
+
+    #[test]
+    fn a_null_key_fails_the_write_as_it_fails_a_local_fold() {
+        let error = sink_files(&table_sink(None), vec![rows(&[1, 2], &[Some("a"), None])])
+            .err()
+            .expect("a null key");
+        assert!(
+            error.to_string().contains("key column 'customer_id' is null in 1 rows"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn events_split_at_the_as_of_time_into_due_and_held_files() {
+        use arrow::array::TimestampMicrosecondArray;
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "event_time",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        )]));
+        let times: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![10, 20, 30]).with_timezone("UTC"));
+        let batch = RecordBatch::try_new(schema, vec![times]).unwrap();
+        let sink = Sink {
+            kind: SinkKind::Events {
+                as_of_micros: 20,
+                held: "held".into(),
+            },
+            warehouse: "file:///w".into(),
+            dir: "due".into(),
+        };
+        let files = sink_files(&sink, vec![batch]).unwrap();
+        let mut split: Vec<(bool, usize, bool)> = files
+            .iter()
+            .map(|f| {
+                (
+                    f.written.held,
+                    f.written.rows,
+                    f.written
+                        .path
+                        .starts_with(if f.written.held { "held/" } else { "due/" }),
+                )
+            })
+            .collect();
+        split.sort();
+        assert_eq!(split, vec![(false, 2, true), (true, 1, true)]);
+    }
 }
