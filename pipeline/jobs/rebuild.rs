@@ -1,9 +1,10 @@
 //! A full rebuild on a cluster: the landing files read, normalised and quarantined on the
 //! executors ([`crate::sources::scan`]), de-duplicated in SQL, and the state tables, held
 //! events and de-duplication ids written by the executors as the files of the next state
-//! version ([`crate::state::sink`]). The driver plans the queries, lists what they wrote and
-//! reads the per-file receipts (counts and quarantine entries); no event or state row passes
-//! through it.
+//! version ([`crate::state::sink`]). The driver plans the queries, takes the files their
+//! results name and reads the per-file receipts (counts and quarantine entries); no event
+//! or state row passes through it. A backfill reads the same way once, then folds each
+//! day's events into the day before's tables on the cluster ([`ClusterRun::fold_day`]).
 //!
 //! Per stream, one query keeps the first copy of each event (by event day and `event_id`,
 //! in landing path order, then row order: what a local read keeps) and writes the unique
