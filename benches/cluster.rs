@@ -1,5 +1,6 @@
 //! The cluster engine against the embedded one (issue 27): a full run of a generated history
-//! (`TAGFLOW_BENCH_EVENTS`, default 10M events) on the embedded engine, then on a Ballista
+//! (`TAGFLOW_BENCH_EVENTS`, default 10M events, over `TAGFLOW_BENCH_DAYS` days, default 365,
+//! or `TAGFLOW_BENCH_CUSTOMERS` customers over those days) on the embedded engine, then on a Ballista
 //! cluster of `tagflow cluster` processes on this machine with one executor (two slots) and
 //! with two executors (one slot each). Prints per run: wall time, the time to read the
 //! landing zone and build the state (in the driver, or on the cluster), the jobs stage, the
@@ -19,7 +20,6 @@ use chrono::NaiveDate;
 use tagflow::generate::{generate, GenerateOptions};
 use tagflow::storage::Location;
 
-const DAYS: u32 = 365;
 /// The generator writes about this many events per customer and day.
 const EVENTS_PER_CUSTOMER_DAY: f64 = 0.25;
 const AS_OF: &str = "2026-11-19T23:59:59Z";
@@ -28,9 +28,16 @@ fn main() {
     let events: usize = std::env::var("TAGFLOW_BENCH_EVENTS")
         .map(|n| n.parse().expect("TAGFLOW_BENCH_EVENTS is a number"))
         .unwrap_or(10_000_000);
+    // Fewer days of history at the same customers: fewer events, the same tag rows.
+    let days: u32 = std::env::var("TAGFLOW_BENCH_DAYS")
+        .map(|n| n.parse().expect("TAGFLOW_BENCH_DAYS is a number"))
+        .unwrap_or(365);
+    let customers: usize = match std::env::var("TAGFLOW_BENCH_CUSTOMERS") {
+        Ok(n) => n.parse().expect("TAGFLOW_BENCH_CUSTOMERS is a number"),
+        Err(_) => (events as f64 / (days as f64 * EVENTS_PER_CUSTOMER_DAY)).ceil() as usize,
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let landing = dir.path().join("landing");
-    let customers = (events as f64 / (DAYS as f64 * EVENTS_PER_CUSTOMER_DAY)).ceil() as usize;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let started = Instant::now();
     let generated = runtime
@@ -38,7 +45,7 @@ fn main() {
             &Location::parse(&landing.to_string_lossy(), &Default::default()).unwrap(),
             &GenerateOptions {
                 customers,
-                days: DAYS,
+                days,
                 seed: 1,
                 end: NaiveDate::from_ymd_opt(2026, 11, 19).unwrap(),
                 bad_input: false,
@@ -47,7 +54,7 @@ fn main() {
         .expect("generate");
     let written: usize = generated.events.values().sum();
     println!(
-        "\n== full run on the embedded engine and on a cluster: {customers} customers x {DAYS} days -> {written} events (generated in {:.1}s)",
+        "\n== full run on the embedded engine and on a cluster: {customers} customers x {days} days -> {written} events (generated in {:.1}s)",
         started.elapsed().as_secs_f64()
     );
     // SAFETY: sync(2) takes no arguments; the generated files are written out before timing.
