@@ -324,8 +324,12 @@ impl Settings {
                 }
             })?,
         };
-        if let (Engine::Cluster(cluster), Some(partitions)) = (&mut engine, file.engine.partitions) {
-            cluster.partitions = Some(within("engine.partitions", Some(partitions), engine::PARTITIONS)?);
+        if let Engine::Cluster(cluster) = &mut engine {
+            cluster.partitions = Some(within(
+                "engine.partitions",
+                file.engine.partitions,
+                engine::partitions(),
+            )?);
         }
         Ok(Settings {
             landing,

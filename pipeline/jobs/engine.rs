@@ -69,12 +69,14 @@ pub struct Cluster {
     pub partitions: Option<usize>,
 }
 
-/// `[engine] partitions`.
-pub const PARTITIONS: Bounded<usize> = Bounded {
-    default: 16,
-    min: 1,
-    max: 4096,
-};
+/// `[engine] partitions`: by default this machine's cores (DataFusion's own default).
+pub fn partitions() -> Bounded<usize> {
+    Bounded {
+        default: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        min: 1,
+        max: 4096,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -221,10 +221,7 @@ impl Location {
                         "[storage.*] options apply to s3:// locations, and this is a local path".into(),
                     ));
                 }
-                let fs_path = url
-                    .to_file_path()
-                    .map_err(|_| invalid("file URL without a local path".into()))?;
-                let prefix = Path::from_absolute_path(&fs_path).map_err(|e| invalid(e.to_string()))?;
+                let prefix = local_prefix(&url).map_err(invalid)?;
                 Ok(Location {
                     url,
                     store: Arc::new(LocalFileSystem::new()),
@@ -277,12 +274,7 @@ impl Location {
         };
         let url = trim_trailing_slash(Url::parse(url).map_err(|e| invalid(e.to_string()))?);
         let prefix = match url.scheme() {
-            "file" => {
-                let fs_path = url
-                    .to_file_path()
-                    .map_err(|_| invalid("file URL without a local path".into()))?;
-                Path::from_absolute_path(&fs_path).map_err(|e| invalid(e.to_string()))?
-            }
+            "file" => local_prefix(&url).map_err(invalid)?,
             _ => Path::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?,
         };
         Ok(Location {
@@ -395,6 +387,14 @@ impl Location {
         }
         Ok(())
     }
+}
+
+/// The store path of a `file://` URL's folder.
+fn local_prefix(url: &Url) -> Result<Path, String> {
+    let fs_path = url
+        .to_file_path()
+        .map_err(|_| "file URL without a local path".to_string())?;
+    Path::from_absolute_path(&fs_path).map_err(|e| e.to_string())
 }
 
 fn trim_trailing_slash(mut url: Url) -> Url {
