@@ -38,7 +38,7 @@ use crate::sources::quarantine::Entry;
 use crate::sources::scan::{LandingScan, LandingTable, Receipt, ScanFile};
 use crate::sources::schema::{StreamSchema, EVENT_DAY};
 use crate::sources::{LandingFile, StreamStats};
-use crate::state::sink::{written_files, Sink, SinkKind, SinkTable, WrittenFile};
+use crate::state::sink::{sink_result, Sink, SinkKind, SinkResult, SinkTable, WrittenFile};
 use crate::state::{Written, WrittenTable, STATE_DIR};
 use crate::storage::arrow_file_bytes;
 
@@ -103,7 +103,7 @@ struct Fold<'a> {
 impl ClusterRun {
     /// Read every landing file on the cluster. With `state_version`, the held events and
     /// the ids of the unique events are written as files of that state version (a
-    /// rebuild's); without, the held events are only staged (a backfill's).
+    /// rebuild's); without, the held events are only counted (a backfill's).
     pub async fn read_events(&self, input: &ReadInput<'_>, state_version: Option<u64>) -> Result<Events, JobError> {
         let tag = state_version.map(|version| format!("{version}-{}", self.run_id));
         let reads = input.streams.values().map(|schema| {
@@ -256,10 +256,7 @@ impl ClusterRun {
             let events = Sink {
                 kind: SinkKind::Events {
                     as_of_micros: input.as_of.timestamp_micros(),
-                    held: match tag {
-                        Some(tag) => format!("{STATE_DIR}/pending/{stream}/{tag}"),
-                        None => format!("{}/held/{stream}", self.dir),
-                    },
+                    held: tag.map(|tag| format!("{STATE_DIR}/pending/{stream}/{tag}")),
                 },
                 warehouse: self.warehouse.url.to_string(),
                 dir: format!("{}/events/{stream}", self.dir),
@@ -287,14 +284,15 @@ impl ClusterRun {
                 .insert(&format!("read {stream}"), tables, &sql)
                 .await
                 .map_err(failed)?;
-            unique = written.iter().map(|f| f.rows).sum();
+            unique = written.rows;
             let (good, stats, quarantined) = self.receipts(&receipts, &files).await?;
             read.stats = stats;
             read.quarantined = quarantined;
             read.stats.duplicates_dropped = good - unique;
-            let (held, due): (Vec<WrittenFile>, Vec<WrittenFile>) = written.into_iter().partition(|f| f.held);
+            let (held, due): (Vec<WrittenFile>, Vec<WrittenFile>) = written.files.into_iter().partition(|f| f.held);
             read.due.files = due.iter().map(|f| self.url(&f.path)).collect();
-            read.held_rows = held.iter().map(|f| f.rows).sum();
+            // Held events are counted whether written (a rebuild's) or not (a backfill's).
+            read.held_rows = unique - due.iter().map(|f| f.rows).sum::<usize>();
             read.held = held.iter().map(|f| state_relative(&f.path)).collect();
             let held_urls: Vec<String> = held.iter().map(|f| self.url(&f.path)).collect();
             if let (Some(tag), true) = (tag, unique > 0) {
@@ -359,7 +357,7 @@ impl ClusterRun {
             )
             .await?;
         let mut seen: BTreeMap<i32, Vec<String>> = BTreeMap::new();
-        for file in written {
+        for file in written.files {
             let day = file
                 .day
                 .ok_or_else(|| DataFusionError::Internal(format!("an id file without its day: {}", file.path)))?;
@@ -431,11 +429,11 @@ impl ClusterRun {
                 schema: schema.clone(),
             }),
         ));
-        let mut written = self
+        let result = self
             .insert(&job.name, tables, &format!("INSERT INTO state_rows {rebuilt}"))
             .await
             .map_err(failed)?;
-        let rows = written.iter().map(|f| f.rows).sum();
+        let (rows, mut written) = (result.rows, result.files);
         if written.is_empty() {
             // An empty table still stores its schema.
             written.push(self.empty_segment(&dir, &schema).await?);
@@ -477,10 +475,10 @@ impl ClusterRun {
     }
 
     /// Run an `INSERT` into a sink; returns the files its result names.
-    async fn insert(&self, what: &str, tables: Tables<'_>, sql: &str) -> Result<Vec<WrittenFile>, DataFusionError> {
+    async fn insert(&self, what: &str, tables: Tables<'_>, sql: &str) -> Result<SinkResult, DataFusionError> {
         let ctx = self.session(what, tables).await?;
         let batches = ctx.sql(sql).await?.collect().await?;
-        written_files(&batches)
+        sink_result(&batches)
     }
 
     /// The URL of a warehouse-relative path.

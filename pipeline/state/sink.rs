@@ -6,8 +6,8 @@
 //! a manifest naming what it found ([`super::State`]).
 //!
 //! Each partition of the sink's input becomes files of its own, under new names, and the
-//! sink's result is one row per partition: the rows it wrote (`count`, as every `INSERT`
-//! returns) and the files (`written`, JSON). The driver takes the files the query's result
+//! sink's result is one row per partition: the rows it took (`count`, as every `INSERT`
+//! returns) and the files it wrote (`written`, JSON). The driver takes the files the query's result
 //! names, which are those of the tasks that succeeded: a task that failed after writing
 //! some files and ran again elsewhere leaves files no result names, never read (and
 //! collected with the state's other unreferenced files).
@@ -55,8 +55,9 @@ use crate::storage::{arrow_file_bytes, Location};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SinkKind {
     /// A stream's unique events: those at or before `as_of_micros` under `dir` (the state
-    /// jobs' input), later ones, the state's held events, under `held`.
-    Events { as_of_micros: i64, held: String },
+    /// jobs' input), later ones, the state's held events, under `held`; with none (a
+    /// backfill, which commits no state), later ones are counted, not written.
+    Events { as_of_micros: i64, held: Option<String> },
     /// A state table's rows: one segment per value of `day_column` (the input is
     /// partitioned by it, so a day is in one partition), else one per partition. A null in
     /// a `keys` column fails the write, as it fails a local fold.
@@ -83,10 +84,25 @@ pub struct WrittenFile {
     pub held: bool,
 }
 
-/// The files a sink's result names (its `written` column), with their rows.
-pub fn written_files(batches: &[RecordBatch]) -> DfResult<Vec<WrittenFile>> {
-    let mut files = Vec::new();
+/// What a sink's result says: the rows it took (its `count` column) and the files it wrote
+/// (its `written` column).
+pub struct SinkResult {
+    pub rows: usize,
+    pub files: Vec<WrittenFile>,
+}
+
+/// Read a sink's result.
+pub fn sink_result(batches: &[RecordBatch]) -> DfResult<SinkResult> {
+    let mut result = SinkResult {
+        rows: 0,
+        files: Vec::new(),
+    };
     for batch in batches {
+        let counts = batch
+            .column_by_name("count")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .ok_or_else(|| DataFusionError::Internal("a sink's result without `count`".into()))?;
+        result.rows += counts.iter().flatten().sum::<u64>() as usize;
         let written = batch
             .column_by_name(WRITTEN)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -94,10 +110,10 @@ pub fn written_files(batches: &[RecordBatch]) -> DfResult<Vec<WrittenFile>> {
         for json in written.iter().flatten() {
             let listed: Vec<WrittenFile> =
                 serde_json::from_str(json).map_err(|e| DataFusionError::External(Box::new(e)))?;
-            files.extend(listed);
+            result.files.extend(listed);
         }
     }
-    Ok(files)
+    Ok(result)
 }
 
 /// A sink: what it writes, and where (folders relative to the warehouse, by URL).
@@ -247,8 +263,8 @@ impl ExecutionPlan for SinkExec {
         let written = async move {
             let warehouse = open_location(&sink.warehouse, &context)?;
             let batches: Vec<RecordBatch> = rows.try_collect().await?;
+            let count = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
             let files = sink_files(&sink, batches)?;
-            let count = files.iter().map(|f| f.written.rows).sum::<usize>() as u64;
             let written: Vec<WrittenFile> = files.iter().map(|f| f.written.clone()).collect();
             write_files(&warehouse, files).await?;
             let counts: ArrayRef = Arc::new(UInt64Array::from(vec![count]));
@@ -295,7 +311,9 @@ fn sink_files(sink: &Sink, batches: Vec<RecordBatch>) -> DfResult<Vec<SinkFile>>
             let as_of = DateTime::from_timestamp_micros(*as_of_micros).expect("an as-of time");
             let (due, later) = split_at(batches, as_of);
             files.push(rows_file(dir, None, false, due));
-            files.push(rows_file(held, None, true, later));
+            if let Some(held) = held {
+                files.push(rows_file(held, None, true, later));
+            }
         }
         SinkKind::Table { day_column, keys } => {
             check_keys(&batches, keys)?;
@@ -472,7 +490,7 @@ mod tests {
         let sink = Sink {
             kind: SinkKind::Events {
                 as_of_micros: 20,
-                held: "held".into(),
+                held: Some("held".into()),
             },
             warehouse: "file:///w".into(),
             dir: "due".into(),
