@@ -9,7 +9,8 @@
 //!
 //! `cargo bench --bench follow`; `TAGFLOW_BENCH_SIZES=100000,1000000` (customers),
 //! `TAGFLOW_BENCH_FOLLOW_SECS=60`; `TAGFLOW_BENCH_FOLLOW_EVERY=10` lands a file every 10 s
-//! instead of every second, so each batch holds one file (its cost measured apart).
+//! instead of every second, so each batch holds one file (its cost measured apart);
+//! `TAGFLOW_BENCH_KEEP=<dir>` keeps the history and its full run for the next bench run.
 
 use std::time::{Duration, Instant};
 
@@ -30,22 +31,61 @@ fn main() {
     for &customers in &sizes {
         let dir = tempfile::tempdir().expect("tempdir");
         let (landing, warehouse) = (dir.path().join("landing"), dir.path().join("warehouse"));
-        let started = Instant::now();
-        let (events, files) = runtime.block_on(generate_into(&landing, customers, DAYS, 1, end));
-        unsafe { libc::sync() };
-        println!(
-            "\n== follow at {customers} customers: history {events} events in {files} files ({DAYS} days to {end}); \
-             generated in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
         let as_of = format!("{end}T23:59:59Z");
-        let (landing_text, warehouse_text) = (landing.to_string_lossy(), warehouse.to_string_lossy());
-        let full = run(&landing_text, &warehouse_text, None, &as_of, &[]);
-        full.print("initial full run");
+        let kept = kept_history(customers, end);
+        let full_wall = match kept.as_ref().filter(|k| k.join("warehouse").exists()) {
+            Some(kept) => {
+                copy_history(kept, &landing, &warehouse);
+                println!(
+                    "\n== follow at {customers} customers: the history and full run kept in {}",
+                    kept.display()
+                );
+                f64::NAN
+            }
+            None => {
+                let started = Instant::now();
+                let (events, files) = runtime.block_on(generate_into(&landing, customers, DAYS, 1, end));
+                unsafe { libc::sync() };
+                println!(
+                    "\n== follow at {customers} customers: history {events} events in {files} files ({DAYS} days to {end}); \
+                     generated in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                let (landing_text, warehouse_text) = (landing.to_string_lossy(), warehouse.to_string_lossy());
+                let full = run(&landing_text, &warehouse_text, None, &as_of, &[]);
+                full.print("initial full run");
+                if let Some(kept) = &kept {
+                    copy_history(dir.path(), &kept.join("landing"), &kept.join("warehouse"));
+                }
+                full.wall
+            }
+        };
         let figures = follow(&landing, &warehouse, customers, Duration::from_secs(follow_secs));
-        measured.push((customers, full.wall, figures));
+        measured.push((customers, full_wall, figures));
     }
     compare(&measured);
+}
+
+/// Where the history of `customers` ending `end` and its full run are kept between bench
+/// runs (`TAGFLOW_BENCH_KEEP=<dir>`): measuring follow again skips generating and the full
+/// run (about 3 minutes at 1M).
+fn kept_history(customers: usize, end: chrono::NaiveDate) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TAGFLOW_BENCH_KEEP")?;
+    Some(std::path::Path::new(&dir).join(format!("{customers}-{end}")))
+}
+
+/// Copy `from`'s landing and warehouse folders to `landing` and `warehouse`.
+fn copy_history(from: &std::path::Path, landing: &std::path::Path, warehouse: &std::path::Path) {
+    for (name, to) in [("landing", landing), ("warehouse", warehouse)] {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from.join(name))
+            .arg(to)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copying the kept history");
+    }
 }
 
 /// Batch p50 divided by the files per batch (ms).

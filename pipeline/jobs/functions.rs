@@ -7,6 +7,11 @@
 //! - `bgnbd_p_alive(r, alpha, a, b, x, t_x, t)`: the probability that the customer is alive.
 //! - `bgnbd_expected(r, alpha, a, b, x, t_x, t, horizon)`: expected repeat purchases in the
 //!   `horizon` after `t`.
+//! - `nearest_rank(value, percent)`: aggregate; the nearest-rank percentile of the rows,
+//!   the value at 1-based position ceil(percent / 100 * rows) in ascending order (nulls
+//!   counted as rows and ordered last, as `ROW_NUMBER() OVER (ORDER BY value)` does; null
+//!   when that position holds a null or is outside the rows). One selection, no sort: a
+//!   population's bar re-evaluated every micro-batch costs a pass over its rows.
 //!
 //! Owns: the functions' SQL signatures and their registration. Must not: hold model
 //! arithmetic (that is [`super::bgnbd`]) or know any tag.
@@ -18,7 +23,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListArray};
-use arrow::datatypes::{DataType, Field, Fields, Float64Type};
+use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{
     create_udaf, create_udf, Accumulator, AggregateUDF, ColumnarValue, ScalarUDF, Volatility,
@@ -58,7 +63,7 @@ pub fn all() -> (Vec<ScalarUDF>, Vec<AggregateUDF>) {
             }),
         ),
     ];
-    (scalars, vec![fit_function()])
+    (scalars, vec![fit_function(), nearest_rank_function()])
 }
 
 /// The fields of `bgnbd_fit`'s result.
@@ -85,6 +90,98 @@ fn fit_function() -> AggregateUDF {
         Arc::new(|_| Ok(Box::new(FitAccumulator::default()))),
         Arc::new(vec![list; 4]),
     )
+}
+
+fn nearest_rank_function() -> AggregateUDF {
+    let list = DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)));
+    create_udaf(
+        "nearest_rank",
+        vec![DataType::Float64, DataType::Int64],
+        Arc::new(DataType::Float64),
+        Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(RankAccumulator::default()))),
+        Arc::new(vec![list, DataType::Int64, DataType::Int64]),
+    )
+}
+
+/// `nearest_rank`'s rows: the non-null values, the rows counted (nulls too), the percent.
+#[derive(Debug, Default)]
+struct RankAccumulator {
+    values: Vec<f64>,
+    rows: i64,
+    percent: Option<i64>,
+}
+
+impl RankAccumulator {
+    fn take_percent(&mut self, percents: &arrow::array::Int64Array) -> Result<()> {
+        for percent in percents.iter().flatten() {
+            match self.percent {
+                Some(known) if known != percent => {
+                    return Err(DataFusionError::Execution(format!(
+                        "nearest_rank: the percent must be one value for all rows ({known} and {percent} met)"
+                    )))
+                }
+                _ => self.percent = Some(percent),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Accumulator for RankAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let (column, percents) = (values[0].as_primitive::<Float64Type>(), values[1].as_primitive());
+        self.take_percent(percents)?;
+        self.rows += column.len() as i64;
+        self.values.extend(column.iter().flatten());
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let (lists, rows, percents) = (
+            states[0].as_list::<i32>(),
+            states[1].as_primitive::<Int64Type>(),
+            states[2].as_primitive::<Int64Type>(),
+        );
+        self.take_percent(percents)?;
+        self.rows += rows.iter().flatten().sum::<i64>();
+        for list in lists.iter().flatten() {
+            self.values.extend(list.as_primitive::<Float64Type>().iter().flatten());
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let values = Float64Array::from(std::mem::take(&mut self.values));
+        let list = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Float64, true)),
+            arrow::buffer::OffsetBuffer::from_lengths([values.len()]),
+            Arc::new(values),
+            None,
+        );
+        Ok(vec![
+            ScalarValue::List(Arc::new(list)),
+            ScalarValue::Int64(Some(self.rows)),
+            ScalarValue::Int64(self.percent),
+        ])
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let Some(percent) = self.percent else {
+            return Ok(ScalarValue::Float64(None));
+        };
+        // 1-based, in exact integer arithmetic: ceil(percent * rows / 100).
+        let rank = (self.rows * percent + 99).div_euclid(100);
+        if rank < 1 || rank as usize > self.values.len() {
+            return Ok(ScalarValue::Float64(None));
+        }
+        let (_, value, _) = self.values.select_nth_unstable_by(rank as usize - 1, f64::total_cmp);
+        Ok(ScalarValue::Float64(Some(*value)))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.values.capacity() * 8
+    }
 }
 
 /// Apply `f` to each row of float arguments; a row with a null argument gives null.
@@ -246,4 +343,53 @@ fn remembered_fit(mut summaries: Vec<Summary>) -> Fit {
         memory.pop_front();
     }
     fit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `nearest_rank(v, percent)` over `values` (a null: `None`), by SQL in a session with
+    /// tagflow's functions.
+    async fn nearest_rank(values: &[Option<f64>], percent: i64) -> Option<f64> {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let rows: Vec<String> = values
+            .iter()
+            .map(|v| format!("({})", v.map_or("CAST(NULL AS DOUBLE)".into(), |v| format!("{v:?}"))))
+            .collect();
+        let sql = match rows.is_empty() {
+            true => format!("SELECT nearest_rank(CAST(1.0 AS DOUBLE), {percent}) AS r WHERE false"),
+            false => format!(
+                "SELECT nearest_rank(v, {percent}) AS r FROM (VALUES {}) AS t(v)",
+                rows.join(", ")
+            ),
+        };
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let column = batches[0].column(0).as_primitive::<Float64Type>().clone();
+        column.is_valid(0).then(|| column.value(0))
+    }
+
+    #[tokio::test]
+    async fn nearest_rank_is_the_value_at_the_ceiling_of_the_percent_of_the_rows() {
+        let values: Vec<Option<f64>> = [5.0, 1.0, 4.0, 2.0, 3.0].map(Some).to_vec();
+        // ceil(80% of 5) = 4th smallest; ceil(50% of 5) = 3rd; ceil(1% of 5) = 1st.
+        assert_eq!(nearest_rank(&values, 80).await, Some(4.0));
+        assert_eq!(nearest_rank(&values, 50).await, Some(3.0));
+        assert_eq!(nearest_rank(&values, 1).await, Some(1.0));
+        assert_eq!(nearest_rank(&values, 100).await, Some(5.0));
+        // Ties hold one value; position 0 or past the rows is null.
+        assert_eq!(nearest_rank(&[Some(2.0), Some(2.0), Some(1.0)], 50).await, Some(2.0));
+        assert_eq!(nearest_rank(&values, 0).await, None);
+        assert_eq!(nearest_rank(&values, 101).await, None);
+        assert_eq!(nearest_rank(&[], 80).await, None);
+    }
+
+    #[tokio::test]
+    async fn nulls_count_as_rows_and_order_last() {
+        // 4 rows, one null: ceil(75% of 4) = 3rd = 3.0; ceil(80% of 4) = 4th = the null.
+        let values = [Some(3.0), None, Some(1.0), Some(2.0)];
+        assert_eq!(nearest_rank(&values, 75).await, Some(3.0));
+        assert_eq!(nearest_rank(&values, 80).await, None);
+    }
 }

@@ -14,15 +14,17 @@ WITH hour_events AS (
     WHERE event_day > {{as_of_day}} - {{window_days}}
     GROUP BY customer_id, event_hour
 ),
-ranked_hours AS (
+top_hours AS (
+    -- the hour of the most events (ties: the smallest hour), its events and all of them;
+    -- an ordered aggregate per customer, with no sort of the hours
     SELECT
         customer_id,
-        event_hour,
-        events,
-        SUM(events) OVER (PARTITION BY customer_id) AS all_events,
-        ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY events DESC, event_hour ASC) AS hour_rank
+        first_value(event_hour ORDER BY events DESC, event_hour ASC) AS event_hour,
+        MAX(events) AS events,
+        SUM(events) AS all_events
     FROM hour_events
+    GROUP BY customer_id
 )
 SELECT customer_id, lpad(CAST(event_hour AS VARCHAR), 2, '0') AS value, CAST(events AS DOUBLE) / all_events AS score
-FROM ranked_hours
-WHERE hour_rank = 1 AND all_events >= {{min_events}}
+FROM top_hours
+WHERE all_events >= {{min_events}}

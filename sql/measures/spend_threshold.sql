@@ -5,15 +5,9 @@
 -- [params]
 -- # monetary_365 at or above this nearest-rank percentile (over customers with orders_365 >= 1) is high monetary
 -- high_monetary_percentile = 80
-WITH buyers_by_spend AS (
-    SELECT
-        monetary_365,
-        ROW_NUMBER() OVER (ORDER BY monetary_365) AS spend_rank,
-        COUNT(*) OVER () AS buyers
-    FROM customer_measures
-    WHERE orders_365 >= 1
-)
--- nearest rank: the value at 1-based position ceil(p / 100 * n), in exact integer arithmetic
-SELECT MAX(monetary_365) AS threshold
-FROM buyers_by_spend
-WHERE spend_rank = (buyers * {{high_monetary_percentile}} + 99) / 100
+SELECT
+    -- nearest rank: the value at 1-based position ceil(p / 100 * n) of the buyers' spend in
+    -- ascending order, chosen in one pass (`nearest_rank`, a tagflow function), no sort
+    nearest_rank(monetary_365, {{high_monetary_percentile}}) AS threshold
+FROM customer_measures
+WHERE orders_365 >= 1
