@@ -687,20 +687,11 @@ pub async fn run_jobs(
     // Each table's rows of the customers whose state changed, selected once per batch: most
     // jobs evaluated for some customers are evaluated for exactly those, and read these.
     let mut narrowed: BTreeMap<String, Table> = match (&state_changed, &reuse) {
-        (Some(dirty), Some(reuse)) => tables
-            .iter()
-            .filter(|(_, t)| names_customers(&t.schema))
-            .map(|(name, t)| {
-                let rows = reuse.numbering.select(&t.batches, dirty);
-                (
-                    name.clone(),
-                    Table {
-                        schema: t.schema.clone(),
-                        batches: rows,
-                    },
-                )
-            })
-            .collect(),
+        (Some(dirty), Some(reuse)) => {
+            narrow_tables(&tables, dirty, &reuse.numbering)
+                .instrument(info_span!("narrow"))
+                .await
+        }
         _ => BTreeMap::new(),
     };
     let read_by_others: HashSet<&str> = catalog
@@ -796,6 +787,31 @@ pub async fn run_jobs(
     }
     let runs = catalog.jobs.iter().filter_map(|j| done.remove(&j.name)).collect();
     Ok(JobOutput { runs })
+}
+
+/// Each table's rows of the `dirty` customers (of the tables that name their customers),
+/// selected side by side off the runtime's threads: no job starts before they are ready, so
+/// one table after another would leave a core idle.
+async fn narrow_tables(
+    tables: &BTreeMap<String, Table>,
+    dirty: &Dirty,
+    numbering: &Arc<Numbering>,
+) -> BTreeMap<String, Table> {
+    let mut selections = tokio::task::JoinSet::new();
+    for (name, table) in tables.iter().filter(|(_, t)| names_customers(&t.schema)) {
+        let (name, table, dirty, numbering) = (name.clone(), table.clone(), dirty.clone(), numbering.clone());
+        selections.spawn_blocking(move || {
+            let batches = numbering.select(&table.batches, &dirty);
+            let schema = table.schema;
+            (name, Table { schema, batches })
+        });
+    }
+    let mut narrowed = BTreeMap::new();
+    while let Some(selected) = selections.join_next().await {
+        let (name, table) = selected.expect("selecting rows does not panic");
+        narrowed.insert(name, table);
+    }
+    narrowed
 }
 
 /// How to evaluate `job` in this batch: for the customers whose inputs changed when it is

@@ -178,6 +178,12 @@ pub struct TagsBase {
 }
 
 impl TagsBase {
+    /// Join the live view's small parts (a whole evaluation's rows come in thousands of
+    /// batches; [`View::joined`]), so that the micro-batches after it do not.
+    pub fn join_view(&mut self, numbering: &Numbering) {
+        self.rows = std::mem::take(&mut self.rows).joined(numbering);
+    }
+
     /// The live view's rows.
     pub fn rows(&self) -> &View {
         &self.rows
@@ -335,11 +341,19 @@ pub async fn publish_tags(
     // The next live view: the rows not covered, the covered rows of unchanged tags, and
     // every new row of a changed tag.
     let mut rows = old_rest;
-    rows.extend(diff::without_tags(&old_covered, &changed_tags));
-    rows.extend(next_rows.iter().cloned());
-    if let Some(narrowed) = &narrowed {
-        rows = rows.compacted(&narrowed.numbering);
-    }
+    let mut added = diff::without_tags(&old_covered, &changed_tags);
+    added.extend(next_rows.iter().cloned());
+    rows = match &narrowed {
+        Some(narrowed) => {
+            rows.extend_joined(&narrowed.numbering, added);
+            let taken = old_covered.iter().map(|b| b.num_rows()).sum::<usize>();
+            rows.compacted(&narrowed.numbering, 2 * taken)
+        }
+        None => {
+            rows.extend(added);
+            rows
+        }
+    };
     let stats = match (stats, &narrowed) {
         (Some(stats), _) => stats,
         (None, Some(narrowed)) => diff::Figures {

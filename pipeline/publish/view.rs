@@ -19,6 +19,9 @@ use crate::jobs::{CustomerBits, Numbering};
 /// adds a part or two, and every later batch looks at every part.
 const MAX_PARTS: usize = 512;
 
+/// Rows a part holds at least once small parts are joined ([`View::joined`]).
+const JOINED_ROWS: usize = 1 << 16;
+
 /// Rows in batches, some masked out.
 #[derive(Clone, Default)]
 pub struct View {
@@ -146,32 +149,93 @@ impl View {
         bits
     }
 
-    /// This view, or, when its masked rows outnumber its kept ones or it has more than
-    /// [`MAX_PARTS`] parts, the same rows copied into whole batches (selected through
-    /// `numbering`, so they keep their numbers).
-    pub fn compacted(self, numbering: &Numbering) -> View {
+    /// Add `batches` as one part (joined through `numbering`, so the rows keep their
+    /// numbers): a micro-batch adds one part, however many batches its rows came in.
+    pub fn extend_joined(&mut self, numbering: &Numbering, batches: Vec<RecordBatch>) {
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        match batches.len() {
+            0 | 1 => self.extend(batches),
+            _ => self.extend([numbering.concat(&batches)]),
+        }
+    }
+
+    /// The view after copying some of its parts' kept rows into whole batches, to free the
+    /// masked ones. A micro-batch copies at most `budget` rows (its callers: twice the rows
+    /// it took), most masked parts first and none masked less than a quarter, so the copying
+    /// follows the change and is spread over the batches instead of one batch copying the
+    /// whole view; when masked rows outnumber kept ones anyway, every part masked more than
+    /// half is copied. More than [`MAX_PARTS`] parts are joined ([`Self::joined`]).
+    pub fn compacted(self, numbering: &Numbering, budget: usize) -> View {
         let total: usize = self.parts.iter().map(|p| p.batch.num_rows()).sum();
         let kept = self.row_count();
-        if total - kept <= kept && self.parts.len() <= MAX_PARTS {
-            return self;
+        let over = total - kept > kept;
+        let masked_share = |p: &Part| 1.0 - p.kept_rows() as f64 / p.batch.num_rows() as f64;
+        let mut order: Vec<usize> = (0..self.parts.len()).collect();
+        order.sort_by(|&a, &b| masked_share(&self.parts[b]).total_cmp(&masked_share(&self.parts[a])));
+        let mut copy = vec![false; self.parts.len()];
+        let mut copied = 0;
+        for i in order {
+            let (share, rows) = (masked_share(&self.parts[i]), self.parts[i].kept_rows());
+            let due = (over && share > 0.5) || (share >= 0.25 && copied + rows <= budget);
+            if !due {
+                continue;
+            }
+            copy[i] = true;
+            copied += rows;
         }
-        let _span =
-            tracing::debug_span!("compact_view", parts = self.parts.len(), kept, masked = total - kept).entered();
-        let mut batches = Vec::new();
-        for part in self.parts {
-            match part.kept {
-                None => batches.push(part.batch),
-                Some(kept) => {
+        let _span = tracing::debug_span!(
+            "compact_view",
+            parts = self.parts.len(),
+            kept,
+            masked = total - kept,
+            copied
+        )
+        .entered();
+        let mut view = View::default();
+        for (part, copy) in self.parts.into_iter().zip(copy) {
+            match (copy, part.kept) {
+                (true, Some(kept)) => {
                     let numbers = numbering.numbers(&part.batch);
-                    batches.extend(numbering.select_by_mask(&part.batch, &numbers, &BooleanArray::from(kept)));
+                    view.extend(numbering.select_by_mask(&part.batch, &numbers, &BooleanArray::from(kept)));
                 }
+                (_, kept) => view.parts.push(Part {
+                    batch: part.batch,
+                    kept,
+                }),
             }
         }
-        // Many small parts become one.
-        if batches.len() > MAX_PARTS {
-            batches = vec![numbering.concat(&batches)];
+        match view.parts.len() > MAX_PARTS {
+            true => view.joined(numbering),
+            false => view,
         }
-        View::from_batches(batches)
+    }
+
+    /// The view with runs of adjacent parts of fewer than [`JOINED_ROWS`] kept rows joined
+    /// into parts of at least that many (kept rows only, in their order), through
+    /// `numbering`, so the rows keep their numbers.
+    pub fn joined(self, numbering: &Numbering) -> View {
+        let mut view = View::default();
+        let mut run: Vec<RecordBatch> = Vec::new();
+        let flush = |run: &mut Vec<RecordBatch>, view: &mut View| view.extend_joined(numbering, std::mem::take(run));
+        for part in self.parts {
+            if part.kept_rows() >= JOINED_ROWS {
+                flush(&mut run, &mut view);
+                view.parts.push(part);
+                continue;
+            }
+            run.extend(match &part.kept {
+                None => Some(part.batch),
+                Some(kept) => {
+                    let numbers = numbering.numbers(&part.batch);
+                    numbering.select_by_mask(&part.batch, &numbers, &BooleanArray::from(kept.clone()))
+                }
+            });
+            if run.iter().map(|b| b.num_rows()).sum::<usize>() >= JOINED_ROWS {
+                flush(&mut run, &mut view);
+            }
+        }
+        flush(&mut run, &mut view);
+        view
     }
 }
 
@@ -220,20 +284,42 @@ mod tests {
         assert_eq!(ids(&view.select(of(&["c", "d"]))), ["d", "c"]);
         assert_eq!(view.customers(numbering).len(), 3);
         // Compaction keeps the rows and their order.
-        let compacted = view.clone().compacted(numbering);
+        let compacted = view.clone().compacted(numbering, usize::MAX);
         assert_eq!(ids(&compacted.to_batches()), ["b", "d", "c"]);
+        // A budget of no rows copies nothing while masked rows do not outnumber kept ones.
+        let kept = view.clone().compacted(numbering, 0);
+        assert_eq!(kept.batches().count(), view.batches().count());
+        assert_eq!(ids(&kept.to_batches()), ["b", "d", "c"]);
         let (_, view) = view.take(numbering, of(&["b", "d", "c"]));
         assert_eq!(view.row_count(), 0);
         assert!(view.to_batches().is_empty());
     }
 
     #[test]
-    fn many_parts_are_compacted_into_one_that_keeps_its_numbers() {
+    fn compaction_copies_the_most_masked_parts_within_its_budget() {
+        let numbering = Numbering::default();
+        let numbering = &numbering;
+        let view = View::from_batches(vec![batch(&["a", "b", "c", "d"]), batch(&["e", "f", "g", "h"])]);
+        let set = numbering.customers_in(&[batch(&["a", "b", "e"])]);
+        let (_, view) = view.take(numbering, |b| crate::jobs::members(&numbering.numbers(b), &set));
+        let sizes = |view: &View| view.batches().map(|b| b.num_rows()).collect::<Vec<_>>();
+        // Half of the first part is masked, a quarter of the second: a budget of two rows
+        // copies the first part's two kept rows only.
+        let compacted = view.clone().compacted(numbering, 2);
+        assert_eq!(sizes(&compacted), [2, 4]);
+        assert_eq!(ids(&compacted.to_batches()), ["c", "d", "f", "g", "h"]);
+        // With room for both, both; with none, neither (masked rows do not outnumber kept ones).
+        assert_eq!(sizes(&view.clone().compacted(numbering, 5)), [2, 3]);
+        assert_eq!(sizes(&view.compacted(numbering, 0)), [4, 4]);
+    }
+
+    #[test]
+    fn many_parts_are_joined_into_one_that_keeps_its_numbers() {
         let numbering = Numbering::default();
         let names: Vec<String> = (0..MAX_PARTS + 10).map(|i| format!("c{i}")).collect();
         let parts: Vec<RecordBatch> = names.iter().map(|n| batch(&[n.as_str()])).collect();
         let before = numbering.customers_in(&parts);
-        let view = View::from_batches(parts).compacted(&numbering);
+        let view = View::from_batches(parts).compacted(&numbering, 0);
         assert_eq!(view.batches().count(), 1);
         assert_eq!(ids(&view.to_batches()), names);
         // The one batch's numbers are those its rows had.
