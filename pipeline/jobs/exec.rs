@@ -688,7 +688,8 @@ pub async fn run_jobs(
     // jobs evaluated for some customers are evaluated for exactly those, and read these.
     let mut narrowed: BTreeMap<String, Table> = match (&state_changed, &reuse) {
         (Some(dirty), Some(reuse)) => {
-            narrow_tables(&tables, dirty, &reuse.numbering)
+            let wanted = narrowed_tables_read(catalog, &reuse.unchanged);
+            narrow_tables(&tables, &wanted, dirty, &reuse.numbering)
                 .instrument(info_span!("narrow"))
                 .await
         }
@@ -789,16 +790,35 @@ pub async fn run_jobs(
     Ok(JobOutput { runs })
 }
 
+/// The state tables whose rows of the changed customers some job may read as selected ahead
+/// ([`narrow_tables`]): every table a job reads, except where each reader links customers
+/// (`linked_by`: it selects its own rows) or reads only tables the fold left unchanged (its
+/// rows stay the previous ones). A table left out that a job does read after all is
+/// selected by that job itself: this saves copies, it never changes a row.
+fn narrowed_tables_read<'a>(catalog: &'a Catalog, unchanged: &BTreeSet<String>) -> HashSet<&'a str> {
+    let stays = |job: &Job| !job.reads_time_of_day() && job.reads().all(|t| unchanged.contains(t));
+    catalog
+        .jobs
+        .iter()
+        .filter(|job| job.kind != JobKind::State && job.linked_by.is_none() && !stays(job))
+        .flat_map(|job| job.reads().map(String::as_str))
+        .collect()
+}
+
 /// Each table's rows of the `dirty` customers (of the tables that name their customers),
 /// selected side by side off the runtime's threads: no job starts before they are ready, so
 /// one table after another would leave a core idle.
 async fn narrow_tables(
     tables: &BTreeMap<String, Table>,
+    wanted: &HashSet<&str>,
     dirty: &Dirty,
     numbering: &Arc<Numbering>,
 ) -> BTreeMap<String, Table> {
     let mut selections = tokio::task::JoinSet::new();
-    for (name, table) in tables.iter().filter(|(_, t)| names_customers(&t.schema)) {
+    let selected = tables
+        .iter()
+        .filter(|(name, t)| wanted.contains(name.as_str()) && names_customers(&t.schema));
+    for (name, table) in selected {
         let (name, table, dirty, numbering) = (name.clone(), table.clone(), dirty.clone(), numbering.clone());
         selections.spawn_blocking(move || {
             let batches = numbering.select(&table.batches, &dirty);
