@@ -430,6 +430,17 @@ mod tests {
     }
 
     #[test]
+    fn repeated_ids_in_a_row_get_the_number_of_their_id() {
+        let numbering = Numbering::default();
+        let first = numbering.numbers(&batch(&["a", "a", "b", "a", "b", "b"]));
+        let (a, b) = (first.value(0), first.value(2));
+        assert_ne!(a, b);
+        assert_eq!(first.values().to_vec(), [a, a, b, a, b, b]);
+        // Met again in another column, each id keeps its number.
+        assert_eq!(numbering.numbers(&batch(&["b", "a"])).values().to_vec(), [b, a]);
+    }
+
+    #[test]
     fn links_are_numbered_apart_and_followed_both_ways() {
         let schema = Arc::new(Schema::new(vec![
             Field::new(CUSTOMER_ID, DataType::Utf8, false),

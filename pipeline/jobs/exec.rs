@@ -18,7 +18,7 @@ use datafusion::prelude::SessionContext;
 use foldhash::fast::RandomState;
 use tracing::{info, info_span, Instrument};
 
-use crate::state::tables::{Segment, StateTable, Table};
+use crate::state::tables::{null_keys, Segment, StateTable, Table};
 use crate::storage::rows::split_batch;
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
@@ -543,19 +543,14 @@ fn task_output<T>(finished: Result<Result<T, JobError>, tokio::task::JoinError>)
 /// Key columns of state rows are never null (rows are matched on them by equality).
 fn check_keys(job: &Job, batches: &[RecordBatch]) -> Result<(), JobError> {
     let keys = &job.state.as_ref().expect("a state job").key;
-    for batch in batches {
-        for key in keys {
-            let nulls = batch.column_by_name(key).map_or(0, |c| c.null_count());
-            if nulls > 0 {
-                return Err(JobError::Output {
-                    job: job.name.clone(),
-                    file: job.file.clone(),
-                    message: format!("key column '{key}' is null in {nulls} rows (filter them out in the query)"),
-                });
-            }
-        }
+    match null_keys(batches, keys) {
+        Some(message) => Err(JobError::Output {
+            job: job.name.clone(),
+            file: job.file.clone(),
+            message,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Cast batches to a state table's schema (merges may widen types, e.g. SUM of Int32).

@@ -152,7 +152,7 @@ impl Accumulator for RankAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let values = Float64Array::from(std::mem::take(&mut self.values));
+        let values = Float64Array::from(self.values.clone());
         let list = ListArray::new(
             Arc::new(Field::new_list_field(DataType::Float64, true)),
             arrow::buffer::OffsetBuffer::from_lengths([values.len()]),

@@ -45,6 +45,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use super::encode_ids;
+use super::tables::null_keys;
 use crate::sources::scan::open_location;
 use crate::sources::schema::EVENT_DAY;
 use crate::sources::split_at;
@@ -316,7 +317,9 @@ fn sink_files(sink: &Sink, batches: Vec<RecordBatch>) -> DfResult<Vec<SinkFile>>
             }
         }
         SinkKind::Table { day_column, keys } => {
-            check_keys(&batches, keys)?;
+            if let Some(message) = null_keys(&batches, keys) {
+                return Err(DataFusionError::Execution(message));
+            }
             match day_column {
                 None => files.push(rows_file(dir, None, false, batches)),
                 Some(column) => {
@@ -350,23 +353,6 @@ fn sink_files(sink: &Sink, batches: Vec<RecordBatch>) -> DfResult<Vec<SinkFile>>
     }
     files.retain(|f| f.written.rows > 0);
     Ok(files)
-}
-
-/// Fail on a null key, with the message of a local fold.
-fn check_keys(batches: &[RecordBatch], keys: &[String]) -> DfResult<()> {
-    for key in keys {
-        let nulls: usize = batches
-            .iter()
-            .filter_map(|b| b.column_by_name(key))
-            .map(|c| c.null_count())
-            .sum();
-        if nulls > 0 {
-            return Err(DataFusionError::Execution(format!(
-                "key column '{key}' is null in {nulls} rows (filter them out in the query)"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// `batches`' rows grouped by the value of `column` (an integer day).

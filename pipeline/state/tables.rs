@@ -6,6 +6,20 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+/// Why `batches` cannot be a state table keyed by `keys`: the first key column with nulls
+/// and how many (`None` when every key is set). A local fold and a cluster's state sink
+/// both refuse such rows with this message.
+pub fn null_keys(batches: &[RecordBatch], keys: &[String]) -> Option<String> {
+    keys.iter().find_map(|key| {
+        let nulls: usize = batches
+            .iter()
+            .filter_map(|b| b.column_by_name(key))
+            .map(|c| c.null_count())
+            .sum();
+        (nulls > 0).then(|| format!("key column '{key}' is null in {nulls} rows (filter them out in the query)"))
+    })
+}
+
 /// The rows of one table: a state table, or a stream's events.
 #[derive(Debug, Clone)]
 pub struct Table {
