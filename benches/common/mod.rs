@@ -291,6 +291,10 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
     }
     reader.join().unwrap();
     let text: Vec<String> = lines.into_iter().collect();
+    // `TAGFLOW_BENCH_REPORTS=<file>`: follow's run reports (one JSON line per batch), kept.
+    if let Some(path) = std::env::var_os("TAGFLOW_BENCH_REPORTS") {
+        std::fs::write(path, text.join("\n")).expect("writing the run reports");
+    }
     let (status, peak_rss_mib) = wait_with_rusage(child.id());
     assert_eq!(status, 0, "follow exits 0 on SIGTERM");
     let (_, serve_peak_rss_mib) = wait_with_rusage(server.id());

@@ -104,7 +104,7 @@ const LINKED_AT_MOST_ONE_IN: usize = 2;
 
 /// Segments a table without a `day_column` keeps before a fold joins its smallest ones.
 pub const MAX_KEYED_SEGMENTS: usize = 8;
-/// Segments one day of a day-segmented table keeps before a fold joins them.
+/// Segments one day of a day-segmented table keeps before a fold joins its newest ones.
 pub const MAX_DAY_SEGMENTS: usize = 8;
 
 /// What folding one batch into a state table did.
@@ -387,11 +387,15 @@ fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
     }
 }
 
-/// Segments with every key in one of them, joined where there are too many: the segments
-/// of a day beyond [`MAX_DAY_SEGMENTS`] into one, and the two smallest keyed segments while
-/// more than [`MAX_KEYED_SEGMENTS`] remain. A joined segment is new (the next commit writes
-/// it) and comes after every other; an emptied one is dropped (newer segments hold all of
-/// its keys).
+/// Segments with every key in one of them, joined where there are too many. Past
+/// [`MAX_DAY_SEGMENTS`] in a day, its newest two are joined while the newer holds at least
+/// half the rows of the older: a binary counter, so a day of n folds keeps about
+/// `MAX_DAY_SEGMENTS + log2(n)` segments and a row is written again about `log2(n)` times
+/// (joining every segment of the day each time there were too many rewrote the whole day
+/// every few folds: a `follow` session's commits grew with the day's events). Keyed
+/// segments: the two smallest while more than [`MAX_KEYED_SEGMENTS`] remain. A joined
+/// segment is new (the next commit writes it) and takes the place of the two; an emptied
+/// one is dropped (newer segments hold all of its keys).
 fn join_small_segments(segments: Vec<Segment>, by_day: bool) -> Vec<Segment> {
     let mut segments: Vec<Segment> = segments.into_iter().filter(|s| s.rows() > 0).collect();
     if by_day {
@@ -400,11 +404,14 @@ fn join_small_segments(segments: Vec<Segment>, by_day: bool) -> Vec<Segment> {
             days.entry(segment.day).or_default().push(segment);
         }
         let mut out = Vec::new();
-        for (day, parts) in days {
-            match parts.len() > MAX_DAY_SEGMENTS {
-                true => out.push(Segment::new(day, parts.into_iter().flat_map(|p| p.batches).collect())),
-                false => out.extend(parts),
+        for (day, mut parts) in days {
+            while parts.len() > MAX_DAY_SEGMENTS && 2 * parts[parts.len() - 1].rows() >= parts[parts.len() - 2].rows() {
+                let newer = parts.pop().expect("two parts");
+                let mut batches = parts.pop().expect("two parts").batches;
+                batches.extend(newer.batches);
+                parts.push(Segment::new(day, batches));
             }
+            out.extend(parts);
         }
         return out;
     }
@@ -1316,4 +1323,51 @@ fn mem_table(schema: SchemaRef, batches: Vec<RecordBatch>, partitions: usize) ->
         parts[i % partitions.max(1)].push(batch);
     }
     Arc::new(MemTable::try_new(schema, parts).expect("batches match their schema"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let column = Int64Array::from_iter_values(0..n as i64);
+        vec![RecordBatch::try_new(schema, vec![Arc::new(column)]).unwrap()]
+    }
+
+    /// A day folded into a thousand times, one small segment each time: it keeps few
+    /// segments, and its rows are written again a few times each, not once per fold.
+    #[test]
+    fn a_days_segments_are_joined_as_a_binary_counter() {
+        let (folds, per_fold) = (1000usize, 10usize);
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut rewritten = 0;
+        for _ in 0..folds {
+            // What the commit found stored stays stored; the fold adds one new segment.
+            for segment in segments.iter_mut() {
+                segment.stored.get_or_insert_with(|| "stored".to_string());
+            }
+            segments.push(Segment::new(Some(1), rows(per_fold)));
+            segments = join_small_segments(segments, true);
+            rewritten += segments
+                .iter()
+                .filter(|s| s.stored.is_none())
+                .map(Segment::rows)
+                .sum::<usize>();
+            assert!(
+                segments.len() <= MAX_DAY_SEGMENTS + 11,
+                "{} segments after folds of 10 rows",
+                segments.len()
+            );
+        }
+        assert_eq!(segments.iter().map(Segment::rows).sum::<usize>(), folds * per_fold);
+        let written_per_row = rewritten as f64 / (folds * per_fold) as f64;
+        assert!(
+            written_per_row <= 12.0,
+            "each row written {written_per_row:.1} times on average (joining the whole day: ~60)"
+        );
+        // Up to the limit, a day's segments stay as they are.
+        let few: Vec<Segment> = (0..MAX_DAY_SEGMENTS).map(|_| Segment::new(Some(2), rows(1))).collect();
+        assert_eq!(join_small_segments(few, true).len(), MAX_DAY_SEGMENTS);
+    }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Float64Builder, StringArray, StringBuilder, TimestampMicrosecondArray,
+    UInt32Array,
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -21,6 +22,7 @@ use foldhash::fast::RandomState;
 
 use super::customer_tags_schema;
 use super::tags::ChangeCounts;
+use crate::jobs::Numbering;
 use crate::storage::rows::{split_batch, typed_column};
 
 /// The columns of a diff's changes: the feed's columns without versions and as-of.
@@ -61,11 +63,14 @@ struct Side<'a> {
     values: Vec<&'a StringArray>,
     scores: Vec<&'a Float64Array>,
     as_ofs: Vec<&'a TimestampMicrosecondArray>,
+    /// The rows' customer numbers, when the batches are numbered (a micro-batch's).
+    numbers: Option<Vec<UInt32Array>>,
 }
 
 impl<'a> Side<'a> {
-    fn of(batches: &'a [RecordBatch]) -> Self {
+    fn of(batches: &'a [RecordBatch], numbering: Option<&Numbering>) -> Self {
         Side {
+            numbers: numbering.map(|numbering| batches.iter().map(|b| numbering.numbers(b)).collect()),
             ids: batches.iter().map(|b| typed_column(b, "customer_id")).collect(),
             families: batches.iter().map(|b| typed_column(b, "family")).collect(),
             tags: batches.iter().map(|b| typed_column(b, "tag")).collect(),
@@ -73,6 +78,10 @@ impl<'a> Side<'a> {
             scores: batches.iter().map(|b| typed_column(b, "score")).collect(),
             as_ofs: batches.iter().map(|b| typed_column(b, "as_of")).collect(),
         }
+    }
+
+    fn id(&self, (b, i): Row) -> &'a str {
+        self.ids[b].value(i)
     }
 
     /// The rows of each tag, of the tags `keep` accepts.
@@ -120,9 +129,10 @@ type Row = (usize, usize);
 
 /// Diff `old` (restricted to the tags of `scope`; `None`: all) against `new`. Both hold
 /// `customer_tags` rows, at most one per customer and tag. Tags are diffed one by one (each
-/// one's index is small), on all cores.
-pub fn diff(old: &[RecordBatch], new: &[RecordBatch], scope: Option<&[String]>) -> Diff {
-    let (o, n) = (Side::of(old), Side::of(new));
+/// one's index is small), on all cores. With a `numbering` (a micro-batch's rows are
+/// numbered), rows are matched by customer number instead of hashing ids.
+pub fn diff(old: &[RecordBatch], new: &[RecordBatch], scope: Option<&[String]>, numbering: Option<&Numbering>) -> Diff {
+    let (o, n) = (Side::of(old, numbering), Side::of(new, numbering));
     let in_scope = |tag: &str| scope.is_none_or(|tags| tags.iter().any(|t| t == tag));
     let old_by_tag = o.rows_by_tag(in_scope);
     let new_by_tag = n.rows_by_tag(|_| true);
@@ -197,7 +207,7 @@ pub struct Figures {
 /// The figures of the version that `new` makes of `old`: `new`'s rows and, when `scope`
 /// names the tags `new` replaces, the rows of `old`'s other tags.
 pub fn figures(old: &[RecordBatch], new: &[RecordBatch], scope: Option<&[String]>) -> Figures {
-    let (o, n) = (Side::of(old), Side::of(new));
+    let (o, n) = (Side::of(old, None), Side::of(new, None));
     let kept = match scope {
         Some(tags) => o.rows_by_tag(|tag| !tags.iter().any(|t| t == tag)),
         None => BTreeMap::new(),
@@ -232,17 +242,45 @@ struct TagDiff {
     unchanged: Vec<(Row, Row)>,
 }
 
+/// Diff one tag's rows: by customer number where both sides are numbered, else (or when
+/// two ids share a number) by customer id.
 fn diff_tag(o: &Side, old_rows: &[Row], n: &Side, new_rows: &[Row]) -> TagDiff {
-    let mut by_customer: HashMap<&str, Row, RandomState> =
+    if let (Some(old_numbers), Some(new_numbers)) = (&o.numbers, &n.numbers) {
+        let by_number = diff_by_key(
+            (o, old_rows, |(b, i): Row| old_numbers[b].value(i)),
+            (n, new_rows, |(b, i): Row| new_numbers[b].value(i)),
+        );
+        if let Ok(diff) = by_number {
+            return diff;
+        }
+    }
+    diff_by_key((o, old_rows, |row| o.id(row)), (n, new_rows, |row| n.id(row)))
+        .unwrap_or_else(|SharedKey| unreachable!("a tag has at most one row per customer"))
+}
+
+/// Two rows of one tag with one key: two customers with one number (the numbering hashes
+/// ids), or, matching by id, a customer's second row.
+struct SharedKey;
+
+/// Diff one tag's old and new rows (each side with the key of a row), matched by key; a
+/// matched pair must be one customer's.
+fn diff_by_key<K: std::hash::Hash + Eq>(
+    (o, old_rows, old_key): (&Side, &[Row], impl Fn(Row) -> K),
+    (n, new_rows, new_key): (&Side, &[Row], impl Fn(Row) -> K),
+) -> Result<TagDiff, SharedKey> {
+    let mut by_customer: HashMap<K, Row, RandomState> =
         HashMap::with_capacity_and_hasher(old_rows.len(), RandomState::default());
-    for &(b, i) in old_rows {
-        by_customer.insert(o.ids[b].value(i), (b, i));
+    for &row in old_rows {
+        if by_customer.insert(old_key(row), row).is_some() {
+            return Err(SharedKey);
+        }
     }
     let mut changes = Changes::default();
     let mut unchanged = Vec::with_capacity(new_rows.len());
     for &row in new_rows {
-        match by_customer.remove(n.ids[row.0].value(row.1)) {
+        match by_customer.remove(&new_key(row)) {
             None => changes.push(Change::Entered, None, Some((n, row))),
+            Some(old) if o.id(old) != n.id(row) => return Err(SharedKey),
             Some(old) if o.differs(old, n, row) => changes.push(Change::Changed, Some((o, old)), Some((n, row))),
             Some(old) => unchanged.push((row, old)),
         }
@@ -252,7 +290,7 @@ fn diff_tag(o: &Side, old_rows: &[Row], n: &Side, new_rows: &[Row]) -> TagDiff {
     for row in exited {
         changes.push(Change::Exited, Some((o, row)), None);
     }
-    TagDiff { changes, unchanged }
+    Ok(TagDiff { changes, unchanged })
 }
 
 /// Run the work of each item (a size and a closure, from `work`), spread over the cores;
@@ -493,43 +531,47 @@ mod tests {
             ("f", "risk", "t1", "true", None, 9),         // entered
             ("a", "intent", "t2", "shoes", Some(1.0), 9), // t2 has no change at all
         ]);
-        let diff = diff(&old, &new, None);
-        assert_eq!(
-            changes(&diff),
-            vec![
-                change("b", "t1", "changed", Some("true"), Some("true")),
-                change("c", "t1", "changed", Some("true"), Some("true")),
-                change("d", "t1", "exited", Some("true"), None),
-                change("e", "t1", "changed", Some("x"), Some("x")),
-                change("f", "t1", "entered", None, Some("true")),
-            ]
-        );
-        assert_eq!(
-            (diff.counts.entered, diff.counts.exited, diff.counts.changed),
-            (1, 1, 3)
-        );
-        assert_eq!(diff.changed_tags, vec!["t1".to_string()]);
-        // Only the changed tag's rows are rewritten; the unchanged row keeps its as-of.
-        let expected: Vec<(String, String, i64)> = [("a", 1), ("b", 9), ("c", 9), ("e", 9), ("f", 9)]
-            .iter()
-            .map(|(c, t)| (c.to_string(), "t1".to_string(), *t))
-            .collect();
-        assert_eq!(next(&diff), expected);
-        let kept = without_tags(&old, &diff.changed_tags);
-        assert_eq!(kept.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "t2's row");
+        // Matched by customer id, and by customer number (a micro-batch's rows): the same.
+        let numbered = Numbering::default();
+        for numbering in [None, Some(&numbered)] {
+            let diff = diff(&old, &new, None, numbering);
+            assert_eq!(
+                changes(&diff),
+                vec![
+                    change("b", "t1", "changed", Some("true"), Some("true")),
+                    change("c", "t1", "changed", Some("true"), Some("true")),
+                    change("d", "t1", "exited", Some("true"), None),
+                    change("e", "t1", "changed", Some("x"), Some("x")),
+                    change("f", "t1", "entered", None, Some("true")),
+                ]
+            );
+            assert_eq!(
+                (diff.counts.entered, diff.counts.exited, diff.counts.changed),
+                (1, 1, 3)
+            );
+            assert_eq!(diff.changed_tags, vec!["t1".to_string()]);
+            // Only the changed tag's rows are rewritten; the unchanged row keeps its as-of.
+            let expected: Vec<(String, String, i64)> = [("a", 1), ("b", 9), ("c", 9), ("e", 9), ("f", 9)]
+                .iter()
+                .map(|(c, t)| (c.to_string(), "t1".to_string(), *t))
+                .collect();
+            assert_eq!(next(&diff), expected);
+            let kept = without_tags(&old, &diff.changed_tags);
+            assert_eq!(kept.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "t2's row");
+        }
     }
 
     #[test]
     fn a_scope_leaves_other_tags_out_and_nothing_changed_is_no_change() {
         let old = rows(&[("a", "f", "t1", "v", None, 1), ("a", "f", "t2", "v", None, 1)]);
         let new = rows(&[("a", "f", "t1", "v", None, 5)]);
-        let scoped = diff(&old, &new, Some(&["t1".to_string()]));
+        let scoped = diff(&old, &new, Some(&["t1".to_string()]), None);
         assert_eq!(scoped.counts.total(), 0, "t2 is out of scope: not exited");
         assert!(scoped.changes.is_empty() && scoped.changed_tags.is_empty() && scoped.next_rows.is_empty());
-        let whole = diff(&old, &new, None);
+        let whole = diff(&old, &new, None, None);
         assert_eq!(changes(&whole), vec![change("a", "t2", "exited", Some("v"), None)]);
         assert_eq!(next(&whole), Vec::new(), "t2 has no new rows");
-        assert_eq!(diff(&[], &[], None).counts.total(), 0);
+        assert_eq!(diff(&[], &[], None, None).counts.total(), 0);
     }
 
     #[test]

@@ -46,8 +46,8 @@ use super::tables::CHANGES_TABLE;
 pub use super::tables::TAGS_TABLE;
 use super::view::View;
 use super::{
-    collect, customer_tags_schema, file_count, open_or_new, register, table_url, writer_properties, PublishError,
-    Published,
+    collect, customer_tags_schema, file_count, open_or_new, register, spread_input, table_url, writer_properties,
+    PublishError, Published,
 };
 use crate::jobs::{members, CustomerBits, Numbering};
 use crate::storage::rows::{split_batch, text_column};
@@ -320,7 +320,8 @@ pub async fn publish_tags(
     // counted beside it. Both off the runtime's threads.
     let compare = {
         let (old, new, scope) = (old_covered.clone(), new_rows.clone(), update.scope.clone());
-        blocking(move || diff::diff(&old, &new, scope.as_deref()))
+        let numbering = narrowed.as_ref().map(|n| n.numbering.clone());
+        blocking(move || diff::diff(&old, &new, scope.as_deref(), numbering.as_deref()))
     };
     let count = {
         // A whole update covers every old row.
@@ -432,8 +433,10 @@ pub async fn publish_tags(
                 written_rows.push(RecordBatch::new_empty(customer_tags_schema()));
             }
             let written = written_rows.iter().map(|b| b.num_rows()).sum();
+            let input = spread_input(written_rows).map_err(|e| commit_error(e.into()))?;
             let table = table
-                .write(written_rows)
+                .write(Vec::new())
+                .with_input_plan(input)
                 .with_save_mode(SaveMode::Overwrite)
                 .with_replace_where(format!("tag IN ({})", sql_list(&rewritten)))
                 .with_writer_properties(writer_properties())
@@ -763,7 +766,7 @@ async fn catch_up(
             Some(from) => live::apply(rows_at(warehouse, from).await?, &live::live_rows(&feed, from).await?),
             None => Vec::new(),
         };
-        let changes = blocking(move || diff::diff(&old, &new, None).changes).await;
+        let changes = blocking(move || diff::diff(&old, &new, None, None).changes).await;
         let mut rows = feed_rows(&changes, from, version, as_of);
         // An erasure's version: its exits are recorded without naming the customers.
         if let Some(request) = erasure {
