@@ -37,8 +37,11 @@ pub const MERGE_EVERY_SECS: Bounded<u64> = Bounded {
     max: 86_400,
 };
 /// `[publish] merge_max_changes`: merge at once when this many live changes are waiting.
+/// A merge rewrites every changed tag's partition (at 1M customers ~3.6M rows, 1.1-1.4 s
+/// of a micro-batch): at 1M changes, a feed of 50k events a second merged every ~17 s; the
+/// default leaves the cadence to `merge_every` and bounds a burst (a backlog of late files).
 pub const MERGE_MAX_CHANGES: Bounded<u64> = Bounded {
-    default: 1_000_000,
+    default: 5_000_000,
     min: 0,
     max: u64::MAX,
 };

@@ -427,7 +427,10 @@ pub async fn publish_tags(
         Some(_) => {
             // The rewritten tags' partitions are replaced whole: cheaper than a row-level
             // merge when, as usual, most of a partition's rows are rewritten anyway.
-            let mut written_rows = rows.select(|b| diff::tag_mask(b, |tag| rewritten.iter().any(|t| t == tag)));
+            let mut written_rows = {
+                let (view, tags) = (rows.clone(), rewritten.clone());
+                blocking(move || view.select(|b| diff::tag_mask(b, |tag| tags.iter().any(|t| t == tag)))).await
+            };
             if written_rows.is_empty() {
                 // Every row of the rewritten tags exited: the partitions are replaced by nothing.
                 written_rows.push(RecordBatch::new_empty(customer_tags_schema()));

@@ -39,6 +39,22 @@ impl Part {
     fn kept_rows(&self) -> usize {
         self.kept.as_ref().map_or(self.batch.num_rows(), |k| k.count_set_bits())
     }
+
+    /// The part's kept rows that `selects` marks (`None`: none).
+    fn select(&self, selects: impl Fn(&RecordBatch) -> BooleanArray) -> Option<RecordBatch> {
+        let marked = selects(&self.batch);
+        let marked = match &self.kept {
+            None => marked.values().clone(),
+            Some(kept) => marked.values() & kept,
+        };
+        match marked.count_set_bits() {
+            0 => None,
+            n if n == self.batch.num_rows() => Some(self.batch.clone()),
+            _ => Some(
+                filter_record_batch(&self.batch, &BooleanArray::from(marked)).expect("a mask of the batch's length"),
+            ),
+        }
+    }
 }
 
 impl View {
@@ -84,26 +100,24 @@ impl View {
     }
 
     /// The view's rows that `selects` marks in each batch, copied once (a merge's rows of
-    /// the tags it rewrites).
-    pub fn select(&self, selects: impl Fn(&RecordBatch) -> BooleanArray) -> Vec<RecordBatch> {
-        self.parts
-            .iter()
-            .filter_map(|part| {
-                let marked = selects(&part.batch);
-                let marked = match &part.kept {
-                    None => marked.values().clone(),
-                    Some(kept) => marked.values() & kept,
-                };
-                match marked.count_set_bits() {
-                    0 => None,
-                    n if n == part.batch.num_rows() => Some(part.batch.clone()),
-                    _ => Some(
-                        filter_record_batch(&part.batch, &BooleanArray::from(marked))
-                            .expect("a mask of the batch's length"),
-                    ),
-                }
-            })
-            .collect()
+    /// the tags it rewrites: millions of rows at 1M customers, so the parts are shared out
+    /// over the cores).
+    pub fn select(&self, selects: impl Fn(&RecordBatch) -> BooleanArray + Sync) -> Vec<RecordBatch> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let share = self.parts.len().div_ceil(cores).max(1);
+        let select_parts =
+            |parts: &[Part]| -> Vec<RecordBatch> { parts.iter().filter_map(|part| part.select(&selects)).collect() };
+        std::thread::scope(|scope| {
+            let shares: Vec<_> = self
+                .parts
+                .chunks(share)
+                .map(|parts| scope.spawn(move || select_parts(parts)))
+                .collect();
+            shares
+                .into_iter()
+                .flat_map(|share| share.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
     }
 
     /// Take out the rows `covers` marks in each batch: they are returned (selected through
