@@ -249,29 +249,34 @@ fn diff_tag(o: &Side, old_rows: &[Row], n: &Side, new_rows: &[Row]) -> TagDiff {
         let by_number = diff_by_key(
             (o, old_rows, |(b, i): Row| old_numbers[b].value(i)),
             (n, new_rows, |(b, i): Row| new_numbers[b].value(i)),
+            true,
         );
         if let Ok(diff) = by_number {
             return diff;
         }
     }
-    diff_by_key((o, old_rows, |row| o.id(row)), (n, new_rows, |row| n.id(row)))
-        .unwrap_or_else(|SharedKey| unreachable!("a tag has at most one row per customer"))
+    match diff_by_key((o, old_rows, |row| o.id(row)), (n, new_rows, |row| n.id(row)), false) {
+        Ok(diff) => diff,
+        Err(SharedKey) => unreachable!("matching by id is not strict"),
+    }
 }
 
-/// Two rows of one tag with one key: two customers with one number (the numbering hashes
-/// ids), or, matching by id, a customer's second row.
+/// Two customers of one tag with one number (the numbering hashes ids).
 struct SharedKey;
 
-/// Diff one tag's old and new rows (each side with the key of a row), matched by key; a
-/// matched pair must be one customer's.
+/// Diff one tag's old and new rows (each side with the key of a row), matched by key.
+/// `strict`: the key may be shared by two customers (a number), so a key met twice among
+/// the old rows, or a matched pair of two customers, is an error; else (an id) an old
+/// row's key is its customer's and a later row of one key replaces an earlier one.
 fn diff_by_key<K: std::hash::Hash + Eq>(
     (o, old_rows, old_key): (&Side, &[Row], impl Fn(Row) -> K),
     (n, new_rows, new_key): (&Side, &[Row], impl Fn(Row) -> K),
+    strict: bool,
 ) -> Result<TagDiff, SharedKey> {
     let mut by_customer: HashMap<K, Row, RandomState> =
         HashMap::with_capacity_and_hasher(old_rows.len(), RandomState::default());
     for &row in old_rows {
-        if by_customer.insert(old_key(row), row).is_some() {
+        if by_customer.insert(old_key(row), row).is_some() && strict {
             return Err(SharedKey);
         }
     }
@@ -280,7 +285,7 @@ fn diff_by_key<K: std::hash::Hash + Eq>(
     for &row in new_rows {
         match by_customer.remove(&new_key(row)) {
             None => changes.push(Change::Entered, None, Some((n, row))),
-            Some(old) if o.id(old) != n.id(row) => return Err(SharedKey),
+            Some(old) if strict && o.id(old) != n.id(row) => return Err(SharedKey),
             Some(old) if o.differs(old, n, row) => changes.push(Change::Changed, Some((o, old)), Some((n, row))),
             Some(old) => unchanged.push((row, old)),
         }

@@ -161,7 +161,7 @@ pub(crate) fn writer_properties() -> WriterProperties {
 
 /// Rows to write, as a scan of one partition per core: delta-rs then writes the table's
 /// partitions with as many writers at once (one partition: one writer encodes every file;
-/// a merge of ~5M rows at 1M customers took over a second of one core).
+/// a merge of ~3.6M rows at 1M customers took over a second of one core).
 pub(crate) fn spread_input(batches: Vec<RecordBatch>) -> Result<LogicalPlan, DataFusionError> {
     let schema = batches.first().map_or_else(customer_tags_schema, RecordBatch::schema);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
