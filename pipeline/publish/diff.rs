@@ -300,7 +300,7 @@ fn diff_by_key<K: std::hash::Hash + Eq>(
 
 /// Run the work of each item (a size and a closure, from `work`), spread over the cores;
 /// the results come back in the order of `items`.
-fn on_all_cores<I: Copy + Send + Sync, F: FnOnce() -> T + Send, T: Send>(
+pub(super) fn on_all_cores<I: Copy + Send + Sync, F: FnOnce() -> T + Send, T: Send>(
     items: Vec<I>,
     work: impl Fn(I) -> (usize, F),
 ) -> Vec<(I, T)> {

@@ -13,6 +13,7 @@ use arrow::buffer::BooleanBuffer;
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 
+use super::diff::on_all_cores;
 use crate::jobs::{CustomerBits, Numbering};
 
 /// Parts beyond which the view is compacted, even with few masked rows: each micro-batch
@@ -40,13 +41,18 @@ impl Part {
         self.kept.as_ref().map_or(self.batch.num_rows(), |k| k.count_set_bits())
     }
 
-    /// The part's kept rows that `selects` marks (`None`: none).
-    fn select(&self, selects: impl Fn(&RecordBatch) -> BooleanArray) -> Option<RecordBatch> {
+    /// Which of the part's kept rows `selects` marks.
+    fn marked(&self, selects: impl Fn(&RecordBatch) -> BooleanArray) -> BooleanBuffer {
         let marked = selects(&self.batch);
-        let marked = match &self.kept {
+        match &self.kept {
             None => marked.values().clone(),
             Some(kept) => marked.values() & kept,
-        };
+        }
+    }
+
+    /// The part's kept rows that `selects` marks (`None`: none).
+    fn select(&self, selects: impl Fn(&RecordBatch) -> BooleanArray) -> Option<RecordBatch> {
+        let marked = self.marked(selects);
         match marked.count_set_bits() {
             0 => None,
             n if n == self.batch.num_rows() => Some(self.batch.clone()),
@@ -103,21 +109,13 @@ impl View {
     /// the tags it rewrites: millions of rows at 1M customers, so the parts are shared out
     /// over the cores).
     pub fn select(&self, selects: impl Fn(&RecordBatch) -> BooleanArray + Sync) -> Vec<RecordBatch> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let share = self.parts.len().div_ceil(cores).max(1);
-        let select_parts =
-            |parts: &[Part]| -> Vec<RecordBatch> { parts.iter().filter_map(|part| part.select(&selects)).collect() };
-        std::thread::scope(|scope| {
-            let shares: Vec<_> = self
-                .parts
-                .chunks(share)
-                .map(|parts| scope.spawn(move || select_parts(parts)))
-                .collect();
-            shares
-                .into_iter()
-                .flat_map(|share| share.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
+        let parts = &self.parts;
+        let selects = &selects;
+        let work = |i: usize| (parts[i].batch.num_rows(), move || parts[i].select(selects));
+        on_all_cores((0..parts.len()).collect(), work)
+            .into_iter()
+            .filter_map(|(_, rows)| rows)
+            .collect()
     }
 
     /// Take out the rows `covers` marks in each batch: they are returned (selected through
@@ -129,11 +127,7 @@ impl View {
     ) -> (Vec<RecordBatch>, View) {
         let mut taken = Vec::new();
         for part in &mut self.parts {
-            let marked = covers(&part.batch);
-            let marked = match &part.kept {
-                None => marked.values().clone(),
-                Some(kept) => marked.values() & kept,
-            };
+            let marked = part.marked(&covers);
             if marked.count_set_bits() == 0 {
                 continue;
             }

@@ -447,3 +447,26 @@ async fn reload_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The background load's thread, and the threads it starts, run at the lowest priority;
+    /// the thread that asked keeps its own.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_background_thread_runs_at_the_lowest_priority() {
+        let nice = || {
+            // SAFETY: reads the calling thread's nice value.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+        };
+        let before = nice();
+        let (own, started) = std::thread::spawn(move || {
+            super::lowest_priority();
+            (nice(), std::thread::spawn(nice).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!((own, started), (19, 19));
+        assert_eq!(nice(), before);
+    }
+}
