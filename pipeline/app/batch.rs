@@ -95,7 +95,7 @@ async fn number_ahead(session: &mut Session) {
             .values()
             .filter(|t| t.schema.column_with_name(CUSTOMER_ID).is_some())
         {
-            batches.extend(table.segments.iter().flat_map(|s| s.batches.iter().cloned()));
+            batches.extend(table.segments.iter().flat_map(|s| s.rows.batches().cloned()));
         }
     }
     // The last evaluation's outputs: the next batch splices its fresh rows into them.

@@ -26,6 +26,7 @@ use arrow::compute::{filter, filter_record_batch};
 use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
 
+use crate::storage::masked::{Copier, MaskedRows};
 use crate::storage::rows::{split_batch, text_column};
 
 /// The column that names a row's customer.
@@ -375,6 +376,39 @@ impl Numbering {
     /// Customers (values) numbered so far.
     pub fn customers(&self) -> usize {
         self.inner.lock().expect("numbering lock").ids.len()
+    }
+}
+
+/// Rows copied through the numbering keep their numbers: a holder of masked rows (the live
+/// view, a state table's segments) copies them without hashing their ids again.
+impl Copier for Numbering {
+    fn select(&self, batch: &RecordBatch, mask: &BooleanArray) -> RecordBatch {
+        self.select_rows(batch, &self.numbers(batch), mask)
+    }
+
+    fn concat(&self, batches: &[RecordBatch]) -> RecordBatch {
+        Numbering::concat(self, batches)
+    }
+}
+
+impl Numbering {
+    /// The customers with a kept row in `rows`.
+    pub fn customers_of(&self, rows: &MaskedRows) -> CustomerBits {
+        let mut bits = CustomerBits::default();
+        for (batch, kept) in rows.parts() {
+            let numbers = self.numbers(batch);
+            let values = numbers.values();
+            match kept {
+                None => values.iter().for_each(|&n| bits.insert(n)),
+                Some(kept) => kept.set_indices().for_each(|i| bits.insert(values[i])),
+            }
+        }
+        bits
+    }
+
+    /// The kept rows of `rows` whose customer is in `set`.
+    pub fn select_masked(&self, rows: &MaskedRows, set: &CustomerBits) -> Vec<RecordBatch> {
+        rows.select_with(self, |batch| members(&self.numbers(batch), set))
     }
 }
 

@@ -227,7 +227,7 @@ impl ClusterRun {
         }
         let mut files = Vec::with_capacity(table.segments.len());
         for segment in &table.segments {
-            files.push(self.write(name, &table.schema, &segment.batches).await?);
+            files.push(self.write(name, &table.schema, &segment.rows.to_batches()).await?);
         }
         Ok(FileTable {
             schema: table.schema.clone(),

@@ -19,6 +19,7 @@ use foldhash::fast::RandomState;
 use tracing::{info, info_span, Instrument};
 
 use crate::state::tables::{null_keys, Segment, StateTable, Table};
+use crate::storage::masked::{Copier, MaskedRows, Plain};
 use crate::storage::rows::split_batch;
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
@@ -206,14 +207,16 @@ async fn fold_one(
     let exclusive = current.as_ref().is_some_and(|t| t.exclusive);
     let mut segments = Vec::new();
     for segment in current.map(|t| t.segments).unwrap_or_default() {
-        segments.push(Segment {
-            batches: conform(&job, segment.batches, &schema)?,
-            ..segment
-        });
+        segments.push(conform_segment(&job, segment, &schema)?);
     }
     if !exclusive {
         newest_rows_only(&job, &mut segments);
     }
+    // Rows copied out of segments keep their customer numbers in a session.
+    let copier: &dyn Copier = match numbering.as_deref() {
+        Some(numbering) => numbering,
+        None => &Plain,
+    };
     let day_column = job.state.as_ref().and_then(|s| s.day_column.clone());
     // Retention: whole days past it go.
     let mut dropped = false;
@@ -256,7 +259,7 @@ async fn fold_one(
         None if !merged.is_empty() => segments.push(Segment::new(None, merged)),
         None => {}
     }
-    let mut kept = join_small_segments(segments, day_column.is_some());
+    let mut kept = join_small_segments(segments, day_column.is_some(), copier);
     // The rows the next commit writes: the new segments and the joined ones.
     let rows_rewritten = kept.iter().filter(|s| s.stored.is_none()).map(Segment::rows).sum();
     if kept.is_empty() {
@@ -290,13 +293,14 @@ fn key_rows(job: &Job, batch: &RecordBatch) -> arrow::row::Rows {
 }
 
 /// Take the rows whose key one of `new_rows` has out of `segments` (those of the new rows'
-/// days, for a day-segmented table) and return them.
+/// days, for a day-segmented table) and return them: they are copied out and masked in
+/// their segments, whose other rows are not copied ([`MaskedRows`]), so a fold costs what
+/// it touched, not the size of today's rows. A segment masked enough is compacted, a part
+/// at a time within twice the rows taken from it.
 ///
 /// With a `numbering`, a table keyed by customer is searched by customer number first: only
-/// the rows of the new rows' customers can match (a bit test per row), the keys of those
-/// rows alone are compared, and a batch without any is kept as it is, so its numbers stay
-/// known and the next selection by customer does not hash its ids again. Without one, every
-/// row's key is compared.
+/// the rows of the new rows' customers can match (a bit test per row) and the keys of those
+/// rows alone are compared. Without one, every row's key is compared.
 fn take_touched_rows(
     job: &Job,
     segments: &mut [Segment],
@@ -318,6 +322,10 @@ fn take_touched_rows(
             new_keys.extend(key_rows(job, batch).iter().map(|r| r.as_ref().to_vec()));
         }
     }
+    let copier: &dyn Copier = match numbering {
+        Some(numbering) => numbering,
+        None => &Plain,
+    };
     let mut touched = Vec::new();
     for segment in segments.iter_mut() {
         let may_hold = match (new_days, segment.day) {
@@ -327,27 +335,26 @@ fn take_touched_rows(
         if !may_hold || segment.rows() == 0 {
             continue;
         }
-        let mut kept = Vec::with_capacity(segment.batches.len());
-        for batch in std::mem::take(&mut segment.batches) {
-            let (hit, others) = match &by_customer {
-                Some((numbering, candidates)) => {
-                    let numbers = numbering.numbers(&batch);
-                    let mut hit = members(&numbers, candidates);
-                    if !customer_only && hit.true_count() > 0 {
-                        hit = keys_among(job, &batch, &hit, &new_keys);
-                    }
-                    numbering.split_by_mask(&batch, &numbers, &hit)
+        let taken = match &by_customer {
+            Some((numbering, candidates)) => segment.rows.take(copier, |batch| {
+                let hit = members(&numbering.numbers(batch), candidates);
+                match customer_only || hit.true_count() == 0 {
+                    true => hit,
+                    false => keys_among(job, batch, &hit, &new_keys),
                 }
-                None => {
-                    let keys = key_rows(job, &batch);
-                    let hit: BooleanArray = keys.iter().map(|k| Some(new_keys.contains(k.as_ref()))).collect();
-                    split_batch(&batch, &hit)
-                }
-            };
-            touched.extend(hit);
-            kept.extend(others);
+            }),
+            None => segment.rows.take(copier, |batch| {
+                key_rows(job, batch)
+                    .iter()
+                    .map(|k| Some(new_keys.contains(k.as_ref())))
+                    .collect()
+            }),
+        };
+        let taken_rows: usize = taken.iter().map(|b| b.num_rows()).sum();
+        if taken_rows > 0 {
+            segment.rows = std::mem::take(&mut segment.rows).compacted(copier, 2 * taken_rows);
         }
-        segment.batches = kept;
+        touched.extend(taken);
     }
     touched
 }
@@ -377,13 +384,13 @@ fn keys_among(
 fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
     let mut seen: HashSet<Vec<u8>, RandomState> = HashSet::default();
     for segment in segments.iter_mut().rev() {
-        let mut kept = Vec::with_capacity(segment.batches.len());
-        for batch in std::mem::take(&mut segment.batches) {
+        let mut kept = Vec::new();
+        for batch in segment.rows.to_batches() {
             let keys = key_rows(job, &batch);
             let newest: BooleanArray = keys.iter().map(|k| Some(seen.insert(k.as_ref().to_vec()))).collect();
             kept.extend(split_batch(&batch, &newest).0);
         }
-        segment.batches = kept;
+        segment.rows = MaskedRows::from_batches(kept);
     }
 }
 
@@ -394,9 +401,9 @@ fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
 /// (joining every segment of the day each time there were too many rewrote the whole day
 /// every few folds: a `follow` session's commits grew with the day's events). Keyed
 /// segments: the two smallest while more than [`MAX_KEYED_SEGMENTS`] remain. A joined
-/// segment is new (the next commit writes it) and takes the place of the two; an emptied
-/// one is dropped (newer segments hold all of its keys).
-fn join_small_segments(segments: Vec<Segment>, by_day: bool) -> Vec<Segment> {
+/// segment is new (the next commit writes it) and takes the place of the two, its rows
+/// copied through `copier`; an emptied one is dropped (newer segments hold all of its keys).
+fn join_small_segments(segments: Vec<Segment>, by_day: bool, copier: &dyn Copier) -> Vec<Segment> {
     let mut segments: Vec<Segment> = segments.into_iter().filter(|s| s.rows() > 0).collect();
     if by_day {
         let mut days: BTreeMap<Option<i64>, Vec<Segment>> = BTreeMap::new();
@@ -407,9 +414,8 @@ fn join_small_segments(segments: Vec<Segment>, by_day: bool) -> Vec<Segment> {
         for (day, mut parts) in days {
             while parts.len() > MAX_DAY_SEGMENTS && 2 * parts[parts.len() - 1].rows() >= parts[parts.len() - 2].rows() {
                 let newer = parts.pop().expect("two parts");
-                let mut batches = parts.pop().expect("two parts").batches;
-                batches.extend(newer.batches);
-                parts.push(Segment::new(day, batches));
+                let older = parts.pop().expect("two parts");
+                parts.push(joined_segment(day, [older, newer], copier));
             }
             out.extend(parts);
         }
@@ -419,11 +425,17 @@ fn join_small_segments(segments: Vec<Segment>, by_day: bool) -> Vec<Segment> {
         let mut order: Vec<usize> = (0..segments.len()).collect();
         order.sort_by_key(|&i| segments[i].rows());
         let (later, earlier) = (order[0].max(order[1]), order[0].min(order[1]));
-        let mut batches = segments.remove(later).batches;
-        batches.extend(segments.remove(earlier).batches);
-        segments.push(Segment::new(None, batches));
+        let later = segments.remove(later);
+        let earlier = segments.remove(earlier);
+        segments.push(joined_segment(None, [later, earlier], copier));
     }
     segments
+}
+
+/// One new segment of `day` with the kept rows of `parts`, in order.
+fn joined_segment(day: Option<i64>, parts: [Segment; 2], copier: &dyn Copier) -> Segment {
+    let batches = parts.iter().flat_map(|s| s.rows.kept_batches(copier)).collect();
+    Segment::new(day, batches)
 }
 
 /// The customers whose rows a fold of `new_rows` (with `touched`, the current rows of their
@@ -589,6 +601,19 @@ fn conform(job: &Job, batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<V
         .collect()
 }
 
+/// A segment cast to a state table's schema; one already of it stays as it is (masks
+/// included).
+fn conform_segment(job: &Job, segment: Segment, schema: &SchemaRef) -> Result<Segment, JobError> {
+    if segment.rows.batches().all(|b| b.schema_ref() == schema) {
+        return Ok(segment);
+    }
+    let batches = conform(job, segment.rows.to_batches(), schema)?;
+    Ok(Segment {
+        rows: MaskedRows::from_batches(batches),
+        ..segment
+    })
+}
+
 /// What a batch may reuse from the batch before it at the same as-of day: every tag's and
 /// measure's output then (made from the state before this batch's fold), the customers
 /// whose state rows this batch's fold may have changed, and the session's numbering of
@@ -675,7 +700,10 @@ pub async fn run_jobs(
     // Every table in one partition: most jobs run with one (a share of the cores), and a
     // table split wider would be merged back by each of them (measured: a fifth of the
     // jobs' CPU time); the few that get more cores split their input themselves.
-    let mut tables: BTreeMap<String, Table> = state.iter().map(|(name, t)| (name.clone(), t.table())).collect();
+    let mut tables: BTreeMap<String, Source> = state
+        .iter()
+        .map(|(name, t)| (name.clone(), Source::state(t.clone())))
+        .collect();
     // The customers whose state changed, and per table read so far the customers whose
     // rows may differ from the previous batch's (`None`: unknown, anyone's).
     let state_changed: Option<Dirty> = reuse.as_ref().map(|r| r.changed.clone());
@@ -691,7 +719,7 @@ pub async fn run_jobs(
     let mut narrowed: BTreeMap<String, Table> = match (&state_changed, &reuse) {
         (Some(dirty), Some(reuse)) => {
             let wanted = narrowed_tables_read(catalog, &reuse.unchanged);
-            narrow_tables(&tables, &wanted, dirty, &reuse.numbering)
+            narrow_tables(state, &wanted, dirty, &reuse.numbering)
                 .instrument(info_span!("narrow"))
                 .await
         }
@@ -721,7 +749,7 @@ pub async fn run_jobs(
         let partitions = share_of_cores(running.len() + ready.len());
         for job in ready {
             let span = info_span!("job", job = %job.name, kind = ?job.kind);
-            let reads: BTreeMap<String, Table> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
+            let reads: BTreeMap<String, Source> = job.reads().map(|n| (n.clone(), tables[n].clone())).collect();
             let plan = plan(job, &reads, &changed, reuse.as_ref(), state_changed.as_ref(), &narrowed);
             let previous = reuse.as_ref().and_then(|r| r.previous.get(&job.name).cloned());
             let diff_needed = read_by_others.contains(job.name.as_str());
@@ -776,10 +804,7 @@ pub async fn run_jobs(
         }
         tables.insert(
             run.job.name.clone(),
-            Table {
-                schema: run.schema.clone(),
-                batches: run.batches.clone(),
-            },
+            Source::rows(run.schema.clone(), run.batches.clone()),
         );
         changed.insert(run.job.name.clone(), run_changed);
         done.insert(run.job.name.clone(), run);
@@ -807,23 +832,27 @@ fn narrowed_tables_read<'a>(catalog: &'a Catalog, unchanged: &BTreeSet<String>) 
         .collect()
 }
 
-/// Each table's rows of the `dirty` customers (of the tables that name their customers),
-/// selected side by side off the runtime's threads: no job starts before they are ready, so
-/// one table after another would leave a core idle.
+/// Each state table's rows of the `dirty` customers (of the tables that name their
+/// customers; masked rows left out), selected side by side off the runtime's threads: no
+/// job starts before they are ready, so one table after another would leave a core idle.
 async fn narrow_tables(
-    tables: &BTreeMap<String, Table>,
+    state: &BTreeMap<String, StateTable>,
     wanted: &HashSet<&str>,
     dirty: &Dirty,
     numbering: &Arc<Numbering>,
 ) -> BTreeMap<String, Table> {
     let mut selections = tokio::task::JoinSet::new();
-    let selected = tables
+    let selected = state
         .iter()
         .filter(|(name, t)| wanted.contains(name.as_str()) && names_customers(&t.schema));
     for (name, table) in selected {
         let (name, table, dirty, numbering) = (name.clone(), table.clone(), dirty.clone(), numbering.clone());
         selections.spawn_blocking(move || {
-            let batches = numbering.select(&table.batches, &dirty);
+            let batches = table
+                .segments
+                .iter()
+                .flat_map(|s| numbering.select_masked(&s.rows, &dirty))
+                .collect();
             let schema = table.schema;
             (name, Table { schema, batches })
         });
@@ -836,12 +865,70 @@ async fn narrow_tables(
     narrowed
 }
 
+/// A table a job reads: an earlier job's rows, or a state table, whose masked segments are
+/// copied out only if a job reads it whole (once per batch, shared by its readers): a job
+/// evaluated for some customers reads their rows only, selected past the masks.
+#[derive(Clone)]
+struct Source {
+    schema: SchemaRef,
+    rows: SourceRows,
+}
+
+#[derive(Clone)]
+enum SourceRows {
+    Batches(Vec<RecordBatch>),
+    State(Arc<StateTable>, Arc<std::sync::OnceLock<Vec<RecordBatch>>>),
+}
+
+impl Source {
+    fn rows(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
+        Source {
+            schema,
+            rows: SourceRows::Batches(batches),
+        }
+    }
+
+    fn state(table: StateTable) -> Self {
+        Source {
+            schema: table.schema.clone(),
+            rows: SourceRows::State(Arc::new(table), Arc::default()),
+        }
+    }
+
+    /// Every row (a state table's masked segments copied, the first time).
+    fn batches(&self) -> &[RecordBatch] {
+        match &self.rows {
+            SourceRows::Batches(batches) => batches,
+            SourceRows::State(table, whole) => whole.get_or_init(|| table.table().batches),
+        }
+    }
+
+    /// The rows of the customers in `set` (masked rows left out, none copied but these).
+    fn select(&self, numbering: &Numbering, set: &CustomerBits) -> Vec<RecordBatch> {
+        match &self.rows {
+            SourceRows::Batches(batches) => numbering.select(batches, set),
+            SourceRows::State(table, _) => table
+                .segments
+                .iter()
+                .flat_map(|s| numbering.select_masked(&s.rows, set))
+                .collect(),
+        }
+    }
+
+    fn table(&self) -> Table {
+        Table {
+            schema: self.schema.clone(),
+            batches: self.batches().to_vec(),
+        }
+    }
+}
+
 /// How to evaluate `job` in this batch: for the customers whose inputs changed when it is
 /// of [`Scope::Customer`], has a previous output at this as-of day, reads the day only, and
 /// every table it reads names its customers and says whose rows changed; else for everyone.
 fn plan(
     job: &Job,
-    reads: &BTreeMap<String, Table>,
+    reads: &BTreeMap<String, Source>,
     changed: &BTreeMap<String, Option<Dirty>>,
     reuse: Option<&Reuse<'_>>,
     state_changed: Option<&Dirty>,
@@ -899,7 +986,7 @@ fn plan(
             .iter()
             .map(|(name, table)| match names_customers(&table.schema) {
                 true => Some((name.clone(), narrowed.get(name)?.clone())),
-                false => Some((name.clone(), table.clone())),
+                false => Some((name.clone(), table.table())),
             })
             .collect();
         return Plan::Customers {
@@ -921,11 +1008,17 @@ fn plan(
 /// (the job's rows of those customers).
 async fn evaluate_job(
     job: &Job,
-    reads: BTreeMap<String, Table>,
+    reads: BTreeMap<String, Source>,
     plan: Plan,
     as_of: DateTime<Utc>,
     partitions: usize,
 ) -> Result<(JobRun, Option<Dirty>, Option<Vec<RecordBatch>>), JobError> {
+    let whole = |reads: &BTreeMap<String, Source>| -> BTreeMap<String, Table> {
+        reads
+            .iter()
+            .map(|(name, source)| (name.clone(), source.table()))
+            .collect()
+    };
     let as_mem_tables = |tables: BTreeMap<String, Table>| -> BTreeMap<String, Arc<MemTable>> {
         tables
             .into_iter()
@@ -943,7 +1036,7 @@ async fn evaluate_job(
             Ok((run, Some(nobody), None))
         }
         Plan::Everyone => Ok((
-            run_one(job, &Inputs::Memory(as_mem_tables(reads)), as_of, partitions).await?,
+            run_one(job, &Inputs::Memory(as_mem_tables(whole(&reads))), as_of, partitions).await?,
             None,
             None,
         )),
@@ -957,18 +1050,13 @@ async fn evaluate_job(
             let inputs = narrowed.unwrap_or_else(|| {
                 reads
                     .into_iter()
-                    .map(|(name, t)| {
-                        let batches = match names_customers(&t.schema) {
-                            true => numbering.select(&t.batches, &dirty),
-                            false => t.batches,
+                    .map(|(name, source)| {
+                        let batches = match names_customers(&source.schema) {
+                            true => source.select(&numbering, &dirty),
+                            false => source.batches().to_vec(),
                         };
-                        (
-                            name,
-                            Table {
-                                schema: t.schema,
-                                batches,
-                            },
-                        )
+                        let schema = source.schema;
+                        (name, Table { schema, batches })
                     })
                     .collect()
             });
@@ -994,7 +1082,7 @@ async fn evaluate_job(
             // The customers linked to the changed ones (themselves included), and every
             // input row of the links those customers have.
             let links = numbering.linked(&link);
-            let rows = || reads.values().flat_map(|t| &t.batches);
+            let rows = || reads.values().flat_map(|source| source.batches());
             let seed_links = numbering.related(rows(), &seed, &links);
             let mut affected = links.related(rows(), &seed_links, &numbering);
             affected.add(&seed);
@@ -1002,15 +1090,10 @@ async fn evaluate_job(
             let dirty_links = numbering.related(rows(), &dirty, &links);
             let inputs: BTreeMap<String, Table> = reads
                 .into_iter()
-                .map(|(name, t)| {
-                    let batches = links.select(&t.batches, &dirty_links);
-                    (
-                        name,
-                        Table {
-                            schema: t.schema,
-                            batches,
-                        },
-                    )
+                .map(|(name, source)| {
+                    let batches = links.select(source.batches(), &dirty_links);
+                    let schema = source.schema;
+                    (name, Table { schema, batches })
                 })
                 .collect();
             let fresh = match dirty.is_empty() {
@@ -1348,7 +1431,7 @@ mod tests {
                 segment.stored.get_or_insert_with(|| "stored".to_string());
             }
             segments.push(Segment::new(Some(1), rows(per_fold)));
-            segments = join_small_segments(segments, true);
+            segments = join_small_segments(segments, true, &Plain);
             rewritten += segments
                 .iter()
                 .filter(|s| s.stored.is_none())
@@ -1368,6 +1451,6 @@ mod tests {
         );
         // Up to the limit, a day's segments stay as they are.
         let few: Vec<Segment> = (0..MAX_DAY_SEGMENTS).map(|_| Segment::new(Some(2), rows(1))).collect();
-        assert_eq!(join_small_segments(few, true).len(), MAX_DAY_SEGMENTS);
+        assert_eq!(join_small_segments(few, true, &Plain).len(), MAX_DAY_SEGMENTS);
     }
 }

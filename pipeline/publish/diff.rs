@@ -23,6 +23,7 @@ use foldhash::fast::RandomState;
 use super::customer_tags_schema;
 use super::tags::ChangeCounts;
 use crate::jobs::Numbering;
+use crate::storage::masked::on_all_cores;
 use crate::storage::rows::{split_batch, typed_column};
 
 /// The columns of a diff's changes: the feed's columns without versions and as-of.
@@ -296,47 +297,6 @@ fn diff_by_key<K: std::hash::Hash + Eq>(
         changes.push(Change::Exited, Some((o, row)), None);
     }
     Ok(TagDiff { changes, unchanged })
-}
-
-/// Run the work of each item (a size and a closure, from `work`), spread over the cores;
-/// the results come back in the order of `items`.
-pub(super) fn on_all_cores<I: Copy + Send + Sync, F: FnOnce() -> T + Send, T: Send>(
-    items: Vec<I>,
-    work: impl Fn(I) -> (usize, F),
-) -> Vec<(I, T)> {
-    let cores = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len())
-        .max(1);
-    // The largest items first, each to the least loaded core.
-    let mut sized: Vec<(usize, usize, F)> = items
-        .iter()
-        .enumerate()
-        .map(|(k, item)| {
-            let (size, f) = work(*item);
-            (size, k, f)
-        })
-        .collect();
-    sized.sort_by_key(|s| std::cmp::Reverse(s.0));
-    let mut shares: Vec<(usize, Vec<(usize, F)>)> = (0..cores).map(|_| (0, Vec::new())).collect();
-    for (size, k, f) in sized {
-        let share = shares.iter_mut().min_by_key(|s| s.0).expect("at least one core");
-        share.0 += size;
-        share.1.push((k, f));
-    }
-    let run = |share: Vec<(usize, F)>| share.into_iter().map(|(k, f)| (k, f())).collect::<Vec<_>>();
-    let mut shares = shares.into_iter().map(|s| s.1);
-    let first = shares.next().unwrap_or_default();
-    let mut results: Vec<(usize, T)> = std::thread::scope(|scope| {
-        let others: Vec<_> = shares.map(|share| scope.spawn(move || run(share))).collect();
-        let mut results = run(first);
-        for other in others {
-            results.extend(other.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-        }
-        results
-    });
-    results.sort_by_key(|r| r.0);
-    results.into_iter().map(|(k, t)| (items[k], t)).collect()
 }
 
 /// The rows of `rows` whose tag is not one of `tags`.

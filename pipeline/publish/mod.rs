@@ -19,7 +19,6 @@ pub mod snapshots;
 pub mod tables;
 pub mod tags;
 pub mod tasks;
-pub mod view;
 
 pub use tables::{CHANGES_TABLE, HISTORY_TABLE, RUNS_TABLE, TAGS_TABLE, TASKS_TABLE};
 

@@ -44,12 +44,12 @@ use super::diff::{self, Diff};
 use super::live::{self, Live, MergePolicy};
 use super::tables::CHANGES_TABLE;
 pub use super::tables::TAGS_TABLE;
-use super::view::View;
 use super::{
     collect, customer_tags_schema, file_count, open_or_new, register, spread_input, table_url, writer_properties,
     PublishError, Published,
 };
 use crate::jobs::{members, CustomerBits, Numbering};
+use crate::storage::masked::MaskedRows;
 use crate::storage::rows::{split_batch, text_column};
 use crate::storage::Location;
 
@@ -150,16 +150,17 @@ pub struct Narrowed {
 
 impl Narrowed {
     /// The rows of `rows` this update covers (copied out), and the view without them
-    /// (masked, not copied: [`View`]).
-    fn split(&self, rows: View) -> (Vec<RecordBatch>, View) {
-        rows.take(&self.numbering, |batch| {
+    /// (masked, not copied: [`MaskedRows`]).
+    fn split(&self, mut rows: MaskedRows) -> (Vec<RecordBatch>, MaskedRows) {
+        let taken = rows.take(self.numbering.as_ref(), |batch| {
             let customers = members(&self.numbering.numbers(batch), &self.customers);
             if self.whole.is_empty() {
                 return customers;
             }
             let whole = diff::tag_mask(batch, |tag| self.whole.contains(tag));
             arrow::compute::or(&customers, &whole).expect("masks of one batch")
-        })
+        });
+        (taken, rows)
     }
 }
 
@@ -173,19 +174,19 @@ pub struct TagsBase {
     /// create it, and nothing is created before a run publishes.
     tables: Option<(DeltaTable, DeltaTable)>,
     /// The live view: the version's rows with the live changes on top of it applied.
-    rows: View,
+    rows: MaskedRows,
     live: Live,
 }
 
 impl TagsBase {
     /// Join the live view's small parts (a whole evaluation's rows come in thousands of
-    /// batches; [`View::joined`]), so that the micro-batches after it do not.
+    /// batches; [`MaskedRows::joined`]), so that the micro-batches after it do not.
     pub fn join_view(&mut self, numbering: &Numbering) {
         self.rows = std::mem::take(&mut self.rows).joined(numbering);
     }
 
     /// The live view's rows.
-    pub fn rows(&self) -> &View {
+    pub fn rows(&self) -> &MaskedRows {
         &self.rows
     }
 
@@ -197,7 +198,7 @@ impl TagsBase {
         {
             return Ok(Self {
                 tables: None,
-                rows: View::default(),
+                rows: MaskedRows::default(),
                 live: Live::default(),
             });
         }
@@ -218,10 +219,13 @@ impl TagsBase {
     ) -> Result<Self, PublishError> {
         let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
         let (rows, live) = match table.version() {
-            None => (View::default(), Live::default()),
+            None => (MaskedRows::default(), Live::default()),
             Some(version) => {
                 let (rows, changes) = tokio::try_join!(all_rows(&table), live::live_rows(&feed, version))?;
-                (View::from_batches(live::apply(rows, &changes)), Live::of(&changes))
+                (
+                    MaskedRows::from_batches(live::apply(rows, &changes)),
+                    Live::of(&changes),
+                )
             }
         };
         Ok(Self {
@@ -236,7 +240,7 @@ impl TagsBase {
         self,
         warehouse: &Location,
         settings: &TableSettings,
-    ) -> Result<(DeltaTable, DeltaTable, View, Live), PublishError> {
+    ) -> Result<(DeltaTable, DeltaTable, MaskedRows, Live), PublishError> {
         let loaded = match self.tables {
             Some(_) => self,
             None => Self::load(warehouse, settings).await?,
@@ -313,7 +317,7 @@ pub async fn publish_tags(
     // A micro-batch compares only the rows it covers; the others stay as they are.
     let (old_covered, old_rest) = match &narrowed {
         Some(narrowed) => narrowed.split(old_rows),
-        None => (old_rows.to_batches(), View::default()),
+        None => (old_rows.to_batches(), MaskedRows::default()),
     };
     // The comparison of the old and new rows serves the feed (the changed rows) and the
     // write (every new row of a changed tag); a whole update's next version's figures are
@@ -346,9 +350,9 @@ pub async fn publish_tags(
     added.extend(next_rows.iter().cloned());
     rows = match &narrowed {
         Some(narrowed) => {
-            rows.extend_joined(&narrowed.numbering, added);
+            rows.extend_joined(narrowed.numbering.as_ref(), added);
             let taken = old_covered.iter().map(|b| b.num_rows()).sum::<usize>();
-            rows.compacted(&narrowed.numbering, 2 * taken)
+            rows.compacted(narrowed.numbering.as_ref(), 2 * taken)
         }
         None => {
             rows.extend(added);
@@ -359,7 +363,7 @@ pub async fn publish_tags(
         (Some(stats), _) => stats,
         (None, Some(narrowed)) => diff::Figures {
             rows: rows.row_count(),
-            customers: rows.customers(&narrowed.numbering).len(),
+            customers: narrowed.numbering.customers_of(&rows).len(),
             segments: narrowed.segments.clone(),
         },
         (None, None) => unreachable!("a whole update counts its figures"),
@@ -417,7 +421,7 @@ pub async fn publish_tags(
                 .with_commit_properties(commit)
                 .await
                 .map_err(commit_error)?;
-            rows = View::from_batches(new_rows);
+            rows = MaskedRows::from_batches(new_rows);
             (table, written)
         }
         Some(_) if rewritten.is_empty() => (
@@ -495,7 +499,7 @@ pub async fn publish_tags(
 async fn publish_live(
     (warehouse, settings): (&Location, &TableSettings),
     (table, feed): (DeltaTable, DeltaTable),
-    rows: View,
+    rows: MaskedRows,
     mut live: Live,
     (changes, counts, changed_tags): (&[RecordBatch], ChangeCounts, &[String]),
     stats: diff::Figures,

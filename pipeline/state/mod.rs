@@ -34,6 +34,7 @@ pub mod tables;
 
 use crate::storage::dedup::{Day, DedupMemory};
 use crate::storage::erasure::{drop_customers, Forgotten};
+use crate::storage::masked::MaskedRows;
 use crate::storage::{arrow_file_batches, arrow_file_bytes, immutable_object_bytes, parquet_batches, Location};
 use tables::{Segment, StateTable, Table};
 
@@ -246,7 +247,7 @@ impl State {
                     .into_iter()
                     .map(|(file, day)| Segment {
                         day,
-                        batches: Vec::new(),
+                        rows: MaskedRows::default(),
                         stored: Some(file),
                     })
                     .collect();
@@ -410,7 +411,7 @@ impl State {
             });
             table.segments.push(Segment {
                 day: segment.day,
-                batches: rows.batches,
+                rows: MaskedRows::from_batches(rows.batches),
                 stored: Some(segment.file),
             });
         }
@@ -466,8 +467,10 @@ impl State {
         let mut removed = BTreeMap::new();
         for (name, table) in self.tables.iter_mut() {
             for segment in table.segments.iter_mut() {
-                let count = drop_customers(&mut segment.batches, forgotten);
+                let mut batches = segment.rows.to_batches();
+                let count = drop_customers(&mut batches, forgotten);
                 if count > 0 {
+                    segment.rows = MaskedRows::from_batches(batches);
                     segment.stored = None;
                     *removed.entry(name.clone()).or_default() += count;
                 }
@@ -488,7 +491,7 @@ impl State {
         let tables = self
             .tables
             .values()
-            .flat_map(|t| t.segments.iter().flat_map(|s| s.batches.iter()));
+            .flat_map(|t| t.segments.iter().flat_map(|s| s.rows.batches()));
         for batch in tables.chain(self.pending.values().flatten()) {
             if let Some(ids) = batch.column_by_name("customer_id") {
                 forgotten.find_in(ids, &mut found);
@@ -617,7 +620,7 @@ impl State {
                     Some(file) => file.clone(),
                     None => {
                         let file = format!("tables/{name}/{version}-{i}.arrow");
-                        to_encode.push((file.clone(), table.schema.clone(), segment.batches.clone()));
+                        to_encode.push((file.clone(), table.schema.clone(), segment.rows.to_batches()));
                         file
                     }
                 };

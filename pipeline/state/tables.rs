@@ -6,6 +6,8 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
+use crate::storage::masked::MaskedRows;
+
 /// Why `batches` cannot be a state table keyed by `keys`: the first key column with nulls
 /// and how many (`None` when every key is set). A local fold and a cluster's state sink
 /// both refuse such rows with this message.
@@ -41,9 +43,10 @@ impl Table {
 }
 
 /// A state table: its rows in segments, the unit the state stores. A fold writes the rows
-/// of the keys its batch touches as new segments after the others, and takes those keys'
-/// old rows out of the older segments in memory only: their files stay as they were, so a
-/// commit writes what the batch touched however large the table. In storage a key's row is
+/// of the keys its batch touches as new segments after the others, and masks those keys'
+/// old rows out of the older segments in memory only ([`MaskedRows`]: neither the files
+/// nor the kept rows are copied), so a fold and a commit cost what the batch touched
+/// however large the table. In storage a key's row is
 /// the one of its newest segment (the jobs layer keeps only that one when it meets a
 /// loaded table). A table with a `day_column` has segments of one day each (retention
 /// drops whole days); the jobs layer joins segments when a day or a table has too many.
@@ -59,11 +62,11 @@ pub struct StateTable {
 }
 
 impl StateTable {
-    /// Every row, in one table.
+    /// Every row, in one table (masked segments copied).
     pub fn table(&self) -> Table {
         Table {
             schema: self.schema.clone(),
-            batches: self.segments.iter().flat_map(|s| s.batches.iter().cloned()).collect(),
+            batches: self.segments.iter().flat_map(|s| s.rows.to_batches()).collect(),
         }
     }
 
@@ -78,7 +81,9 @@ pub struct Segment {
     /// The day of every row of a day-segmented table; `None`: rows of any day (a table
     /// without a `day_column`, or one stored whole by an older build).
     pub day: Option<i64>,
-    pub batches: Vec<RecordBatch>,
+    /// Its rows; those a later fold replaced are masked out (they stay in the stored file,
+    /// where the newer segment's row wins).
+    pub rows: MaskedRows,
     /// Where the state stores the segment; `None` until it is committed.
     pub stored: Option<String>,
 }
@@ -87,12 +92,13 @@ impl Segment {
     pub fn new(day: Option<i64>, batches: Vec<RecordBatch>) -> Self {
         Segment {
             day,
-            batches,
+            rows: MaskedRows::from_batches(batches),
             stored: None,
         }
     }
 
+    /// Rows kept.
     pub fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
+        self.rows.row_count()
     }
 }

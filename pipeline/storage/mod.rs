@@ -32,6 +32,7 @@ pub mod dedup;
 pub mod erasure;
 pub mod hold;
 pub mod lock;
+pub mod masked;
 pub mod progress;
 pub mod rows;
 pub mod units;
