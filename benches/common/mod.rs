@@ -202,6 +202,8 @@ pub struct FollowFigures {
     pub serve_peak_rss_mib: f64,
     /// Publishes that merged into `customer_tags` (the others stayed live).
     pub merges: usize,
+    /// Publishes that started a merge in the background.
+    pub background_merges: usize,
     /// Per tag and measure: p50 of its duration over the batches (ms).
     pub jobs_p50_ms: std::collections::BTreeMap<String, u64>,
 }
@@ -327,6 +329,8 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
             .extend(std::iter::repeat_n(freshness["max_ms"].as_u64().unwrap(), files));
         figures.batch_ms.push(report["duration_ms"].as_u64().unwrap());
         figures.merges += usize::from(report["published"]["merged"].as_bool().unwrap_or(true));
+        let started = &report["published"]["merge_started"];
+        figures.background_merges += usize::from(started.as_bool().unwrap_or(false));
         for (stage, ms) in report["stages_ms"].as_object().unwrap() {
             stages
                 .entry(stage.clone())
@@ -403,9 +407,10 @@ impl FollowFigures {
             self.lookup_lags_ms.len()
         );
         println!(
-            "merges             {} of {} publishes merged into customer_tags (the others stayed live)",
+            "merges             {} of {} publishes merged into customer_tags in the batch, {} started a merge in the background (the others stayed live)",
             self.merges,
-            self.batch_ms.len()
+            self.batch_ms.len(),
+            self.background_merges
         );
         println!(
             "batch duration     p50 {} ms, p95 {} ms, max {} ms ({} batches)",

@@ -515,6 +515,7 @@ impl Batch<'_> {
             metadata: update_metadata.clone(),
             narrowed,
             policy: settings.merge.clone(),
+            compaction: Some(settings.compaction.clone()),
         };
         let table_settings = settings.compaction.table_settings();
         let publish =

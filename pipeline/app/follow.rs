@@ -131,6 +131,14 @@ pub async fn follow(
             _ = tokio::time::sleep(pause) => {}
         }
     };
+    // A merge still writing in the background is waited for and marked covered: the next
+    // reader finds its version whole (a killed session leaves that to the next opening).
+    if let Some(base) = session.published.take() {
+        let table_settings = settings.compaction.table_settings();
+        if let Err(error) = base.finish(warehouse, &table_settings).await {
+            warn!(%error, "the background merge did not finish; the next batch or run writes its version");
+        }
+    }
     release(lock).await;
     info!(batches = published, "follow stopped");
     outcome

@@ -353,19 +353,20 @@ impl Numbering {
         }
     }
 
-    /// The numbers `to` gives the rows of `batches` whose number here is in `set`: e.g.
-    /// the devices of some customers, or the customers of some devices.
+    /// The numbers `to` gives the rows of `parts` (batches, each with the mask of the rows
+    /// it keeps: `None`, all) whose number here is in `set`: e.g. the devices of some
+    /// customers, or the customers of some devices.
     pub fn related<'a>(
         &self,
-        batches: impl IntoIterator<Item = &'a RecordBatch>,
+        parts: impl IntoIterator<Item = (&'a RecordBatch, Option<&'a BooleanBuffer>)>,
         set: &CustomerBits,
         to: &Numbering,
     ) -> CustomerBits {
         let mut found = CustomerBits::default();
-        for batch in batches {
+        for (batch, kept) in parts {
             let (from, values) = (self.numbers(batch), to.numbers(batch));
-            for (number, value) in from.values().iter().zip(values.values()) {
-                if set.contains(*number) {
+            for (i, (number, value)) in from.values().iter().zip(values.values()).enumerate() {
+                if set.contains(*number) && kept.is_none_or(|k| k.value(i)) {
                     found.insert(*value);
                 }
             }
@@ -520,9 +521,9 @@ mod tests {
         let devices = customers.linked("device_id");
         assert!(Arc::ptr_eq(&devices, &customers.linked("device_id")));
         // a's devices, then their customers: a and b share x; a null device links nobody.
-        let of_a = customers.related([&rows], &customers.customers_in(&[batch(&["a"])]), &devices);
+        let of_a = customers.related([(&rows, None)], &customers.customers_in(&[batch(&["a"])]), &devices);
         assert_eq!(of_a.len(), 1);
-        let sharing = devices.related([&rows], &of_a, &customers);
+        let sharing = devices.related([(&rows, None)], &of_a, &customers);
         let (inside, _) = customers.split(std::slice::from_ref(&rows), &sharing);
         assert_eq!(ids(&inside), ["a", "b"]);
         // The selection carries the device numbers along: they are known without hashing.
@@ -535,9 +536,32 @@ mod tests {
             .get(&address(devices_of_inside))
             .map(|(_, n)| n.clone());
         assert_eq!(known.map(|n| n.values().to_vec()), Some(vec![0, 0]));
-        let of_d = customers.related([&rows], &customers.customers_in(&[batch(&["d"])]), &devices);
+        let of_d = customers.related([(&rows, None)], &customers.customers_in(&[batch(&["d"])]), &devices);
         assert!(of_d.is_empty());
         assert_eq!(devices.customers(), 2);
+        // A masked row (b's, replaced by a later fold) links nobody.
+        let kept = BooleanBuffer::from(vec![true, false, true, true, true]);
+        let sharing = devices.related([(&rows, Some(&kept))], &of_a, &customers);
+        assert_eq!(sharing.len(), 1);
+    }
+
+    /// Rows selected or counted past a mask: only the kept rows count, and copies keep
+    /// their numbers.
+    #[test]
+    fn masked_rows_are_selected_and_counted_by_their_kept_rows() {
+        let numbering = Numbering::default();
+        let mut rows = MaskedRows::from_batches(vec![batch(&["a", "b", "c"]), batch(&["d", "a"])]);
+        let of = |names: &[&str]| numbering.customers_in(&[batch(names)]);
+        let b = of(&["b"]);
+        let taken = rows.take(&numbering, |part| members(&numbering.numbers(part), &b));
+        assert_eq!(ids(&taken), ["b"]);
+        assert_eq!(numbering.customers_of(&rows).len(), 3);
+        assert_eq!(ids(&numbering.select_masked(&rows, &of(&["a", "b"]))), ["a", "a"]);
+        // A copy's numbers are recorded: counting it hashes no id.
+        let joined = rows.compacted(&numbering, usize::MAX).joined(&numbering);
+        let known = numbering.inner.lock().unwrap().columns.len();
+        assert_eq!(numbering.customers_of(&joined).len(), 3);
+        assert_eq!(numbering.inner.lock().unwrap().columns.len(), known);
     }
 
     #[test]

@@ -903,7 +903,16 @@ impl Source {
         }
     }
 
-    /// The rows of the customers in `set` (masked rows left out, none copied but these).
+    /// Each batch with the mask of its kept rows (`None`: all), none copied.
+    fn parts(&self) -> Vec<(&RecordBatch, Option<&arrow::buffer::BooleanBuffer>)> {
+        match &self.rows {
+            SourceRows::Batches(batches) => batches.iter().map(|b| (b, None)).collect(),
+            SourceRows::State(table, _) => table.segments.iter().flat_map(|s| s.rows.parts()).collect(),
+        }
+    }
+
+    /// The rows whose value `numbering` numbers is in `set` (masked rows left out, none
+    /// copied but these).
     fn select(&self, numbering: &Numbering, set: &CustomerBits) -> Vec<RecordBatch> {
         match &self.rows {
             SourceRows::Batches(batches) => numbering.select(batches, set),
@@ -1082,7 +1091,7 @@ async fn evaluate_job(
             // The customers linked to the changed ones (themselves included), and every
             // input row of the links those customers have.
             let links = numbering.linked(&link);
-            let rows = || reads.values().flat_map(|source| source.batches());
+            let rows = || reads.values().flat_map(Source::parts);
             let seed_links = numbering.related(rows(), &seed, &links);
             let mut affected = links.related(rows(), &seed_links, &numbering);
             affected.add(&seed);
@@ -1091,7 +1100,7 @@ async fn evaluate_job(
             let inputs: BTreeMap<String, Table> = reads
                 .into_iter()
                 .map(|(name, source)| {
-                    let batches = links.select(source.batches(), &dirty_links);
+                    let batches = source.select(&links, &dirty_links);
                     let schema = source.schema;
                     (name, Table { schema, batches })
                 })

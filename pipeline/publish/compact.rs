@@ -143,7 +143,7 @@ async fn has_live_changes(warehouse: &Location) -> Result<bool, PublishError> {
         open_or_new(warehouse, CHANGES_TABLE)
     )?;
     match tags.version() {
-        Some(version) => Ok(!crate::publish::live::live_rows(&feed, version).await?.is_empty()),
+        Some(version) => Ok(!crate::publish::live::view_rows(&feed, version).await?.is_empty()),
         None => Ok(false),
     }
 }

@@ -130,7 +130,7 @@ pub async fn erase_tags(
         return Ok(erased);
     };
     let feed = open_or_new(warehouse, CHANGES_TABLE).await?;
-    if !super::live::live_rows(&feed, version).await?.is_empty() {
+    if !super::live::view_rows(&feed, version).await?.is_empty() {
         return Err(PublishError::Unmerged {
             url: table_url(warehouse, TAGS_TABLE).to_string(),
         });

@@ -82,5 +82,6 @@ pub async fn replace_day(
         customers: None,
         feed_version: None,
         merged: true,
+        merge_started: false,
     })
 }

@@ -10,7 +10,16 @@
 //! - the changes from version `a` to version `b` are the feed rows with
 //!   `a <= from_version < b`;
 //! - what services see now (the live view) is `customer_tags` at its latest version `v`
-//!   with the feed rows `from_version = to_version = v` applied in `as_of` order.
+//!   with the live feed rows (`from_version = to_version`) of `from_version >= v` applied
+//!   in publish order (`from_version`, then `as_of`).
+//!
+//! A micro-batch's merge runs in the background ([`super::tags`]): the batch that is due
+//! publishes its rows live on `v` and starts writing version `v + 1` from the live view
+//! (`v` with every live row on it). The batches after it publish their rows live on
+//! `v + 1` at once, before that version is committed: so `v + 1` holds exactly the rows
+//! live on `v`, and a reader standing on `v` applies both. The next publish after the
+//! merge's commit marks `v + 1` covered in the feed; a session that died before the merge
+//! committed has it written again from the same rows when the tables are next opened.
 //!
 //! Owns: the merge policy, reading a version's live rows and applying feed rows to rows.
 //! Must not: commit anything (`tags` does).
@@ -26,6 +35,7 @@ use deltalake::DeltaTable;
 use foldhash::fast::RandomState;
 
 use super::tables::CHANGES_TABLE;
+use super::tags::ChangeCounts;
 use super::{collect, customer_tags_schema, register, PublishError};
 use crate::storage::rows::text_column;
 use crate::storage::units::Bounded;
@@ -72,6 +82,8 @@ pub struct Live {
     pub tags: BTreeSet<String>,
     /// Feed rows waiting.
     pub changes: u64,
+    /// ... by kind.
+    pub counts: ChangeCounts,
     /// Since when the oldest has waited.
     pub since: Option<Instant>,
 }
@@ -88,12 +100,15 @@ impl Live {
     }
 
     /// Record a batch's changes as waiting.
-    pub fn add(&mut self, tags: &[String], changes: u64) {
-        if changes == 0 {
+    pub fn add(&mut self, tags: &[String], counts: ChangeCounts) {
+        if counts.total() == 0 {
             return;
         }
         self.tags.extend(tags.iter().cloned());
-        self.changes += changes;
+        self.changes += counts.total() as u64;
+        self.counts.entered += counts.entered;
+        self.counts.exited += counts.exited;
+        self.counts.changed += counts.changed;
         self.since.get_or_insert_with(Instant::now);
     }
 
@@ -102,13 +117,16 @@ impl Live {
     pub fn of(rows: &[RecordBatch]) -> Self {
         let mut live = Live::default();
         for batch in rows {
-            let tags = text(batch, "tag");
-            live.tags.extend(tags.iter().flatten().map(String::from));
-        }
-        let changes = rows.iter().map(|b| b.num_rows() as u64).sum();
-        if changes > 0 {
-            live.changes = changes;
-            live.since = Some(Instant::now());
+            let mut counts = ChangeCounts::default();
+            for kind in text(batch, "change").iter().flatten() {
+                match kind {
+                    "entered" => counts.entered += 1,
+                    "exited" => counts.exited += 1,
+                    _ => counts.changed += 1,
+                }
+            }
+            let tags: BTreeSet<String> = text(batch, "tag").iter().flatten().map(String::from).collect();
+            live.add(&tags.into_iter().collect::<Vec<_>>(), counts);
         }
         live
     }
@@ -123,6 +141,22 @@ pub async fn live_rows(feed: &DeltaTable, version: u64) -> Result<Vec<RecordBatc
     register(&ctx, feed, CHANGES_TABLE).await?;
     let sql = format!(
         "SELECT * FROM {CHANGES_TABLE} WHERE from_version = {version} AND to_version = {version} ORDER BY as_of"
+    );
+    collect(&ctx, feed, &sql).await
+}
+
+/// The live feed rows a reader standing on `customer_tags` version `version` applies: those
+/// on it and those on later versions a background merge has not committed yet
+/// (`from_version = to_version >= version`), in publish order.
+pub async fn view_rows(feed: &DeltaTable, version: u64) -> Result<Vec<RecordBatch>, PublishError> {
+    if feed.version().is_none() {
+        return Ok(Vec::new());
+    }
+    let ctx = SessionContext::new();
+    register(&ctx, feed, CHANGES_TABLE).await?;
+    let sql = format!(
+        "SELECT * FROM {CHANGES_TABLE} WHERE from_version >= {version} AND to_version = from_version \
+         ORDER BY from_version, as_of"
     );
     collect(&ctx, feed, &sql).await
 }

@@ -8,6 +8,7 @@
 //! live: the Delta commit is the single atomic step, data files written before it are
 //! invisible to readers until it succeeds.
 
+pub mod background;
 pub mod compact;
 mod diff;
 pub mod erasure;
@@ -71,6 +72,8 @@ pub enum PublishError {
     NoVersionAt { at: String, earliest: Option<String> },
     #[error("{url} has live changes not merged yet (a follow session stopped before its merge): run `tagflow run` to merge them, then erase")]
     Unmerged { url: String },
+    #[error("customer_tags moved under this session: its background merge committed version {found:?}, not {expected} (only the holder of the warehouse lock writes it)")]
+    Moved { expected: u64, found: Option<u64> },
     #[error("cannot prepare warehouse folder {url}: {source}")]
     Folder {
         url: String,
@@ -146,6 +149,10 @@ pub struct Published {
     /// Whether `customer_tags` got this publish as a new version; `false`: its changes
     /// are live (in the feed, on top of `version`) until the next merge.
     pub merged: bool,
+    /// Whether this publish started merging the live changes into the next version in the
+    /// background (see `live`).
+    #[serde(default)]
+    pub merge_started: bool,
 }
 
 /// Parquet settings of the files a publish writes: Snappy (delta-rs' default), and no
@@ -280,6 +287,7 @@ async fn write_to(
         customers: None,
         feed_version: None,
         merged: true,
+        merge_started: false,
     })
 }
 

@@ -40,6 +40,8 @@ use futures::TryStreamExt;
 use serde_json::{json, Map, Value};
 use tracing::{info, info_span, warn, Instrument};
 
+use super::background::at_lowest_priority;
+use super::compact::CompactionSettings;
 use super::diff::{self, Diff};
 use super::live::{self, Live, MergePolicy};
 use super::tables::CHANGES_TABLE;
@@ -135,6 +137,10 @@ pub struct TagsUpdate {
     pub narrowed: Option<Narrowed>,
     /// When live changes merge into `customer_tags`.
     pub policy: MergePolicy,
+    /// When a version is compacted after its merge: a micro-batch's merge whose version is
+    /// due runs in the batch instead of the background, so that compaction follows it
+    /// before any change is published on top (`None`: no version is).
+    pub compaction: Option<CompactionSettings>,
 }
 
 /// What a micro-batch's rows cover: every row of the tags in `whole` (evaluated for
@@ -175,7 +181,91 @@ pub struct TagsBase {
     tables: Option<(DeltaTable, DeltaTable)>,
     /// The live view: the version's rows with the live changes on top of it applied.
     rows: MaskedRows,
+    /// The live changes on the latest version, or, while a merge runs, on the version it
+    /// writes.
     live: Live,
+    /// A merge of the live changes writing the next version in the background.
+    merging: Option<Merging>,
+    /// A version a background merge committed that the feed does not mark covered yet (the
+    /// next feed commit does).
+    uncovered: Option<u64>,
+}
+
+/// A background merge: `customer_tags` version `version` being written from the live view
+/// on the version before it, on a thread of its own at the lowest CPU priority.
+struct Merging {
+    version: u64,
+    task: Option<std::thread::JoinHandle<Result<DeltaTable, PublishError>>>,
+}
+
+impl Merging {
+    /// The table at the merged version, once the merge is done (`wait`: waiting for it;
+    /// else `Err(self)` while it runs).
+    async fn finished(mut self, wait: bool) -> Result<Result<DeltaTable, PublishError>, Self> {
+        let task = self.task.take().expect("a merge's task is taken once");
+        if !wait && !task.is_finished() {
+            self.task = Some(task);
+            return Err(self);
+        }
+        let joined = tokio::task::spawn_blocking(move || task.join())
+            .await
+            .expect("joining a merge's thread does not panic");
+        let table = match joined {
+            Ok(table) => table,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        Ok(table.and_then(|table| match table.version() == Some(self.version) {
+            true => Ok(table),
+            false => Err(PublishError::Moved {
+                expected: self.version,
+                found: table.version(),
+            }),
+        }))
+    }
+}
+
+impl Merging {
+    /// Start writing the version after `table`'s from `view` (the live view: `table` with
+    /// the `live` changes on it), rewriting the partitions of the tags they touch, with
+    /// `metadata`.
+    fn start(
+        warehouse: &Location,
+        table: &DeltaTable,
+        view: MaskedRows,
+        live: &Live,
+        metadata: Map<String, Value>,
+    ) -> Self {
+        let version = table.version().expect("a merge of live changes has a version under it") + 1;
+        let tags: Vec<String> = live.tags.iter().cloned().collect();
+        let (table, url) = (table.clone(), table_url(warehouse, TAGS_TABLE).to_string());
+        let commit = CommitProperties::default().with_metadata(metadata);
+        info!(
+            version,
+            changes = live.changes,
+            "merging the live changes in the background"
+        );
+        let task = at_lowest_priority("tagflow-merge", move || async move {
+            replace_partitions(table, view, tags, commit)
+                .await
+                .map(|(table, _)| table)
+                .map_err(|source| PublishError::Commit { url, source })
+        });
+        Merging {
+            version,
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for Merging {
+    /// A merge dropped unfinished (a failed batch, a stopped session) is waited for: the
+    /// next base opened must see its version, or no new version at all, never a commit
+    /// landing under it.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.join();
+        }
+    }
 }
 
 impl TagsBase {
@@ -200,6 +290,8 @@ impl TagsBase {
                 tables: None,
                 rows: MaskedRows::default(),
                 live: Live::default(),
+                merging: None,
+                uncovered: None,
             });
         }
         Self::load(warehouse, settings).await
@@ -218,10 +310,11 @@ impl TagsBase {
         settings: &TableSettings,
     ) -> Result<Self, PublishError> {
         let (feed, _) = catch_up(warehouse, &table, feed, settings).await?;
+        let (table, feed) = finish_merges(warehouse, table, feed, settings).await?;
         let (rows, live) = match table.version() {
             None => (MaskedRows::default(), Live::default()),
             Some(version) => {
-                let (rows, changes) = tokio::try_join!(all_rows(&table), live::live_rows(&feed, version))?;
+                let (rows, changes) = tokio::try_join!(all_rows(&table), live::view_rows(&feed, version))?;
                 (
                     MaskedRows::from_batches(live::apply(rows, &changes)),
                     Live::of(&changes),
@@ -232,28 +325,67 @@ impl TagsBase {
             tables: Some((table, feed)),
             rows,
             live,
+            merging: None,
+            uncovered: None,
         })
     }
 
+    /// Take a background merge's version if it is done (`wait`: once it is): the table
+    /// moves to it, which the next feed commit marks covered.
+    async fn settle(mut self, wait: bool) -> Result<Self, PublishError> {
+        let Some(merging) = self.merging.take() else {
+            return Ok(self);
+        };
+        match merging.finished(wait).await {
+            Err(running) => self.merging = Some(running),
+            Ok(merged) => {
+                let merged = merged?;
+                let version = merged.version();
+                let (_, feed) = self.tables.take().expect("a merging base has its tables");
+                self.tables = Some((merged, feed));
+                self.uncovered = version;
+                info!(version, "the background merge committed");
+            }
+        }
+        Ok(self)
+    }
+
+    /// End a session: wait for a merge under way and mark its version covered in the feed.
+    pub async fn finish(self, warehouse: &Location, settings: &TableSettings) -> Result<(), PublishError> {
+        let mut base = self.settle(true).await?;
+        if let (Some(version), Some((_, feed))) = (base.uncovered.take(), base.tables.take()) {
+            append_live(warehouse, feed, settings, Vec::new(), version, Some(version)).await?;
+        }
+        Ok(())
+    }
+
     /// Both tables and the rows; tables not opened yet are opened now.
-    async fn into_parts(
-        self,
-        warehouse: &Location,
-        settings: &TableSettings,
-    ) -> Result<(DeltaTable, DeltaTable, MaskedRows, Live), PublishError> {
-        let loaded = match self.tables {
+    async fn into_parts(self, warehouse: &Location, settings: &TableSettings) -> Result<Parts, PublishError> {
+        let mut loaded = match self.tables {
             Some(_) => self,
             None => Self::load(warehouse, settings).await?,
         };
-        let (table, feed) = loaded.tables.expect("a loaded base has its tables");
-        Ok((table, feed, loaded.rows, loaded.live))
+        let (table, feed) = loaded.tables.take().expect("a loaded base has its tables");
+        Ok(Parts {
+            table,
+            feed,
+            rows: std::mem::take(&mut loaded.rows),
+            live: std::mem::take(&mut loaded.live),
+            merging: loaded.merging.take(),
+            uncovered: loaded.uncovered.take(),
+        })
     }
 
     /// This base if neither table has a newer version, else the base read again. Only a
     /// holder of the warehouse lock writes them, so between two batches of one `follow`
     /// session that is a compaction at most (new files, the same rows).
     pub async fn refresh(self, warehouse: &Location, settings: &TableSettings) -> Result<Self, PublishError> {
-        let Some((mut table, mut feed)) = self.tables else {
+        // A merge of this session's writes the next version: nobody else does.
+        if self.merging.is_some() || self.uncovered.is_some() {
+            return Ok(self);
+        }
+        let mut this = self;
+        let Some((mut table, mut feed)) = this.tables.take() else {
             return Self::open(warehouse, settings).await;
         };
         let known = (table.version(), feed.version());
@@ -274,11 +406,8 @@ impl TagsBase {
             },
         )?;
         if (table.version(), feed.version()) == known {
-            return Ok(Self {
-                tables: Some((table, feed)),
-                rows: self.rows,
-                live: self.live,
-            });
+            this.tables = Some((table, feed));
+            return Ok(this);
         }
         Self::read(warehouse, table, feed, settings).await
     }
@@ -287,18 +416,24 @@ impl TagsBase {
     pub fn table(&self) -> Option<&DeltaTable> {
         self.tables.as_ref().map(|(table, _)| table)
     }
+}
 
-    /// Whether changes are published on top of the latest `customer_tags` version and not
-    /// merged into it yet.
-    pub fn has_live_changes(&self) -> bool {
-        !self.live.is_empty()
-    }
+/// A base taken apart for a publish.
+struct Parts {
+    table: DeltaTable,
+    feed: DeltaTable,
+    rows: MaskedRows,
+    live: Live,
+    merging: Option<Merging>,
+    uncovered: Option<u64>,
 }
 
 /// Publish `update` on top of `base`: its changes go to `tag_changes`, and into
-/// `customer_tags` as one new version when this batch merges (always, unless the update is
-/// a micro-batch's and [`MergePolicy`] says the live changes can wait; see [`live`]).
-/// Returns the publish and the base of the next one.
+/// `customer_tags` as one new version when the update is a whole evaluation's (or the
+/// first publish). A micro-batch's changes stay live in the feed; when [`MergePolicy`]
+/// says they have waited enough, a merge writes them into the next version in the
+/// background while the next batches publish on top of it (see [`live`]). A whole update
+/// waits for a merge under way first. Returns the publish and the base of the next one.
 ///
 /// Long on purpose: diff, figures, data files, the two commits and the next base form one
 /// sequence whose order is the crash-safety argument (data files first, then the table's
@@ -310,7 +445,15 @@ pub async fn publish_tags(
     update: TagsUpdate,
     settings: &TableSettings,
 ) -> Result<(Published, TagsBase), PublishError> {
-    let (table, feed, old_rows, live) = base.into_parts(warehouse, settings).await?;
+    let base = base.settle(update.narrowed.is_none()).await?;
+    let Parts {
+        table,
+        feed,
+        rows: old_rows,
+        live,
+        merging,
+        uncovered,
+    } = base.into_parts(warehouse, settings).await?;
     let from_version = table.version();
     let new_rows = update.rows;
     let narrowed = update.narrowed.map(Arc::new);
@@ -368,26 +511,39 @@ pub async fn publish_tags(
         },
         (None, None) => unreachable!("a whole update counts its figures"),
     };
-    let merge = from_version.is_none() || narrowed.is_none() || live.due(&update.policy, counts.total() as u64);
-    if !merge {
-        let batch = (&changes[..], counts, &changed_tags[..]);
-        return publish_live(
-            (warehouse, settings),
-            (table, feed),
-            rows,
-            live,
-            batch,
-            stats,
-            update.as_of,
-        )
-        .await;
-    }
-
     let mut metadata = update.metadata;
     metadata.insert(META_AS_OF.into(), json!(update.as_of.to_rfc3339()));
     metadata.insert(META_ROWS.into(), json!(stats.rows));
     metadata.insert(META_CUSTOMERS.into(), json!(stats.customers));
     metadata.insert(META_SEGMENTS.into(), json!(stats.segments));
+    // A micro-batch publishes live, and merges in the background when the policy says so,
+    // unless the merged version is due for compaction.
+    let compacts_next = |version: u64| {
+        let compaction = update.compaction.as_ref();
+        compaction.is_some_and(|c| c.due(version + 1, file_count(&table)))
+    };
+    let merge_in_batch = from_version.is_some_and(|version| {
+        merging.is_none() && live.due(&update.policy, counts.total() as u64) && compacts_next(version)
+    });
+    if from_version.is_some() && narrowed.is_some() && !merge_in_batch {
+        let batch = LiveBatch {
+            changes: &changes,
+            counts,
+            changed_tags: &changed_tags,
+            stats,
+            as_of: update.as_of,
+        };
+        let base = TagsBase {
+            tables: Some((table, feed)),
+            rows,
+            live,
+            merging,
+            uncovered,
+        };
+        return publish_live((warehouse, settings), base, batch, update.policy, metadata).await;
+    }
+    assert!(merging.is_none(), "a whole update waits for the merge under way");
+
     metadata.insert(META_CHANGES.into(), json!(counts));
     let commit = CommitProperties::default().with_metadata(metadata);
     let url = table_url(warehouse, TAGS_TABLE).to_string();
@@ -424,36 +580,9 @@ pub async fn publish_tags(
             rows = MaskedRows::from_batches(new_rows);
             (table, written)
         }
-        Some(_) if rewritten.is_empty() => (
-            commit_actions(table, Vec::new(), commit).await.map_err(commit_error)?,
-            0,
-        ),
-        Some(_) => {
-            // The rewritten tags' partitions are replaced whole: cheaper than a row-level
-            // merge when, as usual, most of a partition's rows are rewritten anyway.
-            let mut written_rows = {
-                let (view, tags) = (rows.clone(), rewritten.clone());
-                blocking(move || view.select(|b| diff::tag_mask(b, |tag| tags.iter().any(|t| t == tag)))).await
-            };
-            if written_rows.is_empty() {
-                // Every row of the rewritten tags exited: the partitions are replaced by nothing.
-                written_rows.push(RecordBatch::new_empty(customer_tags_schema()));
-            }
-            let written = written_rows.iter().map(|b| b.num_rows()).sum();
-            let input = spread_input(written_rows).map_err(|e| commit_error(e.into()))?;
-            let table = table
-                .write(Vec::new())
-                .with_input_plan(input)
-                .with_save_mode(SaveMode::Overwrite)
-                .with_replace_where(format!("tag IN ({})", sql_list(&rewritten)))
-                .with_writer_properties(writer_properties())
-                .with_commit_properties(commit)
-                .into_future()
-                .instrument(info_span!("write"))
-                .await
-                .map_err(commit_error)?;
-            (table, written)
-        }
+        Some(_) => replace_partitions(table, rows.clone(), rewritten, commit)
+            .await
+            .map_err(commit_error)?,
     };
     let version = table.version().unwrap_or_default();
     let staged = match staging {
@@ -483,54 +612,121 @@ pub async fn publish_tags(
         customers: Some(stats.customers),
         feed_version: feed.version(),
         merged: true,
+        merge_started: false,
     };
     let next = TagsBase {
         tables: Some((table, feed)),
         rows,
         live: Live::default(),
+        merging: None,
+        uncovered: None,
     };
     Ok((published, next))
 }
 
-/// Publish a micro-batch's changes as live changes on top of `customer_tags`' version: one
-/// append to the feed (none when nothing changed), no new `customer_tags` version. Takes
-/// `customer_tags` and the feed, the next live view's rows, the live changes so far, the
-/// batch's changes with their counts and tags, and the figures of the view.
-async fn publish_live(
-    (warehouse, settings): (&Location, &TableSettings),
-    (table, feed): (DeltaTable, DeltaTable),
+/// Replace the partitions of `tags` in `customer_tags` by the rows of those tags in `rows`,
+/// as one new version with `commit`: cheaper than a row-level merge when, as usual, most
+/// of a partition's rows are rewritten anyway. Returns the table at its new version and
+/// the rows written.
+async fn replace_partitions(
+    table: DeltaTable,
     rows: MaskedRows,
-    mut live: Live,
-    (changes, counts, changed_tags): (&[RecordBatch], ChangeCounts, &[String]),
+    tags: Vec<String>,
+    commit: CommitProperties,
+) -> Result<(DeltaTable, usize), deltalake::DeltaTableError> {
+    if tags.is_empty() {
+        return Ok((commit_actions(table, Vec::new(), commit).await?, 0));
+    }
+    let predicate = format!("tag IN ({})", sql_list(&tags));
+    let mut written_rows =
+        blocking(move || rows.select(|b| diff::tag_mask(b, |tag| tags.iter().any(|t| t == tag)))).await;
+    if written_rows.is_empty() {
+        // Every row of the rewritten tags exited: the partitions are replaced by nothing.
+        written_rows.push(RecordBatch::new_empty(customer_tags_schema()));
+    }
+    let written = written_rows.iter().map(|b| b.num_rows()).sum();
+    let input = spread_input(written_rows)?;
+    let table = table
+        .write(Vec::new())
+        .with_input_plan(input)
+        .with_save_mode(SaveMode::Overwrite)
+        .with_replace_where(predicate)
+        .with_writer_properties(writer_properties())
+        .with_commit_properties(commit)
+        .into_future()
+        .instrument(info_span!("write"))
+        .await?;
+    Ok((table, written))
+}
+
+/// What a micro-batch publishes live: its changes with their counts and tags, the figures
+/// of the view after it, and its as-of time.
+struct LiveBatch<'a> {
+    changes: &'a [RecordBatch],
+    counts: ChangeCounts,
+    changed_tags: &'a [String],
     stats: diff::Figures,
     as_of: DateTime<Utc>,
+}
+
+/// Publish a micro-batch's changes as live changes: one append to the feed (none when
+/// nothing changed and no merged version waits to be covered), no new `customer_tags`
+/// version. The rows go on the latest version, or on the version a merge under way
+/// writes. When `policy` says the live changes have waited enough and no merge runs, a
+/// merge of the view after this batch (`base.rows`) into the next version starts in the
+/// background. `metadata`: that version's commit metadata.
+async fn publish_live(
+    (warehouse, settings): (&Location, &TableSettings),
+    base: TagsBase,
+    batch: LiveBatch<'_>,
+    policy: MergePolicy,
+    mut metadata: Map<String, Value>,
 ) -> Result<(Published, TagsBase), PublishError> {
+    let TagsBase {
+        tables,
+        rows,
+        mut live,
+        mut merging,
+        uncovered,
+    } = base;
+    let (table, feed) = tables.expect("a base taken apart has its tables");
     let version = table.version().expect("live changes are on top of a version");
-    let appended = feed_rows(changes, Some(version), version, as_of);
-    let feed = match appended.is_empty() {
+    let on = merging.as_ref().map_or(version, |m| m.version);
+    let appended = feed_rows(batch.changes, Some(on), on, batch.as_of);
+    let feed = match appended.is_empty() && uncovered.is_none() {
         true => feed,
         false => {
-            append_feed(warehouse, feed, settings, appended, None, Some(version), version)
+            append_live(warehouse, feed, settings, appended, on, uncovered)
                 .instrument(info_span!("feed"))
                 .await?
         }
     };
-    live.add(changed_tags, counts.total() as u64);
+    // Not in the publish that covers a merge: one merge at a time, each seen whole.
+    let due = merging.is_none() && uncovered.is_none() && live.due(&policy, batch.counts.total() as u64);
+    live.add(batch.changed_tags, batch.counts);
+    if due {
+        metadata.insert(META_CHANGES.into(), json!(live.counts));
+        merging = Some(Merging::start(warehouse, &table, rows.clone(), &live, metadata));
+        live = Live::default();
+    }
     let published = Published {
         table: TAGS_TABLE.to_string(),
         version,
-        rows: stats.rows,
+        rows: batch.stats.rows,
         rows_written: 0,
         files: file_count(&table),
-        changes: Some(counts),
-        customers: Some(stats.customers),
+        changes: Some(batch.counts),
+        customers: Some(batch.stats.customers),
         feed_version: feed.version(),
         merged: false,
+        merge_started: due,
     };
     let next = TagsBase {
         tables: Some((table, feed)),
         rows,
         live,
+        merging,
+        uncovered: None,
     };
     Ok((published, next))
 }
@@ -653,6 +849,35 @@ pub(crate) async fn append_feed(
     from: Option<u64>,
     to: u64,
 ) -> Result<DeltaTable, PublishError> {
+    let covers = (from != Some(to)).then_some(to);
+    append_rows(warehouse, feed, settings, rows, staged, (from, to), covers).await
+}
+
+/// Append live rows on version `on` (none: a commit of no rows) to the feed, marking
+/// version `covers` covered (a merge committed in the background). Returns the feed at its
+/// new version.
+async fn append_live(
+    warehouse: &Location,
+    feed: DeltaTable,
+    settings: &TableSettings,
+    rows: Vec<RecordBatch>,
+    on: u64,
+    covers: Option<u64>,
+) -> Result<DeltaTable, PublishError> {
+    append_rows(warehouse, feed, settings, rows, None, (Some(on), on), covers).await
+}
+
+/// Append `rows` (the changes `from` → `to`, already written as `staged` or written now),
+/// marking `customer_tags` version `covers` covered.
+async fn append_rows(
+    warehouse: &Location,
+    feed: DeltaTable,
+    settings: &TableSettings,
+    rows: Vec<RecordBatch>,
+    staged: Option<Result<Vec<Action>, deltalake::DeltaTableError>>,
+    (from, to): (Option<u64>, u64),
+    covers: Option<u64>,
+) -> Result<DeltaTable, PublishError> {
     let url = table_url(warehouse, CHANGES_TABLE).to_string();
     let commit_error = |source| PublishError::Commit {
         url: url.clone(),
@@ -661,8 +886,8 @@ pub(crate) async fn append_feed(
     let live = from == Some(to);
     let metadata = json!({ "tagflow.from_version": from, "tagflow.to_version": to, "tagflow.live": live });
     let mut commit = CommitProperties::default().with_metadata(metadata.as_object().cloned().unwrap_or_default());
-    if !live {
-        commit = commit.with_application_transaction(Transaction::new(FEED_APP, to as i64));
+    if let Some(covered) = covers {
+        commit = commit.with_application_transaction(Transaction::new(FEED_APP, covered as i64));
     }
     if feed.version().is_none() {
         // The first append creates the feed (with its table settings), rows or not.
@@ -705,6 +930,84 @@ pub async fn catch_up_feed(warehouse: &Location, settings: &TableSettings) -> Re
     Ok(catch_up(warehouse, &tags, feed, settings).await?.1)
 }
 
+/// The latest `customer_tags` version the feed (at its loaded version) marks covered: its
+/// changes are in the feed and it is committed. `None` before the first.
+pub async fn covered_version(feed: &DeltaTable) -> Result<Option<u64>, PublishError> {
+    if feed.version().is_none() {
+        return Ok(None);
+    }
+    let open_error = |source| PublishError::Open {
+        url: feed.table_url().to_string(),
+        source,
+    };
+    let covered = feed
+        .snapshot()
+        .map_err(open_error)?
+        .transaction_version(feed.log_store().as_ref(), FEED_APP)
+        .await
+        .map_err(open_error)?;
+    Ok(covered.map(|c| c as u64))
+}
+
+/// Write the versions a background merge never committed (its session died while it
+/// ran): while the feed has live rows on a version after the latest, that version is
+/// written from the latest with the rows live on it (what the merge was writing) and
+/// marked covered, so the rows on it are live on a version again. Returns both tables at
+/// their new versions.
+async fn finish_merges(
+    warehouse: &Location,
+    mut table: DeltaTable,
+    mut feed: DeltaTable,
+    settings: &TableSettings,
+) -> Result<(DeltaTable, DeltaTable), PublishError> {
+    loop {
+        let Some(version) = table.version() else {
+            return Ok((table, feed));
+        };
+        if live::view_rows(&feed, version + 1).await?.is_empty() {
+            return Ok((table, feed));
+        }
+        warn!(
+            version = version + 1,
+            "a background merge did not commit; writing its version from the rows live on the one before"
+        );
+        let on = live::live_rows(&feed, version).await?;
+        let rows = live::apply(all_rows(&table).await?, &on);
+        let figures = {
+            let rows = rows.clone();
+            blocking(move || diff::figures(&[], &rows, None)).await
+        };
+        let newest = on
+            .iter()
+            .filter_map(|b| {
+                b.column_by_name("as_of")?
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .cloned()
+            })
+            .filter_map(|times| arrow::compute::max(&times))
+            .max()
+            .and_then(DateTime::from_timestamp_micros)
+            .unwrap_or_else(Utc::now);
+        let live = Live::of(&on);
+        let metadata = json!({
+            META_AS_OF: newest.to_rfc3339(),
+            META_ROWS: figures.rows,
+            META_CUSTOMERS: figures.customers,
+            META_SEGMENTS: figures.segments,
+            META_CHANGES: live.counts,
+        });
+        let commit = CommitProperties::default().with_metadata(metadata.as_object().cloned().unwrap_or_default());
+        let tags = live.tags.into_iter().collect();
+        let url = table_url(warehouse, TAGS_TABLE).to_string();
+        table = replace_partitions(table, MaskedRows::from_batches(rows), tags, commit)
+            .await
+            .map_err(|source| PublishError::Commit { url, source })?
+            .0;
+        feed = append_live(warehouse, feed, settings, Vec::new(), version + 1, Some(version + 1)).await?;
+    }
+}
+
 /// `customer_tags` and `tag_changes` at their latest versions, opened side by side (each
 /// replays its log).
 async fn open_tags_and_feed(warehouse: &Location) -> Result<(DeltaTable, DeltaTable), PublishError> {
@@ -725,16 +1028,8 @@ async fn catch_up(
     let Some(latest) = tags.version() else {
         return Ok((feed, 0));
     };
-    let covered = match feed.version() {
-        Some(_) => feed
-            .snapshot()
-            .map_err(|source| open_error(warehouse, CHANGES_TABLE, source))?
-            .transaction_version(feed.log_store().as_ref(), FEED_APP)
-            .await
-            .map_err(|source| open_error(warehouse, CHANGES_TABLE, source))?,
-        None => None,
-    };
-    let first = covered.map_or(0, |c| c as u64 + 1);
+    let covered = covered_version(&feed).await?;
+    let first = covered.map_or(0, |c| c + 1);
     if first > latest {
         return Ok((feed, 0));
     }
@@ -807,15 +1102,15 @@ pub async fn live_view(
     Ok((version, live::apply(all_rows(&table).await?, &changes)))
 }
 
-/// The live rows on `customer_tags` version `version` in the feed at `feed_version` (the
-/// latest if `None`); none without a feed.
+/// The live rows a reader of `customer_tags` version `version` applies ([`live::view_rows`])
+/// in the feed at `feed_version` (the latest if `None`); none without a feed.
 async fn live_changes_on(
     warehouse: &Location,
     version: u64,
     feed_version: Option<u64>,
 ) -> Result<Vec<RecordBatch>, PublishError> {
     match super::open_published(warehouse, CHANGES_TABLE, feed_version).await {
-        Ok(feed) => live::live_rows(&feed, version).await,
+        Ok(feed) => live::view_rows(&feed, version).await,
         Err(PublishError::NotFound { .. }) => Ok(Vec::new()),
         Err(error) => Err(error),
     }

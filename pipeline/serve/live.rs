@@ -5,8 +5,10 @@
 //! rows as they come, so a reload costs what changed, not the size of the base.
 //!
 //! A lookup names the `customer_tags` version and the feed version it answers from: the
-//! rows a reader gets from `customer_tags` at `version` with the feed rows
-//! `from_version = to_version = version` of the feed at `feed_version` applied.
+//! rows a reader gets from `customer_tags` at `version` with the live feed rows of
+//! `from_version >= version` of the feed at `feed_version` applied (`publish::live`): a
+//! committed version always, while the feed may already hold rows on the version a
+//! background merge is writing.
 //!
 //! Owns: the overlay of changed customers and applying feed rows to it. Must not: read the
 //! warehouse (the server's reload does) or answer segment pages (those come from the base,
@@ -40,10 +42,14 @@ pub struct LiveView {
     changed: HashMap<Box<str>, Vec<LiveRow>, RandomState>,
     /// Interned strings of the changed rows.
     strings: HashMap<Box<str>, Arc<str>, RandomState>,
-    /// The `customer_tags` version the view stands on, and the feed version applied.
+    /// The committed `customer_tags` version the view is named by, and the feed version
+    /// applied.
     pub version: u64,
     pub feed_version: Option<u64>,
-    /// The latest as-of of the live rows applied on top of `version` (micros).
+    /// How far the feed is applied: the highest `to_version` of the rows applied (a version
+    /// a background merge may not have committed yet), and the latest as-of of the live
+    /// rows on it (micros).
+    pub position: u64,
     pub live_as_of: Option<i64>,
     /// The newest as-of applied, as RFC 3339 text (the base's when nothing was applied).
     as_of_text: Option<String>,
@@ -53,6 +59,7 @@ impl LiveView {
     pub fn new(base: SharedIndex, feed_version: Option<u64>) -> Self {
         LiveView {
             version: base.version,
+            position: base.version,
             as_of_text: base.as_of_text().map(String::from),
             base,
             changed: HashMap::default(),
@@ -90,8 +97,9 @@ impl LiveView {
         }
     }
 
-    /// Apply feed rows (in publish order) read from the feed at `feed_version`.
-    pub fn apply(&mut self, changes: &[RecordBatch], feed_version: Option<u64>) {
+    /// Apply feed rows (in publish order) read from the feed at `feed_version`, which marks
+    /// `customer_tags` version `covered` covered (committed, its changes in the feed).
+    pub fn apply(&mut self, changes: &[RecordBatch], feed_version: Option<u64>, covered: Option<u64>) {
         for batch in changes {
             let text = |name: &str| -> StringArray { text_column(batch, name).expect("a text column of the feed") };
             let (ids, families, tags, kinds, values) = (
@@ -134,17 +142,18 @@ impl LiveView {
                 }
                 let is_live = from.is_valid(i) && from.value(i) == to.value(i);
                 let to = to.value(i) as u64;
-                if to > self.version {
-                    self.version = to;
+                if to > self.position {
+                    self.position = to;
                     self.live_as_of = None;
                 }
-                if is_live && to == self.version {
+                if is_live && to == self.position {
                     self.live_as_of = Some(self.live_as_of.unwrap_or(i64::MIN).max(as_ofs.value(i)));
                 }
                 self.as_of_text = Some(as_of_text(as_ofs.value(i)));
             }
         }
         self.feed_version = feed_version.or(self.feed_version);
+        self.version = self.version.max(covered.unwrap_or_default());
     }
 
     /// The rows of a changed customer, made from the base the first time it changes.

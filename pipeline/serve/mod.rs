@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use deltalake::DeltaTable;
 use tokio::sync::watch;
 
+use crate::publish::background::at_lowest_priority;
 pub use api::ApiDoc;
 use error::ApiError;
 use index::{SharedIndex, TagIndex};
@@ -163,7 +164,7 @@ impl AppState {
     /// background for segment pages.
     async fn reload(&self, tables: &mut Tables) -> Result<bool, PublishError> {
         let mut swapped = self.swap_rebuilt_base(tables).await?;
-        let Some((version, feed_version, live_as_of)) = self.live_position() else {
+        let Some((_, feed_version)) = self.live_position() else {
             return self.load_whole(tables).await;
         };
         let feed = match &mut tables.feed {
@@ -186,11 +187,13 @@ impl AppState {
                     url: feed.table_url().to_string(),
                     source,
                 })?;
-            let changes = crate::publish::live::changes_after(feed, version, live_as_of).await?;
+            let (position, live_as_of) = self.feed_position().expect("loaded above");
+            let changes = crate::publish::live::changes_after(feed, position, live_as_of).await?;
+            let covered = crate::publish::tags::covered_version(feed).await?;
             let rows: usize = changes.iter().map(|b| b.num_rows()).sum();
             let mut live = self.live.write().expect("live lock");
             let view = live.as_mut().expect("loaded above");
-            view.apply(&changes, feed.version());
+            view.apply(&changes, feed.version(), covered);
             self.feed_seen.send_replace(feed.version());
             self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
             tracing::debug!(
@@ -210,14 +213,20 @@ impl AppState {
     /// Size, inflow and outflow per published version, tag and value, read once per
     /// served position and shared (the daily overview and the PostgreSQL `segments` table).
     async fn segment_flows(&self) -> Result<Arc<Vec<publish::snapshots::SegmentFlow>>, ApiError> {
-        let (version, feed_version, _) = self.live_position().ok_or(ApiError::NotReady)?;
+        let (version, feed_version) = self.live_position().ok_or(ApiError::NotReady)?;
         self.flows.flows(&self.warehouse, (version, feed_version)).await
     }
 
-    /// `(version, feed version, as-of of the live rows applied)` of the live view.
-    fn live_position(&self) -> Option<(u64, Option<u64>, Option<i64>)> {
+    /// `(version, feed version)` the live view answers from.
+    fn live_position(&self) -> Option<(u64, Option<u64>)> {
         let live = self.live.read().expect("live lock");
-        live.as_ref().map(|v| (v.version, v.feed_version, v.live_as_of))
+        live.as_ref().map(|v| (v.version, v.feed_version))
+    }
+
+    /// How far the live view has applied the feed: `(position, as-of of the live rows on it)`.
+    fn feed_position(&self) -> Option<(u64, Option<i64>)> {
+        let live = self.live.read().expect("live lock");
+        live.as_ref().map(|v| (v.position, v.live_as_of))
     }
 
     /// Load the latest `customer_tags` version whole, with the live changes on top of it.
@@ -233,7 +242,8 @@ impl AppState {
         let mut view = LiveView::new(base.clone(), feed.as_ref().and_then(DeltaTable::version));
         if let Some(feed) = &feed {
             let changes = crate::publish::live::changes_after(feed, base.version, None).await?;
-            view.apply(&changes, feed.version());
+            let covered = crate::publish::tags::covered_version(feed).await?;
+            view.apply(&changes, feed.version(), covered);
         }
         self.metrics.reload_seconds.observe(started.elapsed().as_secs_f64());
         self.metrics.snapshot_version.set(base.version as i64);
@@ -258,7 +268,7 @@ impl AppState {
     /// Start loading the merged version the live view stands on when it is newer than the
     /// loaded base (segment pages answer from the base), one load at a time.
     fn rebuild_base_if_behind(&self, tables: &mut Tables) {
-        let Some(version) = self.live_position().map(|(v, _, _)| v) else {
+        let Some(version) = self.live_position().map(|(v, _)| v) else {
             return;
         };
         let base_version = self.current().map(|b| b.version);
@@ -307,30 +317,9 @@ struct Tables {
 /// and a `follow` session beside this server need first: on the runtime's threads it
 /// also held up requests, and at normal priority it slowed the next micro-batches.
 fn load_in_background(warehouse: Location, version: u64) -> std::thread::JoinHandle<Result<SharedIndex, PublishError>> {
-    std::thread::Builder::new()
-        .name("tagflow-base-load".into())
-        .spawn(move || {
-            lowest_priority();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the background load");
-            runtime
-                .block_on(TagIndex::load(&warehouse, Some(version)))
-                .map(Arc::new)
-        })
-        .expect("starting the background load")
-}
-
-/// Give the calling thread (and the threads it starts) the lowest CPU priority: on Linux
-/// a thread has a nice value of its own. Elsewhere the thread keeps its priority.
-fn lowest_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread's id; a failure leaves the priority.
-    unsafe {
-        let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, 19);
-    }
+    at_lowest_priority("tagflow-base-load", move || async move {
+        TagIndex::load(&warehouse, Some(version)).await.map(Arc::new)
+    })
 }
 
 /// A running server.
@@ -445,28 +434,5 @@ async fn reload_loop(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
             _ = tokio::time::sleep(state.settings.reload_interval) => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// The background load's thread, and the threads it starts, run at the lowest priority;
-    /// the thread that asked keeps its own.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_background_thread_runs_at_the_lowest_priority() {
-        let nice = || {
-            // SAFETY: reads the calling thread's nice value.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
-        };
-        let before = nice();
-        let (own, started) = std::thread::spawn(move || {
-            super::lowest_priority();
-            (nice(), std::thread::spawn(nice).join().unwrap())
-        })
-        .join()
-        .unwrap();
-        assert_eq!((own, started), (19, 19));
-        assert_eq!(nice(), before);
     }
 }
