@@ -108,6 +108,7 @@ async fn fan_out(addr: std::net::SocketAddr, location: &Location, customers: usi
         metadata: Default::default(),
         narrowed: None,
         policy: Default::default(),
+        compaction: None,
     };
     let started = Instant::now();
     let published = publish_tags(location, base, update, &settings)
@@ -428,6 +429,7 @@ fn main() {
             metadata: Default::default(),
             narrowed: None,
             policy: Default::default(),
+            compaction: None,
         };
         let settings = TableSettings {
             checkpoint_interval: 10,

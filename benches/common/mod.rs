@@ -313,6 +313,7 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         lookup_lags_ms,
         serve_peak_rss_mib,
         merges: 0,
+        background_merges: 0,
         jobs_p50_ms: Default::default(),
     };
     let mut jobs = std::collections::BTreeMap::new();

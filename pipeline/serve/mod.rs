@@ -189,7 +189,7 @@ impl AppState {
                 })?;
             let (position, live_as_of) = self.feed_position().expect("loaded above");
             let changes = crate::publish::live::changes_after(feed, position, live_as_of).await?;
-            let covered = crate::publish::tags::covered_version(feed).await?;
+            let covered = self.covered_if_ahead(feed, &changes).await?;
             let rows: usize = changes.iter().map(|b| b.num_rows()).sum();
             let mut live = self.live.write().expect("live lock");
             let view = live.as_mut().expect("loaded above");
@@ -221,6 +221,30 @@ impl AppState {
     fn live_position(&self) -> Option<(u64, Option<u64>)> {
         let live = self.live.read().expect("live lock");
         live.as_ref().map(|v| (v.version, v.feed_version))
+    }
+
+    /// The version `feed` marks covered, read (a scan of its log) only when the view has
+    /// applied rows on a version past the one it is named by: rows published while a merge
+    /// was writing that version, which a later feed commit marks covered.
+    async fn covered_if_ahead(
+        &self,
+        feed: &DeltaTable,
+        changes: &[arrow::record_batch::RecordBatch],
+    ) -> Result<Option<u64>, PublishError> {
+        let (named, position) = {
+            let live = self.live.read().expect("live lock");
+            let view = live.as_ref().expect("loaded");
+            (view.version, view.position)
+        };
+        let to_versions = changes.iter().filter_map(|b| {
+            let to = b.column_by_name("to_version")?;
+            arrow::compute::max(to.as_any().downcast_ref::<arrow::array::Int64Array>()?)
+        });
+        let ahead = position.max(to_versions.max().unwrap_or_default().max(0) as u64) > named;
+        match ahead {
+            true => crate::publish::tags::covered_version(feed).await,
+            false => Ok(None),
+        }
     }
 
     /// How far the live view has applied the feed: `(position, as-of of the live rows on it)`.

@@ -546,10 +546,12 @@ async fn every_follow_batch_equals_a_full_run() {
         let held = std::sync::atomic::AtomicBool::new(false);
         // Batches that evaluated some tags for the customers whose inputs changed only.
         let mut partial_evaluations = 0;
-        // Batches whose changes stayed live (not merged into customer_tags).
-        let mut live_batches = 0;
+        // Batches whose changes stayed live (not merged into customer_tags), and those that
+        // started a merge in the background.
+        let (mut live_batches, mut background_merges) = (0, 0);
         let on_batch = |report: &tagflow::app::report::RunReport| {
             live_batches += usize::from(!report.published.merged);
+            background_merges += usize::from(report.published.merge_started);
             let as_of = report.as_of.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             batches.push((report.published.clone(), as_of, landed));
             partial_evaluations += usize::from(report.tags.iter().any(|t| t.evaluated_customers.is_some()));
@@ -605,6 +607,11 @@ async fn every_follow_batch_equals_a_full_run() {
             live_batches > 0 && live_batches < published,
             "seed {seed}: {live_batches} of {published} batches kept their changes live, the others merged"
         );
+        assert!(
+            background_merges > 0,
+            "seed {seed}: some merges ran in the background while batches published"
+        );
+        crate::publishing::assert_feed_matches_versions(&fx.warehouse_dir(), &format!("seed {seed}")).await;
 
         let reference = Fixture::new();
         let mut landed = 0;

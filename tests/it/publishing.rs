@@ -6,9 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -770,4 +772,128 @@ async fn a_feed_commit_lost_in_a_crash_is_caught_up_by_the_next_publish() {
     let feed = read_feed(&fx.warehouse_dir()).await;
     assert!(feed.iter().any(|r| r.to == 1), "version 1's changes were recovered");
     assert_feed_matches_versions(&fx.warehouse_dir(), "after catch-up").await;
+}
+
+/// A `follow` session killed while its merge ran in the background leaves rows live on the
+/// version the merge was writing, and no such version. The next opening writes that
+/// version from the rows live on the one before (exactly what the merge was writing) and
+/// marks it covered: readers see the same rows before and after, the feed nets to every
+/// difference between versions, and the table ends equal to a full run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_killed_in_the_background_is_written_from_its_rows_at_the_next_opening() {
+    let fx = Fixture::new();
+    let clicks = |batch: usize, at: &str| -> Vec<Click> {
+        (0..4)
+            .map(|k| {
+                // New customers in every batch: each batch enters tags.
+                let customer = format!("c{batch}-{k}");
+                view(&format!("k{batch}-{k}"), &customer, at).category(["shoes", "bags"][k % 2])
+            })
+            .collect()
+    };
+    fx.clicks("dt=2026-11-20/a.parquet", &clicks(0, "2026-11-20T08:00:00Z"));
+    let config = "[publish]\nmerge_every = \"1d\"\n";
+    fx.try_run("2026-11-20T09:00:00Z", Some(config))
+        .await
+        .expect("version 0");
+    // A session's first batch merges; the three after it stay live on its version.
+    let settings = fx.settings("2026-11-20T09:00:00Z", Some(config)).expect("settings");
+    let times = [
+        "2026-11-20T10:00:00Z",
+        "2026-11-20T10:05:00Z",
+        "2026-11-20T10:10:00Z",
+        "2026-11-20T10:15:00Z",
+    ];
+    let reports = crate::incremental::follow_at(&settings, &times, |batch| {
+        if batch < times.len() {
+            let at = format!("2026-11-20T09:{:02}:00Z", 10 + batch);
+            fx.clicks(&format!("dt=2026-11-20/b{batch}.parquet"), &clicks(batch, &at));
+        }
+    })
+    .await;
+    let base = reports[0].published.version;
+    for report in &reports[1..] {
+        assert!(!report.published.merged && !report.published.merge_started);
+        assert_eq!(report.published.version, base);
+        assert!(
+            report.published.changes.is_some_and(|c| c.total() > 0),
+            "each batch changes tags"
+        );
+    }
+    // What a kill during a merge of the first two live batches leaves: the last batch's
+    // rows are on the version that merge was writing, which was never committed.
+    let warehouse = location(&fx.warehouse_dir());
+    let before = read_view_at(&warehouse, None).await;
+    let last = reports[3].as_of.timestamp_micros();
+    move_live_rows(&fx.warehouse_dir(), last, base as i64 + 1).await;
+    assert_eq!(latest_version(&fx.warehouse_dir()), base, "no merged version yet");
+    assert_eq!(
+        read_view_at(&warehouse, None).await.rows,
+        before.rows,
+        "readers apply the rows on the version being merged"
+    );
+
+    // The next opening (a run) writes the merge's version, then publishes its own.
+    let run = fx
+        .try_run("2026-11-20T10:20:00Z", Some(config))
+        .await
+        .expect("the run after the kill");
+    assert_eq!(run.published.version, base + 2, "the merge's version, then the run's");
+    assert_same(
+        &read_tags(&fx.warehouse_dir(), Some(base + 1)).await,
+        &fx.seen_after(&reports[2].published).await,
+        "the merge's version holds the rows that were live on the version before it",
+    );
+    assert_feed_matches_versions(&fx.warehouse_dir(), "after the killed merge").await;
+    assert_same(
+        &fx.published(None).await,
+        &full_tags(&fx, "2026-11-20T10:20:00Z").await,
+        "after the run",
+    );
+}
+
+/// Move the feed's rows published at `as_of` (micros) onto version `on`, live, as a batch
+/// publishing while a background merge wrote `on` put them (the feed rewritten whole).
+async fn move_live_rows(warehouse: &Path, as_of: i64, on: i64) {
+    let sql = "SELECT * FROM tag_changes";
+    let rows = query_published(&location(warehouse), "tag_changes", None, sql)
+        .await
+        .expect("the feed");
+    let schema = tagflow::publish::tags::tag_changes_schema();
+    let mut moved = 0;
+    let mut batches = Vec::new();
+    for batch in &rows {
+        let column = |name: &str| -> ArrayRef {
+            let field = schema.field_with_name(name).expect("a feed column");
+            arrow::compute::cast(batch.column_by_name(name).expect("a feed column"), field.data_type()).unwrap()
+        };
+        let times = column("as_of");
+        let times = times.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        let hit: Vec<bool> = (0..batch.num_rows()).map(|i| times.value(i) == as_of).collect();
+        moved += hit.iter().filter(|h| **h).count();
+        let columns: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "from_version" | "to_version" => {
+                    let old = column(f.name());
+                    let old = old.as_any().downcast_ref::<Int64Array>().unwrap();
+                    let moved = (0..old.len()).map(|i| match hit[i] {
+                        true => Some(on),
+                        false => old.is_valid(i).then(|| old.value(i)),
+                    });
+                    Arc::new(moved.collect::<Int64Array>()) as ArrayRef
+                }
+                name => column(name),
+            })
+            .collect();
+        batches.push(RecordBatch::try_new(schema.clone(), columns).unwrap());
+    }
+    assert!(moved > 0, "the batch at {as_of} published rows");
+    let url = url::Url::from_directory_path(warehouse.join("tag_changes")).unwrap();
+    let feed = deltalake::open_table(url).await.expect("the feed opens");
+    feed.write(batches)
+        .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+        .await
+        .expect("the feed rewritten");
 }
