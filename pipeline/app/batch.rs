@@ -42,6 +42,7 @@ use crate::sources::quarantine::{EntryKind, Quarantine};
 use crate::sources::{self, Decoded, LandingData, LandingFile, StreamStats};
 use crate::state::tables::Table;
 use crate::state::State;
+use crate::storage::masked::MaskedRows;
 use crate::storage::{hold, Location};
 
 /// What a batch leaves in memory for the next one of a `follow` session (a single run
@@ -105,7 +106,7 @@ async fn number_ahead(session: &mut Session) {
             .values()
             .filter(|r| r.schema.column_with_name(CUSTOMER_ID).is_some())
         {
-            batches.extend(run.batches.iter().cloned());
+            batches.extend(run.output.batches().cloned());
         }
     }
     let numbering = session.numbering.clone();
@@ -853,7 +854,7 @@ fn publish_rows(
         .map(|r| match r.evaluated_for {
             None => (*r).clone(),
             Some(_) => JobRun {
-                batches: numbering.select(&r.batches, &customers),
+                output: MaskedRows::from_batches(numbering.select_masked(&r.output, &customers)),
                 ..(*r).clone()
             },
         })
@@ -876,11 +877,8 @@ fn publish_rows(
 
 /// The `status` of a measure of one row that has a text column of that name.
 fn measure_status(run: &JobRun) -> Option<String> {
-    let batch = run
-        .batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .filter(|_| run.rows == 1)?;
+    let batches = run.output.to_batches();
+    let batch = batches.iter().find(|b| b.num_rows() > 0).filter(|_| run.rows == 1)?;
     let status = batch.column_by_name("status")?.as_any().downcast_ref::<StringArray>()?;
     status.is_valid(0).then(|| status.value(0).to_string())
 }
@@ -898,16 +896,19 @@ fn tag_report(run: &JobRun) -> TagReport {
 
 /// Distinct customers in the rows of the tag runs among `runs`.
 fn tagged_customers(runs: &[JobRun]) -> usize {
+    let batches: Vec<RecordBatch> = runs
+        .iter()
+        .filter(|r| r.job.kind == JobKind::Tag)
+        .flat_map(|r| r.output.to_batches())
+        .collect();
     let mut customers: HashSet<&str> = HashSet::new();
-    for run in runs.iter().filter(|r| r.job.kind == JobKind::Tag) {
-        for batch in &run.batches {
-            let ids = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("normalised id");
-            customers.extend(ids.iter().flatten());
-        }
+    for batch in &batches {
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("normalised id");
+        customers.extend(ids.iter().flatten());
     }
     customers.len()
 }

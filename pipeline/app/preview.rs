@@ -187,7 +187,7 @@ async fn live_values<'a>(
 /// A tag's new rows against its live values.
 fn compare(run: &JobRun, before: &HashMap<String, String>, sample: usize) -> TagPreview {
     let mut after: HashMap<String, String> = HashMap::new();
-    for batch in &run.batches {
+    for batch in &run.output.to_batches() {
         let column = |i: usize| {
             batch
                 .column(i)

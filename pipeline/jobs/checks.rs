@@ -215,7 +215,7 @@ pub fn evaluate<'a>(
         let mut checked = 0;
         if !checks.not_null.is_empty() {
             checked += 1;
-            let nulls: usize = run.batches.iter().map(|b| b.column(2).null_count()).sum();
+            let nulls: usize = run.output.parts().map(|(b, kept)| nulls_kept(b.column(2), kept)).sum();
             if nulls > 0 {
                 fail("not_null", None, format!("score is null in {nulls} of {rows} rows"));
             }
@@ -296,9 +296,29 @@ impl Drift {
     }
 }
 
+/// Nulls among the kept rows of `column` (`kept`: the mask of them; `None`: all).
+fn nulls_kept(column: &arrow::array::ArrayRef, kept: Option<&arrow::buffer::BooleanBuffer>) -> usize {
+    match (column.logical_nulls(), kept) {
+        (None, _) => 0,
+        (Some(nulls), None) => nulls.null_count(),
+        (Some(nulls), Some(kept)) => kept.count_set_bits() - (kept & nulls.inner()).count_set_bits(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tag's `not_null` check counts the nulls of the rows it keeps, not of the rows a
+    /// micro-batch masked out.
+    #[test]
+    fn nulls_are_counted_among_kept_rows_only() {
+        let scores: arrow::array::ArrayRef =
+            std::sync::Arc::new(arrow::array::Float64Array::from(vec![Some(1.0), None, None, Some(2.0)]));
+        assert_eq!(nulls_kept(&scores, None), 2);
+        let kept = arrow::buffer::BooleanBuffer::from(vec![true, true, false, true]);
+        assert_eq!(nulls_kept(&scores, Some(&kept)), 1);
+    }
 
     #[test]
     fn drift_limits_are_inclusive_and_skip_small_segments() {

@@ -70,9 +70,11 @@ pub enum JobError {
 pub struct JobRun {
     pub job: Job,
     pub duration: Duration,
-    /// For tags: `customer_id, value, score` as Utf8, Utf8, Float64. For measures: as produced.
-    pub batches: Vec<RecordBatch>,
-    /// Schema of `batches` (known even when there are no rows).
+    /// For tags: `customer_id, value, score` as Utf8, Utf8, Float64. For measures: as
+    /// produced. A micro-batch masks the rows it replaces ([`MaskedRows`]) instead of
+    /// copying the others around them.
+    pub output: MaskedRows,
+    /// Schema of `output` (known even when there are no rows).
     pub schema: SchemaRef,
     pub rows: usize,
     /// For tags: customers per value, counted once for the gates, the report and the
@@ -202,7 +204,7 @@ async fn fold_one(
         .instrument(info_span!("derive"))
         .await?;
     let schema = Arc::new(state_schema(&derived.schema));
-    let new_rows = conform(&job, derived.batches, &schema)?;
+    let new_rows = conform(&job, derived.output.to_batches(), &schema)?;
     check_keys(&job, &new_rows)?;
     let exclusive = current.as_ref().is_some_and(|t| t.exclusive);
     let mut segments = Vec::new();
@@ -646,7 +648,8 @@ fn names_customers(schema: &SchemaRef) -> bool {
 /// Whether two outputs of one job hold the same rows (as sets of rows).
 fn same_rows(before: &JobRun, after: &JobRun) -> bool {
     let rows = |run: &JobRun| -> Vec<Vec<u8>> {
-        let mut rows: Vec<Vec<u8>> = run.batches.iter().flat_map(|b| row_bytes(b.columns())).collect();
+        let batches = run.output.to_batches();
+        let mut rows: Vec<Vec<u8>> = batches.iter().flat_map(|b| row_bytes(b.columns())).collect();
         rows.sort_unstable();
         rows
     };
@@ -700,10 +703,7 @@ pub async fn run_jobs(
     // Every table in one partition: most jobs run with one (a share of the cores), and a
     // table split wider would be merged back by each of them (measured: a fifth of the
     // jobs' CPU time); the few that get more cores split their input themselves.
-    let mut tables: BTreeMap<String, Source> = state
-        .iter()
-        .map(|(name, t)| (name.clone(), Source::state(t.clone())))
-        .collect();
+    let mut tables: BTreeMap<String, Source> = state.iter().map(|(name, t)| (name.clone(), Source::state(t))).collect();
     // The customers whose state changed, and per table read so far the customers whose
     // rows may differ from the previous batch's (`None`: unknown, anyone's).
     let state_changed: Option<Dirty> = reuse.as_ref().map(|r| r.changed.clone());
@@ -799,12 +799,14 @@ pub async fn run_jobs(
             );
         }
         if let (Some(cluster), true) = (&cluster, read_by_others.contains(run.job.name.as_str())) {
-            let staged = cluster.rows(&run.job.name, &run.schema, &run.batches).await?;
+            let staged = cluster
+                .rows(&run.job.name, &run.schema, &run.output.to_batches())
+                .await?;
             files.insert(run.job.name.clone(), staged);
         }
         tables.insert(
             run.job.name.clone(),
-            Source::rows(run.schema.clone(), run.batches.clone()),
+            Source::rows(run.schema.clone(), run.output.clone()),
         );
         changed.insert(run.job.name.clone(), run_changed);
         done.insert(run.job.name.clone(), run);
@@ -875,53 +877,52 @@ struct Source {
 }
 
 #[derive(Clone)]
-enum SourceRows {
-    Batches(Vec<RecordBatch>),
-    State(Arc<StateTable>, Arc<std::sync::OnceLock<Vec<RecordBatch>>>),
+struct SourceRows {
+    /// A job's output, or a state table's segments.
+    parts: Arc<Vec<MaskedRows>>,
+    /// Every row, copied out of the masked parts the first time a job reads them whole.
+    whole: Arc<std::sync::OnceLock<Vec<RecordBatch>>>,
 }
 
 impl Source {
-    fn rows(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        Source {
-            schema,
-            rows: SourceRows::Batches(batches),
-        }
+    fn rows(schema: SchemaRef, rows: MaskedRows) -> Self {
+        Self::of(schema, vec![rows])
     }
 
-    fn state(table: StateTable) -> Self {
-        Source {
-            schema: table.schema.clone(),
-            rows: SourceRows::State(Arc::new(table), Arc::default()),
-        }
+    fn state(table: &StateTable) -> Self {
+        let segments = table.segments.iter().map(|s| s.rows.clone()).collect();
+        Self::of(table.schema.clone(), segments)
     }
 
-    /// Every row (a state table's masked segments copied, the first time).
+    fn of(schema: SchemaRef, parts: Vec<MaskedRows>) -> Self {
+        let rows = SourceRows {
+            parts: Arc::new(parts),
+            whole: Arc::default(),
+        };
+        Source { schema, rows }
+    }
+
+    /// Every row (masked parts copied, the first time).
     fn batches(&self) -> &[RecordBatch] {
-        match &self.rows {
-            SourceRows::Batches(batches) => batches,
-            SourceRows::State(table, whole) => whole.get_or_init(|| table.table().batches),
-        }
+        let parts = &self.rows.parts;
+        self.rows
+            .whole
+            .get_or_init(|| parts.iter().flat_map(MaskedRows::to_batches).collect())
     }
 
     /// Each batch with the mask of its kept rows (`None`: all), none copied.
     fn parts(&self) -> Vec<(&RecordBatch, Option<&arrow::buffer::BooleanBuffer>)> {
-        match &self.rows {
-            SourceRows::Batches(batches) => batches.iter().map(|b| (b, None)).collect(),
-            SourceRows::State(table, _) => table.segments.iter().flat_map(|s| s.rows.parts()).collect(),
-        }
+        self.rows.parts.iter().flat_map(MaskedRows::parts).collect()
     }
 
     /// The rows whose value `numbering` numbers is in `set` (masked rows left out, none
     /// copied but these).
     fn select(&self, numbering: &Numbering, set: &CustomerBits) -> Vec<RecordBatch> {
-        match &self.rows {
-            SourceRows::Batches(batches) => numbering.select(batches, set),
-            SourceRows::State(table, _) => table
-                .segments
-                .iter()
-                .flat_map(|s| numbering.select_masked(&s.rows, set))
-                .collect(),
-        }
+        self.rows
+            .parts
+            .iter()
+            .flat_map(|rows| numbering.select_masked(rows, set))
+            .collect()
     }
 
     fn table(&self) -> Table {
@@ -1071,11 +1072,10 @@ async fn evaluate_job(
             });
             let fresh = match dirty.is_empty() {
                 true => Vec::new(),
-                false => {
-                    run_one(job, &Inputs::Memory(as_mem_tables(inputs)), as_of, partitions)
-                        .await?
-                        .batches
-                }
+                false => run_one(job, &Inputs::Memory(as_mem_tables(inputs)), as_of, partitions)
+                    .await?
+                    .output
+                    .to_batches(),
             };
             check_scope(job, &fresh, &dirty, &numbering)?;
             let run = splice(job, &previous, &dirty, &fresh, &numbering, started);
@@ -1107,11 +1107,10 @@ async fn evaluate_job(
                 .collect();
             let fresh = match dirty.is_empty() {
                 true => Vec::new(),
-                false => {
-                    run_one(job, &Inputs::Memory(as_mem_tables(inputs)), as_of, partitions)
-                        .await?
-                        .batches
-                }
+                false => run_one(job, &Inputs::Memory(as_mem_tables(inputs)), as_of, partitions)
+                    .await?
+                    .output
+                    .to_batches(),
             };
             // Rows of customers outside the linked ones (they share an unchanged link with
             // one of them) are as they were.
@@ -1132,8 +1131,11 @@ fn splice(
     numbering: &Numbering,
     started: Instant,
 ) -> JobRun {
-    let (replaced, mut batches) = numbering.split(&previous.batches, dirty);
-    batches.extend(fresh.iter().cloned());
+    let mut output = previous.output.clone();
+    let replaced = output.take(numbering, |batch| members(&numbering.numbers(batch), dirty));
+    let replaced_rows: usize = replaced.iter().map(|b| b.num_rows()).sum();
+    output.extend_joined(numbering, fresh.to_vec());
+    let output = output.compacted(numbering, 2 * replaced_rows);
     let values = match job.kind {
         JobKind::Tag => {
             let mut values = previous.values.clone();
@@ -1152,8 +1154,8 @@ fn splice(
     JobRun {
         job: job.clone(),
         duration: started.elapsed(),
-        rows: batches.iter().map(|b| b.num_rows()).sum(),
-        batches,
+        rows: output.row_count(),
+        output,
         schema: previous.schema.clone(),
         values,
         evaluated_for: Some(dirty.clone()),
@@ -1202,7 +1204,7 @@ fn subtract_counts(counts: &mut BTreeMap<String, u64>, removed: BTreeMap<String,
 fn customers_with_other_rows(before: &JobRun, after: &JobRun, numbering: &Numbering) -> CustomerBits {
     let rows_by_customer = |run: &JobRun| -> HashMap<u32, Vec<Vec<u8>>, RandomState> {
         let mut rows: HashMap<u32, Vec<Vec<u8>>, RandomState> = HashMap::default();
-        for batch in &run.batches {
+        for batch in &run.output.to_batches() {
             let numbers = numbering.numbers(batch);
             for (&number, bytes) in numbers.values().iter().zip(row_bytes(batch.columns())) {
                 rows.entry(number).or_default().push(bytes);
@@ -1244,7 +1246,7 @@ async fn run_one(job: &Job, inputs: &Inputs, as_of: DateTime<Utc>, partitions: u
     Ok(JobRun {
         job: job.clone(),
         duration,
-        batches,
+        output: MaskedRows::from_batches(batches),
         schema,
         rows,
         values,

@@ -44,8 +44,9 @@ fn with_as_of(run: &JobRun, as_of: DateTime<Utc>) -> Vec<RecordBatch> {
     ));
     let schema = Arc::new(Schema::new(fields));
     let mut out: Vec<RecordBatch> = run
-        .batches
-        .iter()
+        .output
+        .to_batches()
+        .into_iter()
         .filter(|b| b.num_rows() > 0)
         .map(|batch| {
             let times = TimestampMicrosecondArray::from(vec![as_of.timestamp_micros(); batch.num_rows()]);

@@ -104,7 +104,7 @@ pub fn assemble(runs: &[JobRun], as_of: DateTime<Utc>) -> Vec<RecordBatch> {
     let mut out = Vec::new();
     for run in runs.iter().filter(|r| r.job.kind == JobKind::Tag) {
         let family = run.job.family.as_deref().unwrap_or_default();
-        for batch in &run.batches {
+        for batch in run.output.to_batches() {
             let n = batch.num_rows();
             let columns: Vec<ArrayRef> = vec![
                 batch.column(0).clone(),
