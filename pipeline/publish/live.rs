@@ -134,30 +134,26 @@ impl Live {
 
 /// The feed rows on top of `version` (`from_version = to_version = version`), oldest first.
 pub async fn live_rows(feed: &DeltaTable, version: u64) -> Result<Vec<RecordBatch>, PublishError> {
-    if feed.version().is_none() {
-        return Ok(Vec::new());
-    }
-    let ctx = SessionContext::new();
-    register(&ctx, feed, CHANGES_TABLE).await?;
-    let sql = format!(
-        "SELECT * FROM {CHANGES_TABLE} WHERE from_version = {version} AND to_version = {version} ORDER BY as_of"
-    );
-    collect(&ctx, feed, &sql).await
+    let on = format!("from_version = {version} AND to_version = {version}");
+    feed_rows_where(feed, &on, "as_of").await
 }
 
 /// The live feed rows a reader standing on `customer_tags` version `version` applies: those
 /// on it and those on later versions a background merge has not committed yet
 /// (`from_version = to_version >= version`), in publish order.
 pub async fn view_rows(feed: &DeltaTable, version: u64) -> Result<Vec<RecordBatch>, PublishError> {
+    let from = format!("from_version >= {version} AND to_version = from_version");
+    feed_rows_where(feed, &from, "from_version, as_of").await
+}
+
+/// The feed's rows where `condition` holds, in `order` (none without a feed).
+async fn feed_rows_where(feed: &DeltaTable, condition: &str, order: &str) -> Result<Vec<RecordBatch>, PublishError> {
     if feed.version().is_none() {
         return Ok(Vec::new());
     }
     let ctx = SessionContext::new();
     register(&ctx, feed, CHANGES_TABLE).await?;
-    let sql = format!(
-        "SELECT * FROM {CHANGES_TABLE} WHERE from_version >= {version} AND to_version = from_version \
-         ORDER BY from_version, as_of"
-    );
+    let sql = format!("SELECT * FROM {CHANGES_TABLE} WHERE {condition} ORDER BY {order}");
     collect(&ctx, feed, &sql).await
 }
 
@@ -170,18 +166,9 @@ pub async fn changes_after(
     version: u64,
     live_as_of: Option<i64>,
 ) -> Result<Vec<RecordBatch>, PublishError> {
-    if feed.version().is_none() {
-        return Ok(Vec::new());
-    }
-    let ctx = SessionContext::new();
-    register(&ctx, feed, CHANGES_TABLE).await?;
     let newer = live_as_of.map_or(String::new(), |micros| format!(" AND CAST(as_of AS BIGINT) > {micros}"));
-    let sql = format!(
-        "SELECT * FROM {CHANGES_TABLE} \
-         WHERE to_version > {version} OR (from_version = {version} AND to_version = {version}{newer}) \
-         ORDER BY COALESCE(from_version, -1), to_version, as_of"
-    );
-    collect(&ctx, feed, &sql).await
+    let after = format!("to_version > {version} OR (from_version = {version} AND to_version = {version}{newer})");
+    feed_rows_where(feed, &after, "COALESCE(from_version, -1), to_version, as_of").await
 }
 
 /// `rows` (`customer_tags` rows) with the feed rows `changes` applied in order: the last
