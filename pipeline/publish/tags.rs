@@ -195,13 +195,16 @@ pub struct TagsBase {
 /// on the version before it, on a thread of its own at the lowest CPU priority.
 struct Merging {
     version: u64,
-    task: Option<std::thread::JoinHandle<Result<DeltaTable, PublishError>>>,
+    /// Gives the version it committed. It opens `customer_tags` on its own runtime and
+    /// hands back no table: an object store's client keeps connections on the runtime
+    /// that opened them, which ends with the thread.
+    task: Option<std::thread::JoinHandle<Result<Option<u64>, PublishError>>>,
 }
 
 impl Merging {
-    /// The table at the merged version, once the merge is done (`wait`: waiting for it;
-    /// else `Err(self)` while it runs).
-    async fn finished(mut self, wait: bool) -> Result<Result<DeltaTable, PublishError>, Self> {
+    /// The merged version, once the merge is done (`wait`: waiting for it; else
+    /// `Err(self)` while it runs).
+    async fn finished(mut self, wait: bool) -> Result<Result<u64, PublishError>, Self> {
         let task = self.task.take().expect("a merge's task is taken once");
         if !wait && !task.is_finished() {
             self.task = Some(task);
@@ -210,15 +213,15 @@ impl Merging {
         let joined = tokio::task::spawn_blocking(move || task.join())
             .await
             .expect("joining a merge's thread does not panic");
-        let table = match joined {
-            Ok(table) => table,
+        let committed = match joined {
+            Ok(committed) => committed,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        Ok(table.and_then(|table| match table.version() == Some(self.version) {
-            true => Ok(table),
+        Ok(committed.and_then(|found| match found == Some(self.version) {
+            true => Ok(self.version),
             false => Err(PublishError::Moved {
                 expected: self.version,
-                found: table.version(),
+                found,
             }),
         }))
     }
@@ -237,7 +240,7 @@ impl Merging {
     ) -> Self {
         let version = table.version().expect("a merge of live changes has a version under it") + 1;
         let tags: Vec<String> = live.tags.iter().cloned().collect();
-        let (table, url) = (table.clone(), table_url(warehouse, TAGS_TABLE).to_string());
+        let (warehouse, url) = (warehouse.clone(), table_url(warehouse, TAGS_TABLE).to_string());
         let commit = CommitProperties::default().with_metadata(metadata);
         info!(
             version,
@@ -245,10 +248,11 @@ impl Merging {
             "merging the live changes in the background"
         );
         let task = at_lowest_priority("tagflow-merge", move || async move {
-            replace_partitions(table, view, tags, commit)
+            let table = super::open_published(&warehouse, TAGS_TABLE, Some(version - 1)).await?;
+            let (table, _) = replace_partitions(table, view, tags, commit)
                 .await
-                .map(|(table, _)| table)
-                .map_err(|source| PublishError::Commit { url, source })
+                .map_err(|source| PublishError::Commit { url, source })?;
+            Ok(table.version())
         });
         Merging {
             version,
@@ -339,11 +343,14 @@ impl TagsBase {
         match merging.finished(wait).await {
             Err(running) => self.merging = Some(running),
             Ok(merged) => {
-                let merged = merged?;
-                let version = merged.version();
-                let (_, feed) = self.tables.take().expect("a merging base has its tables");
-                self.tables = Some((merged, feed));
-                self.uncovered = version;
+                let version = merged?;
+                let (mut table, feed) = self.tables.take().expect("a merging base has its tables");
+                table
+                    .update_incremental(Some(version))
+                    .await
+                    .map_err(|source| open_error_of(&table, source))?;
+                self.tables = Some((table, feed));
+                self.uncovered = Some(version);
                 info!(version, "the background merge committed");
             }
         }
@@ -936,16 +943,12 @@ pub async fn covered_version(feed: &DeltaTable) -> Result<Option<u64>, PublishEr
     if feed.version().is_none() {
         return Ok(None);
     }
-    let open_error = |source| PublishError::Open {
-        url: feed.table_url().to_string(),
-        source,
-    };
     let covered = feed
         .snapshot()
-        .map_err(open_error)?
+        .map_err(|source| open_error_of(feed, source))?
         .transaction_version(feed.log_store().as_ref(), FEED_APP)
         .await
-        .map_err(open_error)?;
+        .map_err(|source| open_error_of(feed, source))?;
     Ok(covered.map(|c| c as u64))
 }
 
@@ -1127,6 +1130,14 @@ pub(crate) async fn all_rows(table: &DeltaTable) -> Result<Vec<RecordBatch>, Pub
     register(&ctx, table, TAGS_TABLE).await?;
     let all = format!("SELECT {ROW_COLUMNS} FROM {TAGS_TABLE}");
     Ok(conform_rows(collect(&ctx, table, &all).await?))
+}
+
+/// An error opening `table` (at its own URL).
+fn open_error_of(table: &DeltaTable, source: deltalake::DeltaTableError) -> PublishError {
+    PublishError::Open {
+        url: table.table_url().to_string(),
+        source,
+    }
 }
 
 fn open_error(warehouse: &Location, table: &str, source: deltalake::DeltaTableError) -> PublishError {

@@ -723,3 +723,60 @@ async fn s3_forget_leaves_no_trace() {
         .expect("run after");
     assert_eq!(run.streams["clicks"].rows_forgotten, 1);
 }
+
+/// `follow` on S3 with every micro-batch due to merge: the merges run in the background on
+/// a runtime of their own (which opens its own S3 client) while the next batches publish
+/// on top of them, and what services see still equals a full run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_follow_merges_in_the_background() {
+    let Some(s3) = server("s3_follow_merges_in_the_background") else {
+        return;
+    };
+    let fx = Fixture::new();
+    let root = S3::unique("follow");
+    let (landing, warehouse) = (
+        s3.location(&format!("{root}/landing")),
+        s3.location(&format!("{root}/warehouse")),
+    );
+    let arrivals = Arrivals::generate(&fx, 72, 150, 100).await;
+    let (as_of, _) = SCHEDULE[7];
+    let start: chrono::DateTime<chrono::Utc> = as_of.parse().expect("an as-of time");
+    let times: Vec<String> = (0..5)
+        .map(|k| (start + chrono::Duration::minutes(k)).to_rfc3339())
+        .collect();
+    let times: Vec<&str> = times.iter().map(String::as_str).collect();
+    let ends: Vec<usize> = (1..=times.len()).map(|k| arrivals.upto(20 * k)).collect();
+    land_both(&arrivals, &fx, &landing, 0, ends[0]).await;
+    let mut settings = settings_on(&fx, as_of, &landing, &warehouse);
+    settings.merge.every = Duration::ZERO;
+    settings.force = true;
+    let reports = crate::incremental::follow_at(&settings, &times, |batch| {
+        if let Some(&end) = ends.get(batch) {
+            let upload = land_both(&arrivals, &fx, &landing, ends[batch - 1], end);
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(upload));
+        }
+    })
+    .await;
+    assert!(
+        reports.iter().any(|r| r.published.merge_started),
+        "a merge ran in the background: {:?}",
+        reports.iter().map(|r| &r.published).collect::<Vec<_>>()
+    );
+    assert_same(
+        &read_tags_at(&warehouse, None).await,
+        &full_tags(&fx, times[times.len() - 1]).await,
+        "follow on S3 with merges in the background",
+    );
+    // The session waited for its last merge and marked it covered: customer_tags' latest
+    // version is a merged one, and a reader of it sees the same as services.
+    let last = reports.last().expect("reports");
+    assert!(!last.published.merge_started || last.published.version < read_latest(&warehouse).await);
+}
+
+/// The latest version of `customer_tags` under `warehouse`.
+async fn read_latest(warehouse: &Location) -> u64 {
+    let table = tagflow::publish::open_published(warehouse, TAGS_TABLE, None)
+        .await
+        .expect("customer_tags opens");
+    table.version().expect("a version")
+}
