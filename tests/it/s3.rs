@@ -662,11 +662,7 @@ async fn s3_forget_leaves_no_trace() {
         return;
     };
     let fx = Fixture::new();
-    let root = S3::unique("forget");
-    let (landing, warehouse) = (
-        s3.location(&format!("{root}/landing")),
-        s3.location(&format!("{root}/warehouse")),
-    );
+    let (landing, warehouse) = s3.landing_and_warehouse("forget");
     let options = tagflow::generate::GenerateOptions {
         customers: 60,
         days: 10,
@@ -733,11 +729,7 @@ async fn s3_follow_merges_in_the_background() {
         return;
     };
     let fx = Fixture::new();
-    let root = S3::unique("follow");
-    let (landing, warehouse) = (
-        s3.location(&format!("{root}/landing")),
-        s3.location(&format!("{root}/warehouse")),
-    );
+    let (landing, warehouse) = s3.landing_and_warehouse("follow");
     let arrivals = Arrivals::generate(&fx, 72, 150, 100).await;
     let (as_of, _) = SCHEDULE[7];
     let start: chrono::DateTime<chrono::Utc> = as_of.parse().expect("an as-of time");

@@ -51,6 +51,15 @@ impl S3 {
         Location::parse(&self.url(prefix), &self.options(&self.endpoint)).expect("s3 location")
     }
 
+    /// A landing zone and a warehouse under a new prefix named after `name`.
+    pub fn landing_and_warehouse(&self, name: &str) -> (Location, Location) {
+        let root = Self::unique(name);
+        (
+            self.location(&format!("{root}/landing")),
+            self.location(&format!("{root}/warehouse")),
+        )
+    }
+
     /// A `tagflow.toml` for landing and warehouse under `root`, through `endpoint`, with
     /// `secret` and `extra` lines in both `[storage.*]` sections.
     pub fn config(&self, root: &str, endpoint: &str, secret: &str, extra: &str) -> String {
