@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, UInt32Array};
-use arrow::compute::{cast, filter_record_batch, take_record_batch};
+use arrow::compute::{cast, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
@@ -361,24 +361,35 @@ fn take_touched_rows(
     touched
 }
 
-/// Of the rows of `batch` that `candidates` selects, those whose key is in `keys` (the key
-/// rows of the candidates alone are made).
+/// Of the rows of `batch` that `candidates` selects, those whose key is in `keys`: the key
+/// columns of the candidates alone are copied and made key rows (the other columns of a
+/// state row are not).
 fn keys_among(
     job: &Job,
     batch: &RecordBatch,
     candidates: &BooleanArray,
     keys: &HashSet<Vec<u8>, RandomState>,
 ) -> BooleanArray {
-    let rows = filter_record_batch(batch, candidates).expect("a mask of the batch's length");
-    let candidate_keys = key_rows(job, &rows);
-    let mut found = candidate_keys.iter().map(|k| keys.contains(k.as_ref()));
-    let mut hit = vec![false; batch.num_rows()];
-    for (i, selected) in candidates.values().iter().enumerate() {
-        if selected {
-            hit[i] = found.next().expect("a key per candidate row");
+    let key_columns: Vec<ArrayRef> = job
+        .state
+        .as_ref()
+        .expect("a state job")
+        .key
+        .iter()
+        .map(|k| {
+            let column = batch.column_by_name(k).expect("key column");
+            arrow::compute::filter(column, candidates).expect("a mask of the batch's length")
+        })
+        .collect();
+    let candidate_keys = row_format(&key_columns);
+    let mut hit = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
+    hit.append_n(batch.num_rows(), false);
+    for (key, row) in candidate_keys.iter().zip(candidates.values().set_indices()) {
+        if keys.contains(key.as_ref()) {
+            hit.set_bit(row, true);
         }
     }
-    BooleanArray::from(hit)
+    BooleanArray::new(hit.finish(), None)
 }
 
 /// Keep each key's row of its newest segment only (segments in stored order: a fold writes
