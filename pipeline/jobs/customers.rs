@@ -27,7 +27,9 @@ use arrow::record_batch::RecordBatch;
 use foldhash::fast::RandomState;
 
 use crate::storage::masked::{Copier, MaskedRows};
-use crate::storage::rows::{split_batch, text_column};
+#[cfg(test)]
+use crate::storage::rows::split_batch;
+use crate::storage::rows::text_column;
 
 /// The column that names a row's customer.
 pub const CUSTOMER_ID: &str = "customer_id";
@@ -190,20 +192,31 @@ impl Numbering {
     }
 
     /// The rows of `batches` whose customer is in `set`, and the others (empty batches
-    /// left out); every batch must name its customers.
+    /// left out), both numbered by the split; a side with every row of a batch is the
+    /// batch itself. The tests' view of a selection and its complement.
+    #[cfg(test)]
     pub fn split(&self, batches: &[RecordBatch], set: &CustomerBits) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
         let (mut inside, mut outside) = (Vec::new(), Vec::new());
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             let numbers = self.numbers(batch);
-            let (rows_in, rows_out) = self.split_by_mask(batch, &numbers, &members(&numbers, set));
-            inside.extend(rows_in);
-            outside.extend(rows_out);
+            let mask = members(&numbers, set);
+            match mask.true_count() {
+                n if n == 0 || n == batch.num_rows() => {
+                    let (rows_in, rows_out) = split_batch(batch, &mask);
+                    inside.extend(rows_in);
+                    outside.extend(rows_out);
+                }
+                _ => {
+                    let others = arrow::compute::not(&mask).expect("a mask");
+                    inside.push(self.select_rows(batch, &numbers, &mask));
+                    outside.push(self.select_rows(batch, &numbers, &others));
+                }
+            }
         }
         (inside, outside)
     }
 
-    /// The rows of `batches` whose customer is in `set` (the first part of [`Self::split`],
-    /// without copying the others).
+    /// The rows of `batches` whose customer is in `set`.
     pub fn select(&self, batches: &[RecordBatch], set: &CustomerBits) -> Vec<RecordBatch> {
         let mut inside = Vec::new();
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
@@ -216,43 +229,6 @@ impl Numbering {
             }
         }
         inside
-    }
-
-    /// A numbered `batch` (its rows' `numbers`) split into the rows `mask` selects and the
-    /// others, both numbered by the split; a side with every row is the batch itself (no
-    /// copy), a side with none is `None`.
-    pub fn split_by_mask(
-        &self,
-        batch: &RecordBatch,
-        numbers: &UInt32Array,
-        mask: &BooleanArray,
-    ) -> (Option<RecordBatch>, Option<RecordBatch>) {
-        match mask.true_count() {
-            // Nothing to copy or number: the batch itself on one side.
-            n if n == 0 || n == batch.num_rows() => split_batch(batch, mask),
-            _ => {
-                let others = arrow::compute::not(mask).expect("a mask");
-                (
-                    Some(self.select_rows(batch, numbers, mask)),
-                    Some(self.select_rows(batch, numbers, &others)),
-                )
-            }
-        }
-    }
-
-    /// The rows of a numbered `batch` (its rows' `numbers`) that `mask` selects: `None` for
-    /// none, the batch itself for all, else a copy whose numbers are recorded.
-    pub fn select_by_mask(
-        &self,
-        batch: &RecordBatch,
-        numbers: &UInt32Array,
-        mask: &BooleanArray,
-    ) -> Option<RecordBatch> {
-        match mask.true_count() {
-            0 => None,
-            n if n == batch.num_rows() => Some(batch.clone()),
-            _ => Some(self.select_rows(batch, numbers, mask)),
-        }
     }
 
     /// Numbered `batches` (at least one) as one batch, whose numbers are recorded.

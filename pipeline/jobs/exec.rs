@@ -214,11 +214,7 @@ async fn fold_one(
     if !exclusive {
         newest_rows_only(&job, &mut segments);
     }
-    // Rows copied out of segments keep their customer numbers in a session.
-    let copier: &dyn Copier = match numbering.as_deref() {
-        Some(numbering) => numbering,
-        None => &Plain,
-    };
+    let copier = copier_of(numbering.as_deref());
     let day_column = job.state.as_ref().and_then(|s| s.day_column.clone());
     // Retention: whole days past it go.
     let mut dropped = false;
@@ -324,10 +320,7 @@ fn take_touched_rows(
             new_keys.extend(key_rows(job, batch).iter().map(|r| r.as_ref().to_vec()));
         }
     }
-    let copier: &dyn Copier = match numbering {
-        Some(numbering) => numbering,
-        None => &Plain,
-    };
+    let copier = copier_of(numbering);
     let mut touched = Vec::new();
     for segment in segments.iter_mut() {
         let may_hold = match (new_days, segment.day) {
@@ -359,6 +352,15 @@ fn take_touched_rows(
         touched.extend(taken);
     }
     touched
+}
+
+/// How a fold copies rows out of segments: through a session's numbering, so copies keep
+/// their customer numbers, or plainly.
+fn copier_of(numbering: Option<&Numbering>) -> &dyn Copier {
+    match numbering {
+        Some(numbering) => numbering,
+        None => &Plain,
+    }
 }
 
 /// Of the rows of `batch` that `candidates` selects, those whose key is in `keys`: the key

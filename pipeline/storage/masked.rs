@@ -104,11 +104,6 @@ impl MaskedRows {
         );
     }
 
-    /// Add every part of `other` after these (its masks kept).
-    pub fn append(&mut self, other: MaskedRows) {
-        self.parts.extend(other.parts);
-    }
-
     /// The batches the rows are in, masked rows included (for numbering them ahead).
     pub fn batches(&self) -> impl Iterator<Item = &RecordBatch> {
         self.parts.iter().map(|p| &p.batch)
@@ -125,6 +120,7 @@ impl MaskedRows {
     }
 
     /// Whether any row is masked out.
+    #[cfg(test)]
     pub fn is_masked(&self) -> bool {
         self.parts.iter().any(|p| p.kept.is_some())
     }
