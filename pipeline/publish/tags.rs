@@ -388,7 +388,7 @@ impl TagsBase {
     /// session that is a compaction at most (new files, the same rows).
     pub async fn refresh(self, warehouse: &Location, settings: &TableSettings) -> Result<Self, PublishError> {
         // A merge of this session's writes the next version: nobody else does.
-        if self.merging.is_some() || self.uncovered.is_some() {
+        if self.merging.is_some() {
             return Ok(self);
         }
         let mut this = self;

@@ -244,7 +244,7 @@ impl TagIndex {
 ///
 /// Long on purpose: one pass per phase (tag names, symbols, customer order, placement) over
 /// columns held as locals; split into functions, each would take or return most of them.
-fn build(batches: &[arrow::record_batch::RecordBatch]) -> TagIndex {
+pub(super) fn build(batches: &[arrow::record_batch::RecordBatch]) -> TagIndex {
     let text = |b: &arrow::record_batch::RecordBatch, i: usize| -> StringArray {
         b.column(i)
             .as_any()

@@ -210,3 +210,53 @@ fn as_of_text(micros: i64) -> String {
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::record_batch::RecordBatch;
+
+    use super::LiveView;
+
+    /// One feed row: `customer` entered `tag` = `value`, published on top of `from` (live
+    /// when `from == to`).
+    fn feed_row(customer: &str, value: &str, from: i64, to: i64) -> RecordBatch {
+        let text = |v: Option<&str>| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+        let columns: Vec<ArrayRef> = vec![
+            text(Some(customer)),
+            text(Some("behaviour")),
+            text(Some("lifecycle")),
+            text(Some("entered")),
+            text(None),
+            text(Some(value)),
+            Arc::new(Float64Array::from(vec![None::<f64>])),
+            Arc::new(Float64Array::from(vec![None::<f64>])),
+            Arc::new(Int64Array::from(vec![Some(from)])),
+            Arc::new(Int64Array::from(vec![to])),
+            Arc::new(TimestampMicrosecondArray::from(vec![1_000_000 * to]).with_timezone("UTC")),
+        ];
+        RecordBatch::try_new(crate::publish::tags::tag_changes_schema(), columns).unwrap()
+    }
+
+    /// Rows published while a background merge writes the next version apply at once, but
+    /// the view keeps naming the last committed version until the feed marks the merged
+    /// one covered.
+    #[test]
+    fn the_view_names_a_committed_version_while_rows_on_a_merge_under_way_apply() {
+        let mut base = super::super::index::build(&[]);
+        base.version = 3;
+        let mut view = LiveView::new(Arc::new(base), Some(10));
+        view.apply(&[feed_row("c1", "new", 3, 3)], Some(11), Some(3));
+        assert_eq!((view.version, view.position), (3, 3));
+        // On version 4, which a merge is writing: applied, named by version 3.
+        view.apply(&[feed_row("c2", "active", 4, 4)], Some(12), Some(3));
+        assert_eq!((view.version, view.position), (3, 4));
+        assert_eq!(view.customer("c2").unwrap()[0].value, "active");
+        assert_eq!(view.customer("c1").unwrap()[0].value, "new");
+        // The merge committed and the feed marks it covered: named by it.
+        view.apply(&[], Some(13), Some(4));
+        assert_eq!((view.version, view.position, view.feed_version), (4, 4, Some(13)));
+    }
+}
