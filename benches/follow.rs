@@ -10,6 +10,8 @@
 //! `cargo bench --bench follow`; `TAGFLOW_BENCH_SIZES=100000,1000000` (customers),
 //! `TAGFLOW_BENCH_FOLLOW_SECS=60`; `TAGFLOW_BENCH_FOLLOW_EVERY=10` lands a file every 10 s
 //! instead of every second, so each batch holds one file (its cost measured apart);
+//! `TAGFLOW_BENCH_FOLLOW_WARM=200` lands 200 files before the measured feed (left out of
+//! the figures), so the minute is measured on a day whose customers have rows for today;
 //! `TAGFLOW_BENCH_KEEP=<dir>` keeps the history and its full run for the next bench run;
 //! `TAGFLOW_BENCH_REPORTS=<file>` keeps follow's run reports (one JSON line per batch).
 

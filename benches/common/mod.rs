@@ -27,6 +27,20 @@ pub fn follow_secs() -> u64 {
         .unwrap_or(60)
 }
 
+/// Files landed before a `follow` session's measured feed: `TAGFLOW_BENCH_FOLLOW_WARM`,
+/// default 0. They land [`WARM_ROUND`] at a time, each round once follow has published the
+/// one before, and are left out of the figures: the minute is then measured on a day whose
+/// customers already have rows for today (each touched customer's rows, which a batch reads,
+/// grow through a day until its hours, categories and devices are all there).
+pub fn follow_warm_files() -> usize {
+    std::env::var("TAGFLOW_BENCH_FOLLOW_WARM")
+        .map(|n| n.parse().expect("TAGFLOW_BENCH_FOLLOW_WARM is a number"))
+        .unwrap_or(0)
+}
+
+/// Warm-up files landed at once.
+const WARM_ROUND: usize = 20;
+
 /// Seconds between two files of a `follow` session: `TAGFLOW_BENCH_FOLLOW_EVERY`, default 1
 /// (one file a second). At 10, every batch holds one file: a file's cost measured apart.
 pub fn follow_every() -> u64 {
@@ -198,6 +212,8 @@ pub struct FollowFigures {
     /// Per file: from its appearance until the lookup API answers for its probe customer
     /// (ms), sorted.
     pub lookup_lags_ms: Vec<u64>,
+    /// Files landed before the measured feed ([`follow_warm_files`]).
+    pub warm_files: usize,
     /// `tagflow serve`'s peak RSS (MiB).
     pub serve_peak_rss_mib: f64,
     /// Publishes that merged into `customer_tags` (the others stayed live).
@@ -272,14 +288,15 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
         .as_object()
         .map(|stages| stages.iter().map(|(s, ms)| format!("{s} {ms}")).collect())
         .unwrap_or_default();
+    let warm = warm_up(&folder, customers, &lines);
     let started = Instant::now();
     for i in 0..files {
-        let bytes = click_file(i, customers);
+        let bytes = click_file(warm.files + i, customers);
         // Written under a hidden name, then renamed: the file appears whole, its mtime now.
         let hidden = folder.join(format!(".part-{i:05}.tmp"));
         std::fs::write(&hidden, &bytes).unwrap();
-        std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
-        probes.send((i, Instant::now())).unwrap();
+        std::fs::rename(&hidden, folder.join(format!("part-{:05}.parquet", warm.files + i))).unwrap();
+        probes.send((warm.files + i, Instant::now())).unwrap();
         let next = started + Duration::from_secs((i as u64 + 1) * every);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
@@ -295,7 +312,8 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
     let text: Vec<String> = lines.into_iter().collect();
     // `TAGFLOW_BENCH_REPORTS=<file>`: follow's run reports (one JSON line per batch), kept.
     if let Some(path) = std::env::var_os("TAGFLOW_BENCH_REPORTS") {
-        std::fs::write(path, text.join("\n")).expect("writing the run reports");
+        std::fs::write(path, [warm.reports.as_slice(), text.as_slice()].concat().join("\n"))
+            .expect("writing the run reports");
     }
     let (status, peak_rss_mib) = wait_with_rusage(child.id());
     assert_eq!(status, 0, "follow exits 0 on SIGTERM");
@@ -303,6 +321,7 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
 
     let mut figures = FollowFigures {
         files,
+        warm_files: warm.files,
         first_batch_ms,
         first_stages: first_stages.join(", "),
         lags_ms: Vec::new(),
@@ -378,13 +397,54 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
     figures
 }
 
+/// What the warm-up landed: its files, and follow's reports of them.
+struct WarmUp {
+    files: usize,
+    reports: Vec<String>,
+}
+
+/// Land [`follow_warm_files`] files in `folder` ahead of the measured feed, a round at a
+/// time, each once follow's `lines` have reported the files before it.
+fn warm_up(folder: &Path, customers: usize, lines: &std::sync::mpsc::Receiver<String>) -> WarmUp {
+    let files = follow_warm_files();
+    let (started, mut reports, mut reported) = (Instant::now(), Vec::new(), 0);
+    for round in (0..files).step_by(WARM_ROUND) {
+        let landed = (round + WARM_ROUND).min(files);
+        for i in round..landed {
+            let hidden = folder.join(format!(".part-{i:05}.tmp"));
+            std::fs::write(&hidden, click_file(i, customers)).unwrap();
+            std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
+        }
+        while reported < landed {
+            let line = lines
+                .recv_timeout(Duration::from_secs(3600))
+                .expect("follow reports the warm-up files within an hour");
+            let report: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+            reported += report["freshness"]["files"].as_u64().unwrap_or(0) as usize;
+            reports.push(line);
+        }
+    }
+    if files > 0 {
+        println!(
+            "warm-up            {files} files in {} batches, {:.0} s (left out of the figures)",
+            reports.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    WarmUp { files, reports }
+}
+
 impl FollowFigures {
     pub fn print(&self) {
         println!(
             "\n-- follow: {} files of {FOLLOW_FILE_EVENTS} events, one every {} s, interval {FOLLOW_INTERVAL}, shipped gates; \
-             serve beside it (reload {SERVE_RELOAD})",
+             serve beside it (reload {SERVE_RELOAD}){}",
             self.files,
-            follow_every()
+            follow_every(),
+            match self.warm_files {
+                0 => String::new(),
+                n => format!("; after {n} files of warm-up"),
+            }
         );
         println!(
             "first batch        {} ms (the session's first: everyone evaluated; the feed started after it): {}",

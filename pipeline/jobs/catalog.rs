@@ -353,13 +353,13 @@ impl Job {
         ))
     }
 
-    /// The SQL that folds a state job's new rows (`new_rows`) into its current table
-    /// (`current_rows`) at `as_of`: one row per key, each column merged by its rule, rows
-    /// older than the retention dropped. Only rows whose key the batch touches are
-    /// re-aggregated; the others pass through (a hash anti-join), so a merge costs the
-    /// batch, not the history. `columns` are the job's output columns, in order.
+    /// The SQL that folds a state job's new rows (`new_rows`) into the current rows of the
+    /// keys they touch (`current_rows`: the fold takes exactly those out of the table first,
+    /// so no row here passes through untouched) at `as_of`: one row per key, each column
+    /// merged by its rule, rows older than the retention dropped. A merge costs the batch,
+    /// not the history. `columns` are the job's output columns, in order.
     ///
-    /// With a `first_by` or `last_by` rule, only keys that occur more than once among the touched rows
+    /// With a `first_by` or `last_by` rule, only keys that occur more than once among the candidate rows
     /// are aggregated, and a key's single row passes through as it is (one row is its own
     /// merge). DataFusion evaluates `first_value(.. ORDER BY ..)` group by group, so this
     /// matters where most keys are new, as in `order_payments`; plain min/max/sum are
@@ -372,23 +372,17 @@ impl Job {
             .map(|filter| format!("\nWHERE {filter}"))
             .unwrap_or_default();
         let keys = self.key_list();
-        let (on_touched, on_repeated) = (self.key_match("t"), self.key_match("r"));
-        let touched = format!(
-            "WITH touched_keys AS (SELECT DISTINCT {keys} FROM {NEW_ROWS}),\n\
-             touched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT SEMI JOIN touched_keys t ON {on_touched}),\n\
-             untouched_rows AS (SELECT c.* FROM {CURRENT_ROWS} c LEFT ANTI JOIN touched_keys t ON {on_touched}),\n\
-             candidate_rows AS (SELECT * FROM touched_rows UNION ALL SELECT * FROM {NEW_ROWS})"
-        );
+        let candidates = format!("WITH candidate_rows AS (SELECT * FROM {CURRENT_ROWS} UNION ALL SELECT * FROM {NEW_ROWS})");
         let row_by_row = spec.merge.values().any(|rule| rule.order_columns().is_some());
         if !row_by_row {
             return format!(
-                "{touched},\n\
-                 merged_rows AS (SELECT {select} FROM candidate_rows GROUP BY {keys})\n\
-                 SELECT * FROM (SELECT * FROM untouched_rows UNION ALL SELECT * FROM merged_rows) AS kept_rows{retention}"
+                "{candidates}\n\
+                 SELECT * FROM (SELECT {select} FROM candidate_rows GROUP BY {keys}) AS kept_rows{retention}"
             );
         }
+        let on_repeated = self.key_match("r");
         format!(
-            "{touched},\n\
+            "{candidates},\n\
              repeated_keys AS (SELECT {keys} FROM candidate_rows GROUP BY {keys} HAVING COUNT(*) > 1),\n\
              single_rows AS (SELECT c.* FROM candidate_rows c LEFT ANTI JOIN repeated_keys r ON {on_repeated}),\n\
              merged_rows AS (\n\
@@ -396,9 +390,7 @@ impl Job {
                  FROM (SELECT c.* FROM candidate_rows c LEFT SEMI JOIN repeated_keys r ON {on_repeated}) AS repeated_rows\n\
                  GROUP BY {keys}\n\
              )\n\
-             SELECT * FROM (\n\
-                 SELECT * FROM untouched_rows UNION ALL SELECT * FROM single_rows UNION ALL SELECT * FROM merged_rows\n\
-             ) AS kept_rows{retention}"
+             SELECT * FROM (SELECT * FROM single_rows UNION ALL SELECT * FROM merged_rows) AS kept_rows{retention}"
         )
     }
 

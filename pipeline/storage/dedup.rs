@@ -62,6 +62,8 @@ pub struct Day {
     pub loaded: bool,
     /// Names of the persisted segments (opaque here; `state` reads and writes them).
     pub segments: Vec<String>,
+    /// The ids in each of `segments`, where known (once the day is loaded or written).
+    pub sizes: Vec<usize>,
 }
 
 /// Every id seen, per stream and event day (days since 1970-01-01).

@@ -178,3 +178,55 @@ async fn a_keyed_table_merges_its_smallest_segments_past_eight() {
     assert_eq!(tags.score("c1", "rfm_tier"), Some(10.0));
     assert_same(&tags, &full_tags(&fx, T).await, "after ten runs");
 }
+
+/// The de-duplication ids of `stream` on `day` in the committed manifest: its segment files.
+fn seen_segments(fx: &Fixture, stream: &str, day: i64) -> Vec<String> {
+    let state = fx.warehouse_dir().join("_tagflow/state");
+    let read = |path: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&path).expect("state file")).expect("json")
+    };
+    let pointer = read(state.join("CURRENT"));
+    let manifest = read(state.join(pointer["manifest"].as_str().expect("manifest path")));
+    manifest["seen"][stream][day.to_string()]
+        .as_array()
+        .expect("the day lists its id segments")
+        .iter()
+        .map(|s| s.as_str().expect("file").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_days_ids_are_joined_newest_first_and_never_rewritten_whole() {
+    let fx = Fixture::new();
+    let runs = 24u32;
+    // The first run starts the state, and writes each day whole; none after it does.
+    let mut first_whole = Vec::new();
+    for i in 1..=runs {
+        fx.clicks(
+            &format!("{i}.parquet"),
+            &[view(&format!("v{i}"), "c1", &format!("2026-11-19T{:02}:{:02}:00Z", i / 60, i % 60))],
+        );
+        let report = fx.try_run(T, None).await.unwrap();
+        assert_eq!(report.streams["clicks"].duplicates_dropped, 0, "run {i}");
+        let files = seen_segments(&fx, "clicks", day("2026-11-19"));
+        // A binary counter past eight: at most 8 + log2(runs) segments, every id in one.
+        assert!(files.len() <= 8 + 5, "run {i}: {} segments", files.len());
+        let whole: Vec<String> = files.iter().filter(|f| f.ends_with("-all.bin")).cloned().collect();
+        match i {
+            1 => first_whole = whole,
+            _ => assert!(whole.iter().all(|f| first_whole.contains(f)), "run {i}: the day rewritten whole"),
+        }
+        let state = fx.warehouse_dir().join("_tagflow/state");
+        let ids: u64 = files.iter().map(|f| std::fs::metadata(state.join(f)).expect("segment").len() / 16).sum();
+        assert_eq!(ids, u64::from(i), "run {i}: each id once");
+        if i > 8 {
+            assert!(files.len() < i as usize, "run {i}: segments joined");
+        }
+    }
+    // Every id is still known after the joins: a re-sent event is dropped, in a run that
+    // loads the day from its joined segments.
+    fx.clicks("again.parquet", &[view("v3", "c1", "2026-11-19T00:03:00Z")]);
+    let report = fx.try_run(T, None).await.unwrap();
+    assert_eq!(report.streams["clicks"].duplicates_dropped, 1);
+    assert_same(&fx.published(None).await, &full_tags(&fx, T).await, "after the joins");
+}
