@@ -28,18 +28,15 @@ open_categories AS (
     LEFT JOIN recently_bought b ON b.customer_id = p.customer_id AND b.category = p.category
     WHERE b.customer_id IS NULL
 ),
-top_points AS (
-    -- per customer: the most points any open category has
-    SELECT customer_id, MAX(points) AS points
+top_categories AS (
+    -- per customer: the category with the most points (ties: the smallest) and its points;
+    -- an ordered aggregate, with no join back to the open categories
+    SELECT
+        customer_id,
+        first_value(category ORDER BY points DESC, category ASC) AS category,
+        MAX(points) AS points
     FROM open_categories
     GROUP BY customer_id
-),
-top_categories AS (
-    -- the category with the most points (ties: the smallest)
-    SELECT t.customer_id, MIN(o.category) AS category, t.points
-    FROM top_points t
-    JOIN open_categories o ON o.customer_id = t.customer_id AND o.points = t.points
-    GROUP BY t.customer_id, t.points
 )
 SELECT customer_id, category AS value, CAST(points AS DOUBLE) AS score
 FROM top_categories

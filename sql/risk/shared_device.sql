@@ -27,8 +27,8 @@ shared_devices AS (
     GROUP BY device_id
     HAVING COUNT(*) >= {{min_customers}}
 )
--- the few shared devices first: they are the join's hash table, the days of use probe it
-SELECT r.customer_id, 'true' AS value, CAST(MAX(s.customers) AS DOUBLE) AS score
+-- the few shared devices first: they are the join's hash table, each device's customers probe it
+SELECT d.customer_id, 'true' AS value, CAST(MAX(s.customers) AS DOUBLE) AS score
 FROM shared_devices s
-JOIN recent_use r ON r.device_id = s.device_id
-GROUP BY r.customer_id
+JOIN device_customers d ON d.device_id = s.device_id
+GROUP BY d.customer_id
