@@ -372,7 +372,8 @@ impl Job {
             .map(|filter| format!("\nWHERE {filter}"))
             .unwrap_or_default();
         let keys = self.key_list();
-        let candidates = format!("WITH candidate_rows AS (SELECT * FROM {CURRENT_ROWS} UNION ALL SELECT * FROM {NEW_ROWS})");
+        let candidates =
+            format!("WITH candidate_rows AS (SELECT * FROM {CURRENT_ROWS} UNION ALL SELECT * FROM {NEW_ROWS})");
         let row_by_row = spec.merge.values().any(|rule| rule.order_columns().is_some());
         if !row_by_row {
             return format!(

@@ -49,7 +49,8 @@ const FORMATS_READ: std::ops::RangeInclusive<u32> = 1..=FORMAT;
 const IO_CONCURRENCY: usize = 16;
 /// A day keeps this many id segments before its newest are joined ([`State::seen_writes`]).
 const MAX_DAY_SEGMENTS: usize = 8;
-/// This many processed-file segments are rewritten as one.
+/// The processed-file list keeps this many segments before its newest are joined
+/// ([`State::files_writes`]).
 const MAX_FILE_SEGMENTS: usize = 16;
 /// Unreferenced files are collected every this many versions.
 const COLLECT_EVERY: u64 = 8;
@@ -196,6 +197,8 @@ pub struct State {
     /// Landing files processed (relative path) → when they were ingested.
     pub files: BTreeMap<String, DateTime<Utc>>,
     unsaved_files: Vec<String>,
+    /// The files listed in each segment of the manifest's processed-file list, where known.
+    file_sizes: Vec<usize>,
     manifest: Option<Manifest>,
     previous: Option<Manifest>,
     /// The next commit rewrites everything (after a reset).
@@ -216,6 +219,7 @@ impl State {
             seen: DedupMemory::default(),
             files: BTreeMap::new(),
             unsaved_files: Vec::new(),
+            file_sizes: Vec::new(),
             manifest: None,
             previous: None,
             rewrite: true,
@@ -342,10 +346,11 @@ impl State {
             .buffer_unordered(IO_CONCURRENCY)
             .try_collect::<BTreeMap<_, _>>()
             .await?;
-        let mut files = BTreeMap::new();
+        let (mut files, mut file_sizes) = (BTreeMap::new(), Vec::new());
         for segment in &manifest.files {
             let bytes = require(warehouse, segment).await?;
             let listed: Vec<ProcessedFile> = parse_json(segment, &bytes)?;
+            file_sizes.push(listed.len());
             files.extend(listed.into_iter().map(|f| (f.path, f.ingested_at)));
         }
         let mut seen = DedupMemory::default();
@@ -378,6 +383,7 @@ impl State {
             seen,
             files,
             unsaved_files: Vec::new(),
+            file_sizes,
             manifest: Some(manifest),
             previous: None,
             rewrite: false,
@@ -538,7 +544,7 @@ impl State {
         let version = self.next_version();
         let (mut writes, tables, pending) = self.encode_tables(warehouse, version).await?;
         let seen = self.seen_writes(warehouse, version, seen_from_day, &mut writes).await?;
-        let files = self.files_writes(version, &mut writes);
+        let (files, file_sizes) = self.files_writes(warehouse, version, &mut writes).await?;
 
         let written = writes.len();
         futures::stream::iter(writes)
@@ -587,6 +593,7 @@ impl State {
         self.version = version;
         self.as_of = Some(as_of);
         self.unsaved_files.clear();
+        self.file_sizes = file_sizes;
         self.rewrite = false;
         self.previous = self.manifest.replace(manifest);
         if rewrote || version.is_multiple_of(COLLECT_EVERY) {
@@ -719,42 +726,59 @@ impl State {
         Ok(seen)
     }
 
-    /// Add to `writes` the landing files processed since the last commit (the whole list
-    /// when it has too many parts, or on a rewrite). Returns the manifest's list of parts.
-    fn files_writes(&self, version: u64, writes: &mut Vec<(String, Bytes)>) -> Vec<String> {
+    /// Add to `writes` the landing files processed since the last commit. Returns the
+    /// manifest's list of segments and the files each lists.
+    ///
+    /// The new files are a new segment, which past [`MAX_FILE_SEGMENTS`] takes in the newest
+    /// segments while it lists at least half as many files as the one before: the list grows
+    /// for all time (a file a second is 86,400 a day), and rewriting it whole every
+    /// sixteenth commit made a commit cost the history. On a rewrite, or where a segment's
+    /// size is unknown, the list is written whole.
+    async fn files_writes(
+        &self,
+        warehouse: &Location,
+        version: u64,
+        writes: &mut Vec<(String, Bytes)>,
+    ) -> Result<(Vec<String>, Vec<usize>), StateError> {
         let mut files = self.manifest.as_ref().map(|m| m.files.clone()).unwrap_or_default();
-        let all = self.rewrite || files.len() >= MAX_FILE_SEGMENTS;
+        let mut sizes = self.file_sizes.clone();
+        let sizes_known = sizes.len() == files.len();
+        let all = self.rewrite || (!sizes_known && files.len() >= MAX_FILE_SEGMENTS);
         if !all && self.unsaved_files.is_empty() {
-            return files;
+            return Ok((files, sizes));
         }
-        let listed: Vec<ProcessedFile> = match all {
-            true => self
-                .files
-                .iter()
-                .map(|(path, at)| ProcessedFile {
-                    path: path.clone(),
-                    ingested_at: *at,
-                })
-                .collect(),
-            false => self
-                .unsaved_files
-                .iter()
-                .map(|path| ProcessedFile {
-                    path: path.clone(),
-                    ingested_at: self.files[path],
-                })
-                .collect(),
+        let processed = |path: &String| ProcessedFile {
+            path: path.clone(),
+            ingested_at: self.files[path],
         };
+        let mut listed: Vec<ProcessedFile> = match all {
+            true => self.files.keys().map(processed).collect(),
+            false => self.unsaved_files.iter().map(processed).collect(),
+        };
+        if all {
+            files.clear();
+            sizes.clear();
+        }
+        while sizes_known
+            && files.len() >= MAX_FILE_SEGMENTS
+            && 2 * listed.len() >= *sizes.last().expect("segments have sizes")
+        {
+            let older = files.pop().expect("a segment");
+            sizes.pop();
+            let mut joined: Vec<ProcessedFile> = parse_json(&older, &require(warehouse, &older).await?)?;
+            joined.append(&mut listed);
+            listed = joined;
+        }
         let path = format!("files/{version}{}.json", if all { "-all" } else { "" });
         writes.push((
             path.clone(),
             Bytes::from(serde_json::to_vec(&listed).expect("serialisable")),
         ));
-        if all {
-            files.clear();
-        }
         files.push(path);
-        files
+        if sizes.len() + 1 == files.len() {
+            sizes.push(listed.len());
+        }
+        Ok((files, sizes))
     }
 
     /// Delete state files that neither the current nor the previous version references:

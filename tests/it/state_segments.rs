@@ -179,54 +179,94 @@ async fn a_keyed_table_merges_its_smallest_segments_past_eight() {
     assert_same(&tags, &full_tags(&fx, T).await, "after ten runs");
 }
 
-/// The de-duplication ids of `stream` on `day` in the committed manifest: its segment files.
-fn seen_segments(fx: &Fixture, stream: &str, day: i64) -> Vec<String> {
+/// The committed manifest's list at `pointer` (a JSON pointer): segment files.
+fn listed_segments(fx: &Fixture, pointer: &str) -> Vec<String> {
     let state = fx.warehouse_dir().join("_tagflow/state");
     let read = |path: std::path::PathBuf| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(&path).expect("state file")).expect("json")
     };
-    let pointer = read(state.join("CURRENT"));
-    let manifest = read(state.join(pointer["manifest"].as_str().expect("manifest path")));
-    manifest["seen"][stream][day.to_string()]
-        .as_array()
-        .expect("the day lists its id segments")
+    let current = read(state.join("CURRENT"));
+    let manifest = read(state.join(current["manifest"].as_str().expect("manifest path")));
+    manifest
+        .pointer(pointer)
+        .and_then(|list| list.as_array())
+        .unwrap_or_else(|| panic!("the manifest lists {pointer}"))
         .iter()
         .map(|s| s.as_str().expect("file").to_string())
         .collect()
 }
 
+/// The segments of `segments` written whole, and those the first run wrote must be all of them
+/// after it; the segments' sizes (`size_of`) add up to `expected`.
+fn assert_joined_segments(run: u32, segments: &[String], first_whole: &mut Vec<String>, bound: usize) {
+    let whole: Vec<String> = segments.iter().filter(|f| f.contains("-all.")).cloned().collect();
+    match run {
+        1 => *first_whole = whole,
+        _ => assert!(
+            whole.iter().all(|f| first_whole.contains(f)),
+            "run {run}: rewritten whole: {segments:?}"
+        ),
+    }
+    assert!(segments.len() <= bound, "run {run}: {} segments", segments.len());
+}
+
 #[tokio::test]
-async fn a_days_ids_are_joined_newest_first_and_never_rewritten_whole() {
+async fn a_days_ids_and_the_processed_files_are_joined_newest_first_never_rewritten_whole() {
     let fx = Fixture::new();
+    let state = fx.warehouse_dir().join("_tagflow/state");
     let runs = 24u32;
-    // The first run starts the state, and writes each day whole; none after it does.
-    let mut first_whole = Vec::new();
+    // The first run starts the state and writes each list whole; none after it does. Past
+    // 8 id segments a day (16 processed-file segments), the newest are joined: a binary
+    // counter keeps at most that many plus log2(runs).
+    let (mut first_ids, mut first_files) = (Vec::new(), Vec::new());
     for i in 1..=runs {
         fx.clicks(
             &format!("{i}.parquet"),
-            &[view(&format!("v{i}"), "c1", &format!("2026-11-19T{:02}:{:02}:00Z", i / 60, i % 60))],
+            &[view(
+                &format!("v{i}"),
+                "c1",
+                &format!("2026-11-19T{:02}:{:02}:00Z", i / 60, i % 60),
+            )],
         );
         let report = fx.try_run(T, None).await.unwrap();
         assert_eq!(report.streams["clicks"].duplicates_dropped, 0, "run {i}");
-        let files = seen_segments(&fx, "clicks", day("2026-11-19"));
-        // A binary counter past eight: at most 8 + log2(runs) segments, every id in one.
-        assert!(files.len() <= 8 + 5, "run {i}: {} segments", files.len());
-        let whole: Vec<String> = files.iter().filter(|f| f.ends_with("-all.bin")).cloned().collect();
-        match i {
-            1 => first_whole = whole,
-            _ => assert!(whole.iter().all(|f| first_whole.contains(f)), "run {i}: the day rewritten whole"),
-        }
-        let state = fx.warehouse_dir().join("_tagflow/state");
-        let ids: u64 = files.iter().map(|f| std::fs::metadata(state.join(f)).expect("segment").len() / 16).sum();
-        assert_eq!(ids, u64::from(i), "run {i}: each id once");
+
+        let ids = listed_segments(&fx, &format!("/seen/clicks/{}", day("2026-11-19")));
+        assert_joined_segments(i, &ids, &mut first_ids, 8 + 5);
+        let count: u64 = ids
+            .iter()
+            .map(|f| std::fs::metadata(state.join(f)).expect("segment").len() / 16)
+            .sum();
+        assert_eq!(count, u64::from(i), "run {i}: each id once");
         if i > 8 {
-            assert!(files.len() < i as usize, "run {i}: segments joined");
+            assert!(ids.len() < i as usize, "run {i}: id segments joined");
+        }
+
+        let files = listed_segments(&fx, "/files");
+        assert_joined_segments(i, &files, &mut first_files, 16 + 5);
+        let listed: Vec<String> = files
+            .iter()
+            .flat_map(|f| {
+                let list: Vec<serde_json::Value> =
+                    serde_json::from_slice(&std::fs::read(state.join(f)).expect("segment")).expect("json");
+                list.into_iter().map(|p| p["path"].as_str().expect("path").to_string())
+            })
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = listed.iter().collect();
+        assert_eq!(
+            (listed.len(), distinct.len()),
+            (i as usize, i as usize),
+            "run {i}: each file once"
+        );
+        if i > 16 {
+            assert!(files.len() < i as usize, "run {i}: file segments joined");
         }
     }
-    // Every id is still known after the joins: a re-sent event is dropped, in a run that
-    // loads the day from its joined segments.
+    // Everything is still known after the joins, in runs that load the joined segments: a
+    // re-sent event is dropped, and a landed file is not read again.
     fx.clicks("again.parquet", &[view("v3", "c1", "2026-11-19T00:03:00Z")]);
     let report = fx.try_run(T, None).await.unwrap();
     assert_eq!(report.streams["clicks"].duplicates_dropped, 1);
+    assert_eq!(report.streams["clicks"].files, 1, "only the new file is read");
     assert_same(&fx.published(None).await, &full_tags(&fx, T).await, "after the joins");
 }
