@@ -21,6 +21,7 @@ use tracing::{info, info_span, Instrument};
 use crate::state::tables::{null_keys, Segment, StateTable, Table};
 use crate::storage::masked::{Copier, MaskedRows, Plain};
 use crate::storage::rows::split_batch;
+use crate::storage::segments::newest_to_join;
 
 use super::catalog::{check_tag_output, state_schema, Catalog, Job, JobKind, Scope, CURRENT_ROWS, NEW_ROWS};
 use super::customers::{customer_ids, members, CustomerBits, Numbering, CUSTOMER_ID};
@@ -410,13 +411,14 @@ fn newest_rows_only(job: &Job, segments: &mut [Segment]) {
 }
 
 /// Segments with every key in one of them, joined where there are too many. Past
-/// [`MAX_DAY_SEGMENTS`] in a day, its newest two are joined while the newer holds at least
-/// half the rows of the older: a binary counter, so a day of n folds keeps about
+/// [`MAX_DAY_SEGMENTS`] in a day, its newest segment takes in the ones before it while it
+/// holds at least half the rows of the next ([`newest_to_join`]), all copied once: a binary
+/// counter, so a day of n folds keeps about
 /// `MAX_DAY_SEGMENTS + log2(n)` segments and a row is written again about `log2(n)` times
 /// (joining every segment of the day each time there were too many rewrote the whole day
 /// every few folds: a `follow` session's commits grew with the day's events). Keyed
 /// segments: the two smallest while more than [`MAX_KEYED_SEGMENTS`] remain. A joined
-/// segment is new (the next commit writes it) and takes the place of the two, its rows
+/// segment is new (the next commit writes it) and takes the place of its parts, its rows
 /// copied through `copier`; an emptied one is dropped (newer segments hold all of its keys).
 fn join_small_segments(segments: Vec<Segment>, by_day: bool, copier: &dyn Copier) -> Vec<Segment> {
     let mut segments: Vec<Segment> = segments.into_iter().filter(|s| s.rows() > 0).collect();
@@ -427,11 +429,15 @@ fn join_small_segments(segments: Vec<Segment>, by_day: bool, copier: &dyn Copier
         }
         let mut out = Vec::new();
         for (day, mut parts) in days {
-            while parts.len() > MAX_DAY_SEGMENTS && 2 * parts[parts.len() - 1].rows() >= parts[parts.len() - 2].rows() {
-                let newer = parts.pop().expect("two parts");
-                let older = parts.pop().expect("two parts");
-                parts.push(joined_segment(day, [older, newer], copier));
-            }
+            let newest = parts.pop().expect("a day has a segment");
+            let older: Vec<usize> = parts.iter().map(Segment::rows).collect();
+            let taken = newest_to_join(&older, MAX_DAY_SEGMENTS, newest.rows());
+            let mut joined: Vec<Segment> = parts.drain(parts.len() - taken..).collect();
+            joined.push(newest);
+            parts.push(match joined.len() {
+                1 => joined.pop().expect("the newest"),
+                _ => joined_segment(day, joined, copier),
+            });
             out.extend(parts);
         }
         return out;
@@ -442,13 +448,13 @@ fn join_small_segments(segments: Vec<Segment>, by_day: bool, copier: &dyn Copier
         let (later, earlier) = (order[0].max(order[1]), order[0].min(order[1]));
         let later = segments.remove(later);
         let earlier = segments.remove(earlier);
-        segments.push(joined_segment(None, [later, earlier], copier));
+        segments.push(joined_segment(None, vec![later, earlier], copier));
     }
     segments
 }
 
 /// One new segment of `day` with the kept rows of `parts`, in order.
-fn joined_segment(day: Option<i64>, parts: [Segment; 2], copier: &dyn Copier) -> Segment {
+fn joined_segment(day: Option<i64>, parts: Vec<Segment>, copier: &dyn Copier) -> Segment {
     let batches = parts.iter().flat_map(|s| s.rows.kept_batches(copier)).collect();
     Segment::new(day, batches)
 }

@@ -35,6 +35,7 @@ pub mod tables;
 use crate::storage::dedup::{Day, DedupMemory};
 use crate::storage::erasure::{drop_customers, Forgotten};
 use crate::storage::masked::MaskedRows;
+use crate::storage::segments::newest_to_join;
 use crate::storage::{arrow_file_batches, arrow_file_bytes, immutable_object_bytes, parquet_batches, Location};
 use tables::{Segment, StateTable, Table};
 
@@ -697,22 +698,22 @@ impl State {
                     entry.segments = vec![path];
                     entry.sizes = vec![entry.ids.len()];
                 } else if !entry.added.is_empty() {
-                    let (mut bytes, mut ids) = (encode_ids(entry.added.iter()).to_vec(), entry.added.len());
-                    while entry.loaded
-                        && entry.segments.len() >= MAX_DAY_SEGMENTS
-                        && entry.sizes.len() == entry.segments.len()
-                        && 2 * ids >= *entry.sizes.last().expect("segments have sizes")
-                    {
-                        let older = entry.segments.pop().expect("a segment");
-                        ids += entry.sizes.pop().expect("its size");
-                        // Ids are 16 bytes each, back to back: a joined segment is the two files' bytes.
+                    let taken = match entry.loaded && sizes_known {
+                        true => newest_to_join(&entry.sizes, MAX_DAY_SEGMENTS, entry.added.len()),
+                        false => 0,
+                    };
+                    // Ids are 16 bytes each, back to back: a joined segment is the files' bytes.
+                    let mut bytes = Vec::new();
+                    for older in entry.segments.drain(entry.segments.len() - taken..) {
                         bytes.extend_from_slice(&require(warehouse, &older).await?);
                     }
+                    bytes.extend_from_slice(&encode_ids(entry.added.iter()));
                     let path = format!("seen/{stream}/{day}/{version}.bin");
                     writes.push((path.clone(), Bytes::from(bytes)));
                     entry.segments.push(path);
-                    if entry.sizes.len() + 1 == entry.segments.len() {
-                        entry.sizes.push(ids);
+                    if sizes_known {
+                        let joined: usize = entry.sizes.drain(entry.sizes.len() - taken..).sum();
+                        entry.sizes.push(joined + entry.added.len());
                     }
                 }
                 entry.added.clear();
@@ -759,24 +760,27 @@ impl State {
             files.clear();
             sizes.clear();
         }
-        while sizes_known
-            && files.len() >= MAX_FILE_SEGMENTS
-            && 2 * listed.len() >= *sizes.last().expect("segments have sizes")
-        {
-            let older = files.pop().expect("a segment");
-            sizes.pop();
-            let mut joined: Vec<ProcessedFile> = parse_json(&older, &require(warehouse, &older).await?)?;
-            joined.append(&mut listed);
-            listed = joined;
+        let taken = match sizes_known || all {
+            true => newest_to_join(&sizes, MAX_FILE_SEGMENTS, listed.len()),
+            false => 0,
+        };
+        let mut joined: Vec<ProcessedFile> = Vec::new();
+        for older in files.drain(files.len() - taken..) {
+            joined.extend(parse_json::<Vec<ProcessedFile>>(
+                &older,
+                &require(warehouse, &older).await?,
+            )?);
         }
+        joined.append(&mut listed);
         let path = format!("files/{version}{}.json", if all { "-all" } else { "" });
         writes.push((
             path.clone(),
-            Bytes::from(serde_json::to_vec(&listed).expect("serialisable")),
+            Bytes::from(serde_json::to_vec(&joined).expect("serialisable")),
         ));
         files.push(path);
-        if sizes.len() + 1 == files.len() {
-            sizes.push(listed.len());
+        if sizes_known || all {
+            sizes.truncate(sizes.len() - taken);
+            sizes.push(joined.len());
         }
         Ok((files, sizes))
     }

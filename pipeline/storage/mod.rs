@@ -35,6 +35,7 @@ pub mod lock;
 pub mod masked;
 pub mod progress;
 pub mod rows;
+pub mod segments;
 pub mod units;
 
 /// Retries of a failed object-store request, unless `max_retries` says otherwise.
