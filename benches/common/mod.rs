@@ -291,11 +291,7 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
     let warm = warm_up(&folder, customers, &lines);
     let started = Instant::now();
     for i in 0..files {
-        let bytes = click_file(warm.files + i, customers);
-        // Written under a hidden name, then renamed: the file appears whole, its mtime now.
-        let hidden = folder.join(format!(".part-{i:05}.tmp"));
-        std::fs::write(&hidden, &bytes).unwrap();
-        std::fs::rename(&hidden, folder.join(format!("part-{:05}.parquet", warm.files + i))).unwrap();
+        land_file(&folder, warm.files + i, customers);
         probes.send((warm.files + i, Instant::now())).unwrap();
         let next = started + Duration::from_secs((i as u64 + 1) * every);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
@@ -397,6 +393,14 @@ pub fn follow(landing: &Path, warehouse: &Path, customers: usize, length: Durati
     figures
 }
 
+/// Land the feed's file number `index` ([`click_file`]) in `folder`: written under a hidden
+/// name, then renamed, so it appears whole, its mtime now.
+fn land_file(folder: &Path, index: usize, customers: usize) {
+    let hidden = folder.join(format!(".part-{index:05}.tmp"));
+    std::fs::write(&hidden, click_file(index, customers)).unwrap();
+    std::fs::rename(&hidden, folder.join(format!("part-{index:05}.parquet"))).unwrap();
+}
+
 /// What the warm-up landed: its files, and follow's reports of them.
 struct WarmUp {
     files: usize,
@@ -411,9 +415,7 @@ fn warm_up(folder: &Path, customers: usize, lines: &std::sync::mpsc::Receiver<St
     for round in (0..files).step_by(WARM_ROUND) {
         let landed = (round + WARM_ROUND).min(files);
         for i in round..landed {
-            let hidden = folder.join(format!(".part-{i:05}.tmp"));
-            std::fs::write(&hidden, click_file(i, customers)).unwrap();
-            std::fs::rename(&hidden, folder.join(format!("part-{i:05}.parquet"))).unwrap();
+            land_file(folder, i, customers);
         }
         while reported < landed {
             let line = lines

@@ -743,8 +743,7 @@ impl State {
     ) -> Result<(Vec<String>, Vec<usize>), StateError> {
         let mut files = self.manifest.as_ref().map(|m| m.files.clone()).unwrap_or_default();
         let mut sizes = self.file_sizes.clone();
-        let sizes_known = sizes.len() == files.len();
-        let all = self.rewrite || (!sizes_known && files.len() >= MAX_FILE_SEGMENTS);
+        let all = self.rewrite || (sizes.len() != files.len() && files.len() >= MAX_FILE_SEGMENTS);
         if !all && self.unsaved_files.is_empty() {
             return Ok((files, sizes));
         }
@@ -760,7 +759,8 @@ impl State {
             files.clear();
             sizes.clear();
         }
-        let taken = match sizes_known || all {
+        let sizes_known = sizes.len() == files.len();
+        let taken = match sizes_known {
             true => newest_to_join(&sizes, MAX_FILE_SEGMENTS, listed.len()),
             false => 0,
         };
@@ -778,7 +778,7 @@ impl State {
             Bytes::from(serde_json::to_vec(&joined).expect("serialisable")),
         ));
         files.push(path);
-        if sizes_known || all {
+        if sizes_known {
             sizes.truncate(sizes.len() - taken);
             sizes.push(joined.len());
         }

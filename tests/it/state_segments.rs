@@ -5,15 +5,19 @@
 use crate::incremental::{assert_same, full_tags};
 use crate::support::*;
 
-/// The segments of a state table in the committed manifest: (file, day).
-fn segments(fx: &Fixture, table: &str) -> Vec<(String, Option<i64>)> {
+/// The committed state manifest.
+fn manifest(fx: &Fixture) -> serde_json::Value {
     let state = fx.warehouse_dir().join("_tagflow/state");
     let read = |path: std::path::PathBuf| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(&path).expect("state file")).expect("json")
     };
     let pointer = read(state.join("CURRENT"));
-    let manifest = read(state.join(pointer["manifest"].as_str().expect("manifest path")));
-    manifest["tables"][table]
+    read(state.join(pointer["manifest"].as_str().expect("manifest path")))
+}
+
+/// The segments of a state table in the committed manifest: (file, day).
+fn segments(fx: &Fixture, table: &str) -> Vec<(String, Option<i64>)> {
+    manifest(fx)["tables"][table]
         .as_array()
         .expect("a table lists its segments")
         .iter()
@@ -181,13 +185,7 @@ async fn a_keyed_table_merges_its_smallest_segments_past_eight() {
 
 /// The committed manifest's list at `pointer` (a JSON pointer): segment files.
 fn listed_segments(fx: &Fixture, pointer: &str) -> Vec<String> {
-    let state = fx.warehouse_dir().join("_tagflow/state");
-    let read = |path: std::path::PathBuf| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(&path).expect("state file")).expect("json")
-    };
-    let current = read(state.join("CURRENT"));
-    let manifest = read(state.join(current["manifest"].as_str().expect("manifest path")));
-    manifest
+    manifest(fx)
         .pointer(pointer)
         .and_then(|list| list.as_array())
         .unwrap_or_else(|| panic!("the manifest lists {pointer}"))
@@ -196,8 +194,8 @@ fn listed_segments(fx: &Fixture, pointer: &str) -> Vec<String> {
         .collect()
 }
 
-/// The segments of `segments` written whole, and those the first run wrote must be all of them
-/// after it; the segments' sizes (`size_of`) add up to `expected`.
+/// A list's `segments` after run `run`: those written whole are the first run's (kept in
+/// `first_whole`), and there are at most `bound`.
 fn assert_joined_segments(run: u32, segments: &[String], first_whole: &mut Vec<String>, bound: usize) {
     let whole: Vec<String> = segments.iter().filter(|f| f.contains("-all.")).cloned().collect();
     match run {
